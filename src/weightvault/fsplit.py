@@ -1,0 +1,320 @@
+"""fsplit: a lossless, dtype-aware codec for the bytes of float tensors ("exponent split").
+
+Each element's bits are redistributed over ``itemsize`` byte streams so that the highly
+predictable exponent lands in a stream of its own, which zstd (tuned to do little more than
+Huffman-code its literals) shrinks to about a third; the near-random sign and mantissa bits go
+into the other streams, each kept raw unless zstd makes it smaller.
+
+The normative format is docs/FORMAT-fsplit.md; this module is its reference implementation.
+Stored form of a chunk: the concatenation of encoded blocks, each holding at most
+``BLOCK_MAX`` plaintext bytes.
+
+Block layout (all integers little-endian)::
+
+    0   u8   magic 0xF5
+    1   u8   format version, 1
+    2   u8   layout: 1 bf16, 2 f16, 3 f32
+    3   u32  L, plaintext length of the block, 0 <= L <= BLOCK_MAX
+    7   S x (u8 method, u32 stored length)     S = item size (2 or 4), method 0 raw / 1 zstd
+    ..  the S stream payloads, in order
+    ..  the tail: the last L mod S plaintext bytes, verbatim
+
+Thread safety: every function may be called from several threads at once; zstd contexts are
+kept per thread, and numpy and zstandard release the GIL while they work.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import zstandard
+
+from weightvault.errors import CorruptData
+
+BLOCK_MAX = 4 * 1024 * 1024
+DTYPES: dict[str, int] = {"BF16": 2, "F16": 2, "F32": 4}
+
+MAGIC = 0xF5
+VERSION = 1
+METHOD_RAW = 0
+METHOD_ZSTD = 1
+
+_LAYOUT = {"BF16": 1, "F16": 2, "F32": 3}
+_CODECS = {"BF16": "fsplit-bf16", "F16": "fsplit-f16", "F32": "fsplit-f32"}
+_DTYPE_OF_CODEC = {codec: dtype for dtype, codec in _CODECS.items()}
+
+_PREFIX = struct.Struct("<BBBI")  # magic, version, layout, plaintext length
+_DESC = {size: struct.Struct("<" + "BI" * size) for size in set(DTYPES.values())}
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Decoders accept any zstd window up to this; the encoder's frames need at most 4 MiB.
+_MAX_WINDOW = 1 << 23
+
+# Entropy-coding-leaning zstd parameters: the "fast" strategy with a tiny hash table and
+# a long minimum match finds almost no matches, so the literals are Huffman-coded per
+# 128 KiB zstd block. On exponent streams this beats zstd -3 both in size (0.326 vs 0.405
+# of input on bf16 normal(0, 0.02)) and in speed (about 750 vs 130 MB/s). The parameters
+# only affect encoding; any conforming zstd frame decodes.
+_ENCODE_PARAMS = zstandard.ZstdCompressionParameters(
+    window_log=21,
+    chain_log=6,
+    hash_log=6,
+    search_log=1,
+    min_match=7,
+    target_length=0,
+    strategy=zstandard.STRATEGY_FAST,
+    write_content_size=True,
+    write_checksum=False,
+)
+
+_local = threading.local()
+
+_U8 = np.dtype(np.uint8)
+_U16 = np.dtype("<u2")
+_U32 = np.dtype("<u4")
+
+
+def codec_name(dtype: str) -> str:
+    """The codec name recorded for a chunk of ``dtype`` elements (``fsplit-bf16`` ...)."""
+    try:
+        return _CODECS[dtype]
+    except KeyError:
+        raise ValueError(f"fsplit does not handle dtype {dtype!r}") from None
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "cctx", None)
+    if c is None:
+        c = _local.cctx = zstandard.ZstdCompressor(compression_params=_ENCODE_PARAMS)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW)
+    return d
+
+
+# --- the split and its inverse ---------------------------------------------------------
+#
+# 16-bit element w (bf16: s eeeeeeee mmmmmmm, f16: s eeeee mmmmmmmmmm):
+#   stream 0 = bits 14..7 of w       (bf16: the exponent; f16: exponent + top 3 mantissa bits)
+#   stream 1 = bit 15 << 7 | bits 6..0
+# 32-bit element w (f32: s eeeeeeee m*23):
+#   streams 0 and 1 = the 16-bit split of the upper half (w >> 16): exponent; sign + mant 22..16
+#   stream 2 = bits 15..8, stream 3 = bits 7..0
+
+
+# Plain numpy temporaries with same-type in-place operations measured fastest here (mixed-type
+# ufuncs and reused scratch buffers were both slower): about 4-5 GB/s for split and join.
+
+
+def _split16(v: np.ndarray) -> list[np.ndarray]:
+    exp = (v >> 7).astype(_U8)  # bits 14..7
+    t = v & 0x807F
+    t |= t >> 8
+    return [exp, t.astype(_U8)]  # sign << 7 | bits 6..0
+
+
+def _join16(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    w = a.astype(_U16)
+    w <<= 7
+    t = b.astype(_U16)
+    t *= 257  # b << 8 | b
+    t &= 0x807F
+    w |= t
+    return w
+
+
+def _split(size: int, body: memoryview) -> list[np.ndarray]:
+    """Split whole elements into `size` byte streams, one byte per element in each."""
+    if size == 2:
+        return _split16(np.frombuffer(body, dtype=_U16))
+    v = np.frombuffer(body, dtype=_U32)
+    return [*_split16((v >> 16).astype(_U16)), (v >> 8).astype(_U8), v.astype(_U8)]
+
+
+def _join(size: int, streams: list[np.ndarray]) -> bytes:
+    """Inverse of _split: the elements' little-endian bytes."""
+    if size == 2:
+        return _join16(streams[0], streams[1]).tobytes()
+    w = streams[0].astype(_U32)
+    w <<= 23
+    t = streams[1].astype(_U32)
+    t *= 257
+    t &= 0x807F
+    t <<= 16
+    w |= t
+    t = streams[2].astype(_U32)
+    t <<= 8
+    w |= t
+    w |= streams[3].astype(_U32)
+    return w.tobytes()
+
+
+# --- encoding ----------------------------------------------------------------------------
+
+
+def encode_block(dtype: str, block: bytes | bytearray | memoryview) -> bytes:
+    """Encode one block of little-endian ``dtype`` elements (at most BLOCK_MAX bytes).
+
+    Any length is accepted: the bytes after the last whole element are carried verbatim.
+    The result is self-delimiting; a chunk's stored form is its blocks' encodings in order.
+    """
+    size = DTYPES.get(dtype)
+    if size is None:
+        raise ValueError(f"fsplit does not handle dtype {dtype!r}")
+    mv = memoryview(block).cast("B")
+    length = len(mv)
+    if length > BLOCK_MAX:
+        raise ValueError(f"fsplit block of {length} bytes exceeds BLOCK_MAX ({BLOCK_MAX})")
+    n = length // size
+    whole = n * size
+    fields: list[int] = []
+    payloads: list[object] = []
+    if n:
+        cctx = _compressor()
+        for stream in _split(size, mv[:whole]):
+            packed = cctx.compress(stream)
+            if len(packed) < n:
+                fields += (METHOD_ZSTD, len(packed))
+                payloads.append(packed)
+            else:
+                fields += (METHOD_RAW, n)
+                payloads.append(stream)
+    else:
+        fields = [METHOD_RAW, 0] * size
+    head = _PREFIX.pack(MAGIC, VERSION, _LAYOUT[dtype], length) + _DESC[size].pack(*fields)
+    return b"".join([head, *payloads, mv[whole:]])  # type: ignore[list-item]
+
+
+# --- decoding ----------------------------------------------------------------------------
+
+
+def _read_exact(read: Callable[[int], bytes], n: int, what: str) -> bytes:
+    if n == 0:
+        return b""
+    data = read(n)
+    if len(data) == n:
+        return data
+    if len(data) > n:
+        raise CorruptData(f"fsplit: reader returned more bytes than asked for ({what})")
+    parts = [data]
+    got = len(data)
+    while got < n and data:
+        data = read(n - got)
+        if len(data) > n - got:
+            raise CorruptData(f"fsplit: reader returned more bytes than asked for ({what})")
+        parts.append(data)
+        got += len(data)
+    if got != n:
+        raise CorruptData(f"fsplit: stored data truncated in {what} ({got} of {n} bytes)")
+    return b"".join(parts)
+
+
+def _unzstd(data: bytes, n: int, what: str) -> bytes:
+    """Decode a stored stream that must be exactly one zstd frame of exactly n bytes."""
+    if not data.startswith(_ZSTD_MAGIC):
+        raise CorruptData(f"fsplit: {what} is not a zstd frame")
+    try:
+        params = zstandard.get_frame_parameters(data)
+    except zstandard.ZstdError as e:
+        raise CorruptData(f"fsplit: {what} has a bad zstd frame header: {e}") from None
+    if params.content_size != n:
+        raise CorruptData(
+            f"fsplit: {what} zstd frame declares {params.content_size} bytes, expected {n}"
+        )
+    if params.dict_id != 0:
+        raise CorruptData(f"fsplit: {what} zstd frame needs a dictionary")
+    if params.window_size > _MAX_WINDOW:
+        raise CorruptData(f"fsplit: {what} zstd frame window too large")
+    dobj = _decompressor().decompressobj(write_size=max(n, 1))
+    try:
+        out = dobj.decompress(data)
+    except zstandard.ZstdError as e:
+        raise CorruptData(f"fsplit: {what} does not decompress: {e}") from None
+    if not dobj.eof:
+        raise CorruptData(f"fsplit: {what} zstd frame is truncated")
+    if dobj.unused_data:
+        raise CorruptData(f"fsplit: {what} has bytes after its zstd frame")
+    if len(out) != n:
+        raise CorruptData(f"fsplit: {what} decompressed to {len(out)} bytes, expected {n}")
+    return out
+
+
+def _decode_one(
+    read: Callable[[int], bytes], size: int, layout: int, first: bytes, remaining: int
+) -> bytes:
+    prefix = first + _read_exact(read, _PREFIX.size - len(first), "block header")
+    magic, version, got_layout, length = _PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise CorruptData(f"fsplit: bad block magic 0x{magic:02x}")
+    if version != VERSION:
+        raise CorruptData(f"fsplit: unsupported block version {version}")
+    if got_layout != layout:
+        raise CorruptData(f"fsplit: block layout {got_layout} does not match codec ({layout})")
+    if length > BLOCK_MAX:
+        raise CorruptData(f"fsplit: block claims {length} bytes, over BLOCK_MAX")
+    if length > remaining:
+        raise CorruptData("fsplit: stored data decodes to more bytes than expected")
+    desc = _DESC[size]
+    fields = desc.unpack(_read_exact(read, desc.size, "block header"))
+    n = length // size
+    methods = fields[0::2]
+    stored = fields[1::2]
+    for i, (method, slen) in enumerate(zip(methods, stored, strict=True)):
+        if method == METHOD_RAW:
+            if slen != n:
+                raise CorruptData(f"fsplit: raw stream {i} holds {slen} bytes, expected {n}")
+        elif method == METHOD_ZSTD:
+            if not 0 < slen <= n:
+                raise CorruptData(f"fsplit: zstd stream {i} length {slen} out of range")
+        else:
+            raise CorruptData(f"fsplit: unknown stream method {method}")
+    streams = []
+    for i, (method, slen) in enumerate(zip(methods, stored, strict=True)):
+        data = _read_exact(read, slen, f"stream {i}")
+        if method == METHOD_ZSTD:
+            data = _unzstd(data, n, f"stream {i}")
+        streams.append(np.frombuffer(data, dtype=_U8))
+    tail = _read_exact(read, length - n * size, "block tail")
+    body = _join(size, streams) if n else b""
+    return body + tail if tail else body
+
+
+def iter_decode(codec: str, read: Callable[[int], bytes], length: int) -> Iterator[bytes]:
+    """Decode a chunk stored as fsplit blocks; yield its plaintext, exactly ``length`` bytes.
+
+    ``read(n)`` returns up to n stored bytes, fewer only at the end of the stored data.
+    Raises CorruptData if the stored bytes are malformed, truncated, too long, carry trailing
+    bytes or decode to a length other than ``length``. Memory stays within a few BLOCK_MAX
+    whatever the stored bytes claim.
+    """
+    dtype = _DTYPE_OF_CODEC.get(codec)
+    if dtype is None:
+        raise ValueError(f"not an fsplit codec: {codec!r}")
+    if length < 0:
+        raise ValueError("length must be >= 0")
+    size = DTYPES[dtype]
+    layout = _LAYOUT[dtype]
+    produced = 0
+    blocks = 0
+    while True:
+        first = read(1)
+        if not first:
+            break
+        if len(first) != 1:
+            raise CorruptData("fsplit: reader returned more bytes than asked for")
+        piece = _decode_one(read, size, layout, first, length - produced)
+        blocks += 1
+        if not piece and (length or blocks > 1):
+            raise CorruptData("fsplit: empty block where none may be (only an empty chunk has one)")
+        produced += len(piece)
+        if piece:
+            yield piece
+    if produced != length:
+        raise CorruptData(f"fsplit: stored data decodes to {produced} bytes, expected {length}")

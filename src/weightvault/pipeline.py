@@ -1,0 +1,163 @@
+"""Parallel chunk work with one ordered lane.
+
+Chunk workers (a small thread pool; hashlib, zstandard and numpy release the GIL) each process
+one chunk start to finish. Whole-file SHA-256 needs the file's bytes in order, so workers also
+hand their plaintext pieces to a single lane thread that consumes them in chunk order. At most
+`window` chunks are open (produced but not yet consumed), so buffered memory is bounded by
+window x chunk size whatever the model size, and the earliest open chunk always has a worker,
+so the lane never waits on work that cannot start.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import Generic, TypeVar
+
+from .errors import Interrupted
+
+J = TypeVar("J")
+R = TypeVar("R")
+_END = object()
+
+
+def default_workers() -> int:
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+class Emit:
+    """What a worker holds for its chunk: hand pieces to the lane (or drop them if unneeded)."""
+
+    def __init__(self, q: queue.SimpleQueue | None, cancelled: threading.Event):
+        self._q, self._cancelled = q, cancelled
+
+    def __call__(self, piece) -> None:
+        if self._cancelled.is_set():
+            raise Interrupted("cancelled")
+        if self._q is not None:
+            self._q.put(bytes(piece) if isinstance(piece, memoryview) else piece)
+
+    def close(self) -> None:
+        if self._q is not None:
+            self._q.put(_END)
+
+
+class Lane(Generic[J]):
+    """The consumer side: called on the lane thread, in job order."""
+
+    def piece(self, job: J, data: bytes) -> None: ...
+
+    def end(self, job: J) -> None: ...
+
+
+def run(
+    jobs: Sequence[J],
+    work: Callable[[J, Emit], R],
+    *,
+    lane: Lane[J] | None = None,
+    needs_lane: Callable[[J], bool] = lambda j: True,
+    workers: int | None = None,
+    window: int | None = None,
+) -> list[R]:
+    """Run `work` on every job; return results in job order. The first error cancels the rest
+    and is re-raised (workers stop at their next piece)."""
+    workers = workers or default_workers()
+    window = window or workers + 1
+    cancelled = threading.Event()
+    slots = threading.Semaphore(window)
+    order: queue.SimpleQueue = queue.SimpleQueue()  # (job, piece queue) in submission order
+    lane_error: list[BaseException] = []
+
+    def lane_loop() -> None:
+        try:
+            while True:
+                try:
+                    item = order.get(timeout=0.2)
+                except queue.Empty:
+                    if cancelled.is_set():
+                        return
+                    continue
+                if item is None:
+                    return
+                job, q = item
+                while True:
+                    try:
+                        data = q.get(timeout=0.2)
+                    except queue.Empty:
+                        if cancelled.is_set():
+                            return  # a cancelled job may never send its end
+                        continue
+                    if data is _END:
+                        break
+                    if isinstance(data, BaseException):
+                        raise data
+                    if not cancelled.is_set():
+                        lane.piece(job, data)  # type: ignore[union-attr]
+                if not cancelled.is_set():
+                    lane.end(job)  # type: ignore[union-attr]
+                slots.release()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            lane_error.append(e)
+            cancelled.set()
+            slots.release()
+
+    def wrapped(job: J, q: queue.SimpleQueue | None) -> R:
+        emit = Emit(q, cancelled)
+        try:
+            return work(job, emit)
+        except BaseException as e:
+            cancelled.set()
+            if q is not None:
+                q.put(e)
+            raise
+        finally:
+            emit.close()
+
+    lane_thread = None
+    if lane is not None:
+        lane_thread = threading.Thread(target=lane_loop, name="weightvault-lane", daemon=True)
+        lane_thread.start()
+    futures: list[Future] = []
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="weightvault") as pool:
+            for job in jobs:
+                q = None
+                if lane is not None and needs_lane(job):
+                    while not slots.acquire(timeout=0.2):
+                        if cancelled.is_set():
+                            break
+                    if cancelled.is_set():
+                        break
+                    q = queue.SimpleQueue()
+                    order.put((job, q))
+                if cancelled.is_set():
+                    break
+                futures.append(pool.submit(wrapped, job, q))
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            if cancelled.is_set():
+                for f in futures:
+                    f.cancel()
+    except KeyboardInterrupt:
+        cancelled.set()
+        raise
+    finally:
+        order.put(None)
+        if lane_thread is not None:
+            lane_thread.join()
+    errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
+    real = [e for e in errors if not isinstance(e, Interrupted)]
+    if lane_error:
+        raise lane_error[0]
+    if real:
+        raise real[0]
+    if errors:
+        raise errors[0]
+    return [f.result() for f in futures]
+
+
+def pieces(total: int, size: int) -> Iterable[tuple[int, int]]:
+    for off in range(0, total, size):
+        yield off, min(size, total - off)

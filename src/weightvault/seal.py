@@ -1,0 +1,226 @@
+"""Seal: source files -> chunk objects in the vault -> signed manifest -> committed bag."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import __version__, chunking, codec, sources
+from .errors import InputError, IntegrityError
+from .keys import SigningKey
+from .manifest import PAYLOAD_TYPE, Manifest
+from .paths import check_name
+from .pipeline import Emit, Lane, pieces, run
+from .store import Store
+from .vault import Vault, already_sealed, object_key
+
+
+@dataclass
+class SealOptions:
+    name: str | None = None
+    chunk_size: int = chunking.DEFAULT_TARGET
+    level: int = 3
+    codec: str = "auto"  # auto | zstd | raw | fsplit
+    workers: int | None = None
+    excludes: tuple[str, ...] = sources.DEFAULT_EXCLUDES
+    hf_cache_dir: str | None = None
+
+
+@dataclass
+class SealResult:
+    bundle: str
+    name: str
+    files: int
+    bytes_in: int
+    bytes_stored: int
+    objects: int
+    seconds: float
+    vault: str
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+@dataclass(frozen=True)
+class _Job:
+    file: int
+    src: sources.SourceFile
+    piece: chunking.Piece
+    last: bool  # last chunk of its file
+    multi: bool  # file has more than one chunk (needs the ordered whole-file digest)
+
+
+class _FileDigests(Lane[_Job]):
+    def __init__(self) -> None:
+        self.h: dict[int, hashlib._Hash] = {}
+        self.done: dict[int, str] = {}
+
+    def piece(self, job: _Job, data: bytes) -> None:
+        self.h.setdefault(job.file, hashlib.sha256()).update(data)
+
+    def end(self, job: _Job) -> None:
+        if job.last:
+            self.done[job.file] = self.h.pop(job.file, hashlib.sha256()).hexdigest()
+
+
+def default_name(spec: str, src: sources.Source) -> str:
+    base = src.provenance.get("repo_id", "").split("/")[-1] or os.path.basename(
+        os.path.normpath(spec)
+    )
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in base).lstrip("._-") or "model"
+
+
+def seal(
+    spec: str,
+    store: Store,
+    key: SigningKey,
+    opts: SealOptions | None = None,
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> SealResult:
+    opts = opts or SealOptions()
+    t0 = time.monotonic()
+    codec.check_level(opts.level)
+    if not 4096 <= opts.chunk_size <= chunking.MAX_TARGET:
+        raise InputError(f"chunk size {opts.chunk_size} is out of range 4 KiB..1 GiB")
+    vault = Vault(store)
+    src = sources.resolve(spec, excludes=opts.excludes, cache_dir=opts.hf_cache_dir)
+    name = check_name(opts.name or default_name(spec, src))
+    if vault.is_committed(name):
+        raise already_sealed(vault, name)
+    files = sorted(src.files, key=lambda f: f.path)
+    jobs: list[_Job] = []
+    for i, f in enumerate(files):
+        plan = chunking.plan(f.abspath, f.size, opts.chunk_size)
+        for j, p in enumerate(plan):
+            jobs.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1))
+    if on_start:
+        on_start(sum(f.size for f in files))
+
+    written: list[str] = []
+
+    def work(job: _Job, emit: Emit) -> dict:
+        p = job.piece
+        h = hashlib.sha256()
+        enc = codec.ChunkEncoder(p.length, p.dtype, opts.level, opts.codec)
+        s256, s512 = hashlib.sha256(), hashlib.sha512()
+        with store.new_object() as w:
+            fd = os.open(job.src.abspath, os.O_RDONLY)
+            try:
+                for off, n in pieces(p.length, codec.PIECE):
+                    buf = os.pread(fd, n, p.offset + off)
+                    if len(buf) != n:
+                        raise InputError(f"{job.src.abspath}: file shrank while sealing")
+                    h.update(buf)
+                    if job.multi:
+                        emit(buf)
+                    out = enc.feed(buf)
+                    if out:
+                        s256.update(out)
+                        s512.update(out)
+                        w.write(out)
+                    if on_bytes:
+                        on_bytes(n)
+            finally:
+                os.close(fd)
+            out = enc.finish()
+            if out:
+                s256.update(out)
+                s512.update(out)
+                w.write(out)
+            obj = s256.hexdigest()
+            size = w.size
+            w.commit(object_key(name, obj))
+            written.append(obj)
+        chunk = {"offset": p.offset, "length": p.length, "sha256": h.hexdigest(),
+                 "codec": enc.codec, "object": obj}  # fmt: skip
+        if p.dtype:
+            chunk["dtype"] = p.dtype
+        return {"chunk": chunk, "size": size, "sha512": s512.hexdigest()}
+
+    lane = _FileDigests()
+    try:
+        results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi, workers=opts.workers)
+        doc = _manifest_doc(name, src, files, jobs, results, lane.done, opts)
+        for i, f in enumerate(files):
+            st = os.stat(f.abspath)
+            if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
+                raise InputError(f"{f.abspath}: changed while it was being sealed; seal again")
+            got = doc["files"][i]["sha256"]
+            if f.expected_sha256 and got != f.expected_sha256:
+                raise IntegrityError(
+                    f"{f.abspath}: sha256 {got} computed while sealing differs from the "
+                    f"{src.expected_from} {f.expected_sha256}"
+                )
+        manifest = Manifest.from_doc(doc)
+        signature = {
+            "format": "weightvault-signature",
+            "format_version": 1,
+            "payload_type": PAYLOAD_TYPE,
+            "payload_sha256": manifest.bundle_id,
+            "signatures": [key.sign(PAYLOAD_TYPE, manifest.raw)],
+        }
+        vault.commit(manifest, signature, bagging_date=doc["created"][:10])
+    except BaseException:
+        # Nothing was committed: remove what this run wrote, so no half bundle lingers.
+        if not vault.is_committed(name):
+            for obj in set(written):
+                with contextlib.suppress(Exception):
+                    store.delete(object_key(name, obj))
+        raise
+    return SealResult(
+        bundle=manifest.bundle_id,
+        name=name,
+        files=len(files),
+        bytes_in=manifest.bytes_in,
+        bytes_stored=manifest.bytes_stored,
+        objects=len(manifest.doc["objects"]),
+        seconds=round(time.monotonic() - t0, 3),
+        vault=store.url,
+        notes=src.notes,
+    )
+
+
+def _manifest_doc(name, src, files, jobs, results, digests, opts) -> dict:
+    entries = [
+        {"path": f.path, "size": f.size, "mode": f.mode & 0o777, "sha256": "", "chunks": []}
+        for f in files
+    ]
+    objects: dict[str, dict] = {}
+    for job, r in zip(jobs, results, strict=True):
+        e = entries[job.file]
+        e["chunks"].append(r["chunk"])
+        if not job.multi:
+            e["sha256"] = r["chunk"]["sha256"]
+        objects[r["chunk"]["object"]] = {"name": r["chunk"]["object"], "size": r["size"],
+                                         "sha512": r["sha512"]}  # fmt: skip
+    for i, e in enumerate(entries):
+        if e["size"] == 0:
+            e["sha256"] = hashlib.sha256(b"").hexdigest()
+        elif not e["sha256"]:
+            e["sha256"] = digests[i]
+    prov = dict(src.provenance)
+    if opts.excludes:
+        prov["excluded"] = list(opts.excludes)
+    checked = sum(1 for f in files if f.expected_sha256)
+    if checked:
+        prov["verified_against"] = src.expected_from
+        prov["verified_files"] = checked
+    return {
+        "format": "weightvault-manifest",
+        "format_version": 1,
+        "name": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tool": {"name": "weightvault", "version": __version__},
+        "source": prov,
+        "chunking": {"target_size": opts.chunk_size, "piece_size": codec.PIECE},
+        "files": entries,
+        "objects": [objects[k] for k in sorted(objects)],
+        "encryption": None,
+    }

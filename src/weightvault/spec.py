@@ -1,0 +1,55 @@
+"""The specification files that travel with the code: JSON Schemas and docs/FORMAT.md.
+
+In a wheel they live in weightvault/_spec (copied from the repo's manifests/ and docs/ at build
+time); in a source checkout they are read from the repo itself, so there is one copy of each.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import jsonschema
+
+from .errors import CorruptData
+
+_HERE = Path(__file__).resolve().parent
+
+
+@functools.cache
+def spec_dir() -> Path:
+    packaged = _HERE / "_spec"
+    if (packaged / "FORMAT.md").is_file():
+        return packaged
+    repo = _HERE.parent.parent
+    if (repo / "docs" / "FORMAT.md").is_file():
+        return repo
+    raise RuntimeError("weightvault is installed without its specification files")
+
+
+def _path(name: str) -> Path:
+    root = spec_dir()
+    if name == "FORMAT.md":
+        return root / "FORMAT.md" if (root / "FORMAT.md").is_file() else root / "docs" / "FORMAT.md"
+    return root / "manifests" / name
+
+
+@functools.cache
+def format_md() -> bytes:
+    return _path("FORMAT.md").read_bytes()
+
+
+@functools.cache
+def _validator(schema: str) -> jsonschema.protocols.Validator:
+    doc = json.loads(_path(f"{schema}.schema.json").read_text())
+    cls = jsonschema.validators.validator_for(doc)
+    return cls(doc, format_checker=cls.FORMAT_CHECKER)
+
+
+def validate(doc: object, schema: str, what: str) -> None:
+    err = jsonschema.exceptions.best_match(_validator(schema).iter_errors(doc))
+    if err is not None:
+        where = "/".join(str(p) for p in err.absolute_path) or "(top)"
+        msg = err.message if len(err.message) < 200 else err.message[:200] + "..."
+        raise CorruptData(f"{what}: does not match the {schema} schema at {where}: {msg}")

@@ -1,0 +1,368 @@
+"""A vault's storage: named immutable objects on a local disk or any fsspec filesystem.
+
+The store knows nothing about bundles. It offers what the commit protocol needs: atomic,
+optionally exclusive puts; streaming reads; listings; and counters of bytes moved, so audits
+can prove how much payload they read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import io
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+from .errors import CorruptData, InputError, StorageError
+
+TMP = "tmp"  # vault-level scratch: outside every bag, so a crash never leaves a file in a bag
+
+
+class Counters:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.bytes_read = 0
+        self.bytes_written = 0
+
+    def add(self, read: int = 0, written: int = 0) -> None:
+        with self._lock:
+            self.bytes_read += read
+            self.bytes_written += written
+
+
+class _CountingReader(io.RawIOBase):
+    def __init__(self, f: BinaryIO, counters: Counters):
+        self._f, self._c = f, counters
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        n = self._f.readinto(b)
+        self._c.add(read=n or 0)
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._c.add(read=len(data))
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+class ObjectWriter:
+    """A new object being written under a temporary name; commit() gives it its final key."""
+
+    def __init__(self, store: Store, f: BinaryIO, tmp_key: str):
+        self.store, self._f, self.tmp_key = store, f, tmp_key
+        self.size = 0
+        self.done = False
+
+    def write(self, data) -> None:
+        self._f.write(data)
+        self.size += len(data)
+
+    def commit(self, key: str, *, exclusive: bool = False) -> bool:
+        """Move into place. Returns False if `exclusive` and the key already existed."""
+        self._f.flush()
+        with contextlib.suppress(io.UnsupportedOperation, AttributeError, OSError):
+            os.fsync(self._f.fileno())
+        self._f.close()
+        self.done = True
+        self.store.counters.add(written=self.size)
+        return self.store._finish(self.tmp_key, key, exclusive)
+
+    def abort(self) -> None:
+        if not self.done:
+            self.done = True
+            with contextlib.suppress(Exception):
+                self._f.close()
+            self.store._discard(self.tmp_key)
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
+
+
+class Store:
+    url: str
+    process_lock = False  # does lock() exclude other processes?
+
+    def __init__(self) -> None:
+        self.counters = Counters()
+
+    # -- reading
+    def open_read(self, key: str) -> BinaryIO:
+        raise NotImplementedError
+
+    def read_bytes(self, key: str, max_size: int) -> bytes:
+        with self.open_read(key) as f:
+            data = f.read(max_size + 1)
+        if len(data) > max_size:
+            raise CorruptData(f"{self.describe(key)}: larger than the {max_size} bytes allowed")
+        return data
+
+    def size(self, key: str) -> int | None:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys of every object under `prefix`/ (recursively), relative to the vault root."""
+        raise NotImplementedError
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        raise NotImplementedError
+
+    # -- writing
+    def new_object(self) -> ObjectWriter:
+        raise NotImplementedError
+
+    def put_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> bool:
+        w = self.new_object()
+        try:
+            w.write(data)
+            return w.commit(key, exclusive=exclusive)
+        finally:
+            w.abort()
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Mutual exclusion between processes on this machine, where the backend allows it."""
+        yield
+
+    def describe(self, key: str) -> str:
+        return f"{self.url.rstrip('/')}/{key}"
+
+    def _finish(self, tmp_key: str, key: str, exclusive: bool) -> bool:
+        raise NotImplementedError
+
+    def _discard(self, tmp_key: str) -> None:
+        raise NotImplementedError
+
+
+class LocalStore(Store):
+    process_lock = True
+
+    def __init__(self, root: Path, *, create: bool = False):
+        super().__init__()
+        self.root = Path(root).absolute()
+        self.url = str(self.root)
+        if create:
+            try:
+                (self.root / TMP).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StorageError(f"{self.root}: cannot create vault ({e.strerror})") from None
+            if not os.access(self.root, os.W_OK):
+                raise StorageError(f"{self.root}: vault is not writable")
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def open_read(self, key: str) -> BinaryIO:
+        p = self._path(key)
+        try:
+            if p.is_symlink():
+                raise CorruptData(f"{p}: is a symbolic link; a vault holds only regular files")
+            f = open(p, "rb", buffering=0)  # noqa: SIM115 - handed to the caller
+        except FileNotFoundError:
+            raise StorageError(f"{p}: missing") from None
+        except OSError as e:
+            raise StorageError(f"{p}: cannot read ({e.strerror})") from None
+        return io.BufferedReader(_CountingReader(f, self.counters), 1 << 20)
+
+    def size(self, key: str) -> int | None:
+        try:
+            st = self._path(key).lstat()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StorageError(f"{self._path(key)}: cannot stat ({e.strerror})") from None
+        return st.st_size
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        out = []
+        for dirpath, _dirs, files in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            out.extend(f"{rel}/{f}" for f in files)
+        return sorted(out)
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        try:
+            return sorted(e.name for e in os.scandir(self._path(prefix)) if e.is_dir())
+        except FileNotFoundError:
+            return []
+
+    def new_object(self) -> ObjectWriter:
+        tmp_key = f"{TMP}/{secrets.token_hex(12)}.part"
+        try:
+            f = open(self._path(tmp_key), "xb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise StorageError(
+                f"{self.root}: not a weightvault vault (no {TMP}/ directory)"
+            ) from None
+        except OSError as e:
+            raise StorageError(f"{self.root}: cannot write ({e.strerror})") from None
+        return ObjectWriter(self, f, tmp_key)
+
+    def _finish(self, tmp_key: str, key: str, exclusive: bool) -> bool:
+        src, dst = self._path(tmp_key), self._path(key)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if exclusive:
+                try:
+                    os.link(src, dst)  # atomic create-if-absent, even across processes
+                except FileExistsError:
+                    return False
+                finally:
+                    src.unlink(missing_ok=True)
+            else:
+                os.replace(src, dst)
+            _fsync_dir(dst.parent)
+        except OSError as e:
+            src.unlink(missing_ok=True)
+            if e.errno == errno.ENOSPC:
+                raise StorageError(f"{dst}: no space left on device") from None
+            raise StorageError(f"{dst}: cannot write ({e.strerror})") from None
+        return True
+
+    def _discard(self, tmp_key: str) -> None:
+        self._path(tmp_key).unlink(missing_ok=True)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        path = self.root / TMP / f"{name}.lock"
+        with open(path, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FsspecStore(Store):
+    """Any fsspec filesystem. Atomicity: temporary name then rename where the filesystem has a
+    rename; exclusivity is best effort (exists-then-write) unless a subclass does better."""
+
+    def __init__(self, url: str, storage_options: dict | None = None, *, create: bool = False):
+        super().__init__()
+        import fsspec
+
+        self.url = url.rstrip("/")
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        except (ImportError, ValueError) as e:
+            raise InputError(f"{url}: unsupported storage URL ({e})") from None
+        self.root = self.root.rstrip("/")
+        if create:
+            self._guard(lambda: self.fs.makedirs(f"{self.root}/{TMP}", exist_ok=True), self.url)
+
+    def _p(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def _guard(self, fn, what: str):
+        try:
+            return fn()
+        except FileNotFoundError:
+            raise StorageError(f"{what}: missing") from None
+        except PermissionError:
+            raise StorageError(f"{what}: permission denied") from None
+        except OSError as e:
+            raise StorageError(f"{what}: {e}") from None
+
+    def open_read(self, key: str) -> BinaryIO:
+        f = self._guard(lambda: self.fs.open(self._p(key), "rb"), self.describe(key))
+        return io.BufferedReader(_CountingReader(f, self.counters), 1 << 20)
+
+    def size(self, key: str) -> int | None:
+        try:
+            return int(self.fs.info(self._p(key))["size"])
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StorageError(f"{self.describe(key)}: {e}") from None
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._p(prefix)
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        n = len(self.root) + 1
+        return sorted(p[n:] for p in found)
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        try:
+            entries = self.fs.ls(self._p(prefix), detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"
+        )
+
+    def new_object(self) -> ObjectWriter:
+        import tempfile
+
+        # Spool locally, then one upload: sftp writes through open() are very slow (FACTS.md).
+        f = tempfile.NamedTemporaryFile(prefix="wv-", suffix=".part", delete=False)  # noqa: SIM115
+        return ObjectWriter(self, f, f.name)
+
+    def _finish(self, tmp_key: str, key: str, exclusive: bool) -> bool:
+        try:
+            if exclusive and self.exists(key):
+                return False
+            remote_tmp = self._p(f"{TMP}/{secrets.token_hex(12)}.part")
+            target = self._p(key)
+            self._guard(lambda: self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True), key)
+            self._guard(lambda: self.fs.put_file(tmp_key, remote_tmp), self.describe(key))
+            self._guard(lambda: self.fs.mv(remote_tmp, target), self.describe(key))
+            return True
+        finally:
+            os.unlink(tmp_key)
+
+    def _discard(self, tmp_key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_key)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._p(key))
+
+
+def open_store(url: str, storage_options: dict | None = None, *, create: bool = False) -> Store:
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+        path = Path(parsed.path if parsed.scheme == "file" else url)
+        if not create and not (path / TMP).is_dir():
+            raise InputError(f"{path}: not a weightvault vault (no {TMP}/ directory)")
+        return LocalStore(path, create=create)
+    return FsspecStore(url, storage_options, create=create)

@@ -1,0 +1,204 @@
+"""Bundles in a vault: layout, listing, name resolution, trusted loading and the commit protocol.
+
+Layout (docs/FORMAT.md section 2): bundles/<name>/ is one BagIt bag; its stored chunk objects
+are data/objects/<sha256 of stored bytes>. A bundle exists once its commit marker
+(tagmanifest-sha256.txt) exists; everything else is written before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from . import bag, canon, spec
+from .errors import (
+    Conflict,
+    CorruptData,
+    InputError,
+    IntegrityError,
+    MissingSignature,
+    NotFound,
+    StorageError,
+)
+from .keys import PublicKey, verify_signatures
+from .manifest import MANIFEST_KEY, PAYLOAD_TYPE, SIGNATURE_KEY, Manifest
+from .paths import name_ok
+from .store import Store
+
+BUNDLES = "bundles"
+FORMAT_KEY = "data/FORMAT.md"
+OBJECTS = "data/objects"
+MAX_SIG = 64 << 10
+
+
+def prefix(name: str) -> str:
+    return f"{BUNDLES}/{name}"
+
+
+def object_key(name: str, obj: str) -> str:
+    return f"{prefix(name)}/{OBJECTS}/{obj}"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    manifest: Manifest
+    signature: dict | None
+    signer: PublicKey | None  # None only when loaded with insecure=True
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest.bundle_id
+
+
+class Vault:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def describe(self, key: str) -> str:
+        return self.store.describe(key)
+
+    # -- listing and lookup
+    def names(self) -> list[str]:
+        return [n for n in self.store.list_dirs(BUNDLES) if name_ok(n) and self.is_committed(n)]
+
+    def is_committed(self, name: str) -> bool:
+        return self.store.exists(f"{prefix(name)}/{bag.COMMIT_MARKER}")
+
+    def read_signature(self, name: str) -> dict:
+        key = f"{prefix(name)}/{SIGNATURE_KEY}"
+        if not self.store.exists(key):
+            raise MissingSignature(
+                f"{self.describe(key)}: missing; the bundle is unsigned (use --insecure to read it)"
+            )
+        doc = canon.parse(self.store.read_bytes(key, MAX_SIG), self.describe(key))
+        spec.validate(doc, "signature", self.describe(key))
+        return doc
+
+    def bundle_id_of(self, name: str) -> str:
+        return self.read_signature(name)["payload_sha256"]
+
+    def resolve(self, ref: str) -> str:
+        """A bundle name, or a unique prefix (at least 4 hex digits) of a bundle id."""
+        names = self.names()
+        if ref in names:
+            return ref
+        ref_l = ref.lower()
+        if len(ref_l) >= 4 and all(c in "0123456789abcdef" for c in ref_l):
+            hits = []
+            for n in names:
+                try:
+                    if self.bundle_id_of(n).startswith(ref_l):
+                        hits.append(n)
+                except (CorruptData, StorageError, IntegrityError):
+                    continue
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                raise InputError(
+                    f"{ref!r} matches {len(hits)} bundles ({', '.join(hits[:5])}); "
+                    "give more digits or the name"
+                )
+        raise NotFound(f"{ref!r}: no such bundle in {self.store.url}")
+
+    def load(self, ref: str, trusted: list[PublicKey], *, insecure: bool = False) -> Bundle:
+        """Read a bundle's manifest, checking its digest and signature before parsing it."""
+        name = self.resolve(ref)
+        mkey = f"{prefix(name)}/{MANIFEST_KEY}"
+        try:
+            sig = self.read_signature(name)
+        except MissingSignature:
+            if not insecure:
+                raise
+            sig = None
+        raw = self.store.read_bytes(mkey, 256 << 20)
+        what = self.describe(mkey)
+        digest = hashlib.sha256(raw).hexdigest()
+        if sig is not None and digest != sig["payload_sha256"]:
+            raise IntegrityError(
+                f"{what}: manifest digest {digest[:16]} differs from the signed "
+                f"{sig['payload_sha256'][:16]} (the manifest was altered after signing)"
+            )
+        signer = None
+        if not insecure:
+            if not trusted:
+                raise InputError(
+                    "no trusted public key given: pass --trust KEY.pub (or --insecure to skip "
+                    "signature checks)"
+                )
+            signer = verify_signatures(
+                PAYLOAD_TYPE,
+                raw,
+                sig["signatures"],
+                trusted,
+                self.describe(f"{prefix(name)}/{SIGNATURE_KEY}"),
+            )
+        manifest = Manifest.parse(raw, what)
+        if manifest.name != name:
+            raise CorruptData(f"{what}: names bundle {manifest.name!r} but lives under {name!r}")
+        return Bundle(manifest, sig, signer)
+
+    # -- commit
+    def commit(self, manifest: Manifest, signature: dict, *, bagging_date: str) -> None:
+        """Write the manifest, signature and BagIt tag files; the commit marker goes last.
+        Every object the manifest names must already be stored and checked."""
+        name = manifest.name
+        p = prefix(name)
+        st = self.store
+        with st.lock(f"commit-{name}"):
+            if self.is_committed(name):
+                raise already_sealed(self, name)
+            # With a lock (local vaults) an uncommitted manifest is debris of a crash: replace it.
+            # Without one, create-if-absent keeps two concurrent seals from interleaving.
+            exclusive = not st.process_lock
+            if not st.put_bytes(f"{p}/{MANIFEST_KEY}", manifest.raw, exclusive=exclusive):
+                raise Conflict(
+                    f"{self.describe(p)}: another seal of {name!r} is committing (or crashed "
+                    "while committing); run `weightvault gc` if none is running"
+                )
+            sig_bytes = canon.canonical(signature)
+            format_md = spec.format_md()
+            payload = [bag.Entry(f"data/objects/{o['name']}", o["size"], o["name"], o["sha512"])
+                       for o in manifest.doc["objects"]]  # fmt: skip
+            payload += bag.tag_entries({"data/weightvault.json": manifest.raw,
+                                        FORMAT_KEY: format_md})  # fmt: skip
+            st.put_bytes(f"{p}/{FORMAT_KEY}", format_md)
+            st.put_bytes(f"{p}/{SIGNATURE_KEY}", sig_bytes)
+            tags = {
+                "bagit.txt": bag.BAGIT_TXT,
+                "bag-info.txt": bag.bag_info(
+                    bundle_id=manifest.bundle_id,
+                    name=name,
+                    bagging_date=bagging_date,
+                    oxum_bytes=sum(e.size for e in payload),
+                    oxum_count=len(payload),
+                    description=describe_source(manifest.doc),
+                ),
+                "manifest-sha256.txt": bag.manifest_text(payload, "sha256"),
+                "manifest-sha512.txt": bag.manifest_text(payload, "sha512"),
+                SIGNATURE_KEY: sig_bytes,
+            }
+            for k in ("bagit.txt", "bag-info.txt", "manifest-sha256.txt", "manifest-sha512.txt"):
+                st.put_bytes(f"{p}/{k}", tags[k])
+            entries = bag.tag_entries(tags)
+            st.put_bytes(f"{p}/tagmanifest-sha512.txt", bag.manifest_text(entries, "sha512"))
+            st.put_bytes(f"{p}/{bag.COMMIT_MARKER}", bag.manifest_text(entries, "sha256"))
+
+
+def already_sealed(vault: Vault, name: str) -> Conflict:
+    try:
+        bid = vault.bundle_id_of(name)
+    except Exception:  # noqa: BLE001 - the message is best effort
+        bid = "?"
+    return Conflict(f"{name!r} is already sealed in {vault.store.url} as bundle {bid[:16]}")
+
+
+def describe_source(doc: dict) -> str:
+    src = doc["source"]
+    what = src.get("repo_id") or src.get("path", "")
+    extra = f" at commit {src['commit']}" if src.get("commit") else ""
+    n = len(doc["files"])
+    return f"weightvault bundle {doc['name']!r}: {n} files of {what}{extra}"

@@ -1,0 +1,204 @@
+"""Verify a bundle in place: signature, schema, BagIt tag files, every stored digest and, with
+deep=True, every chunk decoded and every file's digest recomputed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import bag
+from .chunkio import Problem, check_object, decode_chunk
+from .errors import CorruptData, IntegrityError, StorageError
+from .keys import PublicKey
+from .manifest import MANIFEST_KEY
+from .pipeline import Emit, run
+from .restore import _Digests, _Job, chunk_jobs
+from .store import Store
+from .vault import FORMAT_KEY, OBJECTS, Bundle, Vault, object_key, prefix
+
+
+@dataclass
+class VerifyReport:
+    bundle: str
+    name: str
+    signer: str | None
+    deep: bool
+    objects: int
+    bytes_checked: int
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "problems"}
+        d["ok"] = self.ok
+        d["problems"] = [p.as_dict() for p in self.problems]
+        return d
+
+
+def verify(
+    store: Store,
+    ref: str,
+    trusted: list[PublicKey],
+    *,
+    insecure: bool = False,
+    deep: bool = False,
+    workers: int | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    t0 = time.monotonic()
+    vault = Vault(store)
+    b = vault.load(ref, trusted, insecure=insecure)
+    m = b.manifest
+    report = VerifyReport(m.bundle_id, m.name, b.signer.key_id if b.signer else None, deep,
+                          len(m.doc["objects"]), 0)  # fmt: skip
+    report.problems += check_bag(vault, b)
+    before = store.counters.bytes_read
+    if on_start:
+        on_start(m.bytes_in if deep else m.bytes_stored)
+    objects = m.objects
+    if deep:
+        files = m.files
+
+        def work(job: _Job, emit: Emit) -> Problem | None:
+            c = job.chunk
+            key = object_key(m.name, c["object"])
+            try:
+                decode_chunk(store, key, objects[c["object"]], c, file_path=files[job.file]["path"],
+                             emit=emit if job.multi else None, on_bytes=on_bytes)  # fmt: skip
+            except IntegrityError as e:
+                return _problem(store, key, e)
+            return None
+
+        lane = _Digests()
+        found = run(chunk_jobs(files), work, lane=lane, needs_lane=lambda j: j.multi,
+                    workers=workers)  # fmt: skip
+        report.problems += _unique(p for p in found if p)
+        if not any(p.kind in ("missing", "damaged") for p in report.problems):
+            for i, f in enumerate(files):
+                if len(f["chunks"]) > 1 and lane.done.get(i) != f["sha256"]:
+                    report.problems.append(Problem("file", f["path"], "whole-file sha256 differs"))
+    else:
+
+        def check(name: str, _emit: Emit) -> Problem | None:
+            key = object_key(m.name, name)
+            try:
+                check_object(store, key, objects[name])
+                if on_bytes:
+                    on_bytes(objects[name]["size"])
+            except IntegrityError as e:
+                return _problem(store, key, e)
+            return None
+
+        found = run(sorted(objects), check, workers=workers)
+        report.problems += [p for p in found if p]
+    report.bytes_checked = store.counters.bytes_read - before
+    report.seconds = round(time.monotonic() - t0, 3)
+    return report
+
+
+def _problem(store: Store, key: str, e: Exception) -> Problem:
+    msg = str(e)
+    where = store.describe(key)
+    detail = msg[len(where) + 2 :] if msg.startswith(where + ": ") else msg
+    kind = "missing" if detail == "missing" else "damaged"
+    return Problem(kind, where, detail)
+
+
+def _unique(problems) -> list[Problem]:
+    seen, out = set(), []
+    for p in problems:
+        if (p.where, p.detail) not in seen:
+            seen.add((p.where, p.detail))
+            out.append(p)
+    return out
+
+
+def check_bag(vault: Vault, b: Bundle) -> list[Problem]:
+    """The BagIt side: tag files present and consistent with the signed manifest."""
+    st, m = vault.store, b.manifest
+    p = prefix(m.name)
+    problems: list[Problem] = []
+
+    def read(key: str) -> bytes | None:
+        try:
+            return st.read_bytes(f"{p}/{key}", bag.MAX_TAG_FILE)
+        except (StorageError, CorruptData) as e:
+            problems.append(Problem("tag", st.describe(f"{p}/{key}"), str(e).split(": ")[-1]))
+            return None
+
+    if (txt := read("bagit.txt")) is not None and txt != bag.BAGIT_TXT:
+        problems.append(
+            Problem("tag", st.describe(f"{p}/bagit.txt"), "not a BagIt 1.0 declaration")
+        )
+    expected: dict[str, tuple[int, str, str]] = {
+        f"{OBJECTS}/{o['name']}": (o["size"], o["name"], o["sha512"]) for o in m.doc["objects"]
+    }
+    for key, data in ((MANIFEST_KEY, m.raw), (FORMAT_KEY, None)):
+        body = data if data is not None else read(key)
+        if body is not None:
+            expected[key] = (len(body), *bag.digests(body))
+    for i, alg in enumerate(bag.ALGS):
+        key = f"manifest-{alg}.txt"
+        text = read(key)
+        if text is None:
+            continue
+        try:
+            listed = bag.parse_manifest(text, st.describe(f"{p}/{key}"))
+        except CorruptData as e:
+            problems.append(Problem("tag", st.describe(f"{p}/{key}"), str(e)))
+            continue
+        for path, (_size, *digs) in expected.items():
+            if path not in listed:
+                problems.append(Problem("tag", st.describe(f"{p}/{key}"), f"does not list {path}"))
+            elif listed[path] != digs[i] and not path.startswith(OBJECTS):
+                problems.append(Problem("damaged", st.describe(f"{p}/{path}"),
+                                        f"{alg} differs from {key}"))  # fmt: skip
+            elif listed[path] != digs[i]:
+                problems.append(Problem("tag", st.describe(f"{p}/{key}"),
+                                        f"{path}: {alg} differs from the signed manifest"))  # fmt: skip
+        for path in sorted(set(listed) - set(expected)):
+            problems.append(Problem("tag", st.describe(f"{p}/{key}"),
+                                    f"lists {path}, which the signed manifest does not"))  # fmt: skip
+    info = read("bag-info.txt")
+    if info is not None:
+        try:
+            fields = bag.parse_info(info, st.describe(f"{p}/bag-info.txt"))
+        except CorruptData as e:
+            problems.append(Problem("tag", st.describe(f"{p}/bag-info.txt"), str(e)))
+            fields = {}
+        oxum = f"{sum(v[0] for v in expected.values())}.{len(expected)}"
+        if fields and fields.get("Payload-Oxum") != oxum:
+            problems.append(Problem("tag", st.describe(f"{p}/bag-info.txt"),
+                                    f"Payload-Oxum {fields.get('Payload-Oxum')} should be {oxum}"))  # fmt: skip
+        if fields and fields.get("External-Identifier") != f"weightvault:bundle:{m.bundle_id}":
+            problems.append(Problem("tag", st.describe(f"{p}/bag-info.txt"),
+                                    "External-Identifier does not name this bundle"))  # fmt: skip
+    for alg in bag.ALGS:
+        key = f"tagmanifest-{alg}.txt"
+        text = read(key)
+        if text is None:
+            continue
+        try:
+            listed = bag.parse_manifest(text, st.describe(f"{p}/{key}"))
+        except CorruptData as e:
+            problems.append(Problem("tag", st.describe(f"{p}/{key}"), str(e)))
+            continue
+        for tag in bag.TAG_FILES:
+            body = read(tag)
+            if body is None:
+                continue
+            dig = bag.digests(body)[bag.ALGS.index(alg)]
+            if listed.get(tag) != dig:
+                problems.append(Problem("tag", st.describe(f"{p}/{tag}"),
+                                        f"{alg} differs from {key}"))  # fmt: skip
+    present = set(st.list(f"{p}/data"))
+    for key in sorted(present - {f"{p}/{k}" for k in expected}):
+        problems.append(Problem("extra", st.describe(key), "file in the bag's payload that no "
+                                "manifest lists"))  # fmt: skip
+    return problems
