@@ -67,7 +67,7 @@ _ENCODE_PARAMS = zstandard.ZstdCompressionParameters(
     target_length=0,
     strategy=zstandard.STRATEGY_FAST,
     write_content_size=True,
-    write_checksum=False,
+    write_checksum=True,  # XXH64 of the stream: a flipped bit in a zstd stream is caught
 )
 
 _local = threading.local()
@@ -109,50 +109,80 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 #   stream 2 = bits 15..8, stream 3 = bits 7..0
 
 
-# Plain numpy temporaries with same-type in-place operations measured fastest here (mixed-type
-# ufuncs and reused scratch buffers were both slower): about 4-5 GB/s for split and join.
+class _Scratch:
+    """Per-thread work buffers (3 x BLOCK_MAX), reused block after block.
+
+    Fresh memory is costly: with numpy temporaries, glibc's heap trimming made every decoded
+    block page-fault in about 8 MiB, halving decode speed. Writing into these buffers with
+    same-type in-place operations (mixed-type ufuncs are about 3x slower) avoids that.
+    """
+
+    def __init__(self) -> None:
+        self.a = np.empty(BLOCK_MAX, dtype=_U8)
+        self.b = np.empty(BLOCK_MAX, dtype=_U8)
+        self.streams = np.empty(BLOCK_MAX, dtype=_U8)
+
+    def temps(self, dt: np.dtype, n: int) -> tuple[np.ndarray, np.ndarray]:
+        k = n * dt.itemsize
+        return self.a[:k].view(dt), self.b[:k].view(dt)
 
 
-def _split16(v: np.ndarray) -> list[np.ndarray]:
-    exp = (v >> 7).astype(_U8)  # bits 14..7
-    t = v & 0x807F
-    t |= t >> 8
-    return [exp, t.astype(_U8)]  # sign << 7 | bits 6..0
-
-
-def _join16(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    w = a.astype(_U16)
-    w <<= 7
-    t = b.astype(_U16)
-    t *= 257  # b << 8 | b
-    t &= 0x807F
-    w |= t
-    return w
+def _scratch() -> _Scratch:
+    s = getattr(_local, "scratch", None)
+    if s is None:
+        s = _local.scratch = _Scratch()
+    return s
 
 
 def _split(size: int, body: memoryview) -> list[np.ndarray]:
-    """Split whole elements into `size` byte streams, one byte per element in each."""
+    """Split whole elements into `size` byte streams, one byte per element in each.
+
+    The streams are views of this thread's scratch: use them before the next call.
+    """
+    n = len(body) // size
+    scratch = _scratch()
+    out = [scratch.streams[i * n : (i + 1) * n] for i in range(size)]
     if size == 2:
-        return _split16(np.frombuffer(body, dtype=_U16))
-    v = np.frombuffer(body, dtype=_U32)
-    return [*_split16((v >> 16).astype(_U16)), (v >> 8).astype(_U8), v.astype(_U8)]
+        v = np.frombuffer(body, dtype=_U16)
+        t, u = scratch.temps(_U16, n)
+        np.right_shift(v, 7, out=t)
+        np.copyto(out[0], t, casting="unsafe")  # bits 14..7
+        np.bitwise_and(v, 0x807F, out=t)
+    else:
+        v = np.frombuffer(body, dtype=_U32)
+        t, u = scratch.temps(_U32, n)
+        np.right_shift(v, 23, out=t)
+        np.copyto(out[0], t, casting="unsafe")  # bits 30..23
+        np.right_shift(v, 8, out=t)
+        np.copyto(out[2], t, casting="unsafe")  # bits 15..8
+        np.copyto(out[3], v, casting="unsafe")  # bits 7..0
+        np.right_shift(v, 16, out=t)
+        t &= 0x807F
+    np.right_shift(t, 8, out=u)
+    t |= u
+    np.copyto(out[1], t, casting="unsafe")  # sign << 7 | the next 7 bits
+    return out
 
 
 def _join(size: int, streams: list[np.ndarray]) -> bytes:
     """Inverse of _split: the elements' little-endian bytes."""
-    if size == 2:
-        return _join16(streams[0], streams[1]).tobytes()
-    w = streams[0].astype(_U32)
-    w <<= 23
-    t = streams[1].astype(_U32)
-    t *= 257
-    t &= 0x807F
-    t <<= 16
+    n = len(streams[0])
+    dt = _U16 if size == 2 else _U32
+    w, t = _scratch().temps(dt, n)
+    np.copyto(w, streams[0])
+    w <<= 7 if size == 2 else 23
+    np.copyto(t, streams[1])
+    t *= 257  # b << 8 | b
+    t &= 0x807F  # sign at bit 15, 7 bits at 6..0
+    if size == 4:
+        t <<= 16
     w |= t
-    t = streams[2].astype(_U32)
-    t <<= 8
-    w |= t
-    w |= streams[3].astype(_U32)
+    if size == 4:
+        np.copyto(t, streams[2])
+        t <<= 8
+        w |= t
+        np.copyto(t, streams[3])
+        w |= t
     return w.tobytes()
 
 
@@ -200,7 +230,7 @@ def _read_exact(read: Callable[[int], bytes], n: int, what: str) -> bytes:
         return b""
     data = read(n)
     if len(data) == n:
-        return data
+        return data if isinstance(data, bytes) else bytes(data)
     if len(data) > n:
         raise CorruptData(f"fsplit: reader returned more bytes than asked for ({what})")
     parts = [data]
@@ -220,6 +250,10 @@ def _unzstd(data: bytes, n: int, what: str) -> bytes:
     """Decode a stored stream that must be exactly one zstd frame of exactly n bytes."""
     if not data.startswith(_ZSTD_MAGIC):
         raise CorruptData(f"fsplit: {what} is not a zstd frame")
+    if len(data) > 4 and data[4] & 0x18:
+        # Frame_Header_Descriptor's unused and reserved bits must be 0: libzstd ignores the
+        # unused one, so without this check a flipped bit there would pass unnoticed
+        raise CorruptData(f"fsplit: {what} zstd frame header has unused bits set")
     try:
         params = zstandard.get_frame_parameters(data)
     except zstandard.ZstdError as e:
@@ -228,6 +262,8 @@ def _unzstd(data: bytes, n: int, what: str) -> bytes:
         raise CorruptData(
             f"fsplit: {what} zstd frame declares {params.content_size} bytes, expected {n}"
         )
+    if not params.has_checksum:
+        raise CorruptData(f"fsplit: {what} zstd frame has no content checksum")
     if params.dict_id != 0:
         raise CorruptData(f"fsplit: {what} zstd frame needs a dictionary")
     if params.window_size > _MAX_WINDOW:
@@ -291,16 +327,21 @@ def iter_decode(codec: str, read: Callable[[int], bytes], length: int) -> Iterat
 
     ``read(n)`` returns up to n stored bytes, fewer only at the end of the stored data.
     Raises CorruptData if the stored bytes are malformed, truncated, too long, carry trailing
-    bytes or decode to a length other than ``length``. Memory stays within a few BLOCK_MAX
-    whatever the stored bytes claim.
+    bytes or decode to a length other than ``length``: the error can come after some pieces
+    were yielded, so a caller must not trust what it got until the iterator is exhausted.
+    Memory stays within a few BLOCK_MAX whatever the stored bytes claim.
     """
     dtype = _DTYPE_OF_CODEC.get(codec)
     if dtype is None:
         raise ValueError(f"not an fsplit codec: {codec!r}")
     if length < 0:
         raise ValueError("length must be >= 0")
-    size = DTYPES[dtype]
-    layout = _LAYOUT[dtype]
+    return _iter_blocks(read, DTYPES[dtype], _LAYOUT[dtype], length)
+
+
+def _iter_blocks(
+    read: Callable[[int], bytes], size: int, layout: int, length: int
+) -> Iterator[bytes]:
     produced = 0
     blocks = 0
     while True:
@@ -309,7 +350,7 @@ def iter_decode(codec: str, read: Callable[[int], bytes], length: int) -> Iterat
             break
         if len(first) != 1:
             raise CorruptData("fsplit: reader returned more bytes than asked for")
-        piece = _decode_one(read, size, layout, first, length - produced)
+        piece = _decode_one(read, size, layout, bytes(first), length - produced)
         blocks += 1
         if not piece and (length or blocks > 1):
             raise CorruptData("fsplit: empty block where none may be (only an empty chunk has one)")

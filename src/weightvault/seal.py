@@ -151,11 +151,11 @@ def seal(
         for i, f in enumerate(files):
             st = os.stat(f.abspath)
             if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
-                raise InputError(f"{f.abspath}: changed while it was being sealed; seal again")
+                raise InputError(f"{src.root / f.path}: changed while it was being sealed; seal again")
             got = doc["files"][i]["sha256"]
             if f.expected_sha256 and got != f.expected_sha256:
                 raise IntegrityError(
-                    f"{f.abspath}: sha256 {got} computed while sealing differs from the "
+                    f"{src.root / f.path}: sha256 {got} computed while sealing differs from the "
                     f"{src.expected_from} {f.expected_sha256}"
                 )
         manifest = Manifest.from_doc(doc)

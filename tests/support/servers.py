@@ -215,6 +215,7 @@ class SeaweedS3:
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen | None = None
         self._log = self.dir / "weed.out"
+        self._ports_seen: set[int] = set()  # includes gRPC ports weed moved to by itself
 
     # -- life cycle
 
@@ -266,20 +267,23 @@ class SeaweedS3:
         self._remove_grpc_sockets()
 
     def _remove_grpc_sockets(self) -> None:
-        for port in self.ports.values():
+        ports = self._ports_seen | {p + _GRPC_OFFSET for p in self.ports.values()}
+        for port in ports:
             for d in {Path("/tmp"), Path(tempfile.gettempdir())}:
-                for sock in d.glob(f"seaweedfs-*-grpc-{port + _GRPC_OFFSET}.sock"):
+                for sock in d.glob(f"seaweedfs-*-grpc-{port}.sock"):
                     sock.unlink(missing_ok=True)
+        self._ports_seen.clear()
 
     def _launch(self) -> None:
         for sub in ("data", "logs", "tmp"):
             (self.dir / sub).mkdir(exist_ok=True)
         config = self.dir / "s3.json"
-        config.write_text(json.dumps({"identities": [{
+        identity = {
             "name": "test",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }]}))
+        }
+        config.write_text(json.dumps({"identities": [identity]}))
         config.chmod(0o600)
         # Stale sockets from a SIGKILLed run carry our port numbers.
         self._remove_grpc_sockets()
@@ -309,6 +313,7 @@ class SeaweedS3:
         self.startup_seconds = time.monotonic() - t0
         expected = {p + off for p in self.ports.values() for off in (0, _GRPC_OFFSET)}
         actual = _listening_ports(self._proc.pid)
+        self._ports_seen |= actual
         if actual != expected:
             raise _PortTrouble(
                 f"weed listens on {sorted(actual)}, asked for {sorted(expected)}\n"

@@ -1,0 +1,77 @@
+"""Shared fixtures: the real model, keys, and a runner for the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support.model import ensure_minilm
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+def wv(*args: str | os.PathLike, cwd: Path | None = None, env: dict | None = None) -> Result:
+    """Run the installed CLI exactly as a user would."""
+    cmd = [sys.executable, "-m", "weightvault.cli", *map(str, args)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return ensure_minilm()
+
+
+@pytest.fixture(scope="session")
+def lab_key(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("keys")
+    r = wv("keygen", d / "lab.key")
+    assert r.code == 0, r.err
+    return d / "lab.key"
+
+
+@pytest.fixture(scope="session")
+def other_key(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("keys-other")
+    assert wv("keygen", d / "other.key").code == 0
+    return d / "other.key"
+
+
+@pytest.fixture(scope="session")
+def sealed_minilm(tmp_path_factory, minilm_dir, lab_key) -> Path:
+    """A vault holding the real model as bundle 'minilm'. Tests must not modify it: copy it."""
+    vault = tmp_path_factory.mktemp("sealed") / "vault"
+    r = wv("seal", minilm_dir, "--vault", vault, "--key", lab_key, "--name", "minilm", "--json")
+    assert r.code == 0, r.err
+    return vault
+
+
+@pytest.fixture
+def vault_copy(sealed_minilm, tmp_path) -> Path:
+    dst = tmp_path / "vault"
+    shutil.copytree(sealed_minilm, dst)
+    return dst
+
+
+def objects_of(vault: Path, name: str = "minilm") -> list[Path]:
+    return sorted((vault / "bundles" / name / "data" / "objects").iterdir())
+
+
+def biggest_object(vault: Path, name: str = "minilm") -> Path:
+    return max(objects_of(vault, name), key=lambda p: p.stat().st_size)
