@@ -5,10 +5,13 @@ core (4 MiB blocks, as the chunk writer feeds them), then the same with --thread
 
     PYTHONPATH=src python benchmarks/fsplit_bench.py [--size-mib 256] [--model PATH] [--threads 2]
 
-Data sets: bf16 normal(0, 0.02) of --size-mib MiB, generated; the tensor data of a real fp32
-safetensors file (all-MiniLM-L6-v2 by default) if one is found: --model, else
-$WEIGHTVAULT_TEST_MODEL_DIR/model.safetensors, else
+Data sets: bf16 normal(0, 0.02) of --size-mib MiB and f16 normal(0, 0.02) of --f16-mib MiB,
+generated; the tensor data of a real fp32 safetensors file (all-MiniLM-L6-v2 by default) if
+one is found: --model, else $WEIGHTVAULT_TEST_MODEL_DIR/model.safetensors, else
 ~/.cache/weightvault-test/all-MiniLM-L6-v2/model.safetensors, else /tmp/minilm/model.safetensors.
+
+Decode speed depends a lot on how glibc's malloc hands back freed memory: run once more with
+MALLOC_TRIM_THRESHOLD_=268435456 MALLOC_MMAP_THRESHOLD_=67108864 to see the ceiling.
 """
 
 from __future__ import annotations
@@ -132,6 +135,7 @@ def bench(name: str, dtype: str, data: bytes, threads: int, reps: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--f16-mib", type=int, default=64, help="size of the f16 set; 0 skips it")
     ap.add_argument("--model", help="an fp32 safetensors file")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--reps", type=int, default=3, help="timed runs; the best is shown")
@@ -144,6 +148,15 @@ def main() -> None:
         args.threads,
         args.reps,
     )
+    if args.f16_mib:
+        f16 = np.random.default_rng(1).normal(0.0, 0.02, args.f16_mib << 19).astype("<f2")
+        bench(
+            f"f16 normal(0, 0.02), {args.f16_mib} MiB",
+            "F16",
+            f16.tobytes(),
+            args.threads,
+            args.reps,
+        )
     model = find_model(args.model)
     if model is None:
         print("MiniLM fp32: no model file found, skipped")

@@ -1,18 +1,17 @@
 #!/usr/bin/env python3
 """Reference restorer for weightvault bundles, format version 1.
 
-This file is the proof that docs/FORMAT.md (a copy travels in every bundle as data/FORMAT.md)
-is complete: it was written from that document alone, imports no weightvault code, and the
-weightvault test suite checks that it restores, bit-exact, what weightvault sealed. It is
-meant to be read in one sitting by someone who has only a bundle and this file.
+The proof that the format spec (docs/FORMAT.md with its fsplit appendix; every bundle carries
+a copy as data/FORMAT.md) is complete: written from the spec alone, sharing no code with
+weightvault, and tested to restore bit-exact what weightvault seals. Read it in one sitting.
 
     python reference_restore.py BAG_DIR DEST [--trust PUBKEY.pem]
 
-BAG_DIR is a bundle directory (a copy of VAULT/bundles/NAME/); DEST must not exist or be an
-empty directory. It needs Python 3.11+, `zstandard`, `numpy` (for fsplit-* chunks) and, with
---trust, `cryptography` (Ed25519). Without --trust the signature is NOT checked (a warning
-says so); the manifest is still checked against the payload_sha256 in weightvault.sig.
-Exit status 0 on success; 1, with one error line on stderr, on any failure.
+BAG_DIR is a bundle directory (a copy of VAULT/bundles/NAME/); DEST must not exist or be empty.
+Needs Python 3.11+, `zstandard`, `numpy` (fsplit-* chunks) and, with --trust, `cryptography`.
+Without --trust the signature is NOT checked (a warning says so); the manifest is still checked
+against weightvault.sig's payload_sha256. Exit 0 on success; on any failure exit 1 with one
+"error:" line on stderr, leaving DEST as it was.
 """
 
 import argparse
@@ -21,6 +20,7 @@ import hashlib
 import json
 import re
 import shutil
+import struct
 import sys
 import tempfile
 import unicodedata
@@ -28,13 +28,14 @@ from pathlib import Path
 
 import zstandard
 
-HEX64, HEX128 = re.compile(r"[0-9a-f]{64}"), re.compile(r"[0-9a-f]{128}")
 PAYLOAD_TYPE = "application/vnd.weightvault.manifest+json; version=1"
 DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
 DEVICES |= {f"{p}{i}" for p in ("COM", "LPT") for i in range(10)}
-FSPLIT = {"fsplit-bf16": "BF16", "fsplit-f16": "F16", "fsplit-f32": "F32"}
+FSPLIT = {"fsplit-bf16": ("BF16", 1, 2), "fsplit-f16": ("F16", 2, 2), "fsplit-f32": ("F32", 3, 4)}
 SOURCE_KEYS = {"kind", "path", "repo_type", "repo_id", "revision", "commit", "refs",
                "endpoint", "excluded", "verified_against", "verified_files"}
+ROLES = {"record", "report", "interview", "attachment", "model-signing"}
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 class Refused(Exception):
@@ -46,12 +47,21 @@ def check(ok, message):
         raise Refused(message)
 
 
-def is_uint(value, high=None):
-    return type(value) is int and value >= 0 and (high is None or value <= high)
+def is_uint(v, high=None):
+    return type(v) is int and v >= 0 and (high is None or v <= high)
+
+
+def is_hex(v, digits=64):
+    return isinstance(v, str) and re.fullmatch(f"[0-9a-f]{{{digits}}}", v) is not None
+
+
+def members(obj, required, optional=(), what=""):
+    check(isinstance(obj, dict) and set(required) <= obj.keys() <= set(required) | set(optional),
+          f"{what}: wrong members")
 
 
 def load_canonical(raw, what):
-    """Parse canonical JSON (section 4.1): no duplicate keys, no floats, bytes == re-encoding."""
+    """Section 4.1: no duplicate keys, no floats, and the bytes are the canonical encoding."""
     def pairs(items):
         check(len({k for k, _ in items}) == len(items), f"{what}: duplicate key")
         return dict(items)
@@ -70,53 +80,44 @@ def load_canonical(raw, what):
     return doc
 
 
-def members(obj, required, optional=(), what=""):
-    check(isinstance(obj, dict), f"{what}: not an object")
-    keys = set(obj)
-    check(set(required) <= keys <= set(required) | set(optional), f"{what}: wrong members {sorted(keys)}")
-
-
 def check_signature(bag, manifest_raw, trust):
-    """Section 6: payload digest always; the Ed25519 signature when a trusted key is given."""
+    """Section 6: the payload digest always; the Ed25519 signature when a key is trusted."""
     env = load_canonical((bag / "weightvault.sig").read_bytes(), "weightvault.sig")
     members(env, {"format", "format_version", "payload_type", "payload_sha256", "signatures"},
             what="weightvault.sig")
-    check(env["format"] == "weightvault-signature" and env["format_version"] == 1
-          and env["payload_type"] == PAYLOAD_TYPE, "weightvault.sig: unknown format or version")
+    check((env["format"], env["format_version"], env["payload_type"])
+          == ("weightvault-signature", 1, PAYLOAD_TYPE), "weightvault.sig: unknown format")
     check(hashlib.sha256(manifest_raw).hexdigest() == env["payload_sha256"],
           "data/weightvault.json does not match payload_sha256 in weightvault.sig")
     sigs = env["signatures"]
-    check(isinstance(sigs, list) and 1 <= len(sigs) <= 16, "weightvault.sig: need 1..16 signatures")
+    check(isinstance(sigs, list) and 1 <= len(sigs) <= 16, "weightvault.sig: not 1..16 signatures")
+    for s in sigs:
+        members(s, {"keyid", "alg", "public_key", "sig"}, what="weightvault.sig signature")
     if trust is None:
         print("warning: signature NOT checked (no --trust key given)", file=sys.stderr)
         return
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        PublicFormat,
-        load_pem_public_key,
-    )
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     key = load_pem_public_key(Path(trust).read_bytes())
     check(isinstance(key, Ed25519PublicKey), f"{trust}: not an Ed25519 public key")
-    keyid = hashlib.sha256(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()
+    keyid = hashlib.sha256(key.public_bytes_raw()).hexdigest()
     ptype = PAYLOAD_TYPE.encode()
     pae = b"DSSEv1 %d %s %d %s" % (len(ptype), ptype, len(manifest_raw), manifest_raw)
     for s in sigs:
-        members(s, {"keyid", "alg", "public_key", "sig"}, what="weightvault.sig signature")
         if s["keyid"] == keyid and s["alg"] == "ed25519":
             try:
-                key.verify(base64.b64decode(s["sig"], validate=True), pae)
-                return
+                return key.verify(base64.b64decode(s["sig"], validate=True), pae)
             except (InvalidSignature, ValueError):
                 pass
-    raise Refused(f"no valid signature by the trusted key {keyid[:16]}")
+    raise Refused(f"no valid signature by the trusted key {keyid}")
 
 
 def check_path(path):
-    """Section 7: every rule, before anything is written."""
-    check(isinstance(path, str) and path, "empty or non-string path")
+    """Section 7: the rules for one path."""
     what = f"unsafe path {path!r}"
+    check(isinstance(path, str) and path, what)
     try:
         check(len(path.encode("utf-8")) <= 4096, f"{what}: longer than 4096 bytes")
     except UnicodeError:
@@ -132,13 +133,32 @@ def check_path(path):
         check(part.split(".")[0].upper() not in DEVICES, f"{what}: Windows device name")
 
 
+def check_paths(paths, what):
+    """Section 7: each path, sorted and unique, no case-fold twins, no file that is a dir."""
+    for p in paths:
+        check_path(p)
+    check(paths == sorted(set(paths)), f"{what}: paths not sorted or not unique")
+    folded = {unicodedata.normalize("NFC", p.casefold()) for p in paths}
+    check(len(folded) == len(paths), f"{what}: two paths are equal ignoring case")
+    dirs = {"/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)}
+    check(not dirs & set(paths), f"{what}: a path is also a directory of another path")
+
+
+def bound(codec, length):
+    """Section 5: the largest object a chunk of `length` bytes may be stored as."""
+    check(codec in ("raw", "zstd") or codec in FSPLIT, f"unknown codec {codec!r}")
+    if codec == "raw":
+        return length
+    return length + length // 128 + 64 + (64 * -(-length // 4194304) if codec in FSPLIT else 0)
+
+
 def check_manifest(m):
-    """Section 4 and 7: members, types, invariants, paths. Returns {object name: size}."""
+    """Sections 4 and 7: members, types, invariants, paths. Returns {object name: size}."""
     members(m, {"format", "format_version", "name", "created", "tool", "source", "chunking",
-                "files", "objects", "encryption"}, what="manifest")
+                "files", "objects", "encryption", "record"}, what="manifest")
     check(m["format"] == "weightvault-manifest", "manifest: not a weightvault manifest")
     check(m["format_version"] == 1, f"manifest: unknown format_version {m['format_version']!r}")
-    check(m["encryption"] is None, "manifest: encrypted bundles are not version 1")
+    check(m["encryption"] is None, "manifest: encrypted, which version 1 does not allow")
     check(isinstance(m["name"], str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", m["name"])
           and m["name"].split(".")[0].upper() not in DEVICES, "manifest: bad bundle name")
     check(isinstance(m["created"], str)
@@ -147,63 +167,54 @@ def check_manifest(m):
     members(m["chunking"], {"target_size", "piece_size"}, what="manifest chunking")
     members(m["source"], {"kind"}, SOURCE_KEYS, what="manifest source")
     check(m["source"]["kind"] in ("local", "hf-cache", "hf-hub"), "manifest: unknown source kind")
-    objects, files = m["objects"], m["files"]
-    check(isinstance(objects, list) and isinstance(files, list), "manifest: files/objects not arrays")
+    check(all(isinstance(m[k], list) for k in ("files", "objects", "record")), "manifest: not arrays")
+    for r in m["record"]:  # section 4.6: checked, but not part of the restored model
+        members(r, {"path", "role", "size", "sha256", "sha512"}, what="manifest record")
+        check(r["role"] in ROLES and is_uint(r["size"]) and is_hex(r["sha256"])
+              and is_hex(r["sha512"], 128), f"record {r['path']!r}: bad entry")
+        check(isinstance(r["path"], str) and r["path"].startswith("record/"),
+              f"record {r['path']!r}: does not start with record/")
+    check_paths([r["path"] for r in m["record"]], "record")
     sizes = {}
-    for o in objects:
+    for o in m["objects"]:
         members(o, {"name", "size", "sha512"}, what="manifest object")
-        check(isinstance(o["name"], str) and HEX64.fullmatch(o["name"]) and is_uint(o["size"])
-              and isinstance(o["sha512"], str) and HEX128.fullmatch(o["sha512"]), "bad object entry")
+        check(is_hex(o["name"]) and is_uint(o["size"]) and is_hex(o["sha512"], 128), "bad object")
         sizes[o["name"]] = o["size"]
-    names = [o["name"] for o in objects]
-    check(names == sorted(set(names)), "manifest: objects not sorted by name or not unique")
+    names = [o["name"] for o in m["objects"]]
+    check(names == sorted(sizes), "manifest: objects not sorted by name or not unique")
     used = set()
-    for f in files:
+    for f in m["files"]:
         members(f, {"path", "size", "mode", "sha256", "chunks"}, what="manifest file")
-        check_path(f["path"])
-        check(is_uint(f["size"]) and is_uint(f["mode"], 511) and isinstance(f["sha256"], str)
-              and HEX64.fullmatch(f["sha256"]) and isinstance(f["chunks"], list),
-              f"{f['path']}: bad size, mode, sha256 or chunks")
+        check(is_uint(f["size"]) and is_uint(f["mode"], 511) and is_hex(f["sha256"])
+              and isinstance(f["chunks"], list), f"{f['path']}: bad size, mode, sha256 or chunks")
         end = 0
         for c in f["chunks"]:
             what = f"{f['path']} chunk at {end}"
             members(c, {"offset", "length", "sha256", "codec", "object"}, {"dtype"}, what=what)
             check(c["offset"] == end and is_uint(c["length"], 1 << 30) and c["length"] >= 1,
                   f"{what}: chunks do not tile the file")
-            check(isinstance(c["sha256"], str) and HEX64.fullmatch(c["sha256"]), f"{what}: bad sha256")
-            check(c["object"] in sizes, f"{what}: object {c['object']} is not listed in objects")
-            check(c["codec"] not in FSPLIT or c.get("dtype", FSPLIT[c["codec"]]) == FSPLIT[c["codec"]],
-                  f"{what}: codec {c['codec']} contradicts dtype {c.get('dtype')}")
+            check(is_hex(c["sha256"]) and c["object"] in sizes, f"{what}: bad sha256 or object")
+            check(c["codec"] not in FSPLIT or c.get("dtype", FSPLIT[c["codec"]][0])
+                  == FSPLIT[c["codec"]][0], f"{what}: codec {c['codec']} contradicts dtype")
             check(sizes[c["object"]] <= bound(c["codec"], c["length"]),
                   f"{what}: object {c['object']} larger than the {c['codec']} bound")
             used.add(c["object"])
             end += c["length"]
         check(end == f["size"], f"{f['path']}: chunk lengths do not add up to size")
     check(used == set(sizes), "manifest: an object is listed but used by no chunk")
-    paths = [f["path"] for f in files]
-    check(paths == sorted(set(paths)), "manifest: files not sorted by path or not unique")
-    folded = {unicodedata.normalize("NFC", p.casefold()) for p in paths}
-    check(len(folded) == len(paths), "manifest: two paths are equal ignoring case")
-    dirs = {"/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)}
-    check(not dirs & set(paths), "manifest: a path is also a directory of another path")
+    check_paths([f["path"] for f in m["files"]], "files")
     return sizes
 
 
-def bound(codec, length):
-    """Section 5: the largest object a chunk of `length` bytes may be stored as."""
-    if codec == "raw":
-        return length
-    check(codec == "zstd" or codec in FSPLIT, f"unknown codec {codec!r}")
-    extra = 64 * -(-length // 4194304) if codec in FSPLIT else 0
-    return length + length // 128 + 64 + extra
-
-
-def unzstd(data, length, what="zstd"):
-    """Section 5.2: one frame, declaring `length`, window <= 2^27, nothing left over."""
+def unzstd(data, length, what="zstd", max_window=1 << 27, strict=False):
+    """Section 5.2 (strict: Appendix A 4.2): one frame of `length` bytes, nothing left over."""
     try:
+        check(data[:4] == ZSTD_MAGIC and len(data) > 5, f"{what}: not a zstd frame")
         params = zstandard.get_frame_parameters(data)
         check(params.content_size == length, f"{what}: frame does not declare {length} bytes")
-        check(params.window_size <= 1 << 27, f"{what}: window larger than 2^27")
+        check(params.window_size <= max_window, f"{what}: window larger than {max_window}")
+        check(not strict or (params.has_checksum and not params.dict_id and not data[4] & 0x18),
+              f"{what}: frame lacks a checksum, uses a dictionary or sets reserved bits")
         pos = zstandard.frame_header_size(data)  # RFC 8878 3.1.1: walk the blocks to the end
         while True:
             check(pos + 3 <= len(data), f"{what}: truncated frame")
@@ -213,7 +224,7 @@ def unzstd(data, length, what="zstd"):
             if header & 1:
                 break
         check(pos + (4 if data[4] & 4 else 0) == len(data), f"{what}: bytes left over after frame")
-        dctx = zstandard.ZstdDecompressor(max_window_size=1 << 27)
+        dctx = zstandard.ZstdDecompressor(max_window_size=max_window)
         with dctx.stream_reader(data, read_across_frames=False) as reader:
             out = bytearray()
             while len(out) < length and (piece := reader.read(length - len(out))):
@@ -225,17 +236,41 @@ def unzstd(data, length, what="zstd"):
 
 
 def unfsplit(data, length, codec):
-    """Section 5.3 and Appendix A."""
-    raise Refused(f"{codec}: not implemented yet")
+    """Section 5.3 and Appendix A: blocks of split exponent/sign+mantissa streams."""
+    import numpy as np
 
+    _, layout, size = FSPLIT[codec]
+    out, pos = bytearray(), 0
 
-def decode(data, codec, length):
-    if codec == "raw":
-        check(len(data) == length, "raw object has the wrong size")
-        return data
-    if codec == "zstd":
-        return unzstd(data, length)
-    return unfsplit(data, length, codec)
+    def take(n):
+        nonlocal pos
+        check(pos + n <= len(data), f"{codec}: truncated block")
+        pos += n
+        return data[pos - n:pos]
+
+    while pos < len(data):
+        magic, version, lay, block_len = struct.unpack("<BBBI", take(7))
+        check((magic, version, lay) == (0xF5, 1, layout), f"{codec}: bad block header")
+        check(0 < block_len <= min(4194304, length - len(out)), f"{codec}: bad block length")
+        n = block_len // size
+        descriptors = take(5 * size)
+        streams = []
+        for k in range(size):
+            method, stored = struct.unpack_from("<BI", descriptors, 5 * k)
+            check((method, stored) == (0, n) or (method == 1 and 1 <= stored <= n),
+                  f"{codec}: bad stream descriptor")
+            payload = take(stored)
+            if method == 1:
+                payload = unzstd(payload, n, f"{codec} stream", max_window=1 << 23, strict=True)
+            streams.append(np.frombuffer(payload, np.uint8).astype(np.uint32))
+        a, b = streams[0], streams[1]
+        w = (a << 7) | ((b & 0x80) << 8) | (b & 0x7F)  # bf16, f16, or the top half of an f32
+        if size == 4:
+            w = (w << 16) | (streams[2] << 8) | streams[3]
+        out += w.astype(f"<u{size}").tobytes()
+        out += take(block_len - n * size)  # the tail: bytes that are not a whole element
+    check(len(out) == length, f"{codec}: decoded {len(out)} bytes, not {length}")
+    return bytes(out)
 
 
 def read_object(bag, name, size):
@@ -268,8 +303,9 @@ def restore(bag, dest, trust):
             digest = hashlib.sha256()
             with open(target, "xb") as out:
                 for c in f["chunks"]:
-                    plain = decode(read_object(bag, c["object"], sizes[c["object"]]),
-                                   c["codec"], c["length"])
+                    data, codec = read_object(bag, c["object"], sizes[c["object"]]), c["codec"]
+                    plain = (data if codec == "raw" else unzstd(data, c["length"])  # section 5
+                             if codec == "zstd" else unfsplit(data, c["length"], codec))
                     check(len(plain) == c["length"]
                           and hashlib.sha256(plain).hexdigest() == c["sha256"],
                           f"{f['path']}: chunk at {c['offset']} (object {c['object']}) is damaged")
@@ -277,9 +313,7 @@ def restore(bag, dest, trust):
                     out.write(plain)
             check(digest.hexdigest() == f["sha256"], f"{f['path']}: file SHA-256 mismatch")
             target.chmod(f["mode"])                                            # step 4
-        if dest.exists():
-            dest.rmdir()
-        tmp.rename(dest)
+        tmp.replace(dest)  # atomic; replaces DEST if it is an empty directory
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -294,11 +328,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         count = restore(args.bag_dir, args.dest, args.trust)
-    except Refused as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # I/O errors, malformed documents, missing libraries
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    except Exception as e:  # Refused, or I/O errors, malformed documents, missing libraries
+        print(f"error: {e if isinstance(e, Refused) else f'{type(e).__name__}: {e}'}", file=sys.stderr)
         return 1
     print(f"restored {count} files into {args.dest}")
     return 0

@@ -126,7 +126,9 @@ def test_no_trust_given_is_refused_unless_insecure(vault_copy, tmp_path):
 
 def test_unsigned_bundle(vault_copy, lab_key, tmp_path):
     (vault_copy / "bundles/minilm/weightvault.sig").unlink()
-    r = wv("restore", "minilm", tmp_path / "out", "--vault", vault_copy, "--trust", f"{lab_key}.pub")
+    r = wv(
+        "restore", "minilm", tmp_path / "out", "--vault", vault_copy, "--trust", f"{lab_key}.pub"
+    )
     assert r.code == TRUST and "weightvault.sig: missing" in one_line(r)
     assert not (tmp_path / "out").exists()
 
@@ -217,7 +219,9 @@ def test_ambiguous_bundle_prefix(vault_copy, lab_key):
     line = one_line(r)
     assert r.code == USAGE and "matches 2 bundles (minilm, minilm-copy)" in line
     r = wv("verify", "minilm-copy", "--vault", vault_copy, "--trust", f"{lab_key}.pub")
-    assert r.code == INTEGRITY and "names bundle 'minilm' but lives under 'minilm-copy'" in one_line(r)
+    assert (
+        r.code == INTEGRITY and "names bundle 'minilm' but lives under 'minilm-copy'" in one_line(r)
+    )
 
 
 def test_unknown_bundle(vault_copy, lab_key):

@@ -288,6 +288,41 @@ def test_layout_of_streams_matches_the_spec():
     assert stored[27:] == bytes([0x80, 0xC9, 0x0F, 0xDB, 0xAA])
 
 
+EXAMPLE_ZSTD = bytes.fromhex(
+    "f5 01 01 80 00 00 00 01 15 00 00 00 01 15 00 00 00"
+    " 28 b5 2f fd 24 40 45 00 00 10 7f 7f 01 00 93 00 16 a8 f3 dc cc"
+    " 28 b5 2f fd 24 40 45 00 00 10 00 00 01 00 93 00 16 19 2a b8 47"
+)
+
+
+def test_zstd_example_from_the_spec_decodes():
+    assert decode("BF16", EXAMPLE_ZSTD, 128) == b"\x80\x3f" * 64
+
+
+SPEC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT-fsplit.md"
+
+
+def test_the_decoder_printed_in_the_spec_agrees():
+    if not SPEC.is_file():
+        pytest.skip("docs/FORMAT-fsplit.md not found next to the tests")
+    text = SPEC.read_text(encoding="utf-8")
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    ns: dict = {}
+    exec(compile(code, str(SPEC), "exec"), ns)
+    spec_decode, corrupt = ns["decode"], ns["Corrupt"]
+    assert spec_decode("fsplit-bf16", EXAMPLE_STORED, 8) == EXAMPLE_PLAIN
+    assert spec_decode("fsplit-bf16", EXAMPLE_ZSTD, 128) == b"\x80\x3f" * 64
+    for dtype in DTYPES:
+        size = fsplit.DTYPES[dtype]
+        for data in (b"", b"\x01", normal_bytes(dtype, 70_001, seed=10) + b"\x02" * (size - 1)):
+            stored = encode(dtype, data, block=100_000)
+            assert spec_decode(fsplit.codec_name(dtype), stored, len(data)) == data
+        data, stored = small_stream(dtype)
+        for bad in (stored[:-1], stored + b"\0", b"\xf4" + stored[1:]):
+            with pytest.raises((corrupt, zstandard.ZstdError)):
+                spec_decode(fsplit.codec_name(dtype), bad, len(data))
+
+
 def hand_block(layout: int, length: int, streams: list[tuple[int, bytes]], tail=b"") -> bytes:
     out = struct.pack("<BBBI", 0xF5, 1, layout, length)
     for method, payload in streams:

@@ -30,8 +30,19 @@ def run(*args: str | Path) -> subprocess.CompletedProcess:
 
 
 def seal(src: Path, vault: Path, key: Path, name: str, *extra: str) -> Path:
-    proc = run("weightvault", "seal", src, "--vault", vault, "--key", key, "--name", name,
-               "--quiet", *extra)
+    proc = run(
+        "weightvault",
+        "seal",
+        src,
+        "--vault",
+        vault,
+        "--key",
+        key,
+        "--name",
+        name,
+        "--quiet",
+        *extra,
+    )
     assert proc.returncode == 0, proc.stderr
     return vault / "bundles" / name
 
@@ -60,7 +71,11 @@ def assert_same_files(src: Path, dest: Path) -> None:
 def write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> None:
     header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
     for name, (dtype, shape, data) in tensors.items():
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     text = json.dumps(header, separators=(",", ":")).encode()

@@ -87,9 +87,13 @@ def test_hub_cache_snapshot_directory(hub, minilm_dir, lab_key, tmp_path):
     src = manifest(v, "all-MiniLM-L6-v2")["source"]
     assert src["kind"] == "hf-cache" and src["repo_id"] == REPO and src["commit"] == hub.commit
     assert src["refs"] == ["main"] and src["verified_files"] >= 1
-    st = next(f for f in manifest(v, "all-MiniLM-L6-v2")["files"] if f["path"] == "model.safetensors")
+    st = next(
+        f for f in manifest(v, "all-MiniLM-L6-v2")["files"] if f["path"] == "model.safetensors"
+    )
     assert st["sha256"] == ST_SHA
     out = tmp_path / "out"
-    assert wv("restore", "all-MiniLM-L6-v2", out, "--vault", v, "--trust", f"{lab_key}.pub").code == 0
+    assert (
+        wv("restore", "all-MiniLM-L6-v2", out, "--vault", v, "--trust", f"{lab_key}.pub").code == 0
+    )
     assert same_tree(minilm_dir, out)
     assert not any(p.is_symlink() for p in out.rglob("*"))

@@ -48,6 +48,10 @@ class Manifest:
         return {o["name"]: o for o in self.doc["objects"]}
 
     @property
+    def record(self) -> list[dict]:
+        return self.doc["record"]
+
+    @property
     def bytes_in(self) -> int:
         return sum(f["size"] for f in self.files)
 
@@ -121,6 +125,10 @@ def check(doc: dict, what: str) -> None:
             raise CorruptData(
                 f"{what}: {f['path']}: chunks cover {pos} bytes but the file has {f['size']}"
             )
+    rpaths = [check_relpath(r["path"], what) for r in doc["record"]]
+    if rpaths != sorted(rpaths):
+        raise CorruptData(f"{what}: record files are not sorted by path")
+    check_unique(rpaths, what)
     unused = set(objects) - used
     if unused:
         raise CorruptData(f"{what}: object {sorted(unused)[0]} is listed but no chunk uses it")

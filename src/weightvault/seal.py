@@ -8,15 +8,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import __version__, chunking, codec, sources
 from .errors import InputError, IntegrityError
 from .keys import SigningKey
 from .manifest import PAYLOAD_TYPE, Manifest
-from .paths import check_name
+from .paths import check_name, check_relpath
 from .pipeline import Emit, Lane, pieces, run
 from .store import Store
-from .vault import Vault, already_sealed, object_key
+from .vault import Vault, already_sealed, object_key, prefix
 
 
 @dataclass
@@ -28,6 +29,8 @@ class SealOptions:
     workers: int | None = None
     excludes: tuple[str, ...] = sources.DEFAULT_EXCLUDES
     hf_cache_dir: str | None = None
+    # The retirement record: (role, local file, path in the bundle, which starts with "record/")
+    record: list[tuple[str, Path, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -137,7 +140,7 @@ def seal(
             obj = s256.hexdigest()
             size = w.size
             w.commit(object_key(name, obj))
-            written.append(obj)
+            written.append(object_key(name, obj))
         chunk = {"offset": p.offset, "length": p.length, "sha256": h.hexdigest(),
                  "codec": enc.codec, "object": obj}  # fmt: skip
         if p.dtype:
@@ -148,10 +151,16 @@ def seal(
     try:
         results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi, workers=opts.workers)
         doc = _manifest_doc(name, src, files, jobs, results, lane.done, opts)
+        doc["record"] = sorted(
+            (_store_record_file(store, name, *r, written) for r in opts.record),
+            key=lambda r: r["path"],
+        )
         for i, f in enumerate(files):
             st = os.stat(f.abspath)
             if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
-                raise InputError(f"{src.root / f.path}: changed while it was being sealed; seal again")
+                raise InputError(
+                    f"{src.root / f.path}: changed while it was being sealed; seal again"
+                )
             got = doc["files"][i]["sha256"]
             if f.expected_sha256 and got != f.expected_sha256:
                 raise IntegrityError(
@@ -170,9 +179,9 @@ def seal(
     except BaseException:
         # Nothing was committed: remove what this run wrote, so no half bundle lingers.
         if not vault.is_committed(name):
-            for obj in set(written):
+            for key in set(written):
                 with contextlib.suppress(Exception):
-                    store.delete(object_key(name, obj))
+                    store.delete(key)
         raise
     return SealResult(
         bundle=manifest.bundle_id,
@@ -185,6 +194,27 @@ def seal(
         vault=store.url,
         notes=src.notes,
     )
+
+
+def _store_record_file(store: Store, name: str, role: str, local: Path, path: str,
+                       written: list[str]) -> dict:  # fmt: skip
+    check_relpath(path, "record file")
+    s256, s512 = hashlib.sha256(), hashlib.sha512()
+    try:
+        f = open(local, "rb")  # noqa: SIM115
+    except OSError as e:
+        raise InputError(f"{local}: cannot read {role} file ({e.strerror})") from None
+    with f, store.new_object() as w:
+        while data := f.read(codec.PIECE):
+            s256.update(data)
+            s512.update(data)
+            w.write(data)
+        key = f"{prefix(name)}/data/{path}"
+        w.commit(key)
+        written.append(key)
+        size = w.size
+    return {"path": path, "role": role, "size": size, "sha256": s256.hexdigest(),
+            "sha512": s512.hexdigest()}  # fmt: skip
 
 
 def _manifest_doc(name, src, files, jobs, results, digests, opts) -> dict:
@@ -223,4 +253,5 @@ def _manifest_doc(name, src, files, jobs, results, digests, opts) -> dict:
         "files": entries,
         "objects": [objects[k] for k in sorted(objects)],
         "encryption": None,
+        "record": [],
     }

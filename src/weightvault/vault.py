@@ -163,6 +163,7 @@ class Vault:
             format_md = spec.format_md()
             payload = [bag.Entry(f"data/objects/{o['name']}", o["size"], o["name"], o["sha512"])
                        for o in manifest.doc["objects"]]  # fmt: skip
+            payload += record_entries(manifest)
             payload += bag.tag_entries({"data/weightvault.json": manifest.raw,
                                         FORMAT_KEY: format_md})  # fmt: skip
             st.put_bytes(f"{p}/{FORMAT_KEY}", format_md)
@@ -186,6 +187,11 @@ class Vault:
             entries = bag.tag_entries(tags)
             st.put_bytes(f"{p}/tagmanifest-sha512.txt", bag.manifest_text(entries, "sha512"))
             st.put_bytes(f"{p}/{bag.COMMIT_MARKER}", bag.manifest_text(entries, "sha256"))
+
+
+def record_entries(manifest: Manifest) -> list[bag.Entry]:
+    return [bag.Entry(f"data/{r['path']}", r["size"], r["sha256"], r["sha512"])
+            for r in manifest.record]  # fmt: skip
 
 
 def already_sealed(vault: Vault, name: str) -> Conflict:

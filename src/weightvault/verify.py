@@ -97,6 +97,14 @@ def verify(
 
         found = run(sorted(objects), check, workers=workers)
         report.problems += [p for p in found if p]
+    for r in m.record:
+        key = f"{prefix(m.name)}/data/{r['path']}"
+        try:
+            check_object(
+                store, key, {"name": r["sha256"], "size": r["size"], "sha512": r["sha512"]}
+            )
+        except IntegrityError as e:
+            report.problems.append(_problem(store, key, e))
     report.bytes_checked = store.counters.bytes_read - before
     report.seconds = round(time.monotonic() - t0, 3)
     return report
@@ -139,6 +147,8 @@ def check_bag(vault: Vault, b: Bundle) -> list[Problem]:
     expected: dict[str, tuple[int, str, str]] = {
         f"{OBJECTS}/{o['name']}": (o["size"], o["name"], o["sha512"]) for o in m.doc["objects"]
     }
+    for r in m.record:
+        expected[f"data/{r['path']}"] = (r["size"], r["sha256"], r["sha512"])
     for key, data in ((MANIFEST_KEY, m.raw), (FORMAT_KEY, None)):
         body = data if data is not None else read(key)
         if body is not None:
@@ -156,7 +166,7 @@ def check_bag(vault: Vault, b: Bundle) -> list[Problem]:
         for path, (_size, *digs) in expected.items():
             if path not in listed:
                 problems.append(Problem("tag", st.describe(f"{p}/{key}"), f"does not list {path}"))
-            elif listed[path] != digs[i] and not path.startswith(OBJECTS):
+            elif listed[path] != digs[i] and path in (MANIFEST_KEY, FORMAT_KEY):
                 problems.append(Problem("damaged", st.describe(f"{p}/{path}"),
                                         f"{alg} differs from {key}"))  # fmt: skip
             elif listed[path] != digs[i]:

@@ -1,0 +1,261 @@
+"""Unit and property tests of the pure pieces: paths, canonical JSON, manifest invariants,
+chunk plans, and the ordered pipeline."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import struct
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from weightvault import canon, chunking, pipeline
+from weightvault.errors import CorruptData, InputError, WeightvaultError
+from weightvault.manifest import Manifest
+from weightvault.paths import check_relpath, check_unique
+
+BAD_PATHS = {
+    "../etc/passwd": "'..'",
+    "a/../../b": "'..'",
+    "/etc/passwd": "absolute",
+    "a\\b": "backslash",
+    "a\x00b": "NUL",
+    "a\nb": "control",
+    "C:evil": "drive letter",
+    "a//b": "empty",
+    "./a": "'.'",
+    "nul": "device",
+    "sub/COM1.txt": "device",
+    "aux.json": "device",
+    "trailing./x": "ends with",
+    "x" * 300: "255 bytes",
+    "cafe\u0301": "NFC",
+}
+
+
+@pytest.mark.parametrize("path,why", BAD_PATHS.items())
+def test_unsafe_paths_rejected(path, why):
+    with pytest.raises(CorruptData, match="unsafe path") as e:
+        check_relpath(path, "m")
+    assert why in str(e.value)
+
+
+@pytest.mark.parametrize("path", ["model.safetensors", "1_Pooling/config.json", "a/b/c.d",
+                                  "unicodé/文件.bin", "a b/c"])  # fmt: skip
+def test_safe_paths_accepted(path):
+    assert check_relpath(path, "m") == path
+
+
+@pytest.mark.parametrize("paths,msg", [
+    (["a", "a"], "duplicate"),
+    (["Model.bin", "model.bin"], "differ only in case"),
+    (["a", "a/b"], "is a file and a directory"),
+])  # fmt: skip
+def test_colliding_paths(paths, msg):
+    with pytest.raises(CorruptData, match=msg):
+        check_unique(paths, "m")
+
+
+@given(st.text(max_size=40))
+def test_path_check_never_raises_anything_else(p):
+    try:
+        check_relpath(p, "m")
+    except CorruptData:
+        pass
+
+
+def test_canonical_json_is_jcs_for_our_documents():
+    assert canon.canonical({"b": [1, "é\n"], "a": {"z": None, "y": True}}) == (
+        '{"a":{"y":true,"z":null},"b":[1,"é\\n"]}'.encode()
+    )
+    with pytest.raises(ValueError):
+        canon.canonical({"x": 1.5})
+
+
+@pytest.mark.parametrize("doc,msg", [
+    (b'{"a":1,"a":2}', "duplicate key"),
+    (b'{"a":NaN}', "NaN"),
+    (b'{"a":1.0}', "floating point"),
+    (b"[" * 50 + b"]" * 50, "nested deeper"),
+    (b"[" * 100000 + b"]" * 100000, "recursion|nested"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b'{"a":', "not valid JSON"),
+])  # fmt: skip
+def test_hostile_json_rejected(doc, msg):
+    with pytest.raises(CorruptData, match=msg):
+        canon.parse(doc, "doc")
+
+
+def test_oversized_json_rejected_before_parsing():
+    with pytest.raises(CorruptData, match="larger than"):
+        canon.parse(b" " * 101, "doc", max_size=100)
+
+
+@given(st.binary(max_size=200))
+def test_json_reader_fuzz(data):
+    try:
+        canon.parse(data, "doc")
+    except CorruptData:
+        pass
+
+
+def _doc() -> dict:
+    obj = hashlib.sha256(b"x").hexdigest()
+    return {
+        "format": "weightvault-manifest", "format_version": 1, "name": "m",
+        "created": "2026-11-22T00:00:00Z", "tool": {"name": "weightvault", "version": "0"},
+        "source": {"kind": "local", "path": "/x"},
+        "chunking": {"target_size": 1 << 20, "piece_size": 1 << 20},
+        "files": [{"path": "a.bin", "size": 10, "mode": 420, "sha256": "0" * 64, "chunks": [
+            {"offset": 0, "length": 4, "sha256": "1" * 64, "codec": "raw", "object": obj},
+            {"offset": 4, "length": 6, "sha256": "2" * 64, "codec": "zstd", "object": obj},
+        ]}],
+        "objects": [{"name": obj, "size": 4, "sha512": "3" * 128}],
+        "encryption": None, "record": [],
+    }  # fmt: skip
+
+
+def test_valid_manifest_round_trips():
+    m = Manifest.from_doc(_doc())
+    assert Manifest.parse(m.raw, "m").bundle_id == hashlib.sha256(m.raw).hexdigest()
+
+
+def _mutate(fn):
+    d = _doc()
+    fn(d)
+    return d
+
+
+@pytest.mark.parametrize("doc,msg", [
+    (_mutate(lambda d: d["files"][0]["chunks"][1].update(offset=3)), "overlap or leave a gap"),
+    (_mutate(lambda d: d["files"][0]["chunks"][1].update(offset=5)), "overlap or leave a gap"),
+    (_mutate(lambda d: d["files"][0].update(size=11)), "chunks cover 10 bytes"),
+    (_mutate(lambda d: d["files"][0]["chunks"][0].update(object="f" * 64)), "does not list"),
+    (_mutate(lambda d: d["objects"][0].update(size=5)), "too large for 4 bytes of raw"),
+    (_mutate(lambda d: d["objects"][0].update(size=3)), "size differs"),
+    (_mutate(lambda d: d["files"][0]["chunks"].pop()), "chunks cover 4 bytes"),
+    (_mutate(lambda d: d["files"].append(copy.deepcopy(d["files"][0]))), "duplicate path"),
+    (_mutate(lambda d: d["files"][0].update(path="../x")), "unsafe path"),
+    (_mutate(lambda d: d["files"][0].update(path="/abs")), "unsafe path"),
+    (_mutate(lambda d: d.update(format_version=2)), "format version 2 is not supported"),
+    (_mutate(lambda d: d.update(extra=1)), "schema"),
+    (_mutate(lambda d: d.update(encryption={"scheme": "x"})), "schema"),
+    (_mutate(lambda d: d["files"][0]["chunks"][0].update(length=0)), "schema"),
+    (_mutate(lambda d: d["files"][0]["chunks"][0].update(codec="lz4")), "schema"),
+])  # fmt: skip
+def test_manifest_invariants(doc, msg):
+    raw = canon.canonical(doc)
+    with pytest.raises(CorruptData, match=msg):
+        Manifest.parse(raw, "m")
+
+
+def test_non_canonical_manifest_rejected():
+    raw = json.dumps(_doc(), indent=1).encode()
+    with pytest.raises(CorruptData, match="canonical"):
+        Manifest.parse(raw, "m")
+
+
+@settings(max_examples=200)
+@given(st.recursive(st.none() | st.integers() | st.text(max_size=5) | st.booleans(),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                    max_leaves=20))  # fmt: skip
+def test_manifest_reader_fuzz(obj):
+    """Any JSON yields a Manifest or the tool's own typed error, never another exception."""
+    try:
+        raw = json.dumps(obj).encode()
+        Manifest.parse(raw, "m")
+    except WeightvaultError:
+        pass
+
+
+def _safetensors(tmp_path, tensors: dict[str, tuple[str, int]], pad: int = 0):
+    header, off = {}, 0
+    for name, (dtype, nbytes) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": [nbytes // chunking.ITEMSIZE[dtype]],
+                        "data_offsets": [off, off + nbytes]}  # fmt: skip
+        off += nbytes
+    h = json.dumps(header).encode()
+    p = tmp_path / "m.safetensors"
+    p.write_bytes(struct.pack("<Q", len(h)) + h + bytes(off + pad))
+    return p, 8 + len(h)
+
+
+def test_safetensors_plan_is_tensor_aligned_and_tiles_the_file(tmp_path):
+    p, base = _safetensors(tmp_path, {"a": ("BF16", 10_000), "b": ("BF16", 6_000),
+                                      "c": ("F32", 100_000), "d": ("I64", 64)}, pad=3)  # fmt: skip
+    size = p.stat().st_size
+    plan = chunking.plan(p, size, target=16_384)
+    pos = 0
+    for piece in plan:
+        assert piece.offset == pos and 0 < piece.length <= 16_384
+        if piece.dtype:
+            assert piece.length % chunking.ITEMSIZE[piece.dtype] == 0
+        pos += piece.length
+    assert pos == size
+    assert plan[0] == chunking.Piece(0, base, None)
+    assert plan[1] == chunking.Piece(base, 16_000, "BF16")  # a and b grouped
+    assert {pc.dtype for pc in plan} == {None, "BF16", "F32", "I64"}
+
+
+def test_overlapping_tensors_rejected(tmp_path):
+    h = json.dumps({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                    "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}).encode()  # fmt: skip
+    p = tmp_path / "m.safetensors"
+    p.write_bytes(struct.pack("<Q", len(h)) + h + bytes(24))
+    with pytest.raises(InputError, match="overlap"):
+        chunking.plan(p, p.stat().st_size)
+
+
+def test_fixed_chunks_for_other_files(tmp_path):
+    assert chunking.plan(tmp_path / "x.bin", 10, target=4096) == [chunking.Piece(0, 10)]
+    assert [p.length for p in chunking.plan(tmp_path / "x", 10_000, target=4096)] == [
+        4096,
+        4096,
+        1808,
+    ]
+    assert chunking.plan(tmp_path / "x", 0) == []
+
+
+def test_pipeline_orders_lane_and_bounds_open_chunks():
+    seen: list[tuple[int, bytes]] = []
+    open_now, peak = [0], [0]
+    lock = threading.Lock()
+
+    class L(pipeline.Lane):
+        def piece(self, job, data):
+            seen.append((job, data))
+
+        def end(self, job):
+            with lock:
+                open_now[0] -= 1
+
+    def work(job, emit):
+        with lock:
+            open_now[0] += 1
+            peak[0] = max(peak[0], open_now[0])
+        for i in range(3):
+            emit(bytes([job, i]))
+        return job * 2
+
+    assert pipeline.run(list(range(50)), work, lane=L(), workers=4, window=3) == [
+        j * 2 for j in range(50)
+    ]
+    assert seen == [(j, bytes([j, i])) for j in range(50) for i in range(3)]
+    assert peak[0] <= 3
+
+
+def test_pipeline_first_error_cancels_and_propagates():
+    def work(job, emit):
+        if job == 5:
+            raise InputError("boom at 5")
+        emit(b"x")
+        return job
+
+    class L(pipeline.Lane):
+        pass
+
+    with pytest.raises(InputError, match="boom at 5"):
+        pipeline.run(list(range(100)), work, lane=L(), workers=2)
