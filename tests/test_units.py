@@ -12,6 +12,7 @@ import threading
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from weightvault import canon, chunking, pipeline
 from weightvault.errors import CorruptData, InputError, WeightvaultError
 from weightvault.manifest import Manifest
