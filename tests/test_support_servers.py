@@ -13,8 +13,7 @@ import paramiko
 import pytest
 import s3fs
 from botocore.exceptions import ClientError
-
-from tests.support.servers import SeaweedS3, SshServer, _alive, _ed25519_keypair, _process_tree
+from support.servers import SeaweedS3, SshServer, _alive, _ed25519_keypair, _process_tree
 
 
 def _assert_all_gone(tree: list[tuple[int, str]], pattern: str) -> None:

@@ -34,6 +34,10 @@ BAD_PATHS = {
     "trailing./x": "ends with",
     "x" * 300: "255 bytes",
     "cafe\u0301": "NFC",
+    "ab:c": "':'",
+    "what?.txt": "'?'",
+    "x\x85y": "control",
+    "CON .txt": "device",
 }
 
 

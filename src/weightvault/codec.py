@@ -67,7 +67,9 @@ class ChunkEncoder:
             self.codec = "raw"
             return first
         self.codec = "zstd"
-        cctx = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
+        cctx = zstandard.ZstdCompressor(
+            level=self.level, write_content_size=True, write_checksum=True
+        )
         self._z = cctx.compressobj(size=self.length)
         return self._z.compress(first)
 
@@ -116,15 +118,36 @@ def _iter_raw(read: Reader, length: int) -> Iterator[bytes]:
 
 
 class _Src:
-    def __init__(self, read: Reader):
-        self.read = read
+    """A reader that first replays bytes already taken (the frame header we inspected)."""
+
+    def __init__(self, head: bytes, read: Reader):
+        self.head, self._read = head, read
+
+    def read(self, n: int) -> bytes:
+        if self.head:
+            out, self.head = self.head[:n], self.head[n:]
+            return out
+        return self._read(n)
 
 
 def _iter_zstd(read: Reader, length: int) -> Iterator[bytes]:
+    head = read(18)  # the largest possible frame header
+    try:
+        params = zstandard.get_frame_parameters(head)
+    except zstandard.ZstdError as e:
+        raise CorruptData(f"not a zstd frame ({e})") from None
+    if params.content_size != length:
+        declared = (
+            "no" if params.content_size == zstandard.CONTENTSIZE_UNKNOWN else params.content_size
+        )
+        raise CorruptData(f"zstd frame declares {declared} content bytes, expected {length}")
+    if params.dict_id:
+        raise CorruptData("zstd frame needs a dictionary")
     dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     left = length
+    src = _Src(head, read)
     try:
-        with dctx.stream_reader(_Src(read), read_size=1 << 20, read_across_frames=False) as zr:
+        with dctx.stream_reader(src, read_size=1 << 20, read_across_frames=False) as zr:
             while left:
                 data = zr.read(min(PIECE, left))
                 if not data:
@@ -133,7 +156,7 @@ def _iter_zstd(read: Reader, length: int) -> Iterator[bytes]:
                 yield data
             if zr.read(1):
                 raise CorruptData("zstd frame decodes to more than the declared length")
-        if read(1):
+        if src.read(1):
             raise CorruptData("bytes follow the zstd frame")
     except zstandard.ZstdError as e:
         raise CorruptData(f"zstd: {e}") from None

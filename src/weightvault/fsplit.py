@@ -5,7 +5,7 @@ predictable exponent lands in a stream of its own, which zstd (tuned to do littl
 Huffman-code its literals) shrinks to about a third; the near-random sign and mantissa bits go
 into the other streams, each kept raw unless zstd makes it smaller.
 
-The normative format is docs/FORMAT-fsplit.md; this module is its reference implementation.
+The normative format is docs/FORMAT.md (Appendix A); this module is its reference implementation.
 Stored form of a chunk: the concatenation of encoded blocks, each holding at most
 ``BLOCK_MAX`` plaintext bytes.
 
@@ -19,8 +19,10 @@ Block layout (all integers little-endian)::
     ..  the S stream payloads, in order
     ..  the tail: the last L mod S plaintext bytes, verbatim
 
-Thread safety: every function may be called from several threads at once; zstd contexts are
-kept per thread, and numpy and zstandard release the GIL while they work.
+Thread safety: every function may be called from several threads at once; zstd contexts and
+work buffers are kept per thread (12 MiB for each thread that has encoded or decoded), and
+numpy and zstandard release the GIL while they work, so encoders in threads scale with cores.
+Input needs no alignment (an odd offset into a larger buffer works, a little slower).
 """
 
 from __future__ import annotations

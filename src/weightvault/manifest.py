@@ -20,6 +20,7 @@ MAX_MANIFEST = 256 << 20
 # zstd never expands input by more than this (frame header + block headers); RFC 8878 section 3.1.1.2
 _ZSTD_SLACK = 64
 _FSPLIT_SLACK = 64
+_FSPLIT_DTYPE = {"fsplit-bf16": "BF16", "fsplit-f16": "F16", "fsplit-f32": "F32"}
 
 
 def zstd_bound(n: int) -> int:
@@ -114,6 +115,9 @@ def check(doc: dict, what: str) -> None:
                     "that the manifest does not list"
                 )
             used.add(c["object"])
+            if c["codec"].startswith("fsplit-") and c.get("dtype") != _FSPLIT_DTYPE[c["codec"]]:
+                raise CorruptData(f"{what}: {f['path']}: chunk at {c['offset']} uses {c['codec']} "
+                                  f"but its dtype is {c.get('dtype')!r}")  # fmt: skip
             if obj["size"] > stored_bound(c["codec"], c["length"]):
                 raise CorruptData(
                     f"{what}: object {c['object']} is {obj['size']} bytes, too large for "

@@ -11,7 +11,8 @@ from .errors import CorruptData
 MAX_PATH_BYTES = 4096
 MAX_COMPONENT_BYTES = 255
 # Names Windows reserves whatever the extension; refusing them keeps a bundle restorable everywhere.
-_DEVICE = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³]|conin\$|conout\$)(\..*)?$", re.I)
+_DEVICE = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³]|conin\$|conout\$) *(\..*)?$", re.I)
+_NONPORTABLE = set('<>:"|?*')
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -28,7 +29,7 @@ def check_relpath(path: object, what: str) -> str:
 def _path_problem(path: str) -> str | None:
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         return "too long"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in path):
         return "contains a control character or NUL"
     if "\\" in path:
         return "contains a backslash"
@@ -36,6 +37,8 @@ def _path_problem(path: str) -> str | None:
         return "is absolute"
     if re.match(r"^[A-Za-z]:", path):
         return "starts with a drive letter"
+    if bad := sorted(set(path) & _NONPORTABLE):
+        return f"contains {bad[0]!r}, which some filesystems cannot store"
     if unicodedata.normalize("NFC", path) != path:
         return "is not in Unicode NFC form"
     for part in path.split("/"):

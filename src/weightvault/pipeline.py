@@ -148,13 +148,11 @@ def run(
         if lane_thread is not None:
             lane_thread.join()
     errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
+    errors += lane_error
+    # The cause, not the cancellations it set off in other workers
     real = [e for e in errors if not isinstance(e, Interrupted)]
-    if lane_error:
-        raise lane_error[0]
-    if real:
-        raise real[0]
-    if errors:
-        raise errors[0]
+    if real or errors:
+        raise (real or errors)[0]
     return [f.result() for f in futures]
 
 

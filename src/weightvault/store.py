@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import io
 import os
 import secrets
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
-from .errors import CorruptData, InputError, StorageError
+from .errors import CorruptData, InputError, IntegrityError, StorageError
 
 TMP = "tmp"  # vault-level scratch: outside every bag, so a crash never leaves a file in a bag
 
@@ -70,15 +71,17 @@ class ObjectWriter:
         self._f.write(data)
         self.size += len(data)
 
-    def commit(self, key: str, *, exclusive: bool = False) -> bool:
-        """Move into place. Returns False if `exclusive` and the key already existed."""
+    def commit(self, key: str, *, exclusive: bool = False, sha256: str | None = None) -> bool:
+        """Move into place. Returns False if `exclusive` and the key already existed. With
+        `sha256`, the staged copy is read back (or checked by the server) and must match
+        before it replaces anything."""
         self._f.flush()
         with contextlib.suppress(io.UnsupportedOperation, AttributeError, OSError):
             os.fsync(self._f.fileno())
         self._f.close()
         self.done = True
         self.store.counters.add(written=self.size)
-        return self.store._finish(self.tmp_key, key, exclusive)
+        return self.store._finish(self.tmp_key, key, exclusive, sha256)
 
     def abort(self) -> None:
         if not self.done:
@@ -118,8 +121,9 @@ class Store:
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
 
-    def list(self, prefix: str) -> list[str]:
-        """Keys of every object under `prefix`/ (recursively), relative to the vault root."""
+    def list(self, prefix: str) -> dict[str, int]:
+        """Key -> size of every object under `prefix`/ (recursively); keys are relative to the
+        vault root. A listing reads no payload."""
         raise NotImplementedError
 
     def list_dirs(self, prefix: str) -> list[str]:
@@ -148,7 +152,7 @@ class Store:
     def describe(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
 
-    def _finish(self, tmp_key: str, key: str, exclusive: bool) -> bool:
+    def _finish(self, tmp_key: str, key: str, exclusive: bool, sha256: str | None) -> bool:
         raise NotImplementedError
 
     def _discard(self, tmp_key: str) -> None:
@@ -194,13 +198,14 @@ class LocalStore(Store):
             raise StorageError(f"{self._path(key)}: cannot stat ({e.strerror})") from None
         return st.st_size
 
-    def list(self, prefix: str) -> list[str]:
-        base = self._path(prefix)
-        out = []
-        for dirpath, _dirs, files in os.walk(base):
+    def list(self, prefix: str) -> dict[str, int]:
+        out = {}
+        for dirpath, _dirs, files in os.walk(self._path(prefix)):
             rel = Path(dirpath).relative_to(self.root).as_posix()
-            out.extend(f"{rel}/{f}" for f in files)
-        return sorted(out)
+            for f in files:
+                with contextlib.suppress(FileNotFoundError):
+                    out[f"{rel}/{f}"] = os.lstat(os.path.join(dirpath, f)).st_size
+        return dict(sorted(out.items()))
 
     def list_dirs(self, prefix: str) -> list[str]:
         try:
@@ -220,8 +225,10 @@ class LocalStore(Store):
             raise StorageError(f"{self.root}: cannot write ({e.strerror})") from None
         return ObjectWriter(self, f, tmp_key)
 
-    def _finish(self, tmp_key: str, key: str, exclusive: bool) -> bool:
+    def _finish(self, tmp_key: str, key: str, exclusive: bool, sha256: str | None) -> bool:
         src, dst = self._path(tmp_key), self._path(key)
+        if sha256 is not None:
+            _check_readback(src, sha256, self.describe(key), lambda: src.unlink(missing_ok=True))
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
             if exclusive:
@@ -259,6 +266,20 @@ class LocalStore(Store):
 
     def local_path(self, key: str) -> Path:
         return self._path(key)
+
+
+def _check_readback(path, sha256: str, what: str, discard, opener=open) -> None:
+    """Hash a staged copy as stored; a mismatch discards it, so a bad copy never replaces
+    anything (nor lands where a good one was missing)."""
+    h = hashlib.sha256()
+    with opener(path, "rb") as f:
+        while data := f.read(1 << 20):
+            h.update(data)
+    if h.hexdigest() != sha256:
+        with contextlib.suppress(Exception):
+            discard()
+        raise IntegrityError(f"{what}: copy read back as sha256 {h.hexdigest()[:16]}..., "
+                             f"expected {sha256[:16]}...; not committed")  # fmt: skip
 
 
 def _fsync_dir(path: Path) -> None:
@@ -311,14 +332,13 @@ class FsspecStore(Store):
         except OSError as e:
             raise StorageError(f"{self.describe(key)}: {e}") from None
 
-    def list(self, prefix: str) -> list[str]:
-        base = self._p(prefix)
+    def list(self, prefix: str) -> dict[str, int]:
         try:
-            found = self.fs.find(base)
+            found = self.fs.find(self._p(prefix), detail=True)
         except FileNotFoundError:
-            return []
+            return {}
         n = len(self.root) + 1
-        return sorted(p[n:] for p in found)
+        return {p[n:]: int(info.get("size") or 0) for p, info in sorted(found.items())}
 
     def list_dirs(self, prefix: str) -> list[str]:
         try:
@@ -336,7 +356,7 @@ class FsspecStore(Store):
         f = tempfile.NamedTemporaryFile(prefix="wv-", suffix=".part", delete=False)  # noqa: SIM115
         return ObjectWriter(self, f, f.name)
 
-    def _finish(self, tmp_key: str, key: str, exclusive: bool) -> bool:
+    def _finish(self, tmp_key: str, key: str, exclusive: bool, sha256: str | None) -> bool:
         try:
             if exclusive and self.exists(key):
                 return False
@@ -344,10 +364,16 @@ class FsspecStore(Store):
             target = self._p(key)
             self._guard(lambda: self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True), key)
             self._guard(lambda: self.fs.put_file(tmp_key, remote_tmp), self.describe(key))
-            self._guard(lambda: self.fs.mv(remote_tmp, target), self.describe(key))
+            if sha256 is not None:
+                _check_readback(remote_tmp, sha256, self.describe(key),
+                                lambda: self.fs.rm_file(remote_tmp), opener=self.fs.open)  # fmt: skip
+            self._rename(remote_tmp, target)
             return True
         finally:
             os.unlink(tmp_key)
+
+    def _rename(self, src: str, dst: str) -> None:
+        self._guard(lambda: self.fs.mv(src, dst), dst)
 
     def _discard(self, tmp_key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -358,11 +384,20 @@ class FsspecStore(Store):
             self.fs.rm_file(self._p(key))
 
 
-def open_store(url: str, storage_options: dict | None = None, *, create: bool = False) -> Store:
-    parsed = urlparse(url)
-    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+def is_local(url: str) -> bool:
+    return urlparse(url).scheme in ("", "file")
+
+
+def open_store(url: str, storage_options: dict | None = None, *, create: bool = False,
+               object_lock=None) -> Store:  # fmt: skip
+    if is_local(url):
+        parsed = urlparse(url)
         path = Path(parsed.path if parsed.scheme == "file" else url)
+        if object_lock:
+            raise InputError(f"{url}: object_lock is only available on s3:// replicas")
         if not create and not (path / TMP).is_dir():
             raise InputError(f"{path}: not a weightvault vault (no {TMP}/ directory)")
         return LocalStore(path, create=create)
-    return FsspecStore(url, storage_options, create=create)
+    from .remote import open_remote
+
+    return open_remote(url, storage_options, object_lock=object_lock, create=create)

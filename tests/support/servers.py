@@ -330,8 +330,9 @@ class SeaweedS3:
             time.sleep(0.05)
 
     def _wait_ready(self, t0: float) -> None:
-        """Until a real PUT succeeds: weed reports 'ready' well before volumes accept data."""
-        client = self.client(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1})
+        """Until a real PUT succeeds. The banner's 'ready' does not mean that: after a SIGKILL
+        the first PUT can wait about 5 s for a writable volume."""
+        client = self.client(connect_timeout=1, read_timeout=15, retries={"max_attempts": 1})
         probe = "wv-probe-" + secrets.token_hex(4)
         last: Exception | None = None
         while time.monotonic() - t0 < self.startup_timeout:

@@ -1,0 +1,347 @@
+"""Remote stores: S3-compatible object stores and SFTP, over fsspec, with retries.
+
+Transfer policy lives here, storage semantics in store.py: transient failures (connection
+refused or reset, timeouts, throttling, 5xx) are retried with exponential backoff; a missing
+bucket, bad credentials or a denied permission fail at once with one clear line.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from .errors import CorruptData, InputError, StorageError
+from .store import TMP, FsspecStore, Store
+
+T = TypeVar("T")
+RETRIES = 5
+BACKOFF = 0.5
+_TRANSIENT_S3 = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
+                 "RequestTimeTooSkewed", "503", "500", "502", "504"}  # fmt: skip
+_FATAL_S3 = {
+    "NoSuchBucket": "bucket does not exist",
+    "AccessDenied": "access denied",
+    "InvalidAccessKeyId": "credentials rejected (unknown access key)",
+    "SignatureDoesNotMatch": "credentials rejected (wrong secret key)",
+    "InvalidToken": "credentials rejected",
+    "ExpiredToken": "credentials expired",
+}
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    mode: str  # COMPLIANCE | GOVERNANCE
+    days: int
+
+
+def _s3_code(e: BaseException) -> str | None:
+    for err in (e, e.__cause__, e.__context__):
+        resp = getattr(err, "response", None)
+        if isinstance(resp, dict):
+            return str(resp.get("Error", {}).get("Code") or resp.get("ResponseMetadata", {})
+                       .get("HTTPStatusCode"))  # fmt: skip
+    return None
+
+
+def _transient(e: BaseException) -> bool:
+    code = _s3_code(e)
+    if code is not None:
+        return code in _TRANSIENT_S3
+    if isinstance(e, (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError)):
+        return False
+    if isinstance(e, (ConnectionError, TimeoutError, socket.timeout, EOFError)):
+        return True
+    name = type(e).__name__
+    return any(s in name for s in ("Connect", "Timeout", "SSHException", "ClientOSError",
+                                   "ServerDisconnected", "IncompleteRead", "ProtocolError"))  # fmt: skip
+
+
+def with_retries(fn: Callable[[], T], what: str, *, retries: int = RETRIES,
+                 on_retry: Callable[[], None] | None = None) -> T:  # fmt: skip
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except (StorageError, CorruptData, InputError):
+            raise
+        except Exception as e:  # noqa: BLE001 - classified below
+            code = _s3_code(e)
+            if code in _FATAL_S3:
+                raise StorageError(f"{what}: {_FATAL_S3[code]}") from None
+            if isinstance(e, PermissionError):
+                raise StorageError(f"{what}: permission denied") from None
+            if isinstance(e, FileNotFoundError):
+                raise
+            if not _transient(e) or attempt == retries:
+                detail = str(e) or type(e).__name__
+                raise StorageError(f"{what}: unreachable or failing ({detail})") from None
+            time.sleep(BACKOFF * (2**attempt) * (0.5 + random.random()))
+            if on_retry:
+                with contextlib.suppress(Exception):
+                    on_retry()
+    raise AssertionError("unreachable")
+
+
+class RetryingFsspecStore(FsspecStore):
+    def _guard(self, fn, what: str):
+        try:
+            return with_retries(fn, what, on_retry=self._reconnect)
+        except FileNotFoundError:
+            raise StorageError(f"{what}: missing") from None
+        except OSError as e:
+            raise StorageError(f"{what}: {e}") from None
+
+    def _reconnect(self) -> None:
+        pass
+
+    def size(self, key: str) -> int | None:
+        def info() -> int | None:
+            try:
+                return int(self.fs.info(self._p(key))["size"])
+            except FileNotFoundError:
+                return None
+
+        return self._guard(info, self.describe(key))
+
+    def list(self, prefix: str) -> dict[str, int]:
+        def find() -> dict:
+            try:
+                return self.fs.find(self._p(prefix), detail=True)
+            except FileNotFoundError:
+                return {}
+
+        n = len(self.root) + 1
+        found = self._guard(find, self.describe(prefix))
+        return {p[n:]: int(i.get("size") or 0) for p, i in sorted(found.items())}
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        def ls() -> list[dict]:
+            try:
+                return self.fs.ls(self._p(prefix), detail=True)
+            except FileNotFoundError:
+                return []
+
+        entries = self._guard(ls, self.describe(prefix))
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries
+                      if e["type"] == "directory")  # fmt: skip
+
+    def delete(self, key: str) -> None:
+        def rm() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self._p(key))
+
+        self._guard(rm, self.describe(key))
+
+
+class SftpStore(RetryingFsspecStore):
+    """SFTP with the server's host key pinned (config `host_key`, or known_hosts)."""
+
+    def __init__(self, url: str, options: dict, *, create: bool = False):
+        import paramiko
+
+        opts = dict(options)
+        u = urlparse(url)
+        host_key = opts.pop("host_key", None)
+        known_hosts = opts.pop("known_hosts", None) or os.path.expanduser("~/.ssh/known_hosts")
+        if "identity" in opts:
+            opts["key_filename"] = opts.pop("identity")
+        opts.setdefault("timeout", 15)
+        opts["host_key_policy"] = PinnedHostKey(u.hostname or "", u.port or 22, host_key,
+                                                known_hosts)  # fmt: skip
+        opts.setdefault("look_for_keys", "key_filename" not in opts)
+        self._url, self._opts = url, opts
+        try:
+            super().__init__(url, {**opts, "skip_instance_cache": True}, create=False)
+        except paramiko.SSHException as e:
+            raise StorageError(f"{url}: {e}") from None
+        except (OSError, EOFError) as e:
+            raise StorageError(f"{url}: unreachable ({e})") from None
+        if create:
+            self._guard(lambda: self.fs.makedirs(f"{self.root}/{TMP}", exist_ok=True), url)
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            self.fs.client.close()
+        self.fs._connect()
+
+    def _rename(self, src: str, dst: str) -> None:
+        # posix_rename replaces atomically (an OpenSSH extension); plain rename refuses an
+        # existing target, and fsspec's mv is copy-then-delete
+        self._guard(lambda: self.fs.ftp.posix_rename(src, dst), dst)
+
+
+class PinnedHostKey:
+    """paramiko host key policy: accept only the configured key or one in known_hosts."""
+
+    def __init__(self, host: str, port: int, pinned: str | None, known_hosts: str):
+        import paramiko
+
+        self.host, self.port, self.pinned, self.known_hosts = host, port, pinned, known_hosts
+        self._keys = paramiko.HostKeys()
+        if pinned:
+            parts = pinned.split()
+            if len(parts) < 2:
+                raise InputError(f"host_key {pinned!r}: expected 'TYPE BASE64'")
+            try:
+                key = paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
+            except Exception:  # noqa: BLE001 - paramiko raises several kinds
+                raise InputError(
+                    f"host_key {pinned[:40]!r}...: not a valid SSH public key"
+                ) from None
+            self._keys.add(self._name(), key.get_name(), key)
+        elif os.path.exists(known_hosts):
+            self._keys.load(known_hosts)
+
+    def _name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        import paramiko
+
+        found = self._keys.lookup(self._name()) or self._keys.lookup(hostname)
+        if found and found.get(key.get_name()) == key:
+            return
+        client.close()
+        where = "the configured host_key" if self.pinned else self.known_hosts
+        raise paramiko.SSHException(
+            f"host key {key.get_name()} SHA256:{base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip('=')} "
+            f"of {self._name()} is not the one pinned in {where}; refusing to connect"
+        )
+
+    def __repr__(self) -> str:  # fsspec keys its instance cache on the options' repr
+        return f"PinnedHostKey({self._name()}, {self.pinned or self.known_hosts})"
+
+
+class S3Store(RetryingFsspecStore):
+    """S3: every object is one PUT carrying its SHA-256, checked by the server on arrival;
+    optional Object Lock retention on every object written."""
+
+    has_checksums = True
+
+    def __init__(self, url: str, options: dict, *, object_lock: ObjectLock | None = None,
+                 create: bool = False):  # fmt: skip
+        opts = dict(options)
+        ep = opts.pop("endpoint_url", None)
+        if ep:
+            opts.setdefault("client_kwargs", {})["endpoint_url"] = ep
+        opts.setdefault("config_kwargs", {}).setdefault("proxies", {})
+        opts.setdefault("skip_instance_cache", True)
+        super().__init__(url, opts, create=False)
+        self.bucket = self.root.split("/", 1)[0]
+        self.object_lock = object_lock
+        self._check_bucket()
+        if object_lock:
+            self._check_object_lock()
+
+    def _call(self, method: str, **kw) -> Any:
+        from fsspec.asyn import sync
+
+        return sync(self.fs.loop, self.fs._call_s3, method, **kw)
+
+    def _check_bucket(self) -> None:
+        try:
+            with_retries(lambda: self._call("head_bucket", Bucket=self.bucket),
+                         f"{self.url}: bucket {self.bucket!r}", retries=2)  # fmt: skip
+        except FileNotFoundError:
+            raise StorageError(f"{self.url}: bucket {self.bucket!r} does not exist") from None
+
+    def _check_object_lock(self) -> None:
+        try:
+            cfg = with_retries(
+                lambda: self._call("get_object_lock_configuration", Bucket=self.bucket),
+                self.url, retries=2,
+            )  # fmt: skip
+            enabled = cfg.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        except (FileNotFoundError, StorageError, OSError):
+            enabled = False
+        if not enabled:
+            raise StorageError(
+                f"{self.url}: object_lock is configured but bucket {self.bucket!r} has no Object "
+                "Lock; create the bucket with Object Lock enabled or remove object_lock"
+            )
+
+    def _key(self, key: str) -> str:
+        return f"{self.root}/{key}".split("/", 1)[1]
+
+    def open_read(self, key: str):
+        import io
+
+        from .store import _CountingReader
+
+        def op():
+            return self.fs.open(self._p(key), "rb", block_size=4 << 20, cache_type="readahead")
+
+        try:
+            f = with_retries(op, self.describe(key))
+        except FileNotFoundError:
+            raise StorageError(f"{self.describe(key)}: missing") from None
+        return io.BufferedReader(_CountingReader(f, self.counters), 1 << 20)
+
+    def checksum(self, key: str) -> str | None:
+        """The server-side SHA-256 (hex) of an object, without reading its bytes; None if the
+        object has none (written without a checksum). Missing object: StorageError."""
+        try:
+            head = with_retries(lambda: self._call("head_object", Bucket=self.bucket,
+                                                   Key=self._key(key), ChecksumMode="ENABLED"),
+                                self.describe(key))  # fmt: skip
+        except FileNotFoundError:
+            raise StorageError(f"{self.describe(key)}: missing") from None
+        b64 = head.get("ChecksumSHA256")
+        if not b64 or "-" in b64:  # a multipart composite is not a digest of the bytes
+            return None
+        return base64.b64decode(b64).hex()
+
+    def _finish(self, tmp_key: str, key: str, exclusive: bool, sha256: str | None) -> bool:
+        # No read-back on S3: the PUT carries the SHA-256 and the server refuses other bytes.
+        try:
+            h = hashlib.sha256()
+            with open(tmp_key, "rb") as f:
+                while data := f.read(1 << 20):
+                    h.update(data)
+            kw: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Key": self._key(key),
+                "ChecksumAlgorithm": "SHA256",
+                "ChecksumSHA256": base64.b64encode(h.digest()).decode(),
+            }
+            if exclusive:
+                kw["IfNoneMatch"] = "*"
+            if self.object_lock:
+                until = dt.datetime.now(dt.UTC) + dt.timedelta(days=self.object_lock.days)
+                kw["ObjectLockMode"] = self.object_lock.mode
+                kw["ObjectLockRetainUntilDate"] = until
+
+            def put() -> None:
+                with open(tmp_key, "rb") as f:
+                    self._call("put_object", Body=f.read(), **kw)
+
+            try:
+                with_retries(put, self.describe(key))
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            os.unlink(tmp_key)
+
+
+def open_remote(url: str, options: dict | None, *, object_lock: ObjectLock | None = None,
+                create: bool = False) -> Store:  # fmt: skip
+    scheme = urlparse(url).scheme
+    options = dict(options or {})
+    if scheme in ("s3", "s3a"):
+        return S3Store(url, options, object_lock=object_lock, create=create)
+    if object_lock:
+        raise InputError(f"{url}: object_lock is only available on s3:// replicas")
+    if scheme in ("sftp", "ssh"):
+        return SftpStore(url, options, create=create)
+    store = RetryingFsspecStore(url, options, create=create)
+    return store
