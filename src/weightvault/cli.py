@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from . import __version__, keys
-from .errors import InputError, WeightvaultError
+from . import config as configmod
+from .errors import InputError, StorageError, WeightvaultError
 from .progress import bar
-
-
-def _fail(msg: str, code: int) -> None:
-    click.echo(f"weightvault: error: {msg}", err=True)
-    sys.exit(code)
 
 
 def main() -> None:
@@ -25,67 +21,89 @@ def main() -> None:
         cli.main(standalone_mode=False)
     except WeightvaultError as e:
         _fail(str(e), e.exit_code)
-    except click.exceptions.Abort:
-        _fail("interrupted", 130)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
     except click.ClickException as e:
-        click.echo(f"weightvault: error: {e.format_message()}", err=True)
-        sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
+        _fail(e.format_message(), 2 if isinstance(e, click.UsageError) else e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
 
 
-def _emit(obj: dict, as_json: bool, human: str) -> None:
-    if as_json:
-        click.echo(json.dumps(obj, indent=2, sort_keys=True))
-    else:
-        click.echo(human)
+def _fail(msg: str, code: int) -> None:
+    click.echo(f"weightvault: error: {msg}", err=True)
+    sys.exit(code)
 
 
-def _store(vault: str | None, create: bool = False):
-    from .store import open_store
+@dataclass
+class Ctx:
+    config_path: str | None
+    _config: configmod.Config | None = None
+    notes: list[str] = field(default_factory=list)
 
-    url = vault or os.environ.get("WEIGHTVAULT_VAULT")
-    if not url:
-        raise InputError("no vault given: pass --vault URL (or set WEIGHTVAULT_VAULT)")
-    return open_store(url, create=create)
+    @property
+    def config(self) -> configmod.Config:
+        if self._config is None:
+            path = configmod.locate(self.config_path)
+            self._config = configmod.load(path) if path else configmod.Config()
+        return self._config
+
+    def replicas(self, vault: str | None):
+        """--vault URL (one replica, named 'vault') or the config's replicas."""
+        from .replicas import ReplicaSet
+
+        cfg = self.config
+        if vault:
+            single = configmod.single(vault)
+            cfg = configmod.Config(cfg.path, cfg.signing_key, cfg.trusted_keys, single.replicas,
+                                   cfg.organization, cfg.audit, cfg.workers)  # fmt: skip
+        elif not cfg.replicas:
+            raise InputError("no vault given: pass --vault URL, or -c weightvault.toml with "
+                             "[replicas.NAME] tables")  # fmt: skip
+        return ReplicaSet(cfg)
+
+    def trusted(self, paths: tuple[str, ...]) -> list[keys.PublicKey]:
+        files = [Path(p) for p in paths] + list(self.config.trusted_keys)
+        return [keys.load_public_key(p) for p in files]
+
+    def signing_key(self, path: str | None) -> keys.SigningKey:
+        p = Path(path) if path else self.config.signing_key
+        if p is None:
+            raise InputError("no signing key: pass --key FILE or set signing_key in the config")
+        return keys.load_signing_key(p)
 
 
-def _trusted(paths: tuple[str, ...]) -> list[keys.PublicKey]:
-    return [keys.load_public_key(Path(p)) for p in paths]
+def _emit(obj: dict | list, as_json: bool, human: str) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True) if as_json else human)
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return str(n)
 
 
-vault_opt = click.option(
-    "--vault", metavar="URL", help="Vault directory or URL [env: WEIGHTVAULT_VAULT]."
-)
-trust_opt = click.option(
-    "--trust", multiple=True, metavar="KEY.pub", help="Trusted signer public key (repeatable)."
-)
-insecure_opt = click.option(
-    "--insecure", is_flag=True, help="Read bundles without checking signatures."
-)
+vault_opt = click.option("--vault", metavar="URL", envvar="WEIGHTVAULT_VAULT",
+                         help="A single vault (directory or URL) instead of the config's replicas.")  # fmt: skip
+replica_opt = click.option("--replica", metavar="NAME", help="Read from this replica first (falls back to the others).")  # fmt: skip
+trust_opt = click.option("--trust", multiple=True, metavar="KEY.pub", help="Trusted signer public key (repeatable; adds to the config's trusted_keys).")  # fmt: skip
+insecure_opt = click.option("--insecure", is_flag=True, help="Read bundles without checking signatures.")  # fmt: skip
 json_opt = click.option(
     "--json", "as_json", is_flag=True, help="Machine-readable output on stdout."
 )
 quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-workers_opt = click.option(
-    "--workers", type=click.IntRange(1, 64), help="Worker threads (default: cores)."
-)
+workers_opt = click.option("--workers", type=click.IntRange(1, 64), help="Worker threads (default: cores).")  # fmt: skip
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config_path", metavar="FILE",
+              help="Config file [default: $WEIGHTVAULT_CONFIG, else ./weightvault.toml].")  # fmt: skip
 @click.version_option(__version__, prog_name="weightvault")
-def cli() -> None:
-    """Seal, verify and restore retired model weights, bit-exact, for decades."""
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Seal, replicate, verify and restore retired model weights, bit-exact, for decades."""
+    ctx.obj = Ctx(config_path)
 
 
 @cli.command()
@@ -99,7 +117,9 @@ def keygen(path: str) -> None:
 @cli.command()
 @click.argument("source")
 @vault_opt
-@click.option("--key", "key_path", required=True, metavar="FILE", help="Signing key (from keygen).")
+@click.option(
+    "--key", "key_path", metavar="FILE", help="Signing key [default: config signing_key]."
+)
 @click.option("--name", help="Bundle name (default: the source's name).")
 @click.option("--chunk-size", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Target chunk size in MiB.")  # fmt: skip
@@ -114,45 +134,84 @@ def keygen(path: str) -> None:
 @workers_opt
 @json_opt
 @quiet_opt
-def seal(source, vault, key_path, name, chunk_size, level, codec, exclude, hf_cache, workers,
-         as_json, quiet) -> None:  # fmt: skip
-    """Seal SOURCE (a directory, hf://ORG/NAME@REVISION, or a Hub cache snapshot) into a vault."""
+@click.pass_obj
+def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, exclude, hf_cache,
+         workers, as_json, quiet) -> None:  # fmt: skip
+    """Seal SOURCE (a directory, hf://ORG/NAME@REVISION, or a Hub cache snapshot) into every
+    replica: the first reachable one is written, then the bundle is replicated to the rest."""
+    from .replicate import replicate
     from .seal import SealOptions
     from .seal import seal as do_seal
     from .sources import DEFAULT_EXCLUDES
 
-    key = keys.load_signing_key(Path(key_path))
-    store = _store(vault, create=True)
+    key = ctx.signing_key(key_path)
+    rs = ctx.replicas(vault)
     opts = SealOptions(name=name, chunk_size=chunk_size << 20, level=level, codec=codec,
-                       workers=workers, excludes=tuple(exclude) or DEFAULT_EXCLUDES,
-                       hf_cache_dir=hf_cache)  # fmt: skip
-    with bar("sealing", not (quiet or as_json)) as cb:
-        r = do_seal(source, store, key, opts, on_bytes=cb.on_bytes, on_start=cb.on_start)
+                       workers=workers or ctx.config.workers,
+                       excludes=tuple(exclude) or DEFAULT_EXCLUDES, hf_cache_dir=hf_cache)  # fmt: skip
+    order = rs.names
+    primary = next((n for n in order if rs.try_store(n, create=True) is not None), None)
+    if primary is None:
+        raise StorageError("no replica is reachable: " + "; ".join(f"{n}: {e}" for n, e in
+                                                                    rs.errors.items()))  # fmt: skip
+    with bar(f"sealing into {primary}", not (quiet or as_json)) as cb:
+        r = do_seal(source, rs.store(primary), key, opts, on_bytes=cb.on_bytes,
+                    on_start=cb.on_start)  # fmt: skip
+    states = {n: f"unreachable: {e}" for n, e in rs.errors.items()}
+    states[primary] = "complete"
+    trusted = [key.public]
+    for n in order:
+        if n in states:
+            continue
+        try:
+            with bar(f"replicating to {n}", not (quiet or as_json)) as cb:
+                replicate([rs.store(primary)], rs.store(n, create=True), r.bundle, trusted,
+                          workers=workers, on_bytes=cb.on_bytes)  # fmt: skip
+            states[n] = "complete"
+        except WeightvaultError as e:
+            states[n] = f"failed: {e}"
+    out = {**r.as_dict(), "replicas": {n: states[n] for n in order}}
     ratio = r.bytes_stored / r.bytes_in if r.bytes_in else 0
-    _emit(r.as_dict(), as_json,
-          f"sealed {r.name} as bundle {r.bundle}\n  {r.files} files, {_size(r.bytes_in)} -> "
-          f"{_size(r.bytes_stored)} stored ({ratio:.1%}) in {r.objects} objects, {r.seconds:.1f} s")  # fmt: skip
+    lines = [f"sealed {r.name} as bundle {r.bundle}",
+             f"  {r.files} files, {_size(r.bytes_in)} -> {_size(r.bytes_stored)} stored "
+             f"({ratio:.1%}) in {r.objects} objects, {r.seconds:.1f} s"]  # fmt: skip
+    if len(order) > 1 or vault is None:
+        lines += [f"  replica {n}: {states[n]}" for n in order]
+    _emit(out, as_json, "\n".join(lines))
+    behind = [n for n in order if states[n] != "complete"]
+    if behind:
+        raise StorageError(f"bundle {r.name} is sealed on {', '.join(n for n in order if n not in behind)} "
+                           f"but not on {', '.join(behind)}; run `weightvault replicate {r.name} "
+                           f"--to {behind[0]}` when it is back")  # fmt: skip
 
 
 @cli.command("list")
 @vault_opt
+@replica_opt
 @json_opt
-def list_(vault, as_json) -> None:
-    """List the bundles committed in a vault (manifests are shown unverified; use verify)."""
+@click.pass_obj
+def list_(ctx: Ctx, vault, replica, as_json) -> None:
+    """List the bundles committed on a replica (manifests shown unverified; use verify)."""
     from .manifest import Manifest
     from .vault import MANIFEST_KEY, Vault, prefix
 
-    v = Vault(_store(vault))
-    rows = []
-    for name in v.names():
-        key = f"{prefix(name)}/{MANIFEST_KEY}"
-        try:
-            m = Manifest.parse(v.store.read_bytes(key, 256 << 20), v.describe(key))
-            rows.append({"name": name, "bundle": m.bundle_id, "created": m.doc["created"],
-                         "files": len(m.files), "bytes_in": m.bytes_in,
-                         "bytes_stored": m.bytes_stored})  # fmt: skip
-        except WeightvaultError as e:
-            rows.append({"name": name, "error": str(e)})
+    rs = ctx.replicas(vault)
+
+    def rows_of(_name, store):
+        v = Vault(store)
+        rows = []
+        for n in v.names():
+            key = f"{prefix(n)}/{MANIFEST_KEY}"
+            try:
+                m = Manifest.parse(store.read_bytes(key, 256 << 20), v.describe(key))
+                rows.append({"name": n, "bundle": m.bundle_id, "created": m.doc["created"],
+                             "files": len(m.files), "bytes_in": m.bytes_in,
+                             "bytes_stored": m.bytes_stored})  # fmt: skip
+            except WeightvaultError as e:
+                rows.append({"name": n, "error": str(e)})
+        return rows
+
+    _, rows = rs.first(rows_of, replica)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -172,25 +231,31 @@ def list_(vault, as_json) -> None:
 @cli.command()
 @click.argument("bundle")
 @vault_opt
+@replica_opt
 @trust_opt
 @insecure_opt
 @click.option("--deep", is_flag=True, help="Also decode every chunk and check every file digest.")
 @workers_opt
 @json_opt
 @quiet_opt
-def verify(bundle, vault, trust, insecure, deep, workers, as_json, quiet) -> None:
+@click.pass_obj
+def verify(
+    ctx: Ctx, bundle, vault, replica, trust, insecure, deep, workers, as_json, quiet
+) -> None:
     """Check a bundle's signature, bag and every stored digest. Exit 1 if anything is wrong."""
     from .verify import verify as do_verify
 
-    store = _store(vault)
+    rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
     with bar("verifying", not (quiet or as_json)) as cb:
-        r = do_verify(store, bundle, _trusted(trust), insecure=insecure, deep=deep,
-                      workers=workers, on_bytes=cb.on_bytes, on_start=cb.on_start)  # fmt: skip
+        where, r = rs.first(lambda _n, store: do_verify(
+            store, bundle, trusted, insecure=insecure, deep=deep, workers=workers,
+            on_bytes=cb.on_bytes, on_start=cb.on_start), replica)  # fmt: skip
     signer = f"signed by {r.signer[:16]}" if r.signer else "signature NOT checked (--insecure)"
-    lines = [f"{'OK' if r.ok else 'DAMAGED'}: bundle {r.name} ({r.bundle[:16]}), {signer}, "
-             f"{r.objects} objects{', deep' if deep else ''}, {_size(r.bytes_checked)} read"]  # fmt: skip
+    lines = [f"{'OK' if r.ok else 'DAMAGED'}: bundle {r.name} ({r.bundle[:16]}) on {where}, "
+             f"{signer}, {r.objects} objects{', deep' if deep else ''}, "
+             f"{_size(r.bytes_checked)} read"]  # fmt: skip
     lines += [f"  {p.kind}: {p}" for p in r.problems]
-    _emit(r.as_dict(), as_json, "\n".join(lines))
+    _emit({**r.as_dict(), "replica": where}, as_json, "\n".join(lines))
     if not r.ok:
         sys.exit(1)
 
@@ -199,22 +264,124 @@ def verify(bundle, vault, trust, insecure, deep, workers, as_json, quiet) -> Non
 @click.argument("bundle")
 @click.argument("dest", type=click.Path(file_okay=False))
 @vault_opt
+@replica_opt
 @trust_opt
 @insecure_opt
 @workers_opt
 @json_opt
 @quiet_opt
-def restore(bundle, dest, vault, trust, insecure, workers, as_json, quiet) -> None:
+@click.pass_obj
+def restore(ctx: Ctx, bundle, dest, vault, replica, trust, insecure, workers, as_json,
+            quiet) -> None:  # fmt: skip
     """Restore BUNDLE bit-exact into DEST (a new or empty directory)."""
     from .restore import restore as do_restore
 
-    store = _store(vault)
+    rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
     with bar("restoring", not (quiet or as_json)) as cb:
-        r = do_restore(store, bundle, Path(dest), _trusted(trust), insecure=insecure,
-                       workers=workers, on_bytes=cb.on_bytes, on_start=cb.on_start)  # fmt: skip
-    _emit(r.as_dict(), as_json,
-          f"restored {r.name} ({r.bundle[:16]}): {r.files} files, {_size(r.bytes)} into {r.dest} "
-          f"in {r.seconds:.1f} s; every file digest verified")  # fmt: skip
+        where, r = rs.first(lambda _n, store: do_restore(
+            store, bundle, Path(dest), trusted, insecure=insecure, workers=workers,
+            on_bytes=cb.on_bytes, on_start=cb.on_start), replica)  # fmt: skip
+    _emit({**r.as_dict(), "replica": where}, as_json,
+          f"restored {r.name} ({r.bundle[:16]}) from {where}: {r.files} files, "
+          f"{_size(r.bytes)} into {r.dest} in {r.seconds:.1f} s; every file digest verified")  # fmt: skip
+
+
+def _target(ctx: Ctx, rs, spec: str, *, create: bool):
+    """A replica name from the config, or a URL/path."""
+    if spec in rs.config.replicas:
+        return spec, rs.store(spec, create=create)
+    if "://" in spec or "/" in spec or spec.startswith("."):
+        return spec, configmod.single(spec).replicas["vault"].open(create=create)
+    rs.replica(spec)  # raises: unknown replica
+    raise AssertionError
+
+
+@cli.command()
+@click.argument("bundle")
+@click.option("--to", "to", required=True, metavar="REPLICA|URL", help="Where to copy to.")
+@click.option("--from", "from_", metavar="REPLICA|URL",
+              help="Where to copy from [default: every other replica holding it, in order].")  # fmt: skip
+@trust_opt
+@insecure_opt
+@click.option("--verify-existing", is_flag=True,
+              help="Re-hash objects already on the target (S3 targets always compare checksums).")  # fmt: skip
+@workers_opt
+@json_opt
+@quiet_opt
+@click.pass_obj
+def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, workers, as_json,
+              quiet) -> None:  # fmt: skip
+    """Copy what is missing of BUNDLE to a replica, check every copy, then commit it there."""
+    from .replicas import ReplicaSet
+    from .replicate import replicate as do_replicate
+
+    cfg = ctx.config
+    rs = ReplicaSet(cfg)
+    trusted = ctx.trusted(trust)
+    to_name, dst = _target(ctx, rs, to, create=True)
+    if from_:
+        sources = [_target(ctx, rs, from_, create=False)[1]]
+    else:
+        sources = [s for n in rs.names if n != to_name and (s := rs.try_store(n)) is not None]
+        if not sources:
+            raise InputError("nothing to copy from: pass --from REPLICA|URL")
+    # the first source that holds the bundle leads; the others stand by for damaged objects
+    from .vault import Vault
+
+    lead = None
+    for s in sources:
+        try:
+            Vault(s).resolve(bundle)
+            lead = s
+            break
+        except WeightvaultError:
+            continue
+    if lead is None:
+        raise InputError(f"{bundle!r}: no source replica holds this bundle")
+    sources = [lead] + [s for s in sources if s is not lead]
+    with bar(f"replicating to {to_name}", not (quiet or as_json)) as cb:
+        r = do_replicate(sources, dst, bundle, trusted, insecure=insecure,
+                         verify_existing=verify_existing, workers=workers,
+                         on_bytes=cb.on_bytes)  # fmt: skip
+    lines = [f"{r.name} ({r.bundle[:16]}) on {to_name}: {r.present} objects already there, "
+             f"{r.copied} copied ({_size(r.bytes_copied)})"
+             f"{', committed' if r.committed_now else ', was already committed'}"]  # fmt: skip
+    lines += [f"  {e.action}: {e.key} ({e.reason}) from {e.source}" for e in r.events
+              if e.action == "replaced"]  # fmt: skip
+    _emit(r.as_dict(), as_json, "\n".join(lines))
+
+
+@cli.command()
+@vault_opt
+@json_opt
+@click.pass_obj
+def status(ctx: Ctx, vault, as_json) -> None:
+    """Which bundles are complete, incomplete or absent on which replica (listings only)."""
+    from .replicate import status as do_status
+
+    rs = ctx.replicas(vault)
+    stores = {n: rs.try_store(n) for n in rs.names}
+    table = do_status(stores, rs.errors)
+    if as_json:
+        click.echo(json.dumps({b: {r: s.as_dict() for r, s in row.items()}
+                               for b, row in table.items()}, indent=2))  # fmt: skip
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table("bundle", *rs.names)
+        colour = {"complete": "green", "absent": "dim", "unreachable": "yellow"}
+        for b, row in table.items():
+            t.add_row(b, *(f"[{colour.get(s.state, 'red')}]{s.state}"
+                           f"{f' ({s.missing})' if s.missing else ''}[/]" for s in row.values()))  # fmt: skip
+        Console().print(t)
+        for n, e in rs.errors.items():
+            click.echo(f"replica {n} unreachable: {e}", err=True)
+    bad = any(s.state != "complete" for row in table.values() for s in row.values())
+    if rs.errors:
+        sys.exit(3)
+    if bad:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,7 +17,7 @@ from .manifest import PAYLOAD_TYPE, Manifest
 from .paths import check_name, check_relpath
 from .pipeline import Emit, Lane, pieces, run
 from .store import Store
-from .vault import Vault, already_sealed, object_key, prefix
+from .vault import Vault, already_sealed, commit_files, object_key, prefix
 
 
 @dataclass
@@ -175,7 +175,7 @@ def seal(
             "payload_sha256": manifest.bundle_id,
             "signatures": [key.sign(PAYLOAD_TYPE, manifest.raw)],
         }
-        vault.commit(manifest, signature, bagging_date=doc["created"][:10])
+        vault.commit(name, commit_files(manifest, signature, bagging_date=doc["created"][:10]))
     except BaseException:
         # Nothing was committed: remove what this run wrote, so no half bundle lingers.
         if not vault.is_committed(name):

@@ -142,51 +142,70 @@ class Vault:
         return Bundle(manifest, sig, signer)
 
     # -- commit
-    def commit(self, manifest: Manifest, signature: dict, *, bagging_date: str) -> None:
-        """Write the manifest, signature and BagIt tag files; the commit marker goes last.
-        Every object the manifest names must already be stored and checked."""
-        name = manifest.name
-        p = prefix(name)
-        st = self.store
+    def commit(self, name: str, files: list[tuple[str, bytes]]) -> None:
+        """Write a bundle's non-object files in COMMIT_ORDER; the commit marker goes last.
+        Every object and record file the manifest names must already be stored and checked.
+        Idempotent: re-running it over an interrupted commit of the same manifest completes it."""
+        st, p = self.store, prefix(name)
+        assert [k for k, _ in files] == list(COMMIT_ORDER)
+        manifest_raw = files[0][1]
         with st.lock(f"commit-{name}"):
             if self.is_committed(name):
                 raise already_sealed(self, name)
-            # With a lock (local vaults) an uncommitted manifest is debris of a crash: replace it.
-            # Without one, create-if-absent keeps two concurrent seals from interleaving.
-            exclusive = not st.process_lock
-            if not st.put_bytes(f"{p}/{MANIFEST_KEY}", manifest.raw, exclusive=exclusive):
-                raise Conflict(
-                    f"{self.describe(p)}: another seal of {name!r} is committing (or crashed "
-                    "while committing); run `weightvault gc` if none is running"
-                )
-            sig_bytes = canon.canonical(signature)
-            format_md = spec.format_md()
-            payload = [bag.Entry(f"data/objects/{o['name']}", o["size"], o["name"], o["sha512"])
-                       for o in manifest.doc["objects"]]  # fmt: skip
-            payload += record_entries(manifest)
-            payload += bag.tag_entries({"data/weightvault.json": manifest.raw,
-                                        FORMAT_KEY: format_md})  # fmt: skip
-            st.put_bytes(f"{p}/{FORMAT_KEY}", format_md)
-            st.put_bytes(f"{p}/{SIGNATURE_KEY}", sig_bytes)
-            tags = {
-                "bagit.txt": bag.BAGIT_TXT,
-                "bag-info.txt": bag.bag_info(
-                    bundle_id=manifest.bundle_id,
-                    name=name,
-                    bagging_date=bagging_date,
-                    oxum_bytes=sum(e.size for e in payload),
-                    oxum_count=len(payload),
-                    description=describe_source(manifest.doc),
-                ),
-                "manifest-sha256.txt": bag.manifest_text(payload, "sha256"),
-                "manifest-sha512.txt": bag.manifest_text(payload, "sha512"),
-                SIGNATURE_KEY: sig_bytes,
-            }
-            for k in ("bagit.txt", "bag-info.txt", "manifest-sha256.txt", "manifest-sha512.txt"):
-                st.put_bytes(f"{p}/{k}", tags[k])
-            entries = bag.tag_entries(tags)
-            st.put_bytes(f"{p}/tagmanifest-sha512.txt", bag.manifest_text(entries, "sha512"))
-            st.put_bytes(f"{p}/{bag.COMMIT_MARKER}", bag.manifest_text(entries, "sha256"))
+            mkey = f"{p}/{MANIFEST_KEY}"
+            if not st.put_bytes(mkey, manifest_raw, exclusive=True):
+                existing = st.read_bytes(mkey, len(manifest_raw) + 1)
+                if existing != manifest_raw and not st.process_lock:
+                    raise Conflict(
+                        f"{self.describe(p)}: another seal of {name!r} is committing (or one "
+                        "crashed while committing); run `weightvault gc` if none is running"
+                    )
+                if existing != manifest_raw:  # we hold the lock: debris of a crashed seal
+                    st.put_bytes(mkey, manifest_raw)
+            for key, data in files[1:]:
+                st.put_bytes(f"{p}/{key}", data)
+
+    def read_commit_files(self, name: str) -> list[tuple[str, bytes]]:
+        p = prefix(name)
+        return [(k, self.store.read_bytes(f"{p}/{k}", bag.MAX_TAG_FILE if k != MANIFEST_KEY
+                                          else 256 << 20)) for k in COMMIT_ORDER]  # fmt: skip
+
+
+COMMIT_ORDER = (
+    MANIFEST_KEY, FORMAT_KEY, SIGNATURE_KEY, "manifest-sha256.txt", "manifest-sha512.txt",
+    "bagit.txt", "bag-info.txt", "tagmanifest-sha512.txt", bag.COMMIT_MARKER,
+)  # fmt: skip
+
+
+def commit_files(manifest: Manifest, signature: dict, *, bagging_date: str,
+                 organization: str | None = None) -> list[tuple[str, bytes]]:  # fmt: skip
+    """Every file of a bundle but its objects and record files, in COMMIT_ORDER."""
+    sig_bytes = canon.canonical(signature)
+    format_md = spec.format_md()
+    payload = [bag.Entry(f"{OBJECTS}/{o['name']}", o["size"], o["name"], o["sha512"])
+               for o in manifest.doc["objects"]]  # fmt: skip
+    payload += record_entries(manifest)
+    payload += bag.tag_entries({MANIFEST_KEY: manifest.raw, FORMAT_KEY: format_md})
+    tags = {
+        "bagit.txt": bag.BAGIT_TXT,
+        "bag-info.txt": bag.bag_info(
+            bundle_id=manifest.bundle_id,
+            name=manifest.name,
+            bagging_date=bagging_date,
+            oxum_bytes=sum(e.size for e in payload),
+            oxum_count=len(payload),
+            description=describe_source(manifest.doc),
+            organization=organization,
+        ),
+        "manifest-sha256.txt": bag.manifest_text(payload, "sha256"),
+        "manifest-sha512.txt": bag.manifest_text(payload, "sha512"),
+        SIGNATURE_KEY: sig_bytes,
+    }
+    entries = bag.tag_entries(tags)
+    out = {MANIFEST_KEY: manifest.raw, FORMAT_KEY: format_md, **tags,
+           "tagmanifest-sha512.txt": bag.manifest_text(entries, "sha512"),
+           bag.COMMIT_MARKER: bag.manifest_text(entries, "sha256")}  # fmt: skip
+    return [(k, out[k]) for k in COMMIT_ORDER]
 
 
 def record_entries(manifest: Manifest) -> list[bag.Entry]:

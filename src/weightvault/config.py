@@ -1,0 +1,181 @@
+"""weightvault.toml: signing key, trusted keys and replicas, described once per lab.
+
+Found as -c/--config, else $WEIGHTVAULT_CONFIG, else ./weightvault.toml. Relative paths in it
+are relative to the file. Credentials are not kept here: S3 reads the usual AWS variables and
+profiles, SFTP the ssh keys and agent (an `identity` file may be named).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import InputError
+from .paths import name_ok
+from .remote import ObjectLock
+
+ENV = "WEIGHTVAULT_CONFIG"
+DEFAULT_FILE = "weightvault.toml"
+TOP_KEYS = {"signing_key", "trusted_keys", "replicas", "organization", "audit", "workers"}
+REPLICA_KEYS = {"url", "storage_options", "object_lock", "role", "host_key", "known_hosts",
+                "identity"}  # fmt: skip
+ROLES = {"primary", "mirror", "escrow"}
+AUDIT_KEYS = {"state_dir", "cycle_days", "level", "key"}
+
+
+@dataclass
+class Replica:
+    name: str
+    url: str
+    storage_options: dict = field(default_factory=dict)
+    object_lock: ObjectLock | None = None
+    role: str = "mirror"
+
+    @property
+    def is_local(self) -> bool:
+        return urlparse(self.url).scheme in ("", "file")
+
+    def open(self, *, create: bool = False):
+        from .store import open_store
+
+        return open_store(self.url, self.storage_options, create=create,
+                          object_lock=self.object_lock)  # fmt: skip
+
+
+@dataclass
+class Config:
+    path: Path | None = None
+    signing_key: Path | None = None
+    trusted_keys: list[Path] = field(default_factory=list)
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    organization: str | None = None
+    audit: dict = field(default_factory=dict)
+    workers: int | None = None
+
+    def replica(self, name: str) -> Replica:
+        if name not in self.replicas:
+            known = ", ".join(self.replicas) or "none"
+            where = f" in {self.path}" if self.path else ""
+            raise InputError(f"unknown replica {name!r}{where} (configured: {known})")
+        return self.replicas[name]
+
+
+def locate(explicit: str | None) -> Path | None:
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise InputError(f"{p}: config file not found")
+        return p
+    if os.environ.get(ENV):
+        p = Path(os.environ[ENV])
+        if not p.is_file():
+            raise InputError(f"{p}: config file not found (from ${ENV})")
+        return p
+    p = Path(DEFAULT_FILE)
+    return p if p.is_file() else None
+
+
+def single(url: str, storage_options: dict | None = None) -> Config:
+    """A config with one replica, for --vault URL."""
+    return Config(replicas={"vault": Replica("vault", url, storage_options or {}, None, "primary")})
+
+
+def load(path: Path) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read config ({e})") from None
+    base = path.parent.absolute()
+
+    def bad(key: str, why: str) -> InputError:
+        return InputError(f"{path}: {key}: {why}")
+
+    def unknown(keys, allowed, where: str) -> None:
+        for k in keys:
+            if k not in allowed:
+                raise InputError(f"{path}: unknown key {where + k!r} (allowed: "
+                                 f"{', '.join(sorted(allowed))})")  # fmt: skip
+
+    def rel(v, key: str) -> Path:
+        if not isinstance(v, str) or not v:
+            raise bad(key, "expected a path string")
+        p = Path(os.path.expanduser(v))
+        return p if p.is_absolute() else base / p
+
+    unknown(data, TOP_KEYS, "")
+    cfg = Config(path=path)
+    if "signing_key" in data:
+        cfg.signing_key = rel(data["signing_key"], "signing_key")
+    tk = data.get("trusted_keys", [])
+    if not isinstance(tk, list):
+        raise bad("trusted_keys", "expected a list of public key files")
+    cfg.trusted_keys = [rel(v, f"trusted_keys[{i}]") for i, v in enumerate(tk)]
+    if "organization" in data:
+        if not isinstance(data["organization"], str):
+            raise bad("organization", "expected a string")
+        cfg.organization = data["organization"]
+    if "workers" in data:
+        if not isinstance(data["workers"], int) or not 1 <= data["workers"] <= 64:
+            raise bad("workers", "expected an integer 1..64")
+        cfg.workers = data["workers"]
+    audit = data.get("audit", {})
+    if not isinstance(audit, dict):
+        raise bad("audit", "expected a table")
+    unknown(audit, AUDIT_KEYS, "audit.")
+    if "state_dir" in audit:
+        audit["state_dir"] = rel(audit["state_dir"], "audit.state_dir")
+    if "key" in audit:
+        audit["key"] = rel(audit["key"], "audit.key")
+    if "cycle_days" in audit and (not isinstance(audit["cycle_days"], int)
+                                  or audit["cycle_days"] < 1):  # fmt: skip
+        raise bad("audit.cycle_days", "expected a whole number of days >= 1")
+    cfg.audit = audit
+    reps = data.get("replicas", {})
+    if not isinstance(reps, dict):
+        raise bad("replicas", "expected tables [replicas.NAME]")
+    for name, r in reps.items():
+        where = f"replicas.{name}"
+        if not name_ok(name):
+            raise bad(where, "replica names use letters, digits, '.', '_' and '-'")
+        if not isinstance(r, dict):
+            raise bad(where, "expected a table")
+        unknown(r, REPLICA_KEYS, where + ".")
+        url = r.get("url")
+        if not isinstance(url, str) or not url:
+            raise bad(f"{where}.url", "missing (a directory, file://, s3://, sftp:// URL)")
+        scheme = urlparse(url).scheme
+        if scheme in ("", "file"):
+            p = Path(urlparse(url).path if scheme == "file" else url)
+            url = str(p if p.is_absolute() else base / p)
+        opts = r.get("storage_options", {})
+        if not isinstance(opts, dict):
+            raise bad(f"{where}.storage_options", "expected a table")
+        opts = dict(opts)
+        for k in ("host_key", "known_hosts", "identity"):
+            if k in r:
+                if scheme not in ("sftp", "ssh"):
+                    raise bad(f"{where}.{k}", "only applies to sftp:// replicas")
+                opts[k] = str(rel(r[k], f"{where}.{k}")) if k != "host_key" else r[k]
+        lock = None
+        if "object_lock" in r:
+            ol = r["object_lock"]
+            if not isinstance(ol, dict) or set(ol) - {"mode", "days"}:
+                raise bad(f"{where}.object_lock", "expected { mode = ..., days = N }")
+            if ol.get("mode") not in ("COMPLIANCE", "GOVERNANCE"):
+                raise bad(f"{where}.object_lock.mode", "expected COMPLIANCE or GOVERNANCE")
+            if not isinstance(ol.get("days"), int) or ol["days"] < 1:
+                raise bad(f"{where}.object_lock.days", "expected a whole number of days >= 1")
+            if scheme not in ("s3", "s3a"):
+                raise bad(f"{where}.object_lock", "only s3:// replicas support Object Lock")
+            lock = ObjectLock(ol["mode"], ol["days"])
+        role = r.get("role", "mirror")
+        if role not in ROLES:
+            raise bad(f"{where}.role", f"expected one of {', '.join(sorted(ROLES))}")
+        cfg.replicas[name] = Replica(name, url, opts, lock, role)
+    return cfg
