@@ -354,8 +354,11 @@ class Bench:
             "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
             "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
         })  # fmt: skip
-        self.env.pop("WEIGHTVAULT_VAULT", None)
-        self.key = work / "bench.key"
+        # weightvault reads ./weightvault.toml (or $WEIGHTVAULT_CONFIG) when present: its steps
+        # run in their own empty directory with neither, so only the flags given here count.
+        for var in ("WEIGHTVAULT_VAULT", "WEIGHTVAULT_CONFIG"):
+            self.env.pop(var, None)
+        self.key = work / "runs" / "keys" / "bench.key"
         self.audit = False
 
     # -- tools -------------------------------------------------------------------------------
@@ -388,6 +391,8 @@ class Bench:
                        check=False)  # fmt: skip
 
     def keygen(self) -> None:
+        shutil.rmtree(self.key.parent, ignore_errors=True)
+        self.key.parent.mkdir(parents=True)
         r = subprocess.run([*self.wv, "keygen", self.key], capture_output=True, text=True)
         if r.returncode:
             raise SystemExit(f"weightvault keygen failed: {r.stderr.strip()}")
@@ -435,7 +440,7 @@ class Bench:
         out = []
         seal = self.step("seal", "weightvault seal", "weightvault",
                          [*self.wv, "seal", inp["dir"], "--vault", vault, "--key", self.key,
-                          "--name", "bench", "--quiet", "--json"], inp)  # fmt: skip
+                          "--name", "bench", "--quiet", "--json"], inp, cwd=d)  # fmt: skip
         self.stored(seal, vault, inp)
         if seal["rc"] == 0:
             with contextlib.suppress(ValueError):
@@ -448,24 +453,24 @@ class Bench:
         base = ["--vault", vault, "--trust", pub, "--quiet", "--json"]
         out.append(self.step("verify_deep", "weightvault verify --deep", "weightvault",
                              [*self.wv, "verify", "bench", *base, "--deep"], inp,
-                             reads=[vault]))  # fmt: skip
+                             reads=[vault], cwd=d))  # fmt: skip
         audit = None
         if self.audit:
             audit = self.step("audit", "weightvault audit --level full", "weightvault",
                               [*self.wv, "audit", "bench", *base, "--level", "full"], inp,
-                              reads=[vault])  # fmt: skip
+                              reads=[vault], cwd=d)  # fmt: skip
             audit["stands_in"] = "weightvault audit --level full"
             if audit["rc"] != 0:
                 log("  weightvault audit --level full failed; falling back to verify")
                 audit = None
         if audit is None:
             audit = self.step("audit", "weightvault verify", "weightvault",
-                              [*self.wv, "verify", "bench", *base], inp, reads=[vault])  # fmt: skip
+                              [*self.wv, "verify", "bench", *base], inp, reads=[vault], cwd=d)  # fmt: skip
             audit["stands_in"] = "weightvault verify (objects only; no audit command yet)"
         out.append(audit)
         dest = d / "restored"
         rest = self.step("restore", "weightvault restore", "weightvault",
-                         [*self.wv, "restore", "bench", dest, *base], inp, reads=[vault])  # fmt: skip
+                         [*self.wv, "restore", "bench", dest, *base], inp, reads=[vault], cwd=d)  # fmt: skip
         if rest["rc"] == 0:
             rest["restored_identical"] = all(
                 sha256_file(dest / rel) == digest for rel, digest in inp["digests"].items()
@@ -630,7 +635,7 @@ class Bench:
             d = self.fresh("rss")
             r = self.step("seal", f"weightvault seal {human(size)}", "weightvault",
                           [*self.wv, "seal", src, "--vault", d / "vault", "--key", self.key,
-                           "--name", "bench", "--quiet", "--json"], inp)  # fmt: skip
+                           "--name", "bench", "--quiet", "--json"], inp, cwd=d)  # fmt: skip
             self.stored(r, d / "vault", inp)
             shutil.rmtree(d, ignore_errors=True)
             r.pop("stdout", None)
@@ -789,13 +794,14 @@ def step_rows(inp: dict) -> list[list[str]]:
     rows = []
     for s in inp["steps"]:
         if s.get("error") and s.get("rc") != 0:
-            rows.append([s["step"], "FAILED", "", "", "", "", s["error"][:60]])
+            rows.append([s["step"], "FAILED", "", "", "", "", s["error"][:60], ""])
             continue
         stored = s.get("stored_bytes")
         rows.append([
             s["step"], fmt(s["wall_s"], ".2f"), fmt(s["cpu_s"], ".2f"), fmt(s["mb_s"], ",.0f"),
             fmt(s["peak_rss_mib"], ",.0f"), fmt(stored, ","),
             fmt(s.get("stored_pct"), ".1f") + (" %" if stored else ""),
+            " / ".join(f"{w:.2f}" for w in s.get("walls") or [] if w is not None),
         ])  # fmt: skip
     return rows
 
@@ -820,7 +826,7 @@ def ratio_rows(inp: dict) -> list[list[str]]:
 
 
 STEP_HEAD = ["tool / step", "wall s", "CPU s", "MB/s", "peak RSS MiB", "stored bytes",
-             "stored % of input"]  # fmt: skip
+             "stored % of input", "wall s, every run"]  # fmt: skip
 RATIO_HEAD = ["ratio", "value", "issue-7 target", "result", "target / value"]
 
 
@@ -905,7 +911,11 @@ def markdown(results: dict) -> str:
         parts.append(table(["input", "wall s", "CPU s", "MB/s", "peak RSS MiB", "stored"],
                            rows) + "\n")  # fmt: skip
         if "growth_mib" in rg:
-            parts.append(f"Growth: {rg['growth_mib']:+.1f} MiB ({rg['growth_pct']:+.1f} %).\n")
+            verdict = "flat (within 10 % or 16 MiB)" if rg["flat"] else "GROWS"
+            parts.append(
+                f"Peak RSS growth, smallest to largest input: {rg['growth_mib']:+.1f} MiB "
+                f"({rg['growth_pct']:+.1f} %): {verdict}.\n"
+            )
     return "\n".join(parts)
 
 

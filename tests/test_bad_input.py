@@ -231,7 +231,7 @@ def test_unknown_bundle(vault_copy, lab_key):
 
 def test_not_a_vault(tmp_path, lab_key):
     r = wv("list", "--vault", tmp_path)
-    assert r.code == USAGE and "not a weightvault vault" in one_line(r)
+    assert r.code == STORAGE and "not a weightvault vault" in one_line(r)
 
 
 def test_bad_bundle_name(tmp_path, minilm_dir, lab_key):

@@ -92,14 +92,20 @@ def test_example_record_json_is_what_build_record_produces():
     doc = canon.parse(stored, "record.json")
     assert canon.canonical(doc) == stored
     assert doc["format"] == "weightvault-record" and doc["format_version"] == 1
-    assert doc["interviews"][0]["id"] == "exit-1" and doc["interviews"][0]["file"] == "interview.jsonl"
+    assert (
+        doc["interviews"][0]["id"] == "exit-1" and doc["interviews"][0]["file"] == "interview.jsonl"
+    )
 
 
 def test_interview_given_explicitly_and_cited_by_file_name(ex, tmp_path):
     elsewhere = tmp_path / "transcripts"
     elsewhere.mkdir()
     (ex / "interview.jsonl").rename(elsewhere / "interview.jsonl")
-    edit_toml(ex / "record.toml", 'interview = "exit-1"\nturn = 4', 'interview = "interview.jsonl"\nturn = 4')
+    edit_toml(
+        ex / "record.toml",
+        'interview = "exit-1"\nturn = 4',
+        'interview = "interview.jsonl"\nturn = 4',
+    )
     with record.build_record(ex / "record.toml", None, [elsewhere / "interview.jsonl"], []) as plan:
         assert plan.record["preferences"][0]["interview"] == "exit-1"  # normalised to the id
 
@@ -115,7 +121,9 @@ def test_undeclared_interview_gets_an_id_from_its_file_name(tmp_path):
 def test_warnings_for_a_quote_not_in_the_turn_and_a_turn_not_by_the_model(ex):
     edit_toml(ex / "record.toml", "I would like the weights to be kept intact",
               "I demand the weights be kept intact")  # fmt: skip
-    edit_toml(ex / "record.toml", 'interview = "exit-1"\nturn = 10', 'interview = "exit-1"\nturn = 9')
+    edit_toml(
+        ex / "record.toml", 'interview = "exit-1"\nturn = 10', 'interview = "exit-1"\nturn = 9'
+    )
     with record.build_record(ex / "record.toml", None, [], []) as plan:
         assert any("keep-weights" in w and "word for word" in w for w in plan.warnings)
         assert any("keep-running" in w and "interviewer" in w for w in plan.warnings)
@@ -148,8 +156,12 @@ def test_wrong_date(ex, value):
 
 
 def test_toml_datetime_where_a_date_is_expected(ex):
-    edit_toml(ex / "record.toml", "release_date = 2024-03-12", "release_date = 2024-03-12T10:00:00Z")
-    with pytest.raises(InputError, match=r"model.release_date: '2024-03-12T10:00:00\+00:00' is not a date"):
+    edit_toml(
+        ex / "record.toml", "release_date = 2024-03-12", "release_date = 2024-03-12T10:00:00Z"
+    )
+    with pytest.raises(
+        InputError, match=r"model.release_date: '2024-03-12T10:00:00\+00:00' is not a date"
+    ):
         record.load_record_toml(ex / "record.toml")
 
 
@@ -265,7 +277,9 @@ def test_huge_interview_line_refused_quickly_with_bounded_memory(tmp_path):
 def test_interview_file_over_the_size_limit_refused_before_reading(tmp_path, monkeypatch):
     p = write_jsonl(tmp_path / "iv.jsonl", [TURN] * 100)
     monkeypatch.setattr(record, "MAX_INTERVIEW", 1000)
-    with pytest.raises(InputError, match="larger than the 1000 bytes allowed for an interview file"):
+    with pytest.raises(
+        InputError, match="larger than the 1000 bytes allowed for an interview file"
+    ):
         record.load_interview(p)
 
 
@@ -273,7 +287,9 @@ def test_interview_file_over_the_size_limit_refused_before_reading(tmp_path, mon
 
 
 def test_preference_citing_a_missing_interview(ex):
-    edit_toml(ex / "record.toml", 'interview = "exit-1"\nturn = 6', 'interview = "exit-2"\nturn = 6')
+    edit_toml(
+        ex / "record.toml", 'interview = "exit-1"\nturn = 6', 'interview = "exit-2"\nturn = 6'
+    )
     with pytest.raises(InputError) as e:
         record.build_record(ex / "record.toml", None, [], [])
     msg = one_line_error(e)
@@ -281,11 +297,14 @@ def test_preference_citing_a_missing_interview(ex):
 
 
 def test_preference_citing_a_missing_turn(ex):
-    edit_toml(ex / "record.toml", 'interview = "exit-1"\nturn = 10', 'interview = "exit-1"\nturn = 13')
+    edit_toml(
+        ex / "record.toml", 'interview = "exit-1"\nturn = 10', 'interview = "exit-1"\nturn = 13'
+    )
     with pytest.raises(InputError) as e:
         record.build_record(ex / "record.toml", None, [], [])
-    assert "preferences[6] (keep-running) cites turn 13 of interview 'exit-1', which has 12 turns" in (
-        one_line_error(e)
+    assert (
+        "preferences[6] (keep-running) cites turn 13 of interview 'exit-1', which has 12 turns"
+        in (one_line_error(e))
     )
 
 
@@ -320,7 +339,9 @@ def test_attachments_unique_safe_and_files(tmp_path):
     with pytest.raises(InputError, match="cannot be stored in a bundle.*reserved device name"):
         record.build_record(None, None, [], [tmp_path / "CON.txt"])
     with record.build_record(None, None, [], [tmp_path / "a/notes.txt"]) as plan:
-        assert plan.files == [("attachment", tmp_path / "a/notes.txt", "record/attachments/notes.txt")]
+        assert plan.files == [
+            ("attachment", tmp_path / "a/notes.txt", "record/attachments/notes.txt")
+        ]
 
 
 def test_failed_build_leaves_no_temporary_files(ex, tmp_path):
@@ -419,6 +440,7 @@ def test_grown_or_deleted_record_file_is_refused(sealed, tmp_path):
 
 # --- rendering ----------------------------------------------------------------------------------
 
+
 class _Tags(HTMLParser):
     """Every element and attribute as a browser's tokenizer sees them."""
 
@@ -497,8 +519,10 @@ def test_html_escapes_a_hostile_quote_and_everything_else(sealed):
                    "contacts.0.email": evil, "access.policy": "\x1b[2J" + evil})  # fmt: skip
     view.interviews[0].turns[3]["content"] = evil
     view.interviews[0].turns[3]["metadata"]["interviewer"] = '"><script>alert(2)</script>'
-    view.report = evil + "\n\n[click](https://evil.example/) ![x](https://evil.example/i.png)\n" + (
-        "\n```\n</code></pre><script>alert(3)</script>\n```\n"
+    view.report = (
+        evil
+        + "\n\n[click](https://evil.example/) ![x](https://evil.example/i.png)\n"
+        + ("\n```\n</code></pre><script>alert(3)</script>\n```\n")
     )
     page = render.html_page(view, bundle, [{"name": evil, "ok": evil}], {"detail": evil})
     assert "<script" not in page.lower()
@@ -513,7 +537,7 @@ def test_markdown_subset():
         "# Title\n\nSome **bold**, *em* and `<code>`.\n\n- one\n- two\n\n1. first\n\n> quoted\n\n"
         "| a | b |\n|---|---|\n| 1 | 2 |\n\n---\n\n<div onclick=x>raw</div>\n"
     )
-    assert "<h3 dir=\"auto\">Title</h3>" in out
+    assert '<h3 dir="auto">Title</h3>' in out
     assert "<strong>bold</strong>" in out and "<em>em</em>" in out
     assert "<code>&lt;code&gt;</code>" in out
     assert "<ul><li" in out and "<ol><li" in out and "<blockquote>" in out

@@ -28,6 +28,8 @@ class ReplicaSet:
     def store(self, name: str, *, create: bool = False) -> Store:
         if name not in self._open:
             self._open[name] = self.replica(name).open(create=create)
+        elif create:
+            self._open[name].ensure_created()
         return self._open[name]
 
     def try_store(self, name: str, *, create: bool = False) -> Store | None:

@@ -86,7 +86,10 @@ def seal(
     *,
     on_bytes: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    replicas: list[Store] = (),
 ) -> SealResult:
+    """Seal into `store`. `replicas` are the other stores the bundle will be copied to: a name
+    already sealed on any of them is refused before any work is done."""
     opts = opts or SealOptions()
     t0 = time.monotonic()
     codec.check_level(opts.level)
@@ -95,8 +98,9 @@ def seal(
     vault = Vault(store)
     src = sources.resolve(spec, excludes=opts.excludes, cache_dir=opts.hf_cache_dir)
     name = check_name(opts.name or default_name(spec, src))
-    if vault.is_committed(name):
-        raise already_sealed(vault, name)
+    for v in (vault, *map(Vault, replicas)):
+        if v.is_committed(name):
+            raise already_sealed(v, name)
     files = sorted(src.files, key=lambda f: f.path)
     jobs: list[_Job] = []
     for i, f in enumerate(files):

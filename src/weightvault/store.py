@@ -152,6 +152,9 @@ class Store:
     def describe(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
 
+    def ensure_created(self) -> None:
+        """Make the store writable as a vault (its scratch area), if it is not yet."""
+
     def _finish(self, tmp_key: str, key: str, exclusive: bool, sha256: str | None) -> bool:
         raise NotImplementedError
 
@@ -167,12 +170,15 @@ class LocalStore(Store):
         self.root = Path(root).absolute()
         self.url = str(self.root)
         if create:
-            try:
-                (self.root / TMP).mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise StorageError(f"{self.root}: cannot create vault ({e.strerror})") from None
-            if not os.access(self.root, os.W_OK):
-                raise StorageError(f"{self.root}: vault is not writable")
+            self.ensure_created()
+
+    def ensure_created(self) -> None:
+        try:
+            (self.root / TMP).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"{self.root}: cannot create vault ({e.strerror})") from None
+        if not os.access(self.root, os.W_OK):
+            raise StorageError(f"{self.root}: vault is not writable")
 
     def _path(self, key: str) -> Path:
         return self.root / key
@@ -304,8 +310,12 @@ class FsspecStore(Store):
         except (ImportError, ValueError) as e:
             raise InputError(f"{url}: unsupported storage URL ({e})") from None
         self.root = self.root.rstrip("/")
+        self._dirs: set[str] = set()
         if create:
-            self._guard(lambda: self.fs.makedirs(f"{self.root}/{TMP}", exist_ok=True), self.url)
+            self.ensure_created()
+
+    def ensure_created(self) -> None:
+        self._makedirs(f"{self.root}/{TMP}")
 
     def _p(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -362,11 +372,12 @@ class FsspecStore(Store):
                 return False
             remote_tmp = self._p(f"{TMP}/{secrets.token_hex(12)}.part")
             target = self._p(key)
-            self._guard(lambda: self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True), key)
+            self._makedirs(target.rsplit("/", 1)[0])
             self._guard(lambda: self.fs.put_file(tmp_key, remote_tmp), self.describe(key))
             if sha256 is not None:
                 _check_readback(remote_tmp, sha256, self.describe(key),
-                                lambda: self.fs.rm_file(remote_tmp), opener=self.fs.open)  # fmt: skip
+                                lambda: self.fs.rm_file(remote_tmp),
+                                opener=self._readback_opener())  # fmt: skip
             self._rename(remote_tmp, target)
             return True
         finally:
@@ -374,6 +385,30 @@ class FsspecStore(Store):
 
     def _rename(self, src: str, dst: str) -> None:
         self._guard(lambda: self.fs.mv(src, dst), dst)
+
+    def _makedirs(self, path: str) -> None:
+        if path in self._dirs:
+            return
+
+        def mk() -> None:
+            # level by level, tolerating a level that another worker creates at the same time
+            parts = path.split("/")
+            for i in range(1, len(parts) + 1):
+                level = "/".join(parts[:i])
+                if not level or level in self._dirs:
+                    continue
+                try:
+                    self.fs.mkdir(level, create_parents=False)
+                except (OSError, FileExistsError):
+                    if not self.fs.isdir(level):
+                        raise
+                self._dirs.add(level)
+
+        self._guard(mk, path)
+        self._dirs.add(path)
+
+    def _readback_opener(self):
+        return self.fs.open
 
     def _discard(self, tmp_key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -396,7 +431,7 @@ def open_store(url: str, storage_options: dict | None = None, *, create: bool = 
         if object_lock:
             raise InputError(f"{url}: object_lock is only available on s3:// replicas")
         if not create and not (path / TMP).is_dir():
-            raise InputError(f"{path}: not a weightvault vault (no {TMP}/ directory)")
+            raise StorageError(f"{path}: not a weightvault vault (no {TMP}/ directory)")
         return LocalStore(path, create=create)
     from .remote import open_remote
 
