@@ -468,9 +468,7 @@ def external_refs(page: str) -> list:
     bad = [("tag", t, "") for t in p.tags - SAFE_TAGS]
     for tag, k, v in p.attrs:
         if k.startswith("on") or k in ("src", "srcset", "action", "formaction", "poster", "data",
-                                       "background", "xlink:href", "style"):  # fmt: skip
-            bad.append((tag, k, v))
-        elif k == "href" and not v.startswith("#"):
+                                       "background", "xlink:href", "style") or k == "href" and not v.startswith("#"):  # fmt: skip
             bad.append((tag, k, v))
     return bad
 
