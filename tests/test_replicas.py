@@ -238,7 +238,7 @@ def test_missing_bucket(lab, tmp_path, lab_key):
         "url": "s3://no-such-bucket-here/v",
         "storage_options": {"endpoint_url": lab.s3.endpoint_url}}})  # fmt: skip
     r = wv("-c", cfg, "list", env=lab.env)
-    assert r.code == 3 and "bucket 'no-such-bucket-here' does not exist" in one_line(r)
+    assert r.code == 3 and "bucket 'no-such-bucket-here': does not exist" in one_line(r)
 
 
 def test_object_lock_refused_on_bucket_without_it_and_applied_with_it(lab, minilm_dir, tmp_path,

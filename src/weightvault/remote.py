@@ -32,7 +32,7 @@ BACKOFF = 0.25
 _TRANSIENT_S3 = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
                  "RequestTimeTooSkewed", "503", "500", "502", "504"}  # fmt: skip
 _FATAL_S3 = {
-    "NoSuchBucket": "bucket does not exist",
+    "NoSuchBucket": "does not exist (no such bucket)",
     "AccessDenied": "access denied",
     "InvalidAccessKeyId": "credentials rejected (unknown access key)",
     "SignatureDoesNotMatch": "credentials rejected (wrong secret key)",
