@@ -125,11 +125,17 @@ class Chain:
                 lmap, rmap = dict(local), dict(remote)
                 for seq in sorted(set(lmap) | set(rmap)):
                     if seq not in rmap:
-                        problems.append(f"record {seq} is in the local trail but not on the replica")
+                        problems.append(
+                            f"record {seq} is in the local trail but not on the replica"
+                        )
                     elif seq not in lmap:
-                        problems.append(f"record {seq} is on the replica but not in the local trail")
+                        problems.append(
+                            f"record {seq} is on the replica but not in the local trail"
+                        )
                     elif lmap[seq] != rmap[seq]:
-                        problems.append(f"record {seq} differs between the local and replica copies")
+                        problems.append(
+                            f"record {seq} differs between the local and replica copies"
+                        )
         return len(local), problems
 
 
@@ -139,7 +145,9 @@ def _check(entries: list[tuple[int, bytes]], trusted: list[PublicKey], where: st
     for i, (seq, raw) in enumerate(entries, 1):
         what = f"{where}/{_name(seq)}"
         if seq != i:
-            problems.append(f"{what}: expected record {i} here (a record was removed or renumbered)")
+            problems.append(
+                f"{what}: expected record {i} here (a record was removed or renumbered)"
+            )
             return problems
         try:
             env = parse(raw, what)

@@ -385,5 +385,185 @@ def status(ctx: Ctx, vault, as_json) -> None:
         sys.exit(1)
 
 
+def _state(ctx: Ctx, state_dir: str | None) -> Path:
+    from .auditlog import state_root
+
+    return state_root(Path(state_dir) if state_dir else ctx.config.audit.get("state_dir"))
+
+
+def _auditor_key(ctx: Ctx, key_path: str | None) -> keys.SigningKey:
+    p = key_path or ctx.config.audit.get("key") or ctx.config.signing_key
+    if p is None:
+        raise InputError("no key to sign audit records: pass --key FILE or set audit.key or "
+                         "signing_key in the config")  # fmt: skip
+    return keys.load_signing_key(Path(p))
+
+
+def _selected(rs, replicas: tuple[str, ...]) -> list[str]:
+    for n in replicas:
+        rs.replica(n)
+    return list(replicas) or rs.names
+
+
+state_opt = click.option("--state-dir", metavar="DIR",
+                         help="Local audit state [default: config audit.state_dir, else "
+                              "~/.local/state/weightvault].")  # fmt: skip
+akey_opt = click.option("--key", "key_path", metavar="FILE",
+                        help="Key that signs audit records [default: audit.key, else signing_key].")  # fmt: skip
+
+
+@cli.command()
+@vault_opt
+@click.option(
+    "--replica", "replicas", multiple=True, metavar="NAME", help="Audit only these (repeatable)."
+)
+@click.option("--level", type=click.Choice(["metadata", "sample", "full"]), default=None,
+              help="Depth [default: config audit.level, else sample].")  # fmt: skip
+@click.option("--cycle-days", type=click.IntRange(1, 36500), default=None,
+              help="Sample audits re-hash every object at least once per this many days [default: 90].")  # fmt: skip
+@click.option("--interval-days", type=click.FloatRange(0.001, 36500), default=None,
+              help="How often this audit runs [default: time since the last sample audit].")  # fmt: skip
+@trust_opt
+@akey_opt
+@state_opt
+@click.option("--metrics-file", metavar="PATH", help="Write Prometheus textfile metrics here.")
+@workers_opt
+@json_opt
+@click.pass_obj
+def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, key_path, state_dir,
+          metrics_file, workers, as_json) -> None:  # fmt: skip
+    """Prove every replica still holds every byte. Exit 0 healthy, 1 damage or loss found,
+    3 a replica could not be reached (the others are still audited)."""
+    from .audit import audit_replica, cross_check, metrics, write_metrics
+
+    rs = ctx.replicas(vault)
+    key = _auditor_key(ctx, key_path)
+    trusted = ctx.trusted(trust) + [key.public]
+    level = level or ctx.config.audit.get("level", "sample")
+    cycle = cycle_days or ctx.config.audit.get("cycle_days") or 90
+    state = _state(ctx, state_dir)
+    done, unreachable = [], {}
+    for n in _selected(rs, replicas):
+        store = rs.try_store(n)
+        if store is None:
+            unreachable[n] = rs.errors[n]
+            continue
+        try:
+            done.append(audit_replica(n, store, level=level, trusted=trusted, key=key,
+                                      state=state, cycle_days=cycle, interval_days=interval_days,
+                                      workers=workers or ctx.config.workers))  # fmt: skip
+        except StorageError as e:
+            unreachable[n] = str(e)
+    conflicts = cross_check({a.replica: {b["name"]: b["bundle"] for b in a.record["bundles"]}
+                             for a in done})  # fmt: skip
+    if metrics_file:
+        write_metrics(Path(metrics_file), metrics(done, unreachable))
+    summary = {"level": level, "replicas": [a.as_dict() for a in done],
+               "unreachable": unreachable, "conflicts": conflicts}  # fmt: skip
+    lines = []
+    for a in done:
+        r = a.record
+        cov = r["coverage"]
+        lines.append(f"{a.replica}: {a.outcome.upper()} ({a.level}) {r['objects_checked']} objects "
+                     f"checked, {_size(r['bytes_read'])} read; {cov['verified_within_cycle']}/"
+                     f"{cov['objects']} hashed within {cycle} days")  # fmt: skip
+        lines += [f"  {f['kind']}: {f['object']}: expected {f['expected'][:64]}, found "
+                  f"{f['found'][:80]}" for f in r["failures"]]  # fmt: skip
+        lines += [f"  transient (passed on re-read): {f['object']}" for f in r["transient"]]
+    lines += [f"{n}: UNREACHABLE: {e}" for n, e in unreachable.items()]
+    lines += [f"CONFLICT: {c}" for c in conflicts]
+    _emit(summary, as_json, "\n".join(lines))
+    if any(a.outcome != "pass" for a in done) or conflicts:
+        sys.exit(1)
+    if unreachable:
+        sys.exit(3)
+
+
+@cli.command()
+@vault_opt
+@click.option("--replica", "replicas", multiple=True, metavar="NAME", help="Repair only these.")
+@trust_opt
+@akey_opt
+@state_opt
+@workers_opt
+@json_opt
+@click.pass_obj
+def repair(ctx: Ctx, vault, replicas, trust, key_path, state_dir, workers, as_json) -> None:
+    """Fix what the last audits found, from replicas where the object verifies."""
+    from .audit import repair_replica
+
+    rs = ctx.replicas(vault)
+    key = _auditor_key(ctx, key_path)
+    trusted = ctx.trusted(trust) + [key.public]
+    state = _state(ctx, state_dir)
+    reachable = {n: s for n in rs.names if (s := rs.try_store(n)) is not None}
+    results, lost = [], []
+    for n in _selected(rs, replicas):
+        if n not in reachable:
+            continue
+        others = [(o, s) for o, s in reachable.items() if o != n]
+        r, gone = repair_replica(n, reachable[n], others, trusted=trusted, key=key, state=state,
+                                 workers=workers)  # fmt: skip
+        results.append(r)
+        lost += gone
+    lines = []
+    for r in results:
+        reps = r.record.get("repairs", []) if r.record else []
+        fixed = sum(1 for x in reps if x["outcome"] == "repaired")
+        lines.append(f"{r.replica}: {fixed} repaired, {len(reps) - fixed} unrepairable" if reps
+                     else f"{r.replica}: nothing to repair")  # fmt: skip
+        lines += [f"  {x['outcome']}: {x['object']} ({x['detail'][:120]})" for x in reps]
+    _emit({"replicas": [r.as_dict() for r in results], "lost": lost,
+           "unreachable": rs.errors}, as_json, "\n".join(lines))  # fmt: skip
+    for msg in lost:
+        click.secho(f"weightvault: DATA LOSS: {msg}", err=True, fg="red", bold=True)
+    if lost:
+        sys.exit(1)
+    if rs.errors:
+        sys.exit(3)
+
+
+@cli.group("audit-log")
+def audit_log() -> None:
+    """The signed, hash-chained audit trail."""
+
+
+@audit_log.command("verify")
+@vault_opt
+@click.option("--replica", "replicas", multiple=True, metavar="NAME")
+@trust_opt
+@akey_opt
+@state_opt
+@json_opt
+@click.pass_obj
+def audit_log_verify(ctx: Ctx, vault, replicas, trust, key_path, state_dir, as_json) -> None:
+    """Check every replica's audit chain: signatures, order, and local vs replica copies."""
+    from .auditlog import Chain, replica_dir
+
+    rs = ctx.replicas(vault)
+    trusted = ctx.trusted(trust)
+    try:
+        trusted.append(_auditor_key(ctx, key_path).public)
+    except InputError:
+        pass
+    state = _state(ctx, state_dir)
+    out, bad = {}, False
+    for n in _selected(rs, replicas):
+        store = rs.try_store(n)
+        url = store.url if store else rs.replica(n).url
+        count, problems = Chain(replica_dir(state, url), store).verify(trusted)
+        if store is None:
+            problems.append(f"replica unreachable, its copy not compared: {rs.errors[n]}")
+        out[n] = {"records": count, "problems": problems}
+        bad = bad or bool(problems)
+    lines = []
+    for n, r in out.items():
+        lines.append(f"{n}: {r['records']} records, {'INTACT' if not r['problems'] else 'BROKEN'}")
+        lines += [f"  {p}" for p in r["problems"]]
+    _emit(out, as_json, "\n".join(lines))
+    if bad:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -212,7 +212,7 @@ class SftpStore(RetryingFsspecStore):
                              on_retry=self._reconnect)  # fmt: skip
         except FileNotFoundError:
             raise StorageError(f"{self.describe(key)}: missing") from None
-        return io.BufferedReader(_CountingReader(f, self.counters), 1 << 20)
+        return io.BufferedReader(_CountingReader(f, self.counters, key), 1 << 20)
 
     def _readback_opener(self):
         return self._open_prefetched
@@ -333,7 +333,7 @@ class S3Store(RetryingFsspecStore):
             f = with_retries(op, self.describe(key))
         except FileNotFoundError:
             raise StorageError(f"{self.describe(key)}: missing") from None
-        return io.BufferedReader(_CountingReader(f, self.counters), 1 << 20)
+        return io.BufferedReader(_CountingReader(f, self.counters, key), 1 << 20)
 
     def checksum(self, key: str) -> str | None:
         """The server-side SHA-256 (hex) of an object, without reading its bytes; None if the

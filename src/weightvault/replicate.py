@@ -88,10 +88,12 @@ def replicate(
     *,
     insecure: bool = False,
     verify_existing: bool = False,
+    suspect: set[str] = frozenset(),
     workers: int | None = None,
     on_bytes: Callable[[int], None] | None = None,
     bundle: Bundle | None = None,
 ) -> ReplicateResult:
+    """`suspect`: keys to re-hash on the target whatever their size (an audit flagged them)."""
     src_vault = Vault(sources[0])
     b = bundle or src_vault.load(ref, trusted, insecure=insecure)
     m, name = b.manifest, b.manifest.name
@@ -129,7 +131,7 @@ def replicate(
                 return f"server checksum {have[:16]}... differs"
             if have is None:
                 return _hash_differs(dst, key, sha)
-        elif verify_existing:
+        elif verify_existing or key in suspect:
             return _hash_differs(dst, key, sha)
         return None
 
@@ -154,6 +156,16 @@ def replicate(
     if not committed:
         dv.commit(name, files)
         result.committed_now = True
+    else:  # damaged or missing tag files of a committed bundle: rewrite from the good source
+        for k, data in files:
+            key = f"{prefix(name)}/{k}"
+            try:
+                same = dst.read_bytes(key, len(data) + 1) == data
+            except StorageError:
+                same = False
+            if not same:
+                dst.put_bytes(key, data)
+                result.events.append(CopyEvent(key, "replaced", sources[0].url, "tag file"))
     return result
 
 

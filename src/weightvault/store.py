@@ -26,32 +26,42 @@ TMP = "tmp"  # vault-level scratch: outside every bag, so a crash never leaves a
 
 
 class Counters:
+    """Bytes moved through a store. `payload_read` counts only stored objects and record files
+    (what an audit that claims to read no payload must not touch); `bytes_read` counts all."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.bytes_read = 0
+        self.payload_read = 0
         self.bytes_written = 0
 
-    def add(self, read: int = 0, written: int = 0) -> None:
+    def add(self, read: int = 0, written: int = 0, payload: bool = False) -> None:
         with self._lock:
             self.bytes_read += read
+            if payload:
+                self.payload_read += read
             self.bytes_written += written
 
 
+def is_payload(key: str) -> bool:
+    return "/data/objects/" in key or "/data/record/" in key
+
+
 class _CountingReader(io.RawIOBase):
-    def __init__(self, f: BinaryIO, counters: Counters):
-        self._f, self._c = f, counters
+    def __init__(self, f: BinaryIO, counters: Counters, key: str):
+        self._f, self._c, self._payload = f, counters, is_payload(key)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:  # type: ignore[override]
         n = self._f.readinto(b)
-        self._c.add(read=n or 0)
+        self._c.add(read=n or 0, payload=self._payload)
         return n
 
     def read(self, n: int = -1) -> bytes:
         data = self._f.read(n)
-        self._c.add(read=len(data))
+        self._c.add(read=len(data), payload=self._payload)
         return data
 
     def close(self) -> None:
@@ -193,7 +203,7 @@ class LocalStore(Store):
             raise StorageError(f"{p}: missing") from None
         except OSError as e:
             raise StorageError(f"{p}: cannot read ({e.strerror})") from None
-        return io.BufferedReader(_CountingReader(f, self.counters), 1 << 20)
+        return io.BufferedReader(_CountingReader(f, self.counters, key), 1 << 20)
 
     def size(self, key: str) -> int | None:
         try:
@@ -332,7 +342,7 @@ class FsspecStore(Store):
 
     def open_read(self, key: str) -> BinaryIO:
         f = self._guard(lambda: self.fs.open(self._p(key), "rb"), self.describe(key))
-        return io.BufferedReader(_CountingReader(f, self.counters), 1 << 20)
+        return io.BufferedReader(_CountingReader(f, self.counters, key), 1 << 20)
 
     def size(self, key: str) -> int | None:
         try:
