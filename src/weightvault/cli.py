@@ -155,7 +155,7 @@ def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, excl
         raise StorageError("no replica is reachable: " + "; ".join(f"{n}: {e}" for n, e in
                                                                     rs.errors.items()))  # fmt: skip
     with bar(f"sealing into {primary}", not (quiet or as_json)) as cb:
-        others = [s for n in order if n != primary and (s := rs.try_store(n)) is not None]
+        others = [s for n in order if n != primary and (s := rs.try_store(n, create=True))]
         r = do_seal(source, rs.store(primary), key, opts, on_bytes=cb.on_bytes,
                     on_start=cb.on_start, replicas=others)  # fmt: skip
     states = {n: f"unreachable: {e}" for n, e in rs.errors.items()}
