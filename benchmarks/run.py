@@ -304,7 +304,7 @@ def make_bf16_model(dest: Path, size: int, seed: int = 0) -> Path:
 
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / "model.safetensors"
-    stamp = dest / ".benchmark-input.json"
+    stamp = dest.parent / f"{dest.name}.json"  # beside, not inside: tools back up the dir
     params = {"kind": "bf16-normal-0.02", "size": size, "seed": seed, "generator": 1}
     if path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == params:
         return dest
@@ -569,7 +569,6 @@ class Bench:
 
     def compare(self, name: str, kind: str, root: Path) -> dict:
         files = [p.relative_to(root).as_posix() for p in files_under(root)]
-        files = [f for f in files if not f.startswith(".benchmark-input")]
         inp = {"name": name, "kind": kind, "dir": root, "files": files,
                "bytes": sum((root / f).stat().st_size for f in files)}  # fmt: skip
         inp["digests"] = {f: sha256_file(root / f) for f in files}
