@@ -32,8 +32,19 @@ PAYLOAD_TYPE = "application/vnd.weightvault.manifest+json; version=1"
 DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
 DEVICES |= {f"{p}{i}" for p in ("COM", "LPT") for i in range(10)}
 FSPLIT = {"fsplit-bf16": ("BF16", 1, 2), "fsplit-f16": ("F16", 2, 2), "fsplit-f32": ("F32", 3, 4)}
-SOURCE_KEYS = {"kind", "path", "repo_type", "repo_id", "revision", "commit", "refs",
-               "endpoint", "excluded", "verified_against", "verified_files"}
+SOURCE_KEYS = {
+    "kind",
+    "path",
+    "repo_type",
+    "repo_id",
+    "revision",
+    "commit",
+    "refs",
+    "endpoint",
+    "excluded",
+    "verified_against",
+    "verified_files",
+}
 ROLES = {"record", "report", "interview", "attachment", "model-signing"}
 
 
@@ -55,12 +66,15 @@ def is_hex(v, digits=64):
 
 
 def members(obj, required, optional=(), what=""):
-    check(isinstance(obj, dict) and set(required) <= obj.keys() <= set(required) | set(optional),
-          f"{what}: wrong members")
+    check(
+        isinstance(obj, dict) and set(required) <= obj.keys() <= set(required) | set(optional),
+        f"{what}: wrong members",
+    )
 
 
 def load_canonical(raw, what):
     """Section 4.1: no duplicate keys, no floats, and the bytes are the canonical encoding."""
+
     def pairs(items):
         check(len({k for k, _ in items}) == len(items), f"{what}: duplicate key")
         return dict(items)
@@ -69,8 +83,12 @@ def load_canonical(raw, what):
         raise Refused(f"{what}: floating point number {text}")
 
     try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs,
-                         parse_float=no_float, parse_constant=no_float)
+        doc = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=pairs,
+            parse_float=no_float,
+            parse_constant=no_float,
+        )
         again = json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
         check(again.encode("utf-8") == raw, f"{what}: not in canonical form")
     except (UnicodeError, ValueError) as e:
@@ -82,12 +100,21 @@ def load_canonical(raw, what):
 def check_signature(bag, manifest_raw, trust):
     """Section 6: the payload digest always; the Ed25519 signature when a key is trusted."""
     env = load_canonical((bag / "weightvault.sig").read_bytes(), "weightvault.sig")
-    members(env, {"format", "format_version", "payload_type", "payload_sha256", "signatures"},
-            what="weightvault.sig")
-    check((env["format"], env["format_version"], env["payload_type"]) == ("weightvault-signature",
-          1, PAYLOAD_TYPE) and is_uint(env["format_version"]), "weightvault.sig: unknown format")
-    check(hashlib.sha256(manifest_raw).hexdigest() == env["payload_sha256"],
-          "data/weightvault.json does not match payload_sha256 in weightvault.sig")
+    members(
+        env,
+        {"format", "format_version", "payload_type", "payload_sha256", "signatures"},
+        what="weightvault.sig",
+    )
+    check(
+        (env["format"], env["format_version"], env["payload_type"])
+        == ("weightvault-signature", 1, PAYLOAD_TYPE)
+        and is_uint(env["format_version"]),
+        "weightvault.sig: unknown format",
+    )
+    check(
+        hashlib.sha256(manifest_raw).hexdigest() == env["payload_sha256"],
+        "data/weightvault.json does not match payload_sha256 in weightvault.sig",
+    )
     sigs = env["signatures"]
     check(isinstance(sigs, list) and 1 <= len(sigs) <= 16, "weightvault.sig: not 1..16 signatures")
     for s in sigs:
@@ -145,21 +172,46 @@ def bound(codec, length):
 
 def check_manifest(m):
     """Sections 4 and 7: members, types, invariants, paths. Returns {object name: size}."""
-    members(m, {"format", "format_version", "name", "created", "tool", "source", "chunking",
-                "files", "objects", "encryption", "record"}, what="manifest")
+    members(
+        m,
+        {
+            "format",
+            "format_version",
+            "name",
+            "created",
+            "tool",
+            "source",
+            "chunking",
+            "files",
+            "objects",
+            "encryption",
+            "record",
+        },
+        what="manifest",
+    )
     check(m["format"] == "weightvault-manifest", "manifest: not a weightvault manifest")
-    check(is_uint(m["format_version"]) and m["format_version"] == 1,
-          f"manifest: unknown format_version {m['format_version']!r}")
+    check(
+        is_uint(m["format_version"]) and m["format_version"] == 1,
+        f"manifest: unknown format_version {m['format_version']!r}",
+    )
     check(m["encryption"] is None, "manifest: encrypted, which version 1 does not allow")
     members(m["tool"], {"name", "version"}, what="manifest tool")
     members(m["chunking"], {"target_size", "piece_size"}, what="manifest chunking")
     members(m["source"], {"kind"}, SOURCE_KEYS, what="manifest source")
     check(m["source"]["kind"] in ("local", "hf-cache", "hf-hub"), "manifest: unknown source kind")
-    check(all(isinstance(m[k], list) for k in ("files", "objects", "record")), "manifest: bad arrays")
+    check(
+        all(isinstance(m[k], list) for k in ("files", "objects", "record")), "manifest: bad arrays"
+    )
     for r in m["record"]:  # section 4.6: checked, but not part of the restored model
         members(r, {"path", "role", "size", "sha256", "sha512"}, what="manifest record")
-        check(r["role"] in ROLES and is_uint(r["size"]) and is_hex(r["sha256"]) and is_hex(
-            r["sha512"], 128) and str(r["path"]).startswith("record/"), f"bad record {r['path']!r}")
+        check(
+            r["role"] in ROLES
+            and is_uint(r["size"])
+            and is_hex(r["sha256"])
+            and is_hex(r["sha512"], 128)
+            and str(r["path"]).startswith("record/"),
+            f"bad record {r['path']!r}",
+        )
     check_paths([r["path"] for r in m["record"]], "record")
     sizes = {}
     for o in m["objects"]:
@@ -171,20 +223,34 @@ def check_manifest(m):
     used = set()
     for f in m["files"]:
         members(f, {"path", "size", "mode", "sha256", "chunks"}, what="manifest file")
-        check(is_uint(f["size"]) and is_uint(f["mode"], 511) and is_hex(f["sha256"])
-              and isinstance(f["chunks"], list), f"{f['path']}: bad size, mode, sha256 or chunks")
+        check(
+            is_uint(f["size"])
+            and is_uint(f["mode"], 511)
+            and is_hex(f["sha256"])
+            and isinstance(f["chunks"], list),
+            f"{f['path']}: bad size, mode, sha256 or chunks",
+        )
         end = 0
         for c in f["chunks"]:
             what = f"{f['path']} chunk at {end}"
             members(c, {"offset", "length", "sha256", "codec", "object"}, {"dtype"}, what=what)
-            check(is_uint(c["offset"]) and c["offset"] == end and is_uint(c["length"], 1 << 30)
-                  and c["length"] >= 1,
-                  f"{what}: chunks do not tile the file")
+            check(
+                is_uint(c["offset"])
+                and c["offset"] == end
+                and is_uint(c["length"], 1 << 30)
+                and c["length"] >= 1,
+                f"{what}: chunks do not tile the file",
+            )
             check(is_hex(c["sha256"]) and c["object"] in sizes, f"{what}: bad sha256 or object")
-            check(c["codec"] not in FSPLIT or c.get("dtype", FSPLIT[c["codec"]][0])
-                  == FSPLIT[c["codec"]][0], f"{what}: codec {c['codec']} contradicts dtype")
-            check(sizes[c["object"]] <= bound(c["codec"], c["length"]),
-                  f"{what}: object {c['object']} larger than the {c['codec']} bound")
+            check(
+                c["codec"] not in FSPLIT
+                or c.get("dtype", FSPLIT[c["codec"]][0]) == FSPLIT[c["codec"]][0],
+                f"{what}: codec {c['codec']} contradicts dtype",
+            )
+            check(
+                sizes[c["object"]] <= bound(c["codec"], c["length"]),
+                f"{what}: object {c['object']} larger than the {c['codec']} bound",
+            )
             used.add(c["object"])
             end += c["length"]
         check(end == f["size"], f"{f['path']}: chunk lengths do not add up to size")
@@ -200,18 +266,22 @@ def unzstd(data, length, what="zstd", max_window=1 << 27, strict=False):
         params = zstandard.get_frame_parameters(data)
         check(params.content_size == length, f"{what}: frame does not declare {length} bytes")
         check(params.window_size <= max_window, f"{what}: window larger than {max_window}")
-        check(not strict or (params.has_checksum and not params.dict_id and not data[4] & 0x18),
-              f"{what}: frame lacks a checksum, uses a dictionary or sets reserved bits")
+        check(
+            not strict or (params.has_checksum and not params.dict_id and not data[4] & 0x18),
+            f"{what}: frame lacks a checksum, uses a dictionary or sets reserved bits",
+        )
         pos = zstandard.frame_header_size(data)  # RFC 8878 3.1.1: walk the blocks to the end
         while True:
             check(pos + 3 <= len(data), f"{what}: truncated frame")
-            header = int.from_bytes(data[pos:pos + 3], "little")
+            header = int.from_bytes(data[pos : pos + 3], "little")
             check((header >> 1) & 3 != 3, f"{what}: reserved block type")
             pos += 3 + (1 if (header >> 1) & 3 == 1 else header >> 3)
             if header & 1:
                 break
-        check(pos + (4 if data[4] & 4 else 0) == len(data),
-              f"{what}: the frame does not end exactly at the end of the data")
+        check(
+            pos + (4 if data[4] & 4 else 0) == len(data),
+            f"{what}: the frame does not end exactly at the end of the data",
+        )
         dctx = zstandard.ZstdDecompressor(max_window_size=max_window)
         with dctx.stream_reader(data, read_across_frames=False) as reader:
             out = bytearray()
@@ -234,7 +304,7 @@ def unfsplit(data, length, codec):
         nonlocal pos
         check(pos + n <= len(data), f"{codec}: truncated block")
         pos += n
-        return data[pos - n:pos]
+        return data[pos - n : pos]
 
     while pos < len(data):
         magic, version, lay, block_len = struct.unpack("<BBBI", take(7))
@@ -245,8 +315,10 @@ def unfsplit(data, length, codec):
         streams = []
         for k in range(size):
             method, stored = struct.unpack_from("<BI", descriptors, 5 * k)
-            check((method, stored) == (0, n) or (method == 1 and 1 <= stored <= n),
-                  f"{codec}: bad stream descriptor")
+            check(
+                (method, stored) == (0, n) or (method == 1 and 1 <= stored <= n),
+                f"{codec}: bad stream descriptor",
+            )
             payload = take(stored)
             if method == 1:
                 payload = unzstd(payload, n, f"{codec} stream", max_window=1 << 23, strict=True)
@@ -266,39 +338,50 @@ def read_object(bag, name, size):
     path = bag / "data" / "objects" / name
     check(path.is_file() and path.stat().st_size == size, f"object {name}: missing or wrong size")
     data = path.read_bytes()
-    check(hashlib.sha256(data).hexdigest() == name, f"object {name}: SHA-256 does not match its name")
+    check(
+        hashlib.sha256(data).hexdigest() == name, f"object {name}: SHA-256 does not match its name"
+    )
     return data
 
 
 def restore(bag, dest, trust):
     bag, dest = Path(bag), Path(dest)
     check((bag / "tagmanifest-sha256.txt").is_file(), f"{bag}: not a committed bundle (section 2)")
-    check(not dest.exists() or (dest.is_dir() and not any(dest.iterdir())),
-          f"{dest}: exists and is not an empty directory")
+    check(
+        not dest.exists() or (dest.is_dir() and not any(dest.iterdir())),
+        f"{dest}: exists and is not an empty directory",
+    )
     manifest_raw = (bag / "data" / "weightvault.json").read_bytes()
-    check_signature(bag, manifest_raw, trust)                                  # step 1
-    manifest = load_canonical(manifest_raw, "data/weightvault.json")           # step 2
+    check_signature(bag, manifest_raw, trust)  # step 1
+    manifest = load_canonical(manifest_raw, "data/weightvault.json")  # step 2
     sizes = check_manifest(manifest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         tmp.chmod(0o755)
-        for f in manifest["files"]:                                            # step 3
+        for f in manifest["files"]:  # step 3
             target = tmp.joinpath(*f["path"].split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
             digest = hashlib.sha256()
             with open(target, "xb") as out:
                 for c in f["chunks"]:
                     data, codec = read_object(bag, c["object"], sizes[c["object"]]), c["codec"]
-                    plain = (data if codec == "raw" else unzstd(data, c["length"])  # section 5
-                             if codec == "zstd" else unfsplit(data, c["length"], codec))
-                    check(len(plain) == c["length"]
-                          and hashlib.sha256(plain).hexdigest() == c["sha256"],
-                          f"{f['path']}: chunk at {c['offset']} (object {c['object']}) is damaged")
+                    plain = (
+                        data
+                        if codec == "raw"
+                        else unzstd(data, c["length"])  # section 5
+                        if codec == "zstd"
+                        else unfsplit(data, c["length"], codec)
+                    )
+                    check(
+                        len(plain) == c["length"]
+                        and hashlib.sha256(plain).hexdigest() == c["sha256"],
+                        f"{f['path']}: chunk at {c['offset']} (object {c['object']}) is damaged",
+                    )
                     digest.update(plain)
                     out.write(plain)
             check(digest.hexdigest() == f["sha256"], f"{f['path']}: file SHA-256 mismatch")
-            target.chmod(f["mode"])                                            # step 4
+            target.chmod(f["mode"])  # step 4
         tmp.replace(dest)  # atomic; replaces DEST if it is an empty directory
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,7 +6,7 @@ import json
 import uuid
 
 import pytest
-from conftest import s3_env, wv, write_config
+from conftest import s3_env, write_config, wv
 
 
 def ok(r):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+
 from weightvault import canon
 from weightvault.keys import PublicKey
 from weightvault.manifest import PAYLOAD_TYPE, Manifest
