@@ -121,3 +121,26 @@ def write_config(path: Path, lab_key: Path, replicas: dict[str, dict], **top) ->
         lines += [f"{k} = {val(v)}" for k, v in r.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+class Lab:
+    """Three replicas of one lab: a local directory, a fresh S3 bucket, a fresh SFTP root."""
+
+    def __init__(self, tmp_path: Path, s3, ssh, lab_key: Path, **top):
+        import uuid
+
+        self.dir, self.s3, self.ssh = tmp_path, s3, ssh
+        self.bucket = s3.make_bucket("wv-" + uuid.uuid4().hex[:12])
+        self.sftp_root = ssh.root / uuid.uuid4().hex[:8]
+        self.cfg = write_config(tmp_path / "weightvault.toml", lab_key, {
+            "primary": {"url": str(tmp_path / "primary")},
+            "cloud": {"url": f"s3://{self.bucket}/vault",
+                      "storage_options": {"endpoint_url": s3.endpoint_url}},
+            "steward": {"url": f"sftp://{ssh.user}@127.0.0.1:{ssh.port}{self.sftp_root}",
+                        "role": "escrow", "identity": str(ssh.client_key_path),
+                        "host_key": ssh.host_public_key},
+        }, **top)  # fmt: skip
+        self.env = s3_env(s3)
+
+    def run(self, *args) -> Result:
+        return wv("-c", self.cfg, *args, env=self.env)

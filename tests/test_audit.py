@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
-from conftest import s3_env, write_config, wv
+from conftest import Lab, write_config, wv
 
 
 def ok(r):
@@ -16,25 +15,9 @@ def ok(r):
 
 @pytest.fixture
 def lab(tmp_path, s3_server, ssh_server, lab_key, minilm_dir):
-    bucket = s3_server.make_bucket("wv-" + uuid.uuid4().hex[:12])
-    sftp_root = ssh_server.root / uuid.uuid4().hex[:8]
-    cfg = write_config(tmp_path / "weightvault.toml", lab_key, {
-        "primary": {"url": str(tmp_path / "primary")},
-        "cloud": {"url": f"s3://{bucket}/vault",
-                  "storage_options": {"endpoint_url": s3_server.endpoint_url}},
-        "steward": {"url": f"sftp://{ssh_server.user}@127.0.0.1:{ssh_server.port}{sftp_root}",
-                    "identity": str(ssh_server.client_key_path),
-                    "host_key": ssh_server.host_public_key},
-    }, audit={"state_dir": str(tmp_path / "state")})  # fmt: skip
-    env = s3_env(s3_server)
-
-    class Lab:
-        pass
-
-    lab = Lab()
-    lab.cfg, lab.env, lab.bucket, lab.s3, lab.dir, lab.sftp_root = (cfg, env, bucket, s3_server,
-                                                                   tmp_path, sftp_root)  # fmt: skip
-    lab.run = lambda *a: wv("-c", cfg, *a, env=env)
+    lab = Lab(
+        tmp_path, s3_server, ssh_server, lab_key, audit={"state_dir": str(tmp_path / "state")}
+    )
     ok(lab.run("seal", minilm_dir, "--name", "minilm", "--quiet"))
     lab.objects = sorted(
         p.name for p in (tmp_path / "primary/bundles/minilm/data/objects").iterdir()

@@ -9,7 +9,7 @@ import time
 import uuid
 
 import pytest
-from conftest import s3_env, write_config, wv
+from conftest import Lab, write_config, wv
 
 
 def ok(r):
@@ -25,34 +25,7 @@ def tree_equal(a, b) -> bool:
 
 @pytest.fixture
 def lab(tmp_path, s3_server, ssh_server, lab_key):
-    """A config with three replicas (fresh bucket and directories per test)."""
-    bucket = s3_server.make_bucket("wv-" + uuid.uuid4().hex[:12])
-    sftp_root = ssh_server.root / uuid.uuid4().hex[:8]
-    cfg = write_config(tmp_path / "weightvault.toml", lab_key, {
-        "primary": {"url": str(tmp_path / "primary")},
-        "cloud": {"url": f"s3://{bucket}/vault",
-                  "storage_options": {"endpoint_url": s3_server.endpoint_url}},
-        "steward": {"url": f"sftp://{ssh_server.user}@127.0.0.1:{ssh_server.port}{sftp_root}",
-                    "role": "escrow", "identity": str(ssh_server.client_key_path),
-                    "host_key": ssh_server.host_public_key},
-    })  # fmt: skip
-    env = s3_env(s3_server)
-
-    class Lab:
-        pass
-
-    lab = Lab()
-    lab.cfg, lab.env, lab.bucket, lab.s3, lab.ssh, lab.dir = (
-        cfg,
-        env,
-        bucket,
-        s3_server,
-        ssh_server,
-        tmp_path,
-    )
-    lab.sftp_root = sftp_root
-    lab.run = lambda *a: wv("-c", cfg, *a, env=env)
-    return lab
+    return Lab(tmp_path, s3_server, ssh_server, lab_key)
 
 
 def objects_in_bucket(lab, name="minilm"):

@@ -10,6 +10,7 @@ so the lane never waits on work that cannot start.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import threading
@@ -51,6 +52,24 @@ class Lane(Generic[J]):
     def piece(self, job: J, data: bytes) -> None: ...
 
     def end(self, job: J) -> None: ...
+
+
+class FileDigests(Lane):
+    """Whole-file SHA-256 over pieces arriving in order. Jobs carry `file` (an index) and
+    `last` (the file's last chunk)."""
+
+    def __init__(self) -> None:
+        self._h: dict = {}
+        self.done: dict[int, str] = {}
+
+    def piece(self, job, data: bytes) -> None:
+        if job.file not in self._h:
+            self._h[job.file] = hashlib.sha256()
+        self._h[job.file].update(data)
+
+    def end(self, job) -> None:
+        if job.last:
+            self.done[job.file] = self._h.pop(job.file, hashlib.sha256()).hexdigest()
 
 
 def run(

@@ -19,7 +19,7 @@ from pathlib import Path
 from .chunkio import decode_chunk
 from .errors import Conflict, InputError, IntegrityError
 from .keys import PublicKey
-from .pipeline import Emit, Lane, run
+from .pipeline import Emit, FileDigests, run
 from .store import Store
 from .vault import Bundle, Vault, object_key
 
@@ -43,19 +43,6 @@ class _Job:
     chunk: dict
     last: bool
     multi: bool
-
-
-class _Digests(Lane[_Job]):
-    def __init__(self) -> None:
-        self.h: dict[int, hashlib._Hash] = {}
-        self.done: dict[int, str] = {}
-
-    def piece(self, job: _Job, data: bytes) -> None:
-        self.h.setdefault(job.file, hashlib.sha256()).update(data)
-
-    def end(self, job: _Job) -> None:
-        if job.last:
-            self.done[job.file] = self.h.pop(job.file, hashlib.sha256()).hexdigest()
 
 
 def chunk_jobs(files: list[dict]) -> list[_Job]:
@@ -142,7 +129,7 @@ def restore(
                 emit=emit if job.multi else None, stored_digests=False, on_bytes=on_bytes,
             )  # fmt: skip
 
-        lane = _Digests()
+        lane = FileDigests()
         run(chunk_jobs(files), work, lane=lane, needs_lane=lambda j: j.multi, workers=workers)
         check_file_digests(files, lane.done, f"bundle {m.name}")
         for i, f in enumerate(files):

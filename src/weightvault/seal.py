@@ -15,7 +15,7 @@ from .errors import InputError, IntegrityError
 from .keys import SigningKey
 from .manifest import PAYLOAD_TYPE, Manifest
 from .paths import check_name, check_relpath
-from .pipeline import Emit, Lane, pieces, run
+from .pipeline import Emit, FileDigests, pieces, run
 from .store import Store
 from .vault import Vault, already_sealed, commit_files, object_key, prefix
 
@@ -56,19 +56,6 @@ class _Job:
     piece: chunking.Piece
     last: bool  # last chunk of its file
     multi: bool  # file has more than one chunk (needs the ordered whole-file digest)
-
-
-class _FileDigests(Lane[_Job]):
-    def __init__(self) -> None:
-        self.h: dict[int, hashlib._Hash] = {}
-        self.done: dict[int, str] = {}
-
-    def piece(self, job: _Job, data: bytes) -> None:
-        self.h.setdefault(job.file, hashlib.sha256()).update(data)
-
-    def end(self, job: _Job) -> None:
-        if job.last:
-            self.done[job.file] = self.h.pop(job.file, hashlib.sha256()).hexdigest()
 
 
 def default_name(spec: str, src: sources.Source) -> str:
@@ -151,7 +138,7 @@ def seal(
             chunk["dtype"] = p.dtype
         return {"chunk": chunk, "size": size, "sha512": s512.hexdigest()}
 
-    lane = _FileDigests()
+    lane = FileDigests()
     try:
         results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi, workers=opts.workers)
         doc = _manifest_doc(name, src, files, jobs, results, lane.done, opts)

@@ -12,8 +12,8 @@ from .chunkio import Problem, check_object, decode_chunk
 from .errors import CorruptData, IntegrityError, StorageError
 from .keys import PublicKey
 from .manifest import MANIFEST_KEY
-from .pipeline import Emit, run
-from .restore import _Digests, _Job, chunk_jobs
+from .pipeline import Emit, FileDigests, run
+from .restore import _Job, chunk_jobs
 from .store import Store
 from .vault import FORMAT_KEY, OBJECTS, Bundle, Vault, object_key, prefix
 
@@ -75,7 +75,7 @@ def verify(
                 return _problem(store, key, e)
             return None
 
-        lane = _Digests()
+        lane = FileDigests()
         found = run(chunk_jobs(files), work, lane=lane, needs_lane=lambda j: j.multi,
                     workers=workers)  # fmt: skip
         report.problems += _unique(p for p in found if p)
