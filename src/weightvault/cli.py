@@ -131,24 +131,65 @@ def keygen(path: str) -> None:
 @click.option("--exclude", multiple=True, metavar="PATH",
               help="Relative path to leave out (default: .git and .cache/huggingface).")  # fmt: skip
 @click.option("--hf-cache", metavar="DIR", help="Hugging Face cache for hf:// sources.")
+@click.option(
+    "--report", metavar="FILE.md", help="Post-deployment report (Markdown), sealed as is."
+)
+@click.option("--interview", "interviews", multiple=True, metavar="FILE.jsonl",
+              help="Interview transcript, one JSON turn per line (repeatable).")  # fmt: skip
+@click.option("--record", "record_toml", metavar="FILE.toml",
+              help="Structured retirement record (docs/RECORD.md).")  # fmt: skip
+@click.option("--attach", "attachments", multiple=True, metavar="FILE",
+              help="Any other file to keep with the record (repeatable).")  # fmt: skip
 @workers_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
 def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, exclude, hf_cache,
-         workers, as_json, quiet) -> None:  # fmt: skip
+         report, interviews, record_toml, attachments, workers, as_json, quiet) -> None:  # fmt: skip
     """Seal SOURCE (a directory, hf://ORG/NAME@REVISION, or a Hub cache snapshot) into every
     replica: the first reachable one is written, then the bundle is replicated to the rest."""
-    from .replicate import replicate
+    from .record import build_record
     from .seal import SealOptions
-    from .seal import seal as do_seal
     from .sources import DEFAULT_EXCLUDES
 
     key = ctx.signing_key(key_path)
     rs = ctx.replicas(vault)
+    plan = None
+    if report or interviews or record_toml or attachments:
+        plan = build_record(record_toml, report, list(interviews), list(attachments))
     opts = SealOptions(name=name, chunk_size=chunk_size << 20, level=level, codec=codec,
                        workers=workers or ctx.config.workers,
-                       excludes=tuple(exclude) or DEFAULT_EXCLUDES, hf_cache_dir=hf_cache)  # fmt: skip
+                       excludes=tuple(exclude) or DEFAULT_EXCLUDES, hf_cache_dir=hf_cache,
+                       record=plan.files if plan else [],
+                       organization=ctx.config.organization or _organization(plan),
+                       description=_description(plan))  # fmt: skip
+    try:
+        _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single=vault is not None)
+    finally:
+        if plan:
+            plan.close()
+
+
+def _organization(plan) -> str | None:
+    rec = (plan.record or {}) if plan else {}
+    return (rec.get("commitment") or {}).get("organization") or (rec.get("model") or {}).get(
+        "developer"
+    )
+
+
+def _description(plan) -> str | None:
+    model = ((plan.record or {}) if plan else {}).get("model") or {}
+    if not model.get("name"):
+        return None
+    what = " ".join(x for x in (model.get("name"), model.get("version")) if x)
+    return f"Retired model {what}: weights and retirement record, sealed by weightvault"
+
+
+def _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single) -> None:
+    from .replicate import replicate
+    from .seal import seal as do_seal
+
+    workers = opts.workers
     order = rs.names
     primary = next((n for n in order if rs.try_store(n, create=True) is not None), None)
     if primary is None:
@@ -176,7 +217,7 @@ def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, excl
     lines = [f"sealed {r.name} as bundle {r.bundle}",
              f"  {r.files} files, {_size(r.bytes_in)} -> {_size(r.bytes_stored)} stored "
              f"({ratio:.1%}) in {r.objects} objects, {r.seconds:.1f} s"]  # fmt: skip
-    if len(order) > 1 or vault is None:
+    if len(order) > 1 or not single:
         lines += [f"  replica {n}: {states[n]}" for n in order]
     _emit(out, as_json, "\n".join(lines))
     behind = [n for n in order if states[n] != "complete"]
@@ -285,6 +326,92 @@ def restore(ctx: Ctx, bundle, dest, vault, replica, trust, insecure, workers, as
     _emit({**r.as_dict(), "replica": where}, as_json,
           f"restored {r.name} ({r.bundle[:16]}) from {where}: {r.files} files, "
           f"{_size(r.bytes)} into {r.dest} in {r.seconds:.1f} s; every file digest verified")  # fmt: skip
+
+
+def _audit_status(ctx: Ctx, rs) -> dict:
+    """replica -> last audit outcome, from the local audit trail (nothing is read remotely)."""
+    from .auditlog import Chain, replica_dir, state_root
+
+    out = {}
+    root = state_root(ctx.config.audit.get("state_dir"))
+    for n in rs.names:
+        d = root / "replicas"
+        if not d.is_dir():
+            continue
+        try:
+            head = Chain(replica_dir(root, rs.replica(n).url), None).head()
+        except WeightvaultError:
+            continue
+        if head:
+            r = head.record
+            out[n] = {"last_audit": r["ended"], "level": r["level"], "outcome": r["eventOutcome"]}
+    return out
+
+
+@cli.command()
+@click.argument("bundle")
+@vault_opt
+@replica_opt
+@trust_opt
+@click.option("--html", "html_path", metavar="FILE", help="Write a self-contained HTML page.")
+@json_opt
+@click.pass_obj
+def show(ctx: Ctx, bundle, vault, replica, trust, html_path, as_json) -> None:
+    """Show a bundle and its retirement record, verified against the signature first."""
+    from rich.console import Console
+
+    from .record import read_record
+    from .render import html_page, summary_json, summary_text
+    from .replicate import bundle_state
+    from .vault import Vault
+
+    rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
+    where, (store, b) = rs.first(lambda _n, st: (st, Vault(st).load(bundle, trusted)), replica)
+    view = read_record(store, b)
+    replicas = {}
+    for n in rs.names:
+        st = rs.try_store(n)
+        replicas[n] = ({"state": bundle_state(st, b.name, b.bundle_id).state} if st
+                       else {"state": "unreachable"})  # fmt: skip
+    audits = _audit_status(ctx, rs)
+    for n, a in audits.items():
+        replicas.setdefault(n, {}).update(a)
+    if html_path:
+        page = html_page(view, b, replicas, audits)
+        out = Path(html_path)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(out)
+    if as_json:
+        click.echo(json.dumps(summary_json(view, b, replicas, audits), indent=2, sort_keys=True))
+    elif not html_path:
+        Console().print(summary_text(view, b, replicas, audits))
+    else:
+        click.echo(f"wrote {html_path}: {b.name} ({b.bundle_id[:16]}) from {where}")
+
+
+@cli.group("record")
+def record_group() -> None:
+    """The retirement record sealed with a bundle."""
+
+
+@record_group.command("export")
+@click.argument("bundle")
+@click.argument("dest", type=click.Path(file_okay=False))
+@vault_opt
+@replica_opt
+@trust_opt
+@json_opt
+@click.pass_obj
+def record_export(ctx: Ctx, bundle, dest, vault, replica, trust, as_json) -> None:
+    """Write the record's files (byte-exact, digests checked) into DEST, without the weights."""
+    from .record import export_record
+    from .vault import Vault
+
+    rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
+    _, (store, b) = rs.first(lambda _n, st: (st, Vault(st).load(bundle, trusted)), replica)
+    files = export_record(store, b, Path(dest))
+    _emit(files, as_json, f"exported {len(files)} record files of {b.name} into {dest}")
 
 
 def _target(ctx: Ctx, rs, spec: str, *, create: bool):

@@ -15,7 +15,6 @@ from urllib.parse import urlparse
 
 from .errors import InputError
 from .paths import name_ok
-from .remote import ObjectLock
 
 ENV = "WEIGHTVAULT_CONFIG"
 DEFAULT_FILE = "weightvault.toml"
@@ -24,6 +23,12 @@ REPLICA_KEYS = {"url", "storage_options", "object_lock", "role", "host_key", "kn
                 "identity"}  # fmt: skip
 ROLES = {"primary", "mirror", "escrow"}
 AUDIT_KEYS = {"state_dir", "cycle_days", "level", "key"}
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    mode: str  # COMPLIANCE | GOVERNANCE
+    days: int
 
 
 @dataclass

@@ -25,6 +25,14 @@ R = TypeVar("R")
 _END = object()
 
 
+LANE_BUDGET = 192 << 20  # plaintext the ordered lane may hold waiting, whatever the core count
+
+
+def lane_window(workers: int, chunk_size: int) -> int:
+    """Open chunks allowed: each may be held whole while earlier ones finish."""
+    return max(2, min(workers + 1, LANE_BUDGET // max(1, chunk_size)))
+
+
 def default_workers() -> int:
     return max(2, min(8, os.cpu_count() or 2))
 
@@ -85,6 +93,7 @@ def run(
     and is re-raised (workers stop at their next piece)."""
     workers = workers or default_workers()
     window = window or workers + 1
+    workers = min(workers, max(1, len(jobs)))
     cancelled = threading.Event()
     slots = threading.Semaphore(window)
     order: queue.SimpleQueue = queue.SimpleQueue()  # (job, piece queue) in submission order

@@ -17,7 +17,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -39,12 +38,6 @@ _FATAL_S3 = {
     "InvalidToken": "credentials rejected",
     "ExpiredToken": "credentials expired",
 }
-
-
-@dataclass(frozen=True)
-class ObjectLock:
-    mode: str  # COMPLIANCE | GOVERNANCE
-    days: int
 
 
 def _s3_code(e: BaseException) -> str | None:
@@ -267,7 +260,7 @@ class S3Store(RetryingFsspecStore):
 
     has_checksums = True
 
-    def __init__(self, url: str, options: dict, *, object_lock: ObjectLock | None = None,
+    def __init__(self, url: str, options: dict, *, object_lock=None,
                  create: bool = False):  # fmt: skip
         opts = dict(options)
         ep = opts.pop("endpoint_url", None)
@@ -382,7 +375,7 @@ class S3Store(RetryingFsspecStore):
             os.unlink(tmp_key)
 
 
-def open_remote(url: str, options: dict | None, *, object_lock: ObjectLock | None = None,
+def open_remote(url: str, options: dict | None, *, object_lock=None,
                 create: bool = False) -> Store:  # fmt: skip
     scheme = urlparse(url).scheme
     options = dict(options or {})

@@ -19,7 +19,7 @@ from pathlib import Path
 from .chunkio import decode_chunk
 from .errors import Conflict, InputError, IntegrityError
 from .keys import PublicKey
-from .pipeline import Emit, FileDigests, run
+from .pipeline import Emit, FileDigests, default_workers, lane_window, run
 from .store import Store
 from .vault import Bundle, Vault, object_key
 
@@ -51,6 +51,10 @@ def chunk_jobs(files: list[dict]) -> list[_Job]:
         n = len(f["chunks"])
         jobs.extend(_Job(i, c, j == n - 1, n > 1) for j, c in enumerate(f["chunks"]))
     return jobs
+
+
+def max_chunk(files: list[dict]) -> int:
+    return max((c["length"] for f in files for c in f["chunks"]), default=1)
 
 
 def check_file_digests(files: list[dict], lane_digests: dict[int, str], what: str) -> None:
@@ -130,7 +134,9 @@ def restore(
             )  # fmt: skip
 
         lane = FileDigests()
-        run(chunk_jobs(files), work, lane=lane, needs_lane=lambda j: j.multi, workers=workers)
+        workers = workers or default_workers()
+        run(chunk_jobs(files), work, lane=lane, needs_lane=lambda j: j.multi, workers=workers,
+            window=lane_window(workers, max_chunk(files)))  # fmt: skip
         check_file_digests(files, lane.done, f"bundle {m.name}")
         for i, f in enumerate(files):
             os.fsync(fds[i])

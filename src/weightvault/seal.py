@@ -15,7 +15,7 @@ from .errors import InputError, IntegrityError
 from .keys import SigningKey
 from .manifest import PAYLOAD_TYPE, Manifest
 from .paths import check_name, check_relpath
-from .pipeline import Emit, FileDigests, pieces, run
+from .pipeline import Emit, FileDigests, default_workers, lane_window, pieces, run
 from .store import Store
 from .vault import Vault, already_sealed, commit_files, object_key, prefix
 
@@ -31,6 +31,8 @@ class SealOptions:
     hf_cache_dir: str | None = None
     # The retirement record: (role, local file, path in the bundle, which starts with "record/")
     record: list[tuple[str, Path, str]] = field(default_factory=list)
+    organization: str | None = None  # bag-info Source-Organization
+    description: str | None = None  # bag-info External-Description (default: from the source)
 
 
 @dataclass
@@ -140,7 +142,9 @@ def seal(
 
     lane = FileDigests()
     try:
-        results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi, workers=opts.workers)
+        workers = opts.workers or default_workers()
+        results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi, workers=workers,
+                      window=lane_window(workers, opts.chunk_size))  # fmt: skip
         doc = _manifest_doc(name, src, files, jobs, results, lane.done, opts)
         doc["record"] = sorted(
             (_store_record_file(store, name, *r, written) for r in opts.record),
@@ -166,7 +170,16 @@ def seal(
             "payload_sha256": manifest.bundle_id,
             "signatures": [key.sign(PAYLOAD_TYPE, manifest.raw)],
         }
-        vault.commit(name, commit_files(manifest, signature, bagging_date=doc["created"][:10]))
+        vault.commit(
+            name,
+            commit_files(
+                manifest,
+                signature,
+                bagging_date=doc["created"][:10],
+                organization=opts.organization,
+                description=opts.description,
+            ),
+        )
     except BaseException:
         # Nothing was committed: remove what this run wrote, so no half bundle lingers.
         if not vault.is_committed(name):

@@ -178,7 +178,8 @@ COMMIT_ORDER = (
 
 
 def commit_files(manifest: Manifest, signature: dict, *, bagging_date: str,
-                 organization: str | None = None) -> list[tuple[str, bytes]]:  # fmt: skip
+                 organization: str | None = None,
+                 description: str | None = None) -> list[tuple[str, bytes]]:  # fmt: skip
     """Every file of a bundle but its objects and record files, in COMMIT_ORDER."""
     sig_bytes = canon.canonical(signature)
     format_md = spec.format_md()
@@ -194,7 +195,7 @@ def commit_files(manifest: Manifest, signature: dict, *, bagging_date: str,
             bagging_date=bagging_date,
             oxum_bytes=sum(e.size for e in payload),
             oxum_count=len(payload),
-            description=describe_source(manifest.doc),
+            description=description or describe_source(manifest.doc),
             organization=organization,
         ),
         "manifest-sha256.txt": bag.manifest_text(payload, "sha256"),
