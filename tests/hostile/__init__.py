@@ -1,0 +1,1 @@
+"""Crafted malicious bundles (issue 8): see build.py."""
