@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,33 @@ def test_html_page_renders_in_headless_chromium(sealed, lab_key, tmp_path):
     keep = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     keep.mkdir(exist_ok=True)
     shutil.copy(shot, keep / "record-card.png")  # for a person to look at after the run
+
+
+def test_restored_model_verifies_with_openssf_model_signing(minilm_dir, lab_key, tmp_path):
+    """seal --oms-key writes an OpenSSF signature into the record; after restore and record
+    export, the independent `model_signing verify key` accepts the restored directory."""
+    pytest.importorskip("model_signing", reason="model-signing is not installed")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    k = tmp_path / "oms.key"
+    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))  # fmt: skip
+    k.chmod(0o600)
+    pub = tmp_path / "oms.pub"
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    v, trust = tmp_path / "v", ("--trust", f"{lab_key}.pub")
+    r = wv("seal", minilm_dir, "--vault", v, "--key", lab_key, "--name", "m", "--oms-key", k, "-q")
+    assert r.code == 0, r.err
+    assert wv("restore", "m", tmp_path / "restored", "--vault", v, *trust).code == 0
+    assert wv("record", "export", "m", tmp_path / "rec", "--vault", v, *trust).code == 0
+    sig = tmp_path / "rec" / "model.sig"
+    cmd = [sys.executable, "-m", "model_signing", "verify", "key", str(tmp_path / "restored"),
+           "--signature", str(sig), "--public_key", str(pub)]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (tmp_path / "restored" / "vocab.txt").write_text("tampered")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "vocab.txt" in p.stdout + p.stderr

@@ -140,12 +140,16 @@ def keygen(path: str) -> None:
               help="Structured retirement record (docs/RECORD.md).")  # fmt: skip
 @click.option("--attach", "attachments", multiple=True, metavar="FILE",
               help="Any other file to keep with the record (repeatable).")  # fmt: skip
+@click.option("--oms-key", metavar="EC.pem",
+              help="ECDSA P-256/P-384 key: also write an OpenSSF model-signing signature into the "
+                   "record (docs/MODEL-SIGNING.md).")  # fmt: skip
 @workers_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
 def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, exclude, hf_cache,
-         report, interviews, record_toml, attachments, workers, as_json, quiet) -> None:  # fmt: skip
+         report, interviews, record_toml, attachments, oms_key, workers, as_json,
+         quiet) -> None:  # fmt: skip
     """Seal SOURCE (a directory, hf://ORG/NAME@REVISION, or a Hub cache snapshot) into every
     replica: the first reachable one is written, then the bundle is replicated to the rest."""
     from .record import build_record
@@ -162,12 +166,21 @@ def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, excl
                        excludes=tuple(exclude) or DEFAULT_EXCLUDES, hf_cache_dir=hf_cache,
                        record=plan.files if plan else [],
                        organization=ctx.config.organization or _organization(plan),
-                       description=_description(plan))  # fmt: skip
+                       description=_description(plan),
+                       oms_key=_oms_key(oms_key))  # fmt: skip
     try:
         _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single=vault is not None)
     finally:
         if plan:
             plan.close()
+
+
+def _oms_key(path: str | None):
+    if not path:
+        return None
+    from .oms import load_ec_key
+
+    return load_ec_key(Path(path))
 
 
 def _organization(plan) -> str | None:

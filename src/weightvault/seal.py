@@ -33,6 +33,7 @@ class SealOptions:
     record: list[tuple[str, Path, str]] = field(default_factory=list)
     organization: str | None = None  # bag-info Source-Organization
     description: str | None = None  # bag-info External-Description (default: from the source)
+    oms_key: object | None = None  # ECDSA key: also write an OpenSSF model-signing signature
 
 
 @dataclass
@@ -146,10 +147,10 @@ def seal(
         results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi, workers=workers,
                       window=lane_window(workers, opts.chunk_size))  # fmt: skip
         doc = _manifest_doc(name, src, files, jobs, results, lane.done, opts)
-        doc["record"] = sorted(
-            (_store_record_file(store, name, *r, written) for r in opts.record),
-            key=lambda r: r["path"],
-        )
+        record = [_store_record_file(store, name, *r, written) for r in opts.record]
+        if opts.oms_key is not None:
+            record.append(_model_signing(store, name, doc, opts.oms_key, written))
+        doc["record"] = sorted(record, key=lambda r: r["path"])
         for i, f in enumerate(files):
             st = os.stat(f.abspath)
             if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
@@ -219,6 +220,22 @@ def _store_record_file(store: Store, name: str, role: str, local: Path, path: st
         size = w.size
     return {"path": path, "role": role, "size": size, "sha256": s256.hexdigest(),
             "sha512": s512.hexdigest()}  # fmt: skip
+
+
+def _model_signing(store: Store, name: str, doc: dict, key, written: list[str]) -> dict:
+    """An OpenSSF model-signing signature over the digests this seal computed, kept with the
+    record, so a restored model verifies with `model_signing verify key` as well."""
+    import tempfile
+
+    from . import oms
+
+    sig = oms.sign_files([(f["path"], f["sha256"], f["size"]) for f in doc["files"]], key,
+                         model_name=name)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="weightvault-oms-") as d:
+        p = Path(d) / oms.default_signature_name()
+        p.write_bytes(sig)
+        return _store_record_file(store, name, "model-signing", p,
+                                  f"record/{oms.default_signature_name()}", written)  # fmt: skip
 
 
 def _manifest_doc(name, src, files, jobs, results, digests, opts) -> dict:
