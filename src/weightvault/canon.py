@@ -83,4 +83,9 @@ def parse(data: bytes, what: str, *, max_size: int = MAX_DOC, allow_float: bool 
         raise CorruptData(f"{what}: not valid JSON ({e})") from None
     if _depth(obj) > MAX_DEPTH:
         raise CorruptData(f"{what}: JSON nested deeper than {MAX_DEPTH} levels")
+    try:
+        # a \uDC80 escape parses to a lone surrogate: valid JSON, not Unicode text
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CorruptData(f"{what}: holds a lone surrogate (\\uD800-\\uDFFF escape)") from None
     return obj

@@ -27,7 +27,11 @@ def check_relpath(path: object, what: str) -> str:
 
 
 def _path_problem(path: str) -> str | None:
-    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode text (a lone surrogate)"
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
         return "too long"
     if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in path):
         return "contains a control character or NUL"

@@ -57,17 +57,25 @@ def max_chunk(files: list[dict]) -> int:
     return max((c["length"] for f in files for c in f["chunks"]), default=1)
 
 
-def check_file_digests(files: list[dict], lane_digests: dict[int, str], what: str) -> None:
+def file_digest_mismatches(files: list[dict], lane_digests: dict[int, str]):
+    """(file, computed sha256) for every file whose whole-file digest is not the manifest's.
+    Multi-chunk files are hashed by the lane; a one-chunk file's digest is its chunk's, checked
+    when the chunk was decoded; an empty file's is SHA-256 of nothing."""
     for i, f in enumerate(files):
         if len(f["chunks"]) > 1:
             got = lane_digests.get(i)
         elif f["chunks"]:
-            got = f["chunks"][0]["sha256"]  # checked chunk-wise already
+            got = f["chunks"][0]["sha256"]
         else:
             got = hashlib.sha256(b"").hexdigest()
         if got != f["sha256"]:
-            raise IntegrityError(f"{what}: {f['path']}: whole-file sha256 {got} differs from "
-                                 f"the manifest's {f['sha256']}")  # fmt: skip
+            yield f, got
+
+
+def check_file_digests(files: list[dict], lane_digests: dict[int, str], what: str) -> None:
+    for f, got in file_digest_mismatches(files, lane_digests):
+        raise IntegrityError(f"{what}: {f['path']}: whole-file sha256 {got} differs from "
+                             f"the manifest's {f['sha256']}")  # fmt: skip
 
 
 def prepare_destination(dest: Path) -> Path:

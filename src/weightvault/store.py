@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import secrets
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,13 +197,21 @@ class LocalStore(Store):
     def open_read(self, key: str) -> BinaryIO:
         p = self._path(key)
         try:
-            if p.is_symlink():
-                raise CorruptData(f"{p}: is a symbolic link; a vault holds only regular files")
-            f = open(p, "rb", buffering=0)  # noqa: SIM115 - handed to the caller
+            # O_NONBLOCK: opening a FIFO planted in a vault must not wait for a writer
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise StorageError(f"{p}: missing") from None
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise CorruptData(
+                    f"{p}: is a symbolic link; a vault holds only regular files"
+                ) from None
             raise StorageError(f"{p}: cannot read ({e.strerror})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CorruptData(f"{p}: is not a regular file; a vault holds only regular files")
+        os.set_blocking(fd, True)
+        f = open(fd, "rb", buffering=0)  # noqa: SIM115 - handed to the caller
         return io.BufferedReader(_CountingReader(f, self.counters, key), 1 << 20)
 
     def size(self, key: str) -> int | None:

@@ -13,7 +13,7 @@ from .errors import CorruptData, IntegrityError, StorageError
 from .keys import PublicKey
 from .manifest import MANIFEST_KEY
 from .pipeline import Emit, FileDigests, default_workers, lane_window, run
-from .restore import _Job, chunk_jobs, max_chunk
+from .restore import _Job, chunk_jobs, file_digest_mismatches, max_chunk
 from .store import Store
 from .vault import FORMAT_KEY, OBJECTS, Bundle, Vault, object_key, prefix
 
@@ -82,9 +82,9 @@ def verify(
 
         report.problems += _unique(p for p in found if p)
         if not any(p.kind in ("missing", "damaged") for p in report.problems):
-            for i, f in enumerate(files):
-                if len(f["chunks"]) > 1 and lane.done.get(i) != f["sha256"]:
-                    report.problems.append(Problem("file", f["path"], "whole-file sha256 differs"))
+            for f, got in file_digest_mismatches(files, lane.done):
+                report.problems.append(Problem("file", f["path"], f"whole-file sha256 {got} "
+                                               f"differs from the manifest's {f['sha256']}"))  # fmt: skip
     else:
 
         def check(name: str, _emit: Emit) -> Problem | None:

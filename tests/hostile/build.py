@@ -10,7 +10,8 @@ what is on disk, so that weightvault's deeper checks are the ones exercised, not
 Every case carries what weightvault must answer: for `restore`, `verify --deep` and (where it
 differs) plain `verify`, an exit code and a fragment of the one error line (or of the DAMAGED
 report). `bug` marks a case where weightvault does not do what FORMAT.md or its own contract
-requires; tests/test_hostile.py runs those as strict xfails.
+requires; tests/test_hostile.py runs those as strict xfails. Cases registered with `cli=False`
+are variants of a family that already has a CLI case; they run in-process (see `case`).
 """
 
 from __future__ import annotations
@@ -265,11 +266,16 @@ def sha256(b: bytes) -> str:
 
 @dataclass(frozen=True)
 class Expect:
-    code: int  # 0: success
+    code: int | tuple[int, ...]  # the exit code, or the codes any acceptable fix may give
     text: str = ""  # a fragment of the error line (or of the DAMAGED report)
 
+    @property
+    def codes(self) -> tuple[int, ...]:
+        return self.code if isinstance(self.code, tuple) else (self.code,)
 
-OK = Expect(0)
+
+OK = Expect(0)  # success; a restore must then hold exactly the manifest's files, bit-exact
+CLEAN = (0, INTEGRITY, USAGE, STORAGE)  # any outcome but a crash or a hang
 
 
 @dataclass(frozen=True)
@@ -281,15 +287,25 @@ class Case:
     shallow: Expect | None  # plain verify, when it is worth running
     bug: str | None
     doc: str
+    timeout: float | None  # seconds per CLI call, if not the harness's default
+    cli: bool  # False: run in-process (see `case`)
 
 
 CASES: dict[str, Case] = {}
 
 
-def case(restore: Expect, verify: Expect, shallow: Expect | None = None, *, bug: str | None = None):
+def case(restore: Expect, verify: Expect, shallow: Expect | None = None, *,
+         bug: str | None = None, timeout: float | None = None, cli: bool = True):  # fmt: skip
+    """Register a case. `cli=False` marks a variant whose refusal is the same code path (the
+    manifest checks of Vault.load, or one codec check) as a CLI case of its family: it runs
+    in-process through weightvault.restore.restore and weightvault.verify.verify, which is what
+    the CLI calls, so that the whole suite stays within its time budget (each CLI call costs
+    about 0.4 s of interpreter start-up and imports)."""
+
     def register(fn: Callable[[Work], None]) -> Callable[[Work], None]:
         name = fn.__name__.removeprefix("case_")
-        CASES[name] = Case(name, fn, restore, verify, shallow, bug, (fn.__doc__ or "").strip())
+        CASES[name] = Case(name, fn, restore, verify, shallow, bug, (fn.__doc__ or "").strip(),
+                           timeout, cli)  # fmt: skip
         return fn
 
     return register
@@ -297,6 +313,13 @@ def case(restore: Expect, verify: Expect, shallow: Expect | None = None, *, bug:
 
 def both(code: int, text: str) -> dict:
     return {"restore": Expect(code, text), "verify": Expect(code, text)}
+
+
+@case(restore=OK, verify=OK, shallow=OK)
+def case_control_resigned(w: Work) -> None:
+    """Not hostile: the manifest re-signed and the bag re-made unchanged. Proves that the
+    forging helpers make a valid bundle, so every refusal below is due to its one mutation."""
+    w.write_manifest(w.raw())
 
 
 # Paths (FORMAT.md section 7): each refused before anything is written.
@@ -328,7 +351,7 @@ def case_path_backslash(w: Work) -> None:
     w.edit(lambda d: rename(d, "rand.bin", "..\\escaped.bin"))
 
 
-@case(**both(INTEGRITY, "starts with a drive letter"))
+@case(cli=False, **both(INTEGRITY, "starts with a drive letter"))
 def case_path_drive_letter(w: Work) -> None:
     """`C:escaped.bin`, drive-relative on Windows."""
     w.edit(lambda d: rename(d, "rand.bin", "C:escaped.bin"))
@@ -352,25 +375,25 @@ def case_path_device_aux_txt(w: Work) -> None:
     w.edit(lambda d: rename(d, "rand.bin", "sub/aux.txt"))
 
 
-@case(**both(INTEGRITY, "component 'rand.bin.' ends with a space or dot"))
+@case(cli=False, **both(INTEGRITY, "component 'rand.bin.' ends with a space or dot"))
 def case_path_trailing_dot(w: Work) -> None:
     """A trailing dot (Windows silently strips it, colliding with another name)."""
     w.edit(lambda d: rename(d, "rand.bin", "rand.bin."))
 
 
-@case(**both(INTEGRITY, "has a 'empty' component"))
+@case(cli=False, **both(INTEGRITY, "has a 'empty' component"))
 def case_path_empty_component(w: Work) -> None:
     """`a//rand.bin`."""
     w.edit(lambda d: rename(d, "rand.bin", "a//rand.bin"))
 
 
-@case(**both(INTEGRITY, "is not in Unicode NFC form"))
+@case(cli=False, **both(INTEGRITY, "is not in Unicode NFC form"))
 def case_path_not_nfc(w: Work) -> None:
     """A decomposed `é` (NFD), which some filesystems merge with the composed one."""
     w.edit(lambda d: rename(d, "rand.bin", "e\u0301.bin"))
 
 
-@case(**both(INTEGRITY, "has a component longer than 255 bytes"))
+@case(cli=False, **both(INTEGRITY, "has a component longer than 255 bytes"))
 def case_path_long_component(w: Work) -> None:
     """A 300-byte file name."""
     w.edit(lambda d: rename(d, "rand.bin", "x" * 300))
@@ -388,7 +411,7 @@ def case_path_case_collision(w: Work) -> None:
     w.edit(lambda d: add_copy(d, "rand.bin", "RAND.bin"))
 
 
-@case(**both(INTEGRITY, "paths differ only in case: 'STRASSE.bin' and 'straße.bin'"))
+@case(cli=False, **both(INTEGRITY, "paths differ only in case: 'STRASSE.bin' and 'straße.bin'"))
 def case_path_casefold_collision(w: Work) -> None:
     """Names equal only under full Unicode case folding (ß -> ss)."""
     w.edit(
@@ -402,7 +425,10 @@ def case_path_file_and_dir(w: Work) -> None:
     w.edit(lambda d: add_copy(d, "rand.bin", "config.json/inner.bin"))
 
 
-@case(**both(INTEGRITY, "'CONFIG.JSON' is a file and a directory of 'config.json/inner.bin'"))
+@case(
+    cli=False,
+    **both(INTEGRITY, "'CONFIG.JSON' is a file and a directory of 'config.json/inner.bin'"),
+)
 def case_path_file_and_dir_case(w: Work) -> None:
     """A file that is a directory of another file once case is ignored."""
     w.edit(lambda d: rename(d, "config.json", "CONFIG.JSON") or
@@ -421,7 +447,7 @@ def case_record_path_dotdot(w: Work) -> None:
     w.edit(add)
 
 
-@case(**both(INTEGRITY, "contains a control character or NUL"))
+@case(cli=False, **both(INTEGRITY, "contains a control character or NUL"))
 def case_path_newline(w: Work) -> None:
     """A newline in a path (would forge a line of the bag's manifest-sha256.txt)."""
     w.edit(lambda d: rename(d, "rand.bin", "rand.bin\n0000  data/evil"))
@@ -450,10 +476,8 @@ def case_symlink_object_dev_zero(w: Work) -> None:
     w.object_path(obj).symlink_to("/dev/zero")
 
 
-@case(restore=Expect(INTEGRITY, "not a regular file"), verify=Expect(INTEGRITY, "not a regular file"),
-      shallow=Expect(INTEGRITY, "not a regular file"),
-      bug="an object replaced by a named pipe (FIFO) makes restore and verify block forever in "
-          "open(); LocalStore.open_read refuses symlinks but not other non-regular files")  # fmt: skip
+@case(restore=Expect((INTEGRITY, STORAGE)), verify=Expect((INTEGRITY, STORAGE)),
+      timeout=5)  # fmt: skip
 def case_fifo_object(w: Work) -> None:
     """An object file replaced by a FIFO: open() for reading blocks until a writer appears."""
     (obj,) = [o["name"] for o in w.doc()["objects"] if o["size"] == 5000]
@@ -461,8 +485,8 @@ def case_fifo_object(w: Work) -> None:
     os.mkfifo(w.object_path(obj))
 
 
-@case(restore=Expect(STORAGE, "Is a directory"), verify=Expect(STORAGE, "Is a directory"),
-      shallow=Expect(STORAGE, "Is a directory"))  # fmt: skip
+@case(restore=Expect(INTEGRITY, "not a regular file"), verify=Expect(INTEGRITY, "not a regular file"),
+      shallow=Expect(INTEGRITY, "not a regular file"))  # fmt: skip
 def case_directory_object(w: Work) -> None:
     """An object file replaced by a directory."""
     (obj,) = [o["name"] for o in w.doc()["objects"] if o["size"] == 5000]
@@ -470,7 +494,7 @@ def case_directory_object(w: Work) -> None:
     w.object_path(obj).mkdir()
 
 
-@case(restore=OK, verify=OK, shallow=OK)
+@case(restore=OK, verify=OK)
 def case_symlinked_objects_dir(w: Work) -> None:
     """data/objects replaced by a symbolic link to a copy of it outside the vault. The bytes
     are still checked against the signed digests, so this restores (documented, not refused)."""
@@ -501,26 +525,25 @@ def _bomb(w: Work, stored: bytes) -> None:
     w.edit(change)
 
 
-@case(**both(INTEGRITY, "zstd frame declares 2147483648 content bytes, expected 1048576"),
-      shallow=OK)  # fmt: skip
+@case(**both(INTEGRITY, "zstd frame declares 2147483648 content bytes, expected 1048576"))  # fmt: skip
 def case_zstd_bomb_declared(w: Work) -> None:
     """A 64 KiB zstd object holding 2 GiB of zeros (honest header) for a 1 MiB chunk."""
     _bomb(w, zstd_rle_frame(2 * GiB, 2 * GiB))
 
 
-@case(**both(INTEGRITY, "zstd frame decodes to more than the declared length"), shallow=OK)
+@case(**both(INTEGRITY, "zstd frame decodes to more than the declared length"))
 def case_zstd_bomb_lying_header(w: Work) -> None:
     """2 GiB of zeros in a frame whose header claims 1 MiB, for a 1 MiB chunk."""
     _bomb(w, zstd_rle_frame(2 * GiB, MiB))
 
 
-@case(**both(INTEGRITY, "zstd frame declares no content bytes, expected 1048576"), shallow=OK)
+@case(**both(INTEGRITY, "zstd frame declares no content bytes, expected 1048576"))
 def case_zstd_bomb_no_size(w: Work) -> None:
     """2 GiB of zeros in a frame that does not declare its content size."""
     _bomb(w, zstd_rle_frame(2 * GiB, None))
 
 
-@case(**both(INTEGRITY, "zstd: "), shallow=OK)
+@case(**both(INTEGRITY, "zstd: "))
 def case_zstd_huge_window(w: Work) -> None:
     """A frame asking for a 2 GiB window (the decoder's memory), FORMAT.md 5.2 allows 2^27."""
     _bomb(w, zstd_rle_frame(MiB, MiB, window_log=31))
@@ -539,17 +562,16 @@ def add_file(w: Work, doc: dict, path: str, stored: bytes, length: int, count: i
     resort(doc)
 
 
-@case(**both(INTEGRITY, "zstd frame ends 1073741823 bytes before the declared length"),
-      shallow=OK)  # fmt: skip
+@case(**both(INTEGRITY, "zstd: zstd decompress error: Data corruption detected"))
 def case_declared_size_huge(w: Work) -> None:
     """A new 1 GiB file whose single chunk's object is 17 bytes holding one byte, the frame
     lying that it holds 1 GiB: restore must not allocate or write for the claim."""
     w.edit(lambda d: add_file(w, d, "huge.bin", zstd_rle_frame(1, GiB), GiB))
 
 
-@case(**both(INTEGRITY, "zstd frame declares 12020 content bytes, expected 12000"), shallow=OK)
+@case(**both(INTEGRITY, "zstd frame declares 12034 content bytes, expected 12000"))
 def case_zstd_length_smaller_than_frame(w: Work) -> None:
-    """The manifest declares 12000 bytes for a chunk whose frame holds (and declares) 12020."""
+    """The manifest declares 12000 bytes for a chunk whose frame holds (and declares) 12034."""
 
     def shrink(doc: dict) -> None:
         f = file_entry(doc, "config.json")
@@ -564,10 +586,10 @@ def _patch_fcs(stored: bytes, new: int) -> bytes:
     return stored[:5] + struct.pack("<H", new - 256) + stored[7:]
 
 
-@case(**both(INTEGRITY, "zstd"), shallow=OK)
+@case(**both(INTEGRITY, "zstd"))
 def case_zstd_decodes_more_than_declared(w: Work) -> None:
     """A frame whose header was edited to claim 12000 bytes, matching the manifest, while its
-    blocks still decode to 12020."""
+    blocks still decode to 12034."""
 
     def shrink(f: dict, c: dict) -> None:
         f["size"] = c["length"] = 12000
@@ -575,44 +597,51 @@ def case_zstd_decodes_more_than_declared(w: Work) -> None:
     rewrite_object(w, "zstd", lambda b: _patch_fcs(b, 12000), shrink)
 
 
-@case(**both(INTEGRITY, "zstd: zstd decompress error"), shallow=OK)
+@case(**both(INTEGRITY, "zstd: zstd decompress error"))
 def case_zstd_trailing_garbage(w: Work) -> None:
     """Bytes after the zstd frame (the object's digests match: only decoding can tell)."""
     rewrite_object(w, "zstd", lambda b: b + b"trailing bytes")
 
 
-@case(**both(INTEGRITY, "bytes follow the zstd frame"), shallow=OK,
-      bug="trailing bytes after a zstd frame are accepted when they are a bare zstd magic "
-          "number (FORMAT.md 5.2: decoders MUST fail on input that has bytes left over)")  # fmt: skip
+# FORMAT.md 5.2: "exactly one Zstandard frame ... no skippable frames"; decoders "MUST fail on
+# input that ... has bytes left over". docs/reference_restore.py refuses all three of these.
+ZSTD_EXTRA = Expect(INTEGRITY, "zstd")
+
+
+@case(restore=ZSTD_EXTRA, verify=ZSTD_EXTRA,
+      bug="codec._iter_zstd accepts bytes after the zstd frame when they decode to nothing: "
+          "here a bare zstd magic number (restore and verify --deep exit 0)")  # fmt: skip
 def case_zstd_trailing_magic(w: Work) -> None:
     """The 4-byte zstd magic number after the frame: the start of a frame that never comes."""
     rewrite_object(w, "zstd", lambda b: b + ZSTD_MAGIC)
 
 
-@case(**both(INTEGRITY, "bytes follow the zstd frame"), shallow=OK,
-      bug="a skippable frame after the zstd frame is accepted (FORMAT.md 5.2: exactly one "
-          "frame, no skippable frames, no bytes left over)")  # fmt: skip
+@case(restore=ZSTD_EXTRA, verify=ZSTD_EXTRA,
+      bug="codec._iter_zstd accepts a skippable frame after the zstd frame (restore and "
+          "verify --deep exit 0)")  # fmt: skip
 def case_zstd_trailing_skippable(w: Work) -> None:
     """A skippable frame after the frame."""
     rewrite_object(w, "zstd", lambda b: b + skippable(b"hidden payload"))
 
 
-@case(**both(INTEGRITY, "not a zstd frame"), shallow=OK,
-      bug="a skippable frame before the zstd frame is accepted: its size field is taken as the "
-          "declared content size (FORMAT.md 5.2: no skippable frames)")  # fmt: skip
+@case(restore=ZSTD_EXTRA, verify=ZSTD_EXTRA,
+      bug="codec._iter_zstd accepts a skippable frame before the zstd frame: "
+          "get_frame_parameters reports the skippable frame's size as the content size, so a "
+          "skippable frame as long as the chunk passes the length check and the real frame's "
+          "own header is never checked (restore and verify --deep exit 0)")  # fmt: skip
 def case_zstd_leading_skippable(w: Work) -> None:
-    """A skippable frame whose length equals the chunk length, then the real frame (which then
-    has no content size of its own checked)."""
-    rewrite_object(w, "zstd", lambda b: skippable(b"\0" * 88) + b)
+    """A skippable frame whose length equals the chunk length, then the real frame."""
+    length = chunk_of(w.doc(), "zstd")[1]["length"]
+    rewrite_object(w, "zstd", lambda b: skippable(b"\0" * length) + b)
 
 
-@case(**both(INTEGRITY, "zstd"), shallow=OK)
+@case(cli=False, **both(INTEGRITY, "zstd"))
 def case_zstd_truncated(w: Work) -> None:
     """The frame cut short (digests re-made to match the short object)."""
     rewrite_object(w, "zstd", lambda b: b[: len(b) // 2])
 
 
-@case(**both(INTEGRITY, "zstd"), shallow=OK)
+@case(cli=False, **both(INTEGRITY, "zstd"))
 def case_zstd_second_frame(w: Work) -> None:
     """A second complete frame after the first."""
     import zstandard
@@ -631,13 +660,13 @@ def case_raw_longer_on_disk(w: Work) -> None:
         f.write(b"!")
 
 
-@case(**both(INTEGRITY, "raw object"))
+@case(**both(INTEGRITY, "is 5001 bytes, too large for 5000 bytes of raw"))
 def case_raw_longer_declared(w: Work) -> None:
     """A raw object longer than its chunk, with the signed manifest saying so."""
     rewrite_object(w, "raw", lambda b: b + b"!")
 
 
-@case(restore=Expect(INTEGRITY, "stored data ends 2500 bytes early"),
+@case(cli=False, restore=Expect(INTEGRITY, "stored data ends 2500 bytes early"),
       verify=Expect(INTEGRITY, "2500 bytes stored, expected 5000"),
       shallow=Expect(INTEGRITY, "2500 bytes stored, expected 5000"))  # fmt: skip
 def case_raw_truncated_on_disk(w: Work) -> None:
@@ -659,8 +688,8 @@ def case_object_name_mismatch(w: Work) -> None:
     p.write_bytes(bytes(body))
 
 
-@case(restore=OK, verify=Expect(INTEGRITY, "sha256 of stored bytes is"),
-      shallow=Expect(INTEGRITY, "sha256 of stored bytes is"))  # fmt: skip
+@case(restore=OK, verify=Expect(INTEGRITY, "56 bytes stored, expected 60"),
+      shallow=Expect(INTEGRITY, "56 bytes stored, expected 60"))  # fmt: skip
 def case_object_name_mismatch_same_plaintext(w: Work) -> None:
     """A zstd object re-compressed differently (same plaintext) under its old name. Restore may
     skip stored digests (FORMAT.md 7.1 step 3) and still writes the signed plaintext; verify
@@ -670,13 +699,14 @@ def case_object_name_mismatch_same_plaintext(w: Work) -> None:
     _, c = chunk_of(w.doc(), "zstd")
     p = w.object_path(c["object"])
     plain = zstandard.ZstdDecompressor().decompress(p.read_bytes())
-    p.write_bytes(zstandard.ZstdCompressor(level=19, write_content_size=True,
-                                           write_checksum=True).compress(plain))  # fmt: skip
+    # the same frame without its optional content checksum: other bytes, same plaintext
+    p.write_bytes(zstandard.ZstdCompressor(write_content_size=True,
+                                           write_checksum=False).compress(plain))  # fmt: skip
     assert sha256(p.read_bytes()) != c["object"]
 
 
-@case(restore=Expect(INTEGRITY, "cannot be decoded"), verify=Expect(INTEGRITY, "cannot be decoded"),
-      shallow=Expect(INTEGRITY, "sha256 of stored bytes is"))  # fmt: skip
+@case(cli=False, restore=Expect(INTEGRITY, "cannot be decoded"), verify=Expect(INTEGRITY, "bytes stored, expected"),
+      shallow=Expect(INTEGRITY, "bytes stored, expected"))  # fmt: skip
 def case_objects_swapped(w: Work) -> None:
     """Two objects' contents swapped (each file keeps the other's name)."""
     objs = w.doc()["objects"]
@@ -699,43 +729,43 @@ def _fsplit_patch(offset: int, fmt: str, value: int) -> Callable[[bytes], bytes]
     return patch
 
 
-@case(**both(INTEGRITY, "fsplit: block claims 4294967295 bytes, over BLOCK_MAX"), shallow=OK)
+@case(**both(INTEGRITY, "fsplit: block claims 4294967295 bytes, over BLOCK_MAX"))
 def case_fsplit_block_length_huge(w: Work) -> None:
     """An fsplit block header claiming 2^32-1 plaintext bytes."""
     rewrite_object(w, "fsplit-bf16", _fsplit_patch(3, "<I", 0xFFFFFFFF))
 
 
-@case(**both(INTEGRITY, "fsplit: stored data decodes to more bytes than expected"), shallow=OK)
+@case(**both(INTEGRITY, "fsplit: stored data decodes to more bytes than expected"))
 def case_fsplit_block_longer_than_chunk(w: Work) -> None:
     """A block claiming 4 MiB (allowed for a block) inside a 1 MiB chunk."""
     rewrite_object(w, "fsplit-bf16", _fsplit_patch(3, "<I", 4 * MiB))
 
 
-@case(**both(INTEGRITY, "fsplit: raw stream 1 holds 4294967295 bytes"), shallow=OK)
+@case(**both(INTEGRITY, "fsplit: raw stream 1 holds 4294967295 bytes"))
 def case_fsplit_stream_length_huge(w: Work) -> None:
     """A stream descriptor claiming 2^32-1 stored bytes."""
     rewrite_object(w, "fsplit-bf16", _fsplit_patch(7 + 5 + 1, "<I", 0xFFFFFFFF))
 
 
-@case(**both(INTEGRITY, "fsplit: unknown stream method 7"), shallow=OK)
+@case(cli=False, **both(INTEGRITY, "fsplit: unknown stream method 7"))
 def case_fsplit_stream_method_unknown(w: Work) -> None:
     """A stream descriptor with method 7."""
     rewrite_object(w, "fsplit-bf16", _fsplit_patch(7, "<B", 7))
 
 
-@case(**both(INTEGRITY, "fsplit: "), shallow=OK)
+@case(**both(INTEGRITY, "fsplit: "))
 def case_fsplit_trailing(w: Work) -> None:
     """Bytes after the last fsplit block."""
     rewrite_object(w, "fsplit-bf16", lambda b: b + b"\xf5\x01\x01")
 
 
-@case(**both(INTEGRITY, "fsplit: stored data truncated"), shallow=OK)
+@case(cli=False, **both(INTEGRITY, "fsplit: stored data truncated"))
 def case_fsplit_truncated(w: Work) -> None:
     """An fsplit object cut short."""
     rewrite_object(w, "fsplit-bf16", lambda b: b[: len(b) - 1000])
 
 
-@case(**both(INTEGRITY, "uses fsplit-bf16 but its dtype is 'F16'"))
+@case(cli=False, **both(INTEGRITY, "uses fsplit-bf16 but its dtype is 'F16'"))
 def case_fsplit_wrong_dtype(w: Work) -> None:
     """An fsplit-bf16 chunk whose dtype says F16."""
     w.edit(lambda d: chunk_of(d, "fsplit-bf16")[1].update(dtype="F16"))
@@ -756,25 +786,25 @@ def case_format_version_unknown(w: Work) -> None:
     w.edit(lambda d: d.update(format_version=2))
 
 
-@case(**both(INTEGRITY, "not a weightvault manifest"))
+@case(cli=False, **both(INTEGRITY, "not a weightvault manifest"))
 def case_format_wrong(w: Work) -> None:
     """`format` naming another document type."""
     w.edit(lambda d: d.update(format="weightvault-signature"))
 
 
-@case(**both(INTEGRITY, "does not match the manifest schema at encryption"))
+@case(cli=False, **both(INTEGRITY, "does not match the manifest schema at encryption"))
 def case_encryption_not_null(w: Work) -> None:
     """An `encryption` member that version 1 readers must refuse."""
     w.edit(lambda d: d.update(encryption={"alg": "none"}))
 
 
-@case(**both(INTEGRITY, "Additional properties are not allowed"))
+@case(cli=False, **both(INTEGRITY, "Additional properties are not allowed"))
 def case_unknown_member(w: Work) -> None:
     """An unknown top-level member."""
     w.edit(lambda d: d.update(extra=1))
 
 
-@case(**both(INTEGRITY, "names bundle 'other' but lives under 'n'"))
+@case(cli=False, **both(INTEGRITY, "names bundle 'other' but lives under 'n'"))
 def case_name_mismatch(w: Work) -> None:
     """A manifest naming another bundle than its directory."""
     w.edit(lambda d: d.update(name="other"))
@@ -787,37 +817,37 @@ def case_json_malformed(w: Work) -> None:
     w.write_manifest(raw[: len(raw) // 2])
 
 
-@case(**both(INTEGRITY, "not valid JSON"))
+@case(cli=False, **both(INTEGRITY, "not valid JSON"))
 def case_json_not_utf8(w: Work) -> None:
     """A manifest with an invalid UTF-8 byte in a string."""
     w.write_manifest(w.raw().replace(b'"local"', b'"loc\xffl"'))
 
 
-@case(**both(INTEGRITY, "duplicate key 'name'"))
+@case(cli=False, **both(INTEGRITY, "duplicate key 'name'"))
 def case_json_duplicate_key(w: Work) -> None:
     """Two `name` members (parsers disagree about which wins)."""
     w.write_manifest(w.raw().replace(b'"name":"n"', b'"name":"n","name":"other"'))
 
 
-@case(**both(INTEGRITY, "floating point number"))
+@case(cli=False, **both(INTEGRITY, "floating point number"))
 def case_json_float(w: Work) -> None:
     """A float where an integer belongs (`"mode":420.0`)."""
     w.write_manifest(w.raw().replace(b'"mode":420', b'"mode":420.0', 1))
 
 
-@case(**both(INTEGRITY, "non-standard JSON constant NaN"))
+@case(cli=False, **both(INTEGRITY, "non-standard JSON constant NaN"))
 def case_json_nan(w: Work) -> None:
     """A NaN literal."""
     w.write_manifest(w.raw().replace(b'"mode":420', b'"mode":NaN', 1))
 
 
-@case(**both(INTEGRITY, "not valid JSON"))
+@case(cli=False, **both(INTEGRITY, "not valid JSON"))
 def case_json_huge_integer(w: Work) -> None:
     """An integer of 100,000 digits (CPython refuses to convert it; a slow bignum otherwise)."""
     w.write_manifest(w.raw().replace(b'"mode":420', b'"mode":' + b"9" * 100_000, 1))
 
 
-@case(**both(INTEGRITY, "does not match the manifest schema"))
+@case(cli=False, **both(INTEGRITY, "does not match the manifest schema"))
 def case_json_integer_beyond_2_53(w: Work) -> None:
     """A file size of 2^64 (beyond the exact-integer range FORMAT.md 4.1 allows)."""
     w.edit(lambda d: file_entry(d, "rand.bin").update(size=1 << 64))
@@ -835,7 +865,7 @@ def case_json_deep_20mb(w: Work) -> None:
     w.write_manifest(b"[" * 10_000_000 + b"]" * 10_000_000)
 
 
-@case(**both(INTEGRITY, "JSON nested deeper than 32 levels"))
+@case(cli=False, **both(INTEGRITY, "JSON nested deeper than 32 levels"))
 def case_json_deep_but_parseable(w: Work) -> None:
     """A valid manifest with a 40-level nested array in an unused place (source.excluded)."""
     w.write_manifest(w.raw().replace(b'"excluded":[', b'"excluded":' + b"[" * 40, 1)
@@ -856,7 +886,7 @@ def case_non_canonical_whitespace(w: Work) -> None:
     w.write_manifest(json.dumps(w.doc(), indent=1, sort_keys=True).encode())
 
 
-@case(**both(INTEGRITY, "not in canonical form"))
+@case(cli=False, **both(INTEGRITY, "not in canonical form"))
 def case_non_canonical_key_order(w: Work) -> None:
     """Members in reverse order."""
     doc = w.doc()
@@ -864,7 +894,7 @@ def case_non_canonical_key_order(w: Work) -> None:
                                 ensure_ascii=False).encode())  # fmt: skip
 
 
-@case(**both(INTEGRITY, "not in canonical form"))
+@case(cli=False, **both(INTEGRITY, "not in canonical form"))
 def case_non_canonical_escape(w: Work) -> None:
     """A character written as an escape (`\\u006e` for `n`)."""
     w.write_manifest(w.raw().replace(b'"name":"n"', b'"name":"\\u006e"'))
@@ -876,7 +906,9 @@ def case_chunks_overlap(w: Work) -> None:
     w.edit(lambda d: file_entry(d, "model.safetensors")["chunks"][1].update(offset=78))
 
 
-@case(**both(INTEGRITY, "should start at 1048664 (chunks overlap or leave a gap)"))
+@case(
+    **both(INTEGRITY, "chunk at offset 1048664 should start at 88 (chunks overlap or leave a gap)")
+)
 def case_chunks_gap(w: Work) -> None:
     """The middle chunk of a file missing (its object dropped too)."""
 
@@ -889,7 +921,7 @@ def case_chunks_gap(w: Work) -> None:
     w.edit(drop)
 
 
-@case(**both(INTEGRITY, "chunks cover 1048664 bytes but the file has 1200088"))
+@case(cli=False, **both(INTEGRITY, "chunks cover 1048664 bytes but the file has 1200088"))
 def case_chunks_short(w: Work) -> None:
     """The last chunk of a file missing."""
 
@@ -901,13 +933,13 @@ def case_chunks_short(w: Work) -> None:
     w.edit(drop)
 
 
-@case(**both(INTEGRITY, "that the manifest does not list"))
+@case(cli=False, **both(INTEGRITY, "that the manifest does not list"))
 def case_chunk_object_unlisted(w: Work) -> None:
     """A chunk naming an object the manifest does not list."""
     w.edit(lambda d: file_entry(d, "rand.bin")["chunks"][0].update(object="f" * 64))
 
 
-@case(**both(INTEGRITY, "is listed but no chunk uses it"))
+@case(cli=False, **both(INTEGRITY, "is listed but no chunk uses it"))
 def case_object_unused(w: Work) -> None:
     """An object listed that no chunk uses."""
 
@@ -917,25 +949,25 @@ def case_object_unused(w: Work) -> None:
     w.edit(add)
 
 
-@case(**both(INTEGRITY, "too large for 12020 bytes of zstd"))
+@case(cli=False, **both(INTEGRITY, "too large for 12034 bytes of zstd"))
 def case_object_size_over_bound(w: Work) -> None:
-    """An object bigger than zstd can ever make 12020 bytes."""
+    """An object bigger than zstd can ever make 12034 bytes."""
     rewrite_object(w, "zstd", lambda b: b + b"\0" * 20_000)
 
 
-@case(**both(INTEGRITY, "files are not sorted by path"))
+@case(cli=False, **both(INTEGRITY, "files are not sorted by path"))
 def case_files_unsorted(w: Work) -> None:
     """Files out of order."""
     w.edit(lambda d: d["files"].reverse())
 
 
-@case(**both(INTEGRITY, "objects are not sorted by name"))
+@case(cli=False, **both(INTEGRITY, "objects are not sorted by name"))
 def case_objects_unsorted(w: Work) -> None:
     """Objects out of order."""
     w.edit(lambda d: d["objects"].reverse())
 
 
-@case(**both(INTEGRITY, "object "))
+@case(cli=False, **both(INTEGRITY, "object "))
 def case_object_listed_twice(w: Work) -> None:
     """The same object listed twice."""
     w.edit(lambda d: d["objects"].insert(0, d["objects"][0]))
@@ -970,7 +1002,7 @@ def case_manifest_altered_after_signing(w: Work) -> None:
     w.write_manifest(w.raw().replace(b'"mode":420', b'"mode":511', 1), sign=False)
 
 
-@case(**both(TRUST, "does not match the document"))
+@case(cli=False, **both(TRUST, "does not match the document"))
 def case_sig_trusted_bad_plus_valid_unknown(w: Work) -> None:
     """A bad signature by the trusted key next to a valid one by another: untrusted."""
     raw = w.raw().replace(b'"mode":420', b'"mode":511', 1)
@@ -986,7 +1018,7 @@ def case_sig_missing(w: Work) -> None:
     (w.bundle / "weightvault.sig").unlink()
 
 
-@case(**both(TRUST, "is not base64"))
+@case(cli=False, **both(TRUST, "is not base64"))
 def case_sig_not_base64(w: Work) -> None:
     """A signature that is not base64."""
     sig = json.loads((w.bundle / "weightvault.sig").read_bytes())
@@ -994,7 +1026,7 @@ def case_sig_not_base64(w: Work) -> None:
     (w.bundle / "weightvault.sig").write_bytes(canon.canonical(sig))
 
 
-@case(**both(INTEGRITY, "weightvault.sig: not valid JSON"))
+@case(cli=False, **both(INTEGRITY, "weightvault.sig: not valid JSON"))
 def case_sig_deep_json(w: Work) -> None:
     """A signature file of 30,000 nested arrays."""
     (w.bundle / "weightvault.sig").write_bytes(b"[" * 30_000 + b"]" * 30_000)
@@ -1010,8 +1042,8 @@ def case_sig_oversized(w: Work) -> None:
 # The bag (FORMAT.md section 3): restore may skip it, verify must report it.
 
 
-@case(restore=OK, verify=Expect(INTEGRITY, "Payload-Oxum 1 should be"),
-      shallow=Expect(INTEGRITY, "Payload-Oxum 1 should be"))  # fmt: skip
+@case(restore=OK, verify=Expect(INTEGRITY, "Payload-Oxum 1.1 should be"),
+      shallow=Expect(INTEGRITY, "Payload-Oxum 1.1 should be"))  # fmt: skip
 def case_bag_oxum_lies(w: Work) -> None:
     """bag-info.txt's Payload-Oxum claims one byte in one file (tag manifests re-made)."""
     p = w.bundle / "bag-info.txt"
@@ -1032,43 +1064,99 @@ def case_bag_extra_payload(w: Work) -> None:
 # Resources the spec allows a manifest to ask for.
 
 
-@case(**both(INTEGRITY, "whole-file sha256"), shallow=OK,
-      bug="restore opens every file of the bundle at once before writing any: a manifest with "
-          "more files than RLIMIT_NOFILE (3000 empty files under the common 1024 limit) dies "
-          "with an uncaught OSError 'Too many open files' and a traceback")  # fmt: skip
+@case(restore=OK, verify=OK, shallow=OK,
+      bug="restore opens every file of the bundle at once before writing any: a bundle with "
+          "more files than RLIMIT_NOFILE (here 3000 under the common limit of 1024) fails with an "
+          "uncaught OSError 'Too many open files' and a traceback")  # fmt: skip
 def case_many_files(w: Work) -> None:
-    """3000 files (empty, so the manifest stays small), one of them with a wrong digest so
-    that the expected outcome is a refusal after every file is written."""
+    """3000 (empty) files: a valid bundle, as a model with many small files would seal."""
 
     def add(doc: dict) -> None:
-        empty = sha256(b"")
         for i in range(3000):
             doc["files"].append({"path": f"many/{i:05d}", "size": 0, "mode": 420,
-                                 "sha256": empty if i else "0" * 64, "chunks": []})  # fmt: skip
+                                 "sha256": sha256(b""), "chunks": []})  # fmt: skip
         resort(doc)
 
     w.edit(add)
 
 
-@case(**both(INTEGRITY, "cannot"), shallow=OK,
-      bug="a path of 4001 bytes (FORMAT.md 7 allows 4096) cannot be created under the "
-          "destination (ENAMETOOLONG): restore dies with an uncaught OSError and a traceback")  # fmt: skip
+@case(restore=Expect(CLEAN), verify=OK,
+      bug="a valid path nested 1200 directories deep (2399 bytes; FORMAT.md 7 allows 4096) "
+          "makes restore's Path.mkdir(parents=True) recurse once per missing level: an uncaught "
+          "RecursionError and a traceback")  # fmt: skip
+def case_path_deep_dirs(w: Work) -> None:
+    """A file 1200 directories deep."""
+    w.edit(lambda d: rename(d, "rand.bin", "a/" * 1200 + "x"))
+
+
+@case(restore=Expect(CLEAN), verify=OK,
+      bug="a valid 4095-byte path (16 components of 255 bytes; FORMAT.md 7 allows 4096) is "
+          "longer than PATH_MAX (4096 with its NUL) once joined to any destination: restore "
+          "fails with an uncaught OSError (ENAMETOOLONG) and a traceback")  # fmt: skip
 def case_path_too_long_for_os(w: Work) -> None:
-    """A 4001-byte path of 2000 one-letter directories, valid per FORMAT.md section 7."""
-    w.edit(lambda d: rename(d, "rand.bin", "a/" * 2000 + "x"))
+    """A 4095-byte path: 15 directories and a file, each name 255 bytes."""
+    path = "/".join(c * 255 for c in "abcdefghijklmnop")
+    assert len(path) == 4095
+    w.edit(lambda d: rename(d, "rand.bin", path))
 
 
-@case(**both(INTEGRITY, "cannot"), shallow=OK,
-      bug="a file declared 16 TiB (16384 chunks of 1 GiB sharing one object) makes restore's "
-          "ftruncate fail with EFBIG on ext4: an uncaught OSError and a traceback")  # fmt: skip
-def case_file_larger_than_fs(w: Work) -> None:
-    """One file of 16 TiB (16384 chunks of 1 GiB, all naming one lying 17-byte object)."""
-    w.edit(lambda d: add_file(w, d, "huge.bin", zstd_rle_frame(1, GiB), GiB, 16384))
+@case(restore=Expect((INTEGRITY, USAGE, STORAGE)), verify=Expect(INTEGRITY, "zstd"),
+      bug="restore does not handle a file it cannot create at its declared size: ftruncate "
+          "fails with EFBIG (a filesystem's or RLIMIT_FSIZE's maximum file size; on ext4 a file "
+          "of 16 TiB does the same) and restore dies with an uncaught OSError and a traceback")  # fmt: skip
+def case_file_larger_than_limit(w: Work) -> None:
+    """A 2 GiB file (two 1 GiB chunks naming one lying 17-byte object), restored where files
+    may not exceed 1.5 GiB (the harness's RLIMIT_FSIZE)."""
+    w.edit(lambda d: add_file(w, d, "huge.bin", zstd_rle_frame(1, GiB), GiB, 2))
 
 
-@case(**both(INTEGRITY, UNSAFE), bug="a lone surrogate in a path (JSON `\\udc80`) makes "
-      "paths.check_relpath raise UnicodeEncodeError instead of CorruptData: restore and verify "
-      "die with a traceback")  # fmt: skip
+@case(restore=Expect(INTEGRITY, "whole-file sha256"),
+      verify=Expect(INTEGRITY, "empty.bin"))  # fmt: skip
+def case_empty_file_wrong_digest(w: Work) -> None:
+    """An empty file whose declared sha256 is not that of zero bytes."""
+
+    def add(doc: dict) -> None:
+        doc["files"].append({"path": "empty.bin", "size": 0, "mode": 420, "sha256": "0" * 64,
+                             "chunks": []})  # fmt: skip
+        resort(doc)
+
+    w.edit(add)
+
+
+@case(restore=Expect(INTEGRITY, "whole-file sha256"),
+      verify=Expect(INTEGRITY, "rand.bin"))  # fmt: skip
+def case_single_chunk_file_digest_mismatch(w: Work) -> None:
+    """A one-chunk file whose file digest differs from its chunk digest."""
+    w.edit(lambda d: file_entry(d, "rand.bin").update(sha256="0" * 64))
+
+
+@case(restore=OK, verify=Expect(INTEGRITY, "record/report.md"),
+      shallow=Expect(INTEGRITY, "record/report.md"))  # fmt: skip
+def case_record_file_tampered(w: Work) -> None:
+    """A retirement-record file whose bytes differ from the signed digests (restore does not
+    read the record; verify must report it)."""
+    signed = b"# report\n"
+    (w.data / "record").mkdir()
+    (w.data / "record" / "report.md").write_bytes(b"# forged\n")
+    w.edit(lambda d: d.update(record=[{"path": "record/report.md", "role": "report",
+                                       "size": len(signed), "sha256": sha256(signed),
+                                       "sha512": hashlib.sha512(signed).hexdigest()}]))  # fmt: skip
+
+
+@case(restore=OK, verify=Expect(INTEGRITY, "manifest-sha256.txt"),
+      bug="verify's memory grows with the unsigned bag files: a 64 MiB manifest-sha256.txt "
+          "(within bag.MAX_TAG_FILE) of 560k lines costs about 700 MiB of RSS and an 87 MB "
+          "report (one line per unknown path)")  # fmt: skip
+def case_bag_manifest_huge(w: Work) -> None:
+    """manifest-sha256.txt replaced by 64 MiB of lines naming objects that do not exist."""
+    line = "%064x  data/objects/%040d\n"
+    n = (bag.MAX_TAG_FILE - 1024) // len(line % (0, 0))
+    (w.bundle / "manifest-sha256.txt").write_bytes(
+        "".join(line % (i, i) for i in range(n)).encode()
+    )
+
+
+@case(**both(INTEGRITY, "lone surrogate"))  # fmt: skip
 def case_path_lone_surrogate(w: Work) -> None:
     """A path holding a lone UTF-16 surrogate (valid JSON, not valid Unicode text)."""
     doc = w.doc()
@@ -1076,9 +1164,7 @@ def case_path_lone_surrogate(w: Work) -> None:
     w.write_manifest(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
 
 
-@case(**both(INTEGRITY, "not in canonical form"), bug="a lone surrogate anywhere in the manifest "
-      "(here source.path) makes the canonical-form check (canon.canonical) raise "
-      "UnicodeEncodeError instead of CorruptData: a traceback")  # fmt: skip
+@case(**both(INTEGRITY, "lone surrogate"))  # fmt: skip
 def case_lone_surrogate_elsewhere(w: Work) -> None:
     """A lone surrogate in source.path, a field no other check looks at."""
     doc = w.doc()
