@@ -114,18 +114,25 @@ def _read_key_file(path: Path, what: str) -> bytes:
     return path.read_bytes()
 
 
-def load_signing_key(path: Path) -> SigningKey:
+def load_private_pem(path: Path, what: str, kind: str):
+    """A private key file: regular, small, mode 0600 (or stricter), unencrypted PEM."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     path = Path(path)
-    data = _read_key_file(path, "signing key")
+    data = _read_key_file(path, what)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise InputError(
-            f"{path}: signing key is readable by others (mode {mode:04o}); run chmod 600 on it"
-        )
+        raise InputError(f"{path}: {what} is readable by others (mode {mode:04o}); "
+                         "run chmod 600 on it")  # fmt: skip
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise InputError(f"{path}: not an unencrypted PEM Ed25519 private key") from None
+        return serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise InputError(f"{path}: not an unencrypted PEM {kind} private key") from None
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    path = Path(path)
+    key = load_private_pem(path, "signing key", "Ed25519")
     if not isinstance(key, Ed25519PrivateKey):
         raise InputError(f"{path}: key is {type(key).__name__}, not Ed25519")
     return SigningKey(key, str(path))

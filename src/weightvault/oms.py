@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .errors import InputError
-from .keys import _read_key_file
+from .keys import load_private_pem
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -47,16 +47,7 @@ def default_signature_name() -> str:
 def load_ec_key(path: Path | str) -> ec.EllipticCurvePrivateKey:
     """Read an unencrypted PEM ECDSA private key on a curve ``model_signing`` accepts."""
     path = Path(path)
-    data = _read_key_file(path, "model-signing key")
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise InputError(
-            f"{path}: model-signing key is readable by others (mode {mode:04o}); run chmod 600 on it"
-        )
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise InputError(f"{path}: not an unencrypted PEM EC private key") from None
+    key = load_private_pem(path, "model-signing key", "EC")
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in _HASHES:
         what = key.curve.name if isinstance(key, ec.EllipticCurvePrivateKey) else type(key).__name__
         raise InputError(
