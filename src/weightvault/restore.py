@@ -6,18 +6,16 @@ whole files, then the directory is renamed into place: a failed restore leaves n
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .chunkio import decode_chunk
-from .errors import Conflict, InputError, IntegrityError
+from .errors import Conflict, InputError, IntegrityError, StorageError
 from .keys import PublicKey
 from .pipeline import Emit, FileDigests, default_workers, lane_window, run
 from .store import Store
@@ -115,33 +113,30 @@ def restore(
     tmp = prepare_destination(dest)
     if on_start:
         on_start(m.bytes_in)
-    fds: dict[int, int] = {}
     try:
-        for i, f in enumerate(files):
-            target = tmp / f["path"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.ftruncate(fd, f["size"])
-            fds[i] = fd
+        _guard_os(dest, lambda: _create_files(tmp, files))
         objects = m.objects
 
         def work(job: _Job, emit: Emit) -> None:
             c = job.chunk
-            fd = fds[job.file]
+            path = files[job.file]["path"]
+            # one descriptor per chunk, not per file: a bundle may hold more files than the
+            # process may open at once
+            fd = _guard_os(dest, lambda: os.open(tmp / path, os.O_WRONLY), path)
+            try:
 
-            def sink(pos: int, data: bytes) -> None:
-                view = memoryview(data)
-                while view:
-                    n = os.pwrite(fd, view, pos)
-                    view, pos = view[n:], pos + n
+                def sink(pos: int, data: bytes) -> None:
+                    _guard_os(dest, lambda: _pwrite_all(fd, data, pos), path)
 
-            decode_chunk(
-                store, object_key(m.name, c["object"]), objects[c["object"]], c,
-                file_path=files[job.file]["path"], sink=sink,
-                emit=emit if job.multi else None, stored_digests=False,
-                # a big file's chunks are proven by the whole-file digest, one hash pass fewer
-                plaintext_digest=not job.multi, on_bytes=on_bytes,
-            )  # fmt: skip
+                decode_chunk(
+                    store, object_key(m.name, c["object"]), objects[c["object"]], c,
+                    file_path=path, sink=sink, emit=emit if job.multi else None,
+                    stored_digests=False,
+                    # a big file's chunks are proven by the whole-file digest: one pass fewer
+                    plaintext_digest=not job.multi, on_bytes=on_bytes,
+                )  # fmt: skip
+            finally:
+                os.close(fd)
 
         lane = FileDigests()
         workers = workers or default_workers()
@@ -151,16 +146,13 @@ def restore(
             check_file_digests(files, lane.done, f"bundle {m.name}")
         except IntegrityError as e:
             raise _locate(store, m, files, e) from None
-        for i, f in enumerate(files):
-            os.fsync(fds[i])
-            os.fchmod(fds[i], f["mode"] & 0o777)
-        _close_all(fds)
+        for f in files:
+            _guard_os(dest, lambda f=f: _finish_file(tmp / f["path"], f["mode"]), f["path"])
         if dest.is_dir():
             dest.rmdir()  # empty, checked above; rename onto it needs it gone
         os.rename(tmp, dest)
     except BaseException:
-        _close_all(fds)
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
         raise
     return RestoreResult(m.bundle_id, m.name, str(dest), len(files), m.bytes_in,
                          round(time.monotonic() - t0, 3))  # fmt: skip
@@ -179,8 +171,67 @@ def _locate(store: Store, m, files: list[dict], e: IntegrityError) -> IntegrityE
     return e
 
 
-def _close_all(fds: dict[int, int]) -> None:
-    for fd in list(fds.values()):
-        with contextlib.suppress(OSError):
+def _create_files(tmp: Path, files: list[dict]) -> None:
+    made: set[Path] = {tmp}
+    for f in files:
+        target = tmp / f["path"]
+        # parents one level at a time: a deep path must not recurse (Path.mkdir does)
+        todo = []
+        d = target.parent
+        while d not in made:
+            todo.append(d)
+            d = d.parent
+        for d in reversed(todo):
+            d.mkdir(exist_ok=True)
+            made.add(d)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, f["size"])
+        finally:
             os.close(fd)
-    fds.clear()
+
+
+def _remove_tree(root: Path) -> None:
+    """Best-effort delete without recursion: shutil.rmtree recurses once per level, and a
+    bundle may nest its files deeper than the interpreter's recursion limit."""
+    dirs, stack = [], [root]
+    while stack:
+        d = stack.pop()
+        dirs.append(d)
+        try:
+            for entry in os.scandir(d):
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+        except OSError:
+            continue
+    for d in reversed(dirs):
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+
+
+def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
+
+
+def _finish_file(path: Path, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.fsync(fd)
+        os.fchmod(fd, mode & 0o777)
+    finally:
+        os.close(fd)
+
+
+def _guard_os(dest: Path, fn, path: str = ""):
+    """Filesystem limits (name too long, file too large, disk full) as one clean line."""
+    try:
+        return fn()
+    except OSError as e:
+        where = f" {path[:200]!r}" if path else ""
+        raise StorageError(f"{dest}: cannot write{where} ({e.strerror or e})") from None
