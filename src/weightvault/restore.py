@@ -6,6 +6,7 @@ whole files, then the directory is renamed into place: a failed restore leaves n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
