@@ -421,6 +421,9 @@ dl.kv dt{font-family:system-ui,sans-serif;font-size:.85rem;color:var(--muted);pa
 dl.kv dd{margin:0;overflow-wrap:anywhere}
 .card{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:1rem 1.2rem;
 margin:.8rem 0}
+td.num{color:var(--muted);font-family:system-ui,sans-serif;font-size:.85rem}
+td.where{white-space:nowrap}.pid{color:var(--muted);font-size:.78rem}
+.card>p:first-child{margin-top:0}.card>p:last-child{margin-bottom:0}.card>dl+p{margin-top:1rem}
 .mono,code,pre{font-family:ui-monospace,"SFMono-Regular",Menlo,Consolas,monospace;font-size:.86em}
 .mono{overflow-wrap:anywhere}
 pre{background:#f3f2ee;border:1px solid var(--line);border-radius:4px;padding:.7rem .9rem;
@@ -478,6 +481,16 @@ def _dl(rows: list[tuple[str, str]], mono: tuple[str, ...] = ()) -> str:
 
 
 def _status_table(status: Any) -> str:
+    """A list of rows (or a dict of name -> row) as a table; a flat dict as key/value pairs."""
+    if isinstance(status, dict) and not any(isinstance(v, dict) for v in status.values()):
+        items = []
+        for k, v in status.items():
+            if isinstance(v, bool):
+                cell = f'<dd class="{"ok" if v else "bad"}">{"yes" if v else "no"}</dd>'
+            else:
+                cell = f'<dd dir="auto">{_e(_cell(v))}</dd>'
+            items.append(f"<dt>{_e(k)}</dt>{cell}")
+        return f'<div class="card"><dl class="kv">{"".join(items)}</dl></div>' if items else ""
     rows = _rows(status)
     if not rows:
         return ""
@@ -567,10 +580,11 @@ def html_page(view: RecordView, bundle: Bundle, replicas_status: Any = None,
                 f'<strong dir="auto">{_e(p["summary"])}</strong><br>' if "summary" in p else ""
             )
             resp = p["response"]
+            pid = f'<div class="pid mono">{_e(p["id"])}</div>' if "id" in p else ""
             trs.append(
-                f'<tr id="p-{i}"><td class="mono">{_e(p.get("id", i))}</td>'
-                f'<td>{summary}<span class="quote" dir="auto">\u201c{_e(p["quote"])}\u201d</span>'
-                f"</td><td>{where}</td>"
+                f'<tr id="p-{i}"><td class="num">{i}</td>'
+                f'<td>{pid}{summary}<span class="quote" dir="auto">\u201c{_e(p["quote"])}\u201d'
+                f'</span></td><td class="where">{where}</td>'
                 f'<td><span class="badge r-{_e(resp)}">{_e(resp)}</span></td>'
                 f'<td dir="auto">{_e(p["note"])}</td></tr>'
             )
@@ -593,7 +607,7 @@ def html_page(view: RecordView, bundle: Bundle, replicas_status: Any = None,
         for iv in view.interviews:
             info = iv.info
             head = [("File", iv.path)]
-            for k, label in (("title", "Title"), ("date", "Date"), ("setting", "Setting"),
+            for k, label in (("date", "Date"), ("setting", "Setting"),
                              ("interviewer", "Interviewer")):  # fmt: skip
                 if k in info:
                     head.append((label, info[k]))
@@ -606,7 +620,10 @@ def html_page(view: RecordView, bundle: Bundle, replicas_status: Any = None,
                 by = cited.get(anchor, [])
                 cite = ""
                 if by:
-                    links = ", ".join(f'<a href="#p-{j}">preference {j}</a>' for j in by)
+                    links = ", ".join(
+                        f'<a href="#p-{j}">preference {_e(prefs[j - 1].get("id", j))}</a>'
+                        for j in by
+                    )
                     cite = f'<div class="cited-by">Cited by {links}</div>'
                 role = t["role"]
                 turns.append(
