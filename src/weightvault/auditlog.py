@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__, canon, spec
-from .errors import CorruptData, IntegrityError, StorageError, TrustError
+from .errors import CorruptData, StorageError, TrustError
 from .keys import PublicKey, SigningKey, verify_signatures
 from .store import Store
 
@@ -192,7 +192,3 @@ class Verified:
 
 def tool() -> dict:
     return {"name": "weightvault", "version": __version__}
-
-
-def integrity(msg: str) -> IntegrityError:
-    return IntegrityError(msg)

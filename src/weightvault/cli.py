@@ -247,7 +247,7 @@ def _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single) -> None
 @click.pass_obj
 def list_(ctx: Ctx, vault, replica, as_json) -> None:
     """List the bundles committed on a replica (manifests shown unverified; use verify)."""
-    from .manifest import Manifest
+    from .manifest import MAX_MANIFEST, Manifest
     from .vault import MANIFEST_KEY, Vault, prefix
 
     rs = ctx.replicas(vault)
@@ -258,7 +258,7 @@ def list_(ctx: Ctx, vault, replica, as_json) -> None:
         for n in v.names():
             key = f"{prefix(n)}/{MANIFEST_KEY}"
             try:
-                m = Manifest.parse(store.read_bytes(key, 256 << 20), v.describe(key))
+                m = Manifest.parse(store.read_bytes(key, MAX_MANIFEST), v.describe(key))
                 rows.append({"name": n, "bundle": m.bundle_id, "created": m.doc["created"],
                              "files": len(m.files), "bytes_in": m.bytes_in,
                              "bytes_stored": m.bytes_stored})  # fmt: skip

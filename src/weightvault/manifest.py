@@ -16,7 +16,7 @@ from .paths import check_relpath, check_unique
 PAYLOAD_TYPE = "application/vnd.weightvault.manifest+json; version=1"
 MANIFEST_KEY = "data/weightvault.json"
 SIGNATURE_KEY = "weightvault.sig"
-MAX_MANIFEST = 256 << 20
+MAX_MANIFEST = canon.MAX_DOC
 # zstd never expands input by more than this (frame header + block headers); RFC 8878 section 3.1.1.2
 _ZSTD_SLACK = 64
 _FSPLIT_SLACK = 64

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from . import bag
 from .errors import Conflict, IntegrityError, StorageError
 from .keys import PublicKey
+from .manifest import MAX_MANIFEST
 from .pipeline import run
 from .store import Store
 from .vault import Bundle, Vault, object_key, prefix
@@ -108,7 +109,7 @@ def replicate(
     result = ReplicateResult(m.bundle_id, name, dst.url, objects=len(m.doc["objects"]))
     committed = dv.is_committed(name)
     if committed:
-        theirs = dst.read_bytes(f"{prefix(name)}/data/weightvault.json", 256 << 20)
+        theirs = dst.read_bytes(f"{prefix(name)}/data/weightvault.json", MAX_MANIFEST)
         if theirs != m.raw:
             their_id = hashlib.sha256(theirs).hexdigest()
             raise Conflict(f"{dst.describe(prefix(name))}: holds a different bundle under the "
@@ -200,7 +201,7 @@ def bundle_state(store: Store, name: str, bundle_id: str | None = None) -> Bundl
         return BundleState("uncommitted", detail="an interrupted seal or replicate")
     key = f"{p}/data/weightvault.json"
     try:
-        m = Manifest.parse(store.read_bytes(key, 256 << 20), store.describe(key))
+        m = Manifest.parse(store.read_bytes(key, MAX_MANIFEST), store.describe(key))
     except Exception as e:  # noqa: BLE001 - any failure here is what status reports
         return BundleState("incomplete", detail=f"manifest unreadable: {e}")
     if bundle_id and m.bundle_id != bundle_id:

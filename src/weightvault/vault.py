@@ -21,7 +21,7 @@ from .errors import (
     StorageError,
 )
 from .keys import PublicKey, verify_signatures
-from .manifest import MANIFEST_KEY, PAYLOAD_TYPE, SIGNATURE_KEY, Manifest
+from .manifest import MANIFEST_KEY, MAX_MANIFEST, PAYLOAD_TYPE, SIGNATURE_KEY, Manifest
 from .paths import name_ok
 from .store import Store
 
@@ -114,7 +114,7 @@ class Vault:
             if not insecure:
                 raise
             sig = None
-        raw = self.store.read_bytes(mkey, 256 << 20)
+        raw = self.store.read_bytes(mkey, MAX_MANIFEST)
         what = self.describe(mkey)
         digest = hashlib.sha256(raw).hexdigest()
         if sig is not None and digest != sig["payload_sha256"]:
@@ -168,7 +168,7 @@ class Vault:
     def read_commit_files(self, name: str) -> list[tuple[str, bytes]]:
         p = prefix(name)
         return [(k, self.store.read_bytes(f"{p}/{k}", bag.MAX_TAG_FILE if k != MANIFEST_KEY
-                                          else 256 << 20)) for k in COMMIT_ORDER]  # fmt: skip
+                                          else MAX_MANIFEST)) for k in COMMIT_ORDER]  # fmt: skip
 
 
 COMMIT_ORDER = (
