@@ -109,7 +109,7 @@ def audit_replica(
         mine = [Target(object_key(bname, o["name"]), o["name"], o["size"], o["sha512"], bname)
                 for o in m.doc["objects"]]  # fmt: skip
         mine += [Target(f"{prefix(bname)}/data/{r['path']}", r["sha256"], r["size"],
-                        r["sha512"], bname) for r in m.record]  # fmt: skip
+                        r["sha512"], bname) for r in m.plain_files]  # fmt: skip
         listing = store.list(prefix(bname))
         before_n = len(failures)
         for t in mine:
@@ -289,7 +289,7 @@ def _files_using(stores, bname: str, suspects: set[str], trusted) -> list[str]:
             continue
         names = {k.rsplit("/", 1)[-1] for k in suspects}
         return sorted({f["path"] for f in m.files for c in f["chunks"] if c["object"] in names}
-                      | {r["path"] for r in m.record if f"data/{r['path']}" in
+                      | {r["path"] for r in m.plain_files if f"data/{r['path']}" in
                          {k.split(f"{prefix(bname)}/", 1)[-1] for k in suspects}})  # fmt: skip
     return []
 

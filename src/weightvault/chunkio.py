@@ -70,9 +70,11 @@ def decode_chunk(
     stored_digests: bool = True,
     plaintext_digest: bool = True,
     on_bytes: Callable[[int], None] | None = None,
+    cipher: Callable[[Callable[[int], bytes], int], object] | None = None,
 ) -> None:
     """Decode one chunk; raise IntegrityError naming the object and the file range it holds.
-    `plaintext_digest=False` leaves the check to a whole-file digest (restore of big files)."""
+    `plaintext_digest=False` leaves the check to a whole-file digest (restore of big files).
+    `cipher(read, stored_size)` opens an encrypted object (unlock.Unlocked.cipher)."""
     where = store.describe(key)
     span = f"{file_path} bytes {chunk['offset']}..{chunk['offset'] + chunk['length']}"
     f = _open(store, key, obj)
@@ -81,7 +83,9 @@ def decode_chunk(
     with f:
         r = _HashingReader(f, stored_digests)
         try:
-            for data in codec.iter_decode(chunk["codec"], r.read, chunk["length"]):
+            opened = cipher(r.read, obj["size"]) if cipher else None
+            read = opened.read if opened else r.read
+            for data in codec.iter_decode(chunk["codec"], read, chunk["length"]):
                 if h is not None:
                     h.update(data)
                 if sink:
@@ -91,6 +95,8 @@ def decode_chunk(
                 if on_bytes:
                     on_bytes(len(data))
                 pos += len(data)
+            if opened:
+                opened.finish()
             if stored_digests:
                 r.drain()
         except CorruptData as e:

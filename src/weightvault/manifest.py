@@ -17,6 +17,7 @@ PAYLOAD_TYPE = "application/vnd.weightvault.manifest+json; version=1"
 MANIFEST_KEY = "data/weightvault.json"
 SIGNATURE_KEY = "weightvault.sig"
 MAX_MANIFEST = canon.MAX_DOC
+VERSIONS = (1, 2)  # 2: encrypted (docs/FORMAT.md section 10); unencrypted bundles stay 1
 # zstd never expands input by more than this (frame header + block headers); RFC 8878 section 3.1.1.2
 _ZSTD_SLACK = 64
 _FSPLIT_SLACK = 64
@@ -53,6 +54,21 @@ class Manifest:
         return self.doc["record"]
 
     @property
+    def encryption(self) -> dict | None:
+        return self.doc["encryption"]
+
+    @property
+    def plain_files(self) -> list[dict]:
+        """Every payload file stored as it is (not chunked): the retirement record and, in an
+        encrypted bundle, the sealed private section and the key envelopes. Each has `path`
+        (under data/), `size`, `sha256` and `sha512`."""
+        out = list(self.doc["record"])
+        enc = self.doc["encryption"]
+        if enc:
+            out += [enc["private"], *enc["envelopes"]]
+        return out
+
+    @property
     def bytes_in(self) -> int:
         return sum(f["size"] for f in self.files)
 
@@ -66,6 +82,16 @@ class Manifest:
         check(doc, "new manifest")
         return cls(doc, canon.canonical(doc))
 
+    def opened(self, private: dict, what: str) -> Manifest:
+        """This encrypted bundle's manifest with its decrypted private section merged in: the
+        file table and source, checked like a version 1 manifest's. Same bytes, same id."""
+        spec.validate(private, "private", what)
+        if private["bundle"] != {"name": self.name, "salt": self.doc["encryption"]["salt"]}:
+            raise CorruptData(f"{what}: belongs to another bundle")
+        doc = {**self.doc, "files": private["files"], "source": private["source"]}
+        check(doc, what, opened=True)
+        return Manifest(doc, self.raw)
+
     @classmethod
     def parse(cls, raw: bytes, what: str) -> Manifest:
         doc = canon.parse(raw, what, max_size=MAX_MANIFEST)
@@ -73,10 +99,10 @@ class Manifest:
             raise CorruptData(f"{what}: not a JSON object")
         if doc.get("format") != "weightvault-manifest":
             raise CorruptData(f"{what}: not a weightvault manifest")
-        if doc.get("format_version") != 1:
+        if doc.get("format_version") not in VERSIONS:
             raise CorruptData(
                 f"{what}: format version {doc.get('format_version')!r} is not supported by this "
-                "weightvault (it reads version 1); see the FORMAT.md inside the bundle"
+                "weightvault (it reads versions 1 and 2); see the FORMAT.md inside the bundle"
             )
         spec.validate(doc, "manifest", what)
         check(doc, what)
@@ -85,7 +111,15 @@ class Manifest:
         return cls(doc, raw)
 
 
-def check(doc: dict, what: str) -> None:
+def check(doc: dict, what: str, *, opened: bool = False) -> None:
+    """`opened`: `doc` is an encrypted bundle's manifest with its private section merged in."""
+    enc = doc["encryption"]
+    if (doc["format_version"] == 2) != (enc is not None):
+        raise CorruptData(f"{what}: format version {doc['format_version']} "
+                          f"{'requires' if doc['format_version'] == 2 else 'does not allow'} "
+                          "encryption")  # fmt: skip
+    if enc is not None and doc["files"] and not opened:
+        raise CorruptData(f"{what}: an encrypted manifest lists files in the clear")
     objects: dict[str, dict] = {}
     for o in doc["objects"]:
         if o["name"] in objects:
@@ -99,6 +133,7 @@ def check(doc: dict, what: str) -> None:
         raise CorruptData(f"{what}: files are not sorted by path")
     check_unique(paths, what)
     used: set[str] = set()
+    sealed = enc is not None
     for f in doc["files"]:
         pos = 0
         for c in f["chunks"]:
@@ -114,16 +149,19 @@ def check(doc: dict, what: str) -> None:
                     f"{what}: {f['path']}: chunk names object {c['object']} "
                     "that the manifest does not list"
                 )
+            if sealed and c["object"] in used:
+                raise CorruptData(f"{what}: object {c['object']} is used by two chunks "
+                                  "(each encrypted chunk has its own)")  # fmt: skip
             used.add(c["object"])
             if c["codec"].startswith("fsplit-") and c.get("dtype") != _FSPLIT_DTYPE[c["codec"]]:
                 raise CorruptData(f"{what}: {f['path']}: chunk at {c['offset']} uses {c['codec']} "
                                   f"but its dtype is {c.get('dtype')!r}")  # fmt: skip
-            if obj["size"] > stored_bound(c["codec"], c["length"]):
+            if obj["size"] > stored_bound(c["codec"], c["length"], sealed):
                 raise CorruptData(
                     f"{what}: object {c['object']} is {obj['size']} bytes, too large for "
                     f"{c['length']} bytes of {c['codec']}"
                 )
-            if c["codec"] == "raw" and obj["size"] != c["length"]:
+            if c["codec"] == "raw" and not sealed and obj["size"] != c["length"]:
                 raise CorruptData(f"{what}: raw object {c['object']} size differs from its chunk")
         if pos != f["size"]:
             raise CorruptData(
@@ -132,17 +170,30 @@ def check(doc: dict, what: str) -> None:
     rpaths = [check_relpath(r["path"], what) for r in doc["record"]]
     if rpaths != sorted(rpaths):
         raise CorruptData(f"{what}: record files are not sorted by path")
+    if enc is not None:
+        epaths = [check_relpath(e["path"], what) for e in enc["envelopes"]]
+        if epaths != sorted(epaths):
+            raise CorruptData(f"{what}: key envelopes are not sorted by path")
+        rpaths = [*rpaths, *epaths, check_relpath(enc["private"]["path"], what)]
     check_unique(rpaths, what)
+    if enc is not None and not opened:
+        return  # which chunk uses which object is in the encrypted section: checked on opening
     unused = set(objects) - used
     if unused:
         raise CorruptData(f"{what}: object {sorted(unused)[0]} is listed but no chunk uses it")
 
 
-def stored_bound(codec: str, length: int) -> int:
+def stored_bound(codec: str, length: int, sealed: bool = False) -> int:
     if codec == "raw":
-        return length
-    if codec == "zstd":
-        return zstd_bound(length)
-    # fsplit: each 4 MiB block stores its streams raw at worst, plus a small header
-    blocks = max(1, -(-length // (4 << 20)))
-    return zstd_bound(length) + blocks * _FSPLIT_SLACK
+        n = length
+    elif codec == "zstd":
+        n = zstd_bound(length)
+    else:
+        # fsplit: each 4 MiB block stores its streams raw at worst, plus a small header
+        blocks = max(1, -(-length // (4 << 20)))
+        n = zstd_bound(length) + blocks * _FSPLIT_SLACK
+    if sealed:
+        from .crypt import sealed_size
+
+        return sealed_size(n)
+    return n

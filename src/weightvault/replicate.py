@@ -118,7 +118,7 @@ def replicate(
     wanted = [(object_key(name, o["name"]), o["name"], o["size"], o["sha512"])
               for o in m.doc["objects"]]  # fmt: skip
     wanted += [(f"{prefix(name)}/data/{r['path']}", r["sha256"], r["size"], r["sha512"])
-               for r in m.record]  # fmt: skip
+               for r in m.plain_files]  # fmt: skip
     checksum = getattr(dst, "checksum", None)
 
     def need(key: str, sha: str, size: int) -> str | None:
@@ -210,7 +210,7 @@ def bundle_state(store: Store, name: str, bundle_id: str | None = None) -> Bundl
     for o in m.doc["objects"]:
         if listing.get(object_key(name, o["name"])) != o["size"]:
             missing += 1
-    for r in m.record:
+    for r in m.plain_files:
         if listing.get(f"{p}/data/{r['path']}") != r["size"]:
             missing += 1
     if missing:

@@ -104,11 +104,15 @@ def restore(
     on_bytes: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     bundle: Bundle | None = None,
+    keys=None,
 ) -> RestoreResult:
+    """`keys` (unlock.Keys): an age identity or shares, for an encrypted bundle."""
+    from .unlock import Keys, prepare
+
     t0 = time.monotonic()
     vault = Vault(store)
     bundle = bundle or vault.load(ref, trusted, insecure=insecure)
-    m = bundle.manifest
+    m, opened = prepare(store, bundle, keys or Keys())
     files = m.files
     dest = Path(dest).absolute()
     tmp = prepare_destination(dest)
@@ -135,6 +139,7 @@ def restore(
                     stored_digests=False,
                     # a big file's chunks are proven by the whole-file digest: one pass fewer
                     plaintext_digest=not job.multi, on_bytes=on_bytes,
+                    cipher=opened.cipher(c["object"]) if opened else None,
                 )  # fmt: skip
             finally:
                 os.close(fd)
@@ -146,7 +151,7 @@ def restore(
         try:
             check_file_digests(files, lane.done, f"bundle {m.name}")
         except IntegrityError as e:
-            raise _locate(store, m, files, e) from None
+            raise _locate(store, m, files, e, opened) from None
         for f in files:
             _guard_os(dest, lambda f=f: _finish_file(tmp / f["path"], f["mode"]), f["path"])
         if dest.is_dir():
@@ -159,14 +164,15 @@ def restore(
                          round(time.monotonic() - t0, 3))  # fmt: skip
 
 
-def _locate(store: Store, m, files: list[dict], e: IntegrityError) -> IntegrityError:
+def _locate(store: Store, m, files: list[dict], e: IntegrityError, opened) -> IntegrityError:
     """A whole file did not match: find and name the object at fault (the slow path)."""
     for f in files:
         if f["path"] in str(e) and len(f["chunks"]) > 1:
             for c in f["chunks"]:
                 try:
                     decode_chunk(store, object_key(m.name, c["object"]), m.objects[c["object"]],
-                                 c, file_path=f["path"], stored_digests=False)  # fmt: skip
+                                 c, file_path=f["path"], stored_digests=False,
+                                 cipher=opened.cipher(c["object"]) if opened else None)  # fmt: skip
                 except IntegrityError as found:
                     return found
     return e

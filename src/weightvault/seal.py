@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, chunking, codec, sources
+from . import __version__, canon, chunking, codec, crypt, sources
 from .errors import InputError, IntegrityError
 from .keys import SigningKey
 from .manifest import PAYLOAD_TYPE, Manifest
@@ -34,6 +34,15 @@ class SealOptions:
     organization: str | None = None  # bag-info Source-Organization
     description: str | None = None  # bag-info External-Description (default: from the source)
     oms_key: object | None = None  # ECDSA key: also write an OpenSSF model-signing signature
+    # Encryption (format version 2): age recipients of the data key, and custodians
+    # (name, age recipient) who each get one SLIP-39 share of it, `threshold` needed to open.
+    encrypt_to: list[str] = field(default_factory=list)
+    custodians: list[tuple[str, str]] = field(default_factory=list)
+    threshold: int | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.encrypt_to or self.custodians)
 
 
 @dataclass
@@ -59,6 +68,7 @@ class _Job:
     piece: chunking.Piece
     last: bool  # last chunk of its file
     multi: bool  # file has more than one chunk (needs the ordered whole-file digest)
+    index: int  # position among all chunks (an encrypted object is bound to it)
 
 
 def default_name(spec: str, src: sources.Source) -> str:
@@ -96,7 +106,11 @@ def seal(
     for i, f in enumerate(files):
         plan = chunking.plan(f.abspath, f.size, opts.chunk_size)
         for j, p in enumerate(plan):
-            jobs.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1))
+            jobs.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1, len(jobs)))
+    keys = _KeyPlan.new(opts) if opts.encrypted else None
+    if keys and opts.oms_key is not None:
+        raise InputError("--oms-key cannot be combined with encryption: the model-signing "
+                         "signature would publish the file names and digests")  # fmt: skip
     if on_start:
         on_start(sum(f.size for f in files))
 
@@ -107,6 +121,7 @@ def seal(
         h = hashlib.sha256()
         enc = codec.ChunkEncoder(p.length, p.dtype, opts.level, opts.codec)
         s256, s512 = hashlib.sha256(), hashlib.sha512()
+        sealer = keys.encryptor("chunk", job.index) if keys else None
         with store.new_object() as w:
             fd = os.open(job.src.abspath, os.O_RDONLY)
             try:
@@ -118,6 +133,8 @@ def seal(
                     if job.multi:
                         emit(buf)
                     out = enc.feed(buf)
+                    if out and sealer:
+                        out = sealer.feed(out)
                     if out:
                         s256.update(out)
                         s512.update(out)
@@ -127,6 +144,8 @@ def seal(
             finally:
                 os.close(fd)
             out = enc.finish()
+            if sealer:
+                out = sealer.feed(out) + sealer.finish()
             if out:
                 s256.update(out)
                 s512.update(out)
@@ -163,6 +182,8 @@ def seal(
                     f"{src.root / f.path}: sha256 {got} computed while sealing differs from the "
                     f"{src.expected_from} {f.expected_sha256}"
                 )
+        if keys:
+            doc = keys.seal_manifest(doc, store, name, written)
         manifest = Manifest.from_doc(doc)
         signature = {
             "format": "weightvault-signature",
@@ -192,7 +213,7 @@ def seal(
         bundle=manifest.bundle_id,
         name=name,
         files=len(files),
-        bytes_in=manifest.bytes_in,
+        bytes_in=sum(f.size for f in files),
         bytes_stored=manifest.bytes_stored,
         objects=len(manifest.doc["objects"]),
         seconds=round(time.monotonic() - t0, 3),
@@ -203,14 +224,21 @@ def seal(
 
 def _store_record_file(store: Store, name: str, role: str, local: Path, path: str,
                        written: list[str]) -> dict:  # fmt: skip
-    check_relpath(path, "record file")
-    s256, s512 = hashlib.sha256(), hashlib.sha512()
     try:
         f = open(local, "rb")  # noqa: SIM115
     except OSError as e:
         raise InputError(f"{local}: cannot read {role} file ({e.strerror})") from None
-    with f, store.new_object() as w:
-        while data := f.read(codec.PIECE):
+    with f:
+        entry = _store_plain(store, name, path, iter(lambda: f.read(codec.PIECE), b""), written)
+    return {"path": path, "role": role, **entry}
+
+
+def _store_plain(store: Store, name: str, path: str, pieces, written: list[str]) -> dict:
+    """A plain payload file at data/PATH: its size and digests for the manifest."""
+    check_relpath(path, "payload file")
+    s256, s512 = hashlib.sha256(), hashlib.sha512()
+    with store.new_object() as w:
+        for data in pieces:
             s256.update(data)
             s512.update(data)
             w.write(data)
@@ -218,8 +246,75 @@ def _store_record_file(store: Store, name: str, role: str, local: Path, path: st
         w.commit(key)
         written.append(key)
         size = w.size
-    return {"path": path, "role": role, "size": size, "sha256": s256.hexdigest(),
-            "sha512": s512.hexdigest()}  # fmt: skip
+    return {"size": size, "sha256": s256.hexdigest(), "sha512": s512.hexdigest()}
+
+
+class _KeyPlan:
+    """The data key of one encrypted seal and what it is wrapped and split into."""
+
+    def __init__(self, opts: SealOptions):
+        self.opts = opts
+        self.dk = crypt.new_data_key()
+        self.salt = crypt.new_salt()
+
+    @classmethod
+    def new(cls, opts: SealOptions) -> _KeyPlan:
+        for r in opts.encrypt_to:
+            crypt.parse_recipient(r)
+        names = [n for n, _ in opts.custodians]
+        for n, r in opts.custodians:
+            check_name(n)
+            crypt.parse_recipient(r)
+        if len(set(names)) != len(names):
+            raise InputError("custodian names must be unique")
+        if opts.custodians and opts.threshold is None:
+            raise InputError("--custodians needs --threshold K (how many shares open the bundle)")
+        if opts.threshold is not None and not opts.custodians:
+            raise InputError("--threshold needs --custodians FILE")
+        if opts.custodians and not 1 <= opts.threshold <= len(opts.custodians):
+            raise InputError(f"threshold {opts.threshold} is out of range 1..{len(names)} "
+                             "(the number of custodians)")  # fmt: skip
+        return cls(opts)
+
+    def encryptor(self, label: str, index: int) -> crypt.Encryptor:
+        return crypt.Encryptor(self.dk, self.salt, label, index)
+
+    def seal_manifest(self, doc: dict, store: Store, name: str, written: list[str]) -> dict:
+        """Version 2: the file table and source go into the sealed private section; the
+        signed manifest keeps what an auditor needs (objects, sizes, digests)."""
+        private = {"format": "weightvault-private", "format_version": 2,
+                   "bundle": {"name": name, "salt": self.salt},
+                   "source": doc["source"], "files": doc["files"]}  # fmt: skip
+        sealed = crypt.seal_bytes(self.dk, self.salt, "private", 0, canon.canonical(private))
+        path = "private/manifest.sealed"
+        priv = {"path": path, **_store_plain(store, name, path, [sealed], written)}
+        envelopes = []
+        for i, r in enumerate(self.opts.encrypt_to, 1):
+            envelopes.append(self._envelope(store, name, f"keys/recipient-{i}.age", "recipient",
+                                            f"recipient-{i}", r, crypt.data_key_text(self.dk),
+                                            None, written))  # fmt: skip
+        shares = None
+        if self.opts.custodians:
+            split = crypt.split(self.dk, self.opts.threshold, len(self.opts.custodians))
+            for (cname, r), sh in zip(self.opts.custodians, split, strict=True):
+                envelopes.append(self._envelope(
+                    store, name, f"keys/share-{cname}.age", "share", cname, r,
+                    sh.text.encode() + b"\n", crypt.share_digest(self.salt, sh.text), written))  # fmt: skip
+            shares = {"scheme": "slip39", "threshold": self.opts.threshold,
+                      "count": len(split), "identifier": split[0].identifier}  # fmt: skip
+        return {**doc, "format_version": 2, "source": {"kind": "encrypted"}, "files": [],
+                "encryption": {"scheme": crypt.SCHEME, "salt": self.salt,
+                               "segment_size": crypt.SEGMENT,
+                               "key_check": crypt.key_check(self.dk, self.salt),
+                               "private": priv,
+                               "envelopes": sorted(envelopes, key=lambda e: e["path"]),
+                               "shares": shares}}  # fmt: skip
+
+    def _envelope(self, store, name, path, kind, label, recipient, text, digest, written):
+        armored = crypt.wrap(text, recipient)
+        entry = _store_plain(store, name, path, [armored], written)
+        return {"path": path, "kind": kind, "label": label, "recipient": recipient.strip(),
+                "share_digest": digest, **entry}  # fmt: skip
 
 
 def _model_signing(store: Store, name: str, doc: dict, key, written: list[str]) -> dict:

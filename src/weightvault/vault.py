@@ -185,7 +185,7 @@ def commit_files(manifest: Manifest, signature: dict, *, bagging_date: str,
     format_md = spec.format_md()
     payload = [bag.Entry(f"{OBJECTS}/{o['name']}", o["size"], o["name"], o["sha512"])
                for o in manifest.doc["objects"]]  # fmt: skip
-    payload += record_entries(manifest)
+    payload += plain_entries(manifest)
     payload += bag.tag_entries({MANIFEST_KEY: manifest.raw, FORMAT_KEY: format_md})
     tags = {
         "bagit.txt": bag.BAGIT_TXT,
@@ -209,9 +209,9 @@ def commit_files(manifest: Manifest, signature: dict, *, bagging_date: str,
     return [(k, out[k]) for k in COMMIT_ORDER]
 
 
-def record_entries(manifest: Manifest) -> list[bag.Entry]:
+def plain_entries(manifest: Manifest) -> list[bag.Entry]:
     return [bag.Entry(f"data/{r['path']}", r["size"], r["sha256"], r["sha512"])
-            for r in manifest.record]  # fmt: skip
+            for r in manifest.plain_files]  # fmt: skip
 
 
 def already_sealed(vault: Vault, name: str) -> Conflict:
@@ -224,6 +224,8 @@ def already_sealed(vault: Vault, name: str) -> Conflict:
 
 def describe_source(doc: dict) -> str:
     src = doc["source"]
+    if src["kind"] == "encrypted":
+        return f"weightvault bundle {doc['name']!r}: an encrypted model, {len(doc['objects'])} objects"
     what = src.get("repo_id") or src.get("path", "")
     extra = f" at commit {src['commit']}" if src.get("commit") else ""
     n = len(doc["files"])

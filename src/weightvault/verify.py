@@ -50,11 +50,19 @@ def verify(
     workers: int | None = None,
     on_bytes: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    keys=None,
 ) -> VerifyReport:
+    """`keys` (unlock.Keys) opens an encrypted bundle for deep=True; without them a deep
+    verify of an encrypted bundle is refused (its stored digests verify without any key)."""
+    from .unlock import Keys, prepare
+
     t0 = time.monotonic()
     vault = Vault(store)
     b = vault.load(ref, trusted, insecure=insecure)
     m = b.manifest
+    opened = None
+    if deep:
+        m, opened = prepare(store, b, keys or Keys())
     report = VerifyReport(m.bundle_id, m.name, b.signer.key_id if b.signer else None, deep,
                           len(m.doc["objects"]), 0)  # fmt: skip
     report.problems += check_bag(vault, b)
@@ -70,7 +78,8 @@ def verify(
             key = object_key(m.name, c["object"])
             try:
                 decode_chunk(store, key, objects[c["object"]], c, file_path=files[job.file]["path"],
-                             emit=emit if job.multi else None, on_bytes=on_bytes)  # fmt: skip
+                             emit=emit if job.multi else None, on_bytes=on_bytes,
+                             cipher=opened.cipher(c["object"]) if opened else None)  # fmt: skip
             except IntegrityError as e:
                 return _problem(store, key, e)
             return None
@@ -99,7 +108,7 @@ def verify(
 
         found = run(sorted(objects), check, workers=workers)
         report.problems += [p for p in found if p]
-    for r in m.record:
+    for r in m.plain_files:
         key = f"{prefix(m.name)}/data/{r['path']}"
         try:
             check_object(
@@ -149,7 +158,7 @@ def check_bag(vault: Vault, b: Bundle) -> list[Problem]:
     expected: dict[str, tuple[int, str, str]] = {
         f"{OBJECTS}/{o['name']}": (o["size"], o["name"], o["sha512"]) for o in m.doc["objects"]
     }
-    for r in m.record:
+    for r in m.plain_files:
         expected[f"data/{r['path']}"] = (r["size"], r["sha256"], r["sha512"])
     for key, data in ((MANIFEST_KEY, m.raw), (FORMAT_KEY, None)):
         body = data if data is not None else read(key)

@@ -1,0 +1,150 @@
+"""Opening an encrypted bundle: from an age identity or a quorum of shares to the data key,
+proved by the key check, then the private section (file table) decrypted and checked.
+
+Envelopes and the private section are plain payload files; each is read bounded and checked
+against the signed manifest's digests before it is used, like every other byte from storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import canon, crypt
+from .crypt import KeyAccessError
+from .errors import CorruptData, IntegrityError, StorageError
+from .manifest import MAX_MANIFEST, Manifest
+from .store import Store
+from .vault import Bundle, prefix
+
+
+@dataclass
+class Keys:
+    """What the caller holds: age identity files and/or SLIP-39 share files."""
+
+    identities: list[Path] = field(default_factory=list)
+    shares: list[Path] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.identities or self.shares)
+
+
+@dataclass(frozen=True)
+class Unlocked:
+    manifest: Manifest  # the opened view: files and source included
+    data_key: bytes = field(repr=False)
+    method: str  # identity | shares
+    detail: str  # which envelope or how many shares
+    index: dict[str, int] = field(repr=False)  # object name -> chunk position (associated data)
+
+    def cipher(self, obj: str) -> Callable[[crypt.Reader, int], crypt.Decryptor]:
+        salt, i = self.manifest.encryption["salt"], self.index[obj]
+        return lambda read, size: crypt.Decryptor(read, size, self.data_key, salt, "chunk", i)
+
+    def __repr__(self) -> str:  # the data key must never reach a log
+        return f"Unlocked({self.manifest.name}, {self.method})"
+
+
+def read_plain(store: Store, name: str, entry: dict, limit: int) -> bytes:
+    """A plain payload file, checked against the manifest's size and digests."""
+    key = f"{prefix(name)}/data/{entry['path']}"
+    where = store.describe(key)
+    if entry["size"] > limit:
+        raise CorruptData(f"{where}: declared {entry['size']} bytes, over the {limit} limit")
+    try:
+        data = store.read_bytes(key, limit)
+    except StorageError:
+        if store.size(key) is None:
+            raise IntegrityError(f"{where}: missing") from None
+        raise
+    if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"] or (
+        hashlib.sha512(data).hexdigest() != entry["sha512"]
+    ):
+        raise IntegrityError(f"{where}: does not match the digests in the signed manifest")
+    return data
+
+
+def data_key(store: Store, bundle: Bundle, keys: Keys) -> tuple[bytes, str, str]:
+    """(data key, method, detail), the key proved by the bundle's key check."""
+    m = bundle.manifest
+    enc = m.encryption
+    if not keys:
+        raise KeyAccessError(
+            f"bundle {m.name} is encrypted: pass --identity FILE (an age identity it was "
+            "encrypted to) or --share FILE for each of a quorum of shares"
+        )
+    if keys.identities:
+        ids = []
+        for p in keys.identities:
+            ids += crypt.load_identities(p)
+        for e in enc["envelopes"]:
+            if e["kind"] != "recipient":
+                continue
+            env = read_plain(store, m.name, e, crypt.MAX_ENVELOPE)
+            text = crypt.unwrap(env, ids)
+            if text is None:
+                continue
+            dk = crypt.parse_data_key_text(text, store.describe(f"{prefix(m.name)}/data/"
+                                                                 f"{e['path']}"))  # fmt: skip
+            if not crypt.key_opens(dk, enc):
+                raise IntegrityError(f"{e['path']}: the data key it holds fails the bundle's key "
+                                     "check (the envelope was replaced)")  # fmt: skip
+            return dk, "identity", e["path"]
+        if not keys.shares:
+            names = ", ".join(str(p) for p in keys.identities)
+            raise KeyAccessError(f"{names}: not a recipient of bundle {m.name} (it was "
+                                 f"encrypted to {_recipients(enc)})")  # fmt: skip
+    shares = [(str(p), crypt.parse_share(_read_share(p), str(p))) for p in keys.shares]
+    dk = crypt.combine(shares, enc)
+    if not crypt.key_opens(dk, enc):
+        raise KeyAccessError("the shares combine to a key that does not open this bundle")
+    return dk, "shares", f"{len(shares)} shares"
+
+
+def _recipients(enc: dict) -> str:
+    rs = [e["recipient"][:20] + "..." for e in enc["envelopes"] if e["kind"] == "recipient"]
+    return ", ".join(rs) or "no recipients, only shares"
+
+
+def _read_share(p: Path) -> str:
+    try:
+        data = Path(p).read_bytes()
+    except OSError as e:
+        raise KeyAccessError(f"{p}: cannot read share file ({e.strerror})") from None
+    if len(data) > 64 << 10:
+        raise KeyAccessError(f"{p}: too large to be a share")
+    return data.decode("utf-8", "replace")
+
+
+def open_bundle(store: Store, bundle: Bundle, keys: Keys) -> Unlocked:
+    m = bundle.manifest
+    dk, method, detail = data_key(store, bundle, keys)
+    return open_with_key(store, bundle, dk, method, detail)
+
+
+def open_with_key(store: Store, bundle: Bundle, dk: bytes, method: str, detail: str) -> Unlocked:
+    m = bundle.manifest
+    enc = m.encryption
+    entry = enc["private"]
+    where = store.describe(f"{prefix(m.name)}/data/{entry['path']}")
+    sealed = read_plain(store, m.name, entry, crypt.sealed_size(MAX_MANIFEST))
+    try:
+        raw = crypt.open_bytes(dk, enc["salt"], "private", 0, sealed, MAX_MANIFEST)
+    except CorruptData as e:
+        raise IntegrityError(f"{where}: cannot be decrypted ({e})") from None
+    private = canon.parse(raw, where, max_size=MAX_MANIFEST)
+    if not isinstance(private, dict):
+        raise CorruptData(f"{where}: not a JSON object")
+    opened = m.opened(private, where)
+    index = {c["object"]: i for i, c in enumerate(c for f in opened.files for c in f["chunks"])}
+    return Unlocked(opened, dk, method, detail, index)
+
+
+def prepare(store: Store, bundle: Bundle, keys: Keys) -> tuple[Manifest, Unlocked | None]:
+    """The manifest to read files from, and how to decrypt (None for a clear bundle)."""
+    if bundle.manifest.encryption is None:
+        return bundle.manifest, None
+    u = open_bundle(store, bundle, keys)
+    return u.manifest, u
