@@ -94,6 +94,16 @@ json_opt = click.option(
 )
 quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 workers_opt = click.option("--workers", type=click.IntRange(1, 64), help="Worker threads (default: cores).")  # fmt: skip
+identity_opt = click.option("--identity", "identities", multiple=True, metavar="FILE",
+                            help="age identity (or SSH private key) for an encrypted bundle.")  # fmt: skip
+share_opt = click.option("--share", "shares", multiple=True, metavar="FILE",
+                         help="A SLIP-39 share (words) of an encrypted bundle's key; give a quorum.")  # fmt: skip
+
+
+def _keys(identities, shares):
+    from .unlock import Keys
+
+    return Keys([Path(p) for p in identities], [Path(p) for p in shares])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -140,6 +150,14 @@ def keygen(path: str) -> None:
               help="Structured retirement record (docs/RECORD.md).")  # fmt: skip
 @click.option("--attach", "attachments", multiple=True, metavar="FILE",
               help="Any other file to keep with the record (repeatable).")  # fmt: skip
+@click.option("--encrypt-to", "encrypt_to", multiple=True, metavar="RECIPIENT",
+              help="Encrypt (format 2) with the data key wrapped for this age recipient "
+                   "(age1..., ssh-ed25519 ..., or a file of them; repeatable).")  # fmt: skip
+@click.option("--custodians", metavar="FILE.toml",
+              help="Split the data key SLIP-39 among these custodians ([[custodian]] name, "
+                   "recipient); needs --threshold.")  # fmt: skip
+@click.option("--threshold", type=click.IntRange(1, 16), metavar="K",
+              help="Shares needed to open the bundle (with --custodians).")  # fmt: skip
 @click.option("--oms-key", metavar="EC.pem",
               help="ECDSA P-256/P-384 key: also write an OpenSSF model-signing signature into the "
                    "record (docs/MODEL-SIGNING.md).")  # fmt: skip
@@ -148,10 +166,11 @@ def keygen(path: str) -> None:
 @quiet_opt
 @click.pass_obj
 def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, exclude, hf_cache,
-         report, interviews, record_toml, attachments, oms_key, workers, as_json,
-         quiet) -> None:  # fmt: skip
+         report, interviews, record_toml, attachments, encrypt_to, custodians, threshold,
+         oms_key, workers, as_json, quiet) -> None:  # fmt: skip
     """Seal SOURCE (a directory, hf://ORG/NAME@REVISION, or a Hub cache snapshot) into every
     replica: the first reachable one is written, then the bundle is replicated to the rest."""
+    from .crypt import load_custodians, recipients_from
     from .record import build_record
     from .seal import SealOptions
     from .sources import DEFAULT_EXCLUDES
@@ -167,7 +186,9 @@ def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, excl
                        record=plan.files if plan else [],
                        organization=ctx.config.organization or _organization(plan),
                        description=_description(plan),
-                       oms_key=_oms_key(oms_key))  # fmt: skip
+                       oms_key=_oms_key(oms_key), encrypt_to=recipients_from(encrypt_to),
+                       custodians=load_custodians(Path(custodians)) if custodians else [],
+                       threshold=threshold)  # fmt: skip
     try:
         _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single=vault is not None)
     finally:
@@ -259,8 +280,10 @@ def list_(ctx: Ctx, vault, replica, as_json) -> None:
             key = f"{prefix(n)}/{MANIFEST_KEY}"
             try:
                 m = Manifest.parse(store.read_bytes(key, MAX_MANIFEST), v.describe(key))
+                enc = m.encryption is not None
                 rows.append({"name": n, "bundle": m.bundle_id, "created": m.doc["created"],
-                             "files": len(m.files), "bytes_in": m.bytes_in,
+                             "encrypted": enc, "files": None if enc else len(m.files),
+                             "bytes_in": None if enc else m.bytes_in,
                              "bytes_stored": m.bytes_stored})  # fmt: skip
             except WeightvaultError as e:
                 rows.append({"name": n, "error": str(e)})
@@ -278,8 +301,10 @@ def list_(ctx: Ctx, vault, replica, as_json) -> None:
         if "error" in r:
             t.add_row(r["name"], "[red]unreadable[/red]", r["error"], "", "", "")
         else:
-            t.add_row(r["name"], r["bundle"][:16], r["created"], str(r["files"]),
-                      _size(r["bytes_in"]), _size(r["bytes_stored"]))  # fmt: skip
+            enc = r["encrypted"]
+            t.add_row(r["name"], r["bundle"][:16], r["created"],
+                      "encrypted" if enc else str(r["files"]),
+                      "?" if enc else _size(r["bytes_in"]), _size(r["bytes_stored"]))  # fmt: skip
     Console().print(t)
 
 
@@ -290,12 +315,15 @@ def list_(ctx: Ctx, vault, replica, as_json) -> None:
 @trust_opt
 @insecure_opt
 @click.option("--deep", is_flag=True, help="Also decode every chunk and check every file digest.")
+@identity_opt
+@share_opt
 @workers_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
 def verify(
-    ctx: Ctx, bundle, vault, replica, trust, insecure, deep, workers, as_json, quiet
+    ctx: Ctx, bundle, vault, replica, trust, insecure, deep, identities, shares, workers,
+    as_json, quiet,
 ) -> None:
     """Check a bundle's signature, bag and every stored digest. Exit 1 if anything is wrong."""
     from .verify import verify as do_verify
@@ -304,7 +332,8 @@ def verify(
     with bar("verifying", not (quiet or as_json)) as cb:
         where, r = rs.first(lambda _n, store: do_verify(
             store, bundle, trusted, insecure=insecure, deep=deep, workers=workers,
-            on_bytes=cb.on_bytes, on_start=cb.on_start), replica)  # fmt: skip
+            on_bytes=cb.on_bytes, on_start=cb.on_start, keys=_keys(identities, shares)),
+            replica)  # fmt: skip
     signer = f"signed by {r.signer[:16]}" if r.signer else "signature NOT checked (--insecure)"
     lines = [f"{'OK' if r.ok else 'DAMAGED'}: bundle {r.name} ({r.bundle[:16]}) on {where}, "
              f"{signer}, {r.objects} objects{', deep' if deep else ''}, "
@@ -322,12 +351,14 @@ def verify(
 @replica_opt
 @trust_opt
 @insecure_opt
+@identity_opt
+@share_opt
 @workers_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
-def restore(ctx: Ctx, bundle, dest, vault, replica, trust, insecure, workers, as_json,
-            quiet) -> None:  # fmt: skip
+def restore(ctx: Ctx, bundle, dest, vault, replica, trust, insecure, identities, shares,
+            workers, as_json, quiet) -> None:  # fmt: skip
     """Restore BUNDLE bit-exact into DEST (a new or empty directory)."""
     from .restore import restore as do_restore
 
@@ -335,7 +366,8 @@ def restore(ctx: Ctx, bundle, dest, vault, replica, trust, insecure, workers, as
     with bar("restoring", not (quiet or as_json)) as cb:
         where, r = rs.first(lambda _n, store: do_restore(
             store, bundle, Path(dest), trusted, insecure=insecure, workers=workers,
-            on_bytes=cb.on_bytes, on_start=cb.on_start), replica)  # fmt: skip
+            on_bytes=cb.on_bytes, on_start=cb.on_start, keys=_keys(identities, shares)),
+            replica)  # fmt: skip
     _emit({**r.as_dict(), "replica": where}, as_json,
           f"restored {r.name} ({r.bundle[:16]}) from {where}: {r.files} files, "
           f"{_size(r.bytes)} into {r.dest} in {r.seconds:.1f} s; every file digest verified")  # fmt: skip

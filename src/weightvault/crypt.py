@@ -394,3 +394,27 @@ def combine(shares: list[tuple[str, Share]], enc: dict) -> bytes:
         return sm.combine_mnemonics([s.text for _, s in shares])
     except sm.MnemonicError as e:
         raise KeyAccessError(f"the shares do not combine ({e})") from None
+
+
+def load_custodians(path: Path) -> list[tuple[str, str]]:
+    """custodians.toml: [[custodian]] tables with `name` and `recipient` (age or SSH key)."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise InputError(f"{path}: cannot read custodians file ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML ({e})") from None
+    items = doc.get("custodian")
+    if set(doc) != {"custodian"} or not isinstance(items, list) or not items:
+        raise InputError(f"{path}: expected one or more [[custodian]] tables and nothing else")
+    out = []
+    for i, c in enumerate(items, 1):
+        if not isinstance(c, dict) or set(c) != {"name", "recipient"} or not all(
+            isinstance(v, str) for v in c.values()
+        ):
+            raise InputError(f"{path}: custodian {i} needs exactly `name` and `recipient` strings")
+        parse_recipient(c["recipient"])
+        out.append((c["name"], c["recipient"].strip()))
+    return out

@@ -75,8 +75,8 @@ def data_key(store: Store, bundle: Bundle, keys: Keys) -> tuple[bytes, str, str]
             f"bundle {m.name} is encrypted: pass --identity FILE (an age identity it was "
             "encrypted to) or --share FILE for each of a quorum of shares"
         )
+    ids: list = []
     if keys.identities:
-        ids = []
         for p in keys.identities:
             ids += crypt.load_identities(p)
         for e in enc["envelopes"]:
@@ -92,15 +92,34 @@ def data_key(store: Store, bundle: Bundle, keys: Keys) -> tuple[bytes, str, str]
                 raise IntegrityError(f"{e['path']}: the data key it holds fails the bundle's key "
                                      "check (the envelope was replaced)")  # fmt: skip
             return dk, "identity", e["path"]
-        if not keys.shares:
-            names = ", ".join(str(p) for p in keys.identities)
-            raise KeyAccessError(f"{names}: not a recipient of bundle {m.name} (it was "
-                                 f"encrypted to {_recipients(enc)})")  # fmt: skip
-    shares = [(str(p), crypt.parse_share(_read_share(p), str(p))) for p in keys.shares]
+    # an identity may also be a custodian's: the share it opens counts towards the quorum
+    shares = [(f"{_label(enc, path)} (opened with {', '.join(map(str, keys.identities))})",
+               crypt.parse_share(text.decode("utf-8", "replace"), path))
+              for path, text in opened_shares(store, m, ids if keys.identities else [])]  # fmt: skip
+    if keys.identities and not shares and not keys.shares:
+        names = ", ".join(str(p) for p in keys.identities)
+        raise KeyAccessError(f"{names}: not a recipient of bundle {m.name} (it was "
+                             f"encrypted to {_recipients(enc)})")  # fmt: skip
+    shares += [(str(p), crypt.parse_share(_read_share(p), str(p))) for p in keys.shares]
     dk = crypt.combine(shares, enc)
     if not crypt.key_opens(dk, enc):
         raise KeyAccessError("the shares combine to a key that does not open this bundle")
     return dk, "shares", f"{len(shares)} shares"
+
+
+def opened_shares(store: Store, m: Manifest, ids: list) -> list[tuple[str, bytes]]:
+    """(envelope path, share words) for every share envelope these identities open."""
+    out = []
+    for e in m.encryption["envelopes"] if ids else ():
+        if e["kind"] == "share":
+            text = crypt.unwrap(read_plain(store, m.name, e, crypt.MAX_ENVELOPE), ids)
+            if text is not None:
+                out.append((e["path"], text))
+    return out
+
+
+def _label(enc: dict, path: str) -> str:
+    return next((f"share of {e['label']}" for e in enc["envelopes"] if e["path"] == path), path)
 
 
 def _recipients(enc: dict) -> str:
@@ -119,7 +138,6 @@ def _read_share(p: Path) -> str:
 
 
 def open_bundle(store: Store, bundle: Bundle, keys: Keys) -> Unlocked:
-    m = bundle.manifest
     dk, method, detail = data_key(store, bundle, keys)
     return open_with_key(store, bundle, dk, method, detail)
 
