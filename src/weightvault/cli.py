@@ -322,8 +322,18 @@ def list_(ctx: Ctx, vault, replica, as_json) -> None:
 @quiet_opt
 @click.pass_obj
 def verify(
-    ctx: Ctx, bundle, vault, replica, trust, insecure, deep, identities, shares, workers,
-    as_json, quiet,
+    ctx: Ctx,
+    bundle,
+    vault,
+    replica,
+    trust,
+    insecure,
+    deep,
+    identities,
+    shares,
+    workers,
+    as_json,
+    quiet,
 ) -> None:
     """Check a bundle's signature, bag and every stored digest. Exit 1 if anything is wrong."""
     from .verify import verify as do_verify
@@ -695,6 +705,47 @@ def repair(ctx: Ctx, vault, replicas, trust, key_path, state_dir, workers, as_js
         sys.exit(3)
 
 
+@cli.command()
+@vault_opt
+@click.option("--replica", "replicas", multiple=True, metavar="NAME",
+              help="Collect only on these replicas (repeatable) [default: all].")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="List what would be removed, with sizes; remove nothing.")  # fmt: skip
+@click.option("--grace", default="24h", show_default=True, metavar="DURATION",
+              help="Keep anything younger than this (a seal in progress writes objects before it "
+                   "commits): 90m, 24h, 7d, 0.")  # fmt: skip
+@trust_opt
+@json_opt
+@click.pass_obj
+def gc(ctx: Ctx, vault, replicas, dry_run, grace, trust, as_json) -> None:
+    """Remove what interrupted seals and replicates left behind; never anything a committed
+    manifest names, anything younger than --grace, or anything under Object Lock. Never runs by
+    itself. Exit 3 if a replica could not be reached (the others are still collected)."""
+    from .gc import gc as do_gc
+    from .gc import parse_duration, summary
+
+    seconds = parse_duration(grace)
+    rs = ctx.replicas(vault)
+    trusted = ctx.trusted(trust)
+    done, unreachable = [], {}
+    for n in _selected(rs, replicas):
+        store = rs.try_store(n)
+        if store is None:
+            unreachable[n] = rs.errors[n]
+            continue
+        try:
+            done.append(do_gc(n, store, trusted=trusted, grace=seconds, dry_run=dry_run,
+                              object_lock=rs.replica(n).object_lock))  # fmt: skip
+        except StorageError as e:
+            unreachable[n] = str(e)
+    lines = [x for r in done for x in summary(r)]
+    lines += [f"{n}: UNREACHABLE: {e}" for n, e in unreachable.items()]
+    _emit({"dry_run": dry_run, "grace_seconds": seconds,
+           "replicas": [r.as_dict() for r in done], "unreachable": unreachable},
+          as_json, "\n".join(lines))  # fmt: skip
+    if unreachable:
+        sys.exit(3)
+
+
 @cli.group("audit-log")
 def audit_log() -> None:
     """The signed, hash-chained audit trail."""
@@ -735,6 +786,203 @@ def audit_log_verify(ctx: Ctx, vault, replicas, trust, key_path, state_dir, as_j
     _emit(out, as_json, "\n".join(lines))
     if bad:
         sys.exit(1)
+
+
+@cli.group("escrow")
+def escrow_group() -> None:
+    """Hand a bundle to a third-party steward, prove it still holds it, release by quorum
+    (docs/ESCROW.md). Every step is a signed, hash-chained custody record."""
+
+
+key_opt = click.option("--key", "key_path", metavar="FILE",
+                       help="Your signing key [default: config signing_key].")  # fmt: skip
+steward_opt = click.option("--steward", required=True, metavar="NAME",
+                           help="The steward, as configured in [stewards.NAME].")  # fmt: skip
+
+
+def _escrow_out(r, as_json: bool, human: str) -> None:
+    _emit(r.as_dict(), as_json, f"{human}\n  custody record {r.record} ({r.digest[:16]}) "
+                                f"written to {', '.join(r.stores)}")  # fmt: skip
+
+
+@escrow_group.command("handover")
+@click.argument("bundle")
+@steward_opt
+@click.option("--conditions", required=True, metavar="FILE.md",
+              help="The agreed release conditions (text, kept in the handover record).")  # fmt: skip
+@key_opt
+@trust_opt
+@workers_opt
+@json_opt
+@quiet_opt
+@click.pass_obj
+def escrow_handover(ctx: Ctx, bundle, steward, conditions, key_path, trust, workers, as_json,
+                    quiet) -> None:  # fmt: skip
+    """Replicate BUNDLE to the steward's replica and sign the handover record."""
+    from .escrow import handover
+
+    key = ctx.signing_key(key_path)
+    with bar(f"handing over to {steward}", not (quiet or as_json)) as cb:
+        r = handover(ctx.config, bundle, steward, Path(conditions), key, ctx.trusted(trust),
+                     workers=workers, on_bytes=cb.on_bytes)  # fmt: skip
+    kind = "transferred" if r.detail["transfer"] else "handed over"
+    _escrow_out(r, as_json, f"{kind} {r.name} ({r.bundle[:16]}) to {r.detail['steward']} at "
+                            f"{r.detail['replica']}; pending until the steward accepts")  # fmt: skip
+
+
+@escrow_group.command("accept")
+@click.argument("bundle")
+@key_opt
+@trust_opt
+@identity_opt
+@share_opt
+@replica_opt
+@workers_opt
+@json_opt
+@quiet_opt
+@click.pass_obj
+def escrow_accept(ctx: Ctx, bundle, key_path, trust, identities, shares, replica, workers,
+                  as_json, quiet) -> None:  # fmt: skip
+    """Steward: audit every stored byte of our copy, check the depositor's signature and our
+    key or share, then sign a receipt for the pending handover."""
+    from .escrow import accept
+
+    key = ctx.signing_key(key_path)
+    with bar("auditing the copy handed over", not (quiet or as_json)) as cb:
+        r = accept(ctx.config, bundle, key, ctx.trusted(trust), _keys(identities, shares),
+                   replica=replica, workers=workers, on_bytes=cb.on_bytes)  # fmt: skip
+    a, k = r.detail["audit"], r.detail["key_check"]
+    _escrow_out(r, as_json, f"accepted {r.name} ({r.bundle[:16]}): full audit of {a['objects']} "
+                            f"objects, {_size(a['bytes'])}, no problems; key check "
+                            f"({k['method']}): {k['result']}")  # fmt: skip
+
+
+@escrow_group.command("log")
+@click.argument("bundle")
+@trust_opt
+@replica_opt
+@json_opt
+@click.pass_obj
+def escrow_log(ctx: Ctx, bundle, trust, replica, as_json) -> None:
+    """Verify and print BUNDLE's chain of custody (both sides' signatures, the hash chain)."""
+    from .custody import LOG_COLUMNS, format_log
+    from .escrow import log_state
+
+    trusted = ctx.trusted(trust)
+    if ctx.config.signing_key:
+        try:
+            trusted.append(ctx.signing_key(None).public)
+        except InputError:
+            pass
+    state = log_state(ctx.config, bundle, trusted, replica=replica)
+    rows = format_log(state)
+    if as_json:
+        click.echo(json.dumps({"bundle": state.bundle_id, "name": bundle, "verified": True,
+                               "records": rows, "missing": state.missing,
+                               "unreachable": state.unreachable}, indent=2))  # fmt: skip
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(*LOG_COLUMNS, title=f"custody of {bundle} ({(state.bundle_id or '')[:16]})")
+    for r in rows:
+        t.add_row(*(str(r[c]) for c in LOG_COLUMNS))
+    Console(width=160).print(t)
+    click.echo(f"chain verified: {len(rows)} records, every signature by the key the chain "
+               "requires")  # fmt: skip
+    for n, seqs in state.missing.items():
+        click.echo(
+            f"  note: replica {n} lacks records {seqs} (the next escrow command copies them)"
+        )
+    for n, e in state.unreachable.items():
+        click.echo(f"  note: replica {n} unreachable: {e}")
+
+
+@escrow_group.command("challenge")
+@click.argument("bundle")
+@steward_opt
+@click.option("-n", "count", type=click.IntRange(1, 1000), default=8, show_default=True,
+              help="Objects to challenge.")  # fmt: skip
+@key_opt
+@trust_opt
+@json_opt
+@click.pass_obj
+def escrow_challenge(ctx: Ctx, bundle, steward, count, key_path, trust, as_json) -> None:
+    """Depositor: ask the steward to prove it holds randomly chosen objects (fresh nonce)."""
+    from .escrow import challenge
+
+    r = challenge(ctx.config, bundle, steward, ctx.signing_key(key_path), ctx.trusted(trust),
+                  count)  # fmt: skip
+    _escrow_out(r, as_json, f"challenged {r.detail['steward']} on {r.detail['objects']} objects "
+                            f"of {r.name}; the steward answers with `escrow respond`")  # fmt: skip
+
+
+@escrow_group.command("respond")
+@click.argument("bundle")
+@key_opt
+@trust_opt
+@replica_opt
+@json_opt
+@click.pass_obj
+def escrow_respond(ctx: Ctx, bundle, key_path, trust, replica, as_json) -> None:
+    """Steward: answer the open challenge from the stored bytes themselves."""
+    from .escrow import respond
+
+    r = respond(ctx.config, bundle, ctx.signing_key(key_path), ctx.trusted(trust),
+                replica=replica)  # fmt: skip
+    miss = r.detail["missing"]
+    _escrow_out(r, as_json, f"answered {r.detail['answered']} challenged objects of {r.name}"
+                            + (f"; {len(miss)} MISSING here" if miss else ""))  # fmt: skip
+    if miss:
+        sys.exit(1)
+
+
+@escrow_group.command("check")
+@click.argument("bundle")
+@steward_opt
+@key_opt
+@trust_opt
+@json_opt
+@click.pass_obj
+def escrow_check(ctx: Ctx, bundle, steward, key_path, trust, as_json) -> None:
+    """Depositor: check the steward's answers against our own copy and record the result."""
+    from .escrow import ChallengeFailed, check
+
+    try:
+        r = check(ctx.config, bundle, steward, ctx.signing_key(key_path), ctx.trusted(trust))
+    except ChallengeFailed as e:
+        _escrow_out(e.result, as_json, f"FAIL: {e}")
+        sys.exit(e.exit_code)
+    _escrow_out(r, as_json, f"pass: all {r.detail['objects']} answers match our copy of {r.name}")
+
+
+@escrow_group.command("release")
+@click.argument("bundle")
+@click.argument("dest", type=click.Path(file_okay=False))
+@key_opt
+@trust_opt
+@identity_opt
+@share_opt
+@click.option("--note", default="", help="Who asked and why (kept in the release record).")
+@replica_opt
+@workers_opt
+@json_opt
+@quiet_opt
+@click.pass_obj
+def escrow_release(ctx: Ctx, bundle, dest, key_path, trust, identities, shares, note, replica,
+                   workers, as_json, quiet) -> None:  # fmt: skip
+    """Steward: open BUNDLE with a quorum of shares, restore it bit-exact into DEST, and sign
+    the release record."""
+    from .escrow import release
+
+    key = ctx.signing_key(key_path)
+    with bar("releasing", not (quiet or as_json)) as cb:
+        r = release(ctx.config, bundle, Path(dest), key, ctx.trusted(trust),
+                    _keys(identities, shares), replica=replica, workers=workers,
+                    on_bytes=cb.on_bytes, note=note)  # fmt: skip
+    _escrow_out(r, as_json, f"released {r.name} ({r.bundle[:16]}) into {r.detail['dest']}: "
+                            f"{r.detail['files']} files, {_size(r.detail['bytes'])}, every "
+                            "digest verified")  # fmt: skip
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,9 @@ from .paths import name_ok
 
 ENV = "WEIGHTVAULT_CONFIG"
 DEFAULT_FILE = "weightvault.toml"
-TOP_KEYS = {"signing_key", "trusted_keys", "replicas", "organization", "audit", "workers"}
+TOP_KEYS = {"signing_key", "trusted_keys", "replicas", "organization", "audit", "workers",
+            "stewards"}  # fmt: skip
+STEWARD_KEYS = {"replica", "public_key", "name", "recipient"}
 REPLICA_KEYS = {"url", "storage_options", "object_lock", "role", "host_key", "known_hosts",
                 "identity"}  # fmt: skip
 ROLES = {"primary", "mirror", "escrow"}
@@ -51,6 +53,17 @@ class Replica:
 
 
 @dataclass
+class StewardConfig:
+    """An escrow steward as the depositor knows it: which replica is its, and its keys."""
+
+    name: str  # the configured name
+    replica: str  # the replica it holds
+    public_key: Path  # its Ed25519 signing key (receipts, responses, releases)
+    display: str  # its full name for the records
+    recipient: str | None = None  # its age recipient, if bundles are encrypted to it
+
+
+@dataclass
 class Config:
     path: Path | None = None
     signing_key: Path | None = None
@@ -59,6 +72,15 @@ class Config:
     organization: str | None = None
     audit: dict = field(default_factory=dict)
     workers: int | None = None
+    stewards: dict[str, StewardConfig] = field(default_factory=dict)
+
+    def steward(self, name: str) -> StewardConfig:
+        if name not in self.stewards:
+            known = ", ".join(self.stewards) or "none"
+            where = f" in {self.path}" if self.path else ""
+            raise InputError(f"unknown steward {name!r}{where} (configured [stewards.NAME]: "
+                             f"{known})")  # fmt: skip
+        return self.stewards[name]
 
     def replica(self, name: str) -> Replica:
         if name not in self.replicas:
@@ -183,4 +205,22 @@ def load(path: Path) -> Config:
         if role not in ROLES:
             raise bad(f"{where}.role", f"expected one of {', '.join(sorted(ROLES))}")
         cfg.replicas[name] = Replica(name, url, opts, lock, role)
+    stewards = data.get("stewards", {})
+    if not isinstance(stewards, dict):
+        raise bad("stewards", "expected tables [stewards.NAME]")
+    for name, s in stewards.items():
+        where = f"stewards.{name}"
+        if not name_ok(name) or not isinstance(s, dict):
+            raise bad(where, "expected a table named with letters, digits, '.', '_' and '-'")
+        unknown(s, STEWARD_KEYS, where + ".")
+        replica = s.get("replica", name)
+        if replica not in cfg.replicas:
+            raise bad(f"{where}.replica", f"no replica {replica!r} is configured")
+        if "public_key" not in s:
+            raise bad(f"{where}.public_key", "missing (the steward's Ed25519 public key file)")
+        for k in ("name", "recipient"):
+            if k in s and not isinstance(s[k], str):
+                raise bad(f"{where}.{k}", "expected a string")
+        cfg.stewards[name] = StewardConfig(name, replica, rel(s["public_key"], f"{where}.public_key"),
+                                           s.get("name", name), s.get("recipient"))  # fmt: skip
     return cfg

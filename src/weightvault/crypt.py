@@ -43,6 +43,14 @@ class KeyAccessError(InputError):
     """The identity, recipient or shares given cannot open the bundle."""
 
 
+class NotEnoughShares(KeyAccessError):
+    """Valid shares of this bundle, but fewer than its threshold."""
+
+    def __init__(self, msg: str, have: list[str], need: int):
+        super().__init__(msg)
+        self.have, self.need = have, need
+
+
 def new_data_key() -> bytes:
     return os.urandom(32)
 
@@ -386,10 +394,9 @@ def combine(shares: list[tuple[str, Share]], enc: dict) -> bytes:
     k = info["threshold"]
     if len(seen) < k:
         more = k - len(seen)
-        raise KeyAccessError(
+        raise NotEnoughShares(
             f"{len(seen)} of the {k} shares needed: {more} more share{'s' * (more > 1)} "
-            f"needed to open the bundle"
-        )
+            f"needed to open the bundle", [seen[i] for i in sorted(seen)], k)
     try:
         return sm.combine_mnemonics([s.text for _, s in shares])
     except sm.MnemonicError as e:

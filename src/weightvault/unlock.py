@@ -107,6 +107,22 @@ def data_key(store: Store, bundle: Bundle, keys: Keys) -> tuple[bytes, str, str]
     return dk, "shares", f"{len(shares)} shares"
 
 
+def check_keys(store: Store, bundle: Bundle, keys: Keys) -> tuple[str, str]:
+    """The key check a steward runs at acceptance: (method, result). Opens the bundle's key
+    check if the keys reach the data key; otherwise proves each share offered is one of this
+    bundle's (its digest is in the signed manifest). Wrong keys raise KeyAccessError."""
+    if bundle.manifest.encryption is None:
+        return "none", "the bundle is not encrypted"
+    if not keys:
+        return "none", "no key or share offered"
+    try:
+        _dk, method, detail = data_key(store, bundle, keys)
+    except crypt.NotEnoughShares as e:
+        return "shares", (f"{len(e.have)} share{'s' * (len(e.have) > 1)} verified as this "
+                          f"bundle's ({'; '.join(e.have)}); {e.need} needed to open it")  # fmt: skip
+    return method, f"the data key opens the bundle's key check ({detail})"
+
+
 def opened_shares(store: Store, m: Manifest, ids: list) -> list[tuple[str, bytes]]:
     """(envelope path, share words) for every share envelope these identities open."""
     out = []
