@@ -25,19 +25,29 @@ def test_schema_is_valid(schema):
 
 @pytest.mark.parametrize("example,schema", [
     ("manifest.json", "manifest"), ("signature.json", "signature"),
-    ("audit-record.json", "audit-record"),
+    ("manifest-encrypted.json", "manifest"), ("signature-encrypted.json", "signature"),
+    ("private.json", "private"), ("audit-record.json", "audit-record"),
+    *[(p.name, "custody-record") for p in sorted((ROOT / "examples").glob("custody-*.json"))],
 ])  # fmt: skip
 def test_example_matches_schema(example, schema):
     doc = json.loads((ROOT / "examples" / example).read_text())
     jsonschema.validate(doc, json.loads((ROOT / f"{schema}.schema.json").read_text()))
 
 
-def test_example_signature_signs_example_manifest():
-    m = json.loads((ROOT / "examples/manifest.json").read_text())
+@pytest.mark.parametrize("which", ["", "-encrypted"])
+def test_example_signature_signs_example_manifest(which):
+    m = json.loads((ROOT / f"examples/manifest{which}.json").read_text())
     raw = canon.canonical(m)
     Manifest.parse(raw, "example")
-    sig = json.loads((ROOT / "examples/signature.json").read_text())
+    sig = json.loads((ROOT / f"examples/signature{which}.json").read_text())
     s = sig["signatures"][0]
     key = PublicKey(base64.b64decode(s["public_key"]))
     assert sig["payload_sha256"] == Manifest.parse(raw, "example").bundle_id
     assert key.verify(PAYLOAD_TYPE, raw, base64.b64decode(s["sig"]))
+
+
+def test_example_private_section_opens_into_the_example_manifest():
+    m = Manifest.parse(canon.canonical(json.loads((ROOT / "examples/manifest-encrypted.json")
+                                                  .read_text())), "example")  # fmt: skip
+    opened = m.opened(json.loads((ROOT / "examples/private.json").read_text()), "example")
+    assert opened.bundle_id == m.bundle_id and len(opened.files) == 13
