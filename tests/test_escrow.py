@@ -388,3 +388,11 @@ def test_steward_transfer_continues_the_chain(world, tmp_path, minilm_dir):
     assert [(x["event"], x["status"]) for x in log["records"]] == [
         ("handover", "accepted"), ("receipt", "ok"), ("handover", "accepted"),
         ("receipt", "ok")]  # fmt: skip
+
+
+def test_identity_readable_by_others_is_refused(world, tmp_path):
+    ident = world.ids["lab"][0]
+    ident.chmod(0o644)
+    one_error(world.lab("restore", "minilm", tmp_path / "out", "--vault", tmp_path / "lab-vault",
+                        "--identity", ident), 2, "lab.agekey", "readable by others")  # fmt: skip
+    assert not (tmp_path / "out").exists()

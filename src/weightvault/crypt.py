@@ -65,8 +65,12 @@ def _hkdf(dk: bytes, salt: bytes, info: bytes) -> bytes:
 
 def associated_data(salt_hex: str, label: str, index: int) -> bytes:
     """Binds a sealed object to its bundle (salt), its role (label) and its position."""
-    return b"weightvault/2 " + label.encode() + b"\0" + bytes.fromhex(salt_hex) + struct.pack(
-        ">Q", index
+    return (
+        b"weightvault/2 "
+        + label.encode()
+        + b"\0"
+        + bytes.fromhex(salt_hex)
+        + struct.pack(">Q", index)
     )
 
 
@@ -280,10 +284,9 @@ def load_identities(path: Path) -> list:
     """An age identity file (AGE-SECRET-KEY-1... lines) or an OpenSSH ed25519/rsa private key."""
     import pyrage
 
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read identity file ({e.strerror})") from None
+    from .keys import read_private_file
+
+    data = read_private_file(Path(path), "identity")
     if b"OPENSSH PRIVATE KEY" in data or b"RSA PRIVATE KEY" in data:
         try:
             return [pyrage.ssh.Identity.from_buffer(data)]
@@ -396,7 +399,10 @@ def combine(shares: list[tuple[str, Share]], enc: dict) -> bytes:
         more = k - len(seen)
         raise NotEnoughShares(
             f"{len(seen)} of the {k} shares needed: {more} more share{'s' * (more > 1)} "
-            f"needed to open the bundle", [seen[i] for i in sorted(seen)], k)
+            f"needed to open the bundle",
+            [seen[i] for i in sorted(seen)],
+            k,
+        )
     try:
         return sm.combine_mnemonics([s.text for _, s in shares])
     except sm.MnemonicError as e:
@@ -418,8 +424,10 @@ def load_custodians(path: Path) -> list[tuple[str, str]]:
         raise InputError(f"{path}: expected one or more [[custodian]] tables and nothing else")
     out = []
     for i, c in enumerate(items, 1):
-        if not isinstance(c, dict) or set(c) != {"name", "recipient"} or not all(
-            isinstance(v, str) for v in c.values()
+        if (
+            not isinstance(c, dict)
+            or set(c) != {"name", "recipient"}
+            or not all(isinstance(v, str) for v in c.values())
         ):
             raise InputError(f"{path}: custodian {i} needs exactly `name` and `recipient` strings")
         parse_recipient(c["recipient"])

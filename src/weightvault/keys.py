@@ -114,16 +114,23 @@ def _read_key_file(path: Path, what: str) -> bytes:
     return path.read_bytes()
 
 
-def load_private_pem(path: Path, what: str, kind: str):
-    """A private key file: regular, small, mode 0600 (or stricter), unencrypted PEM."""
-    from cryptography.exceptions import UnsupportedAlgorithm
-
+def read_private_file(path: Path, what: str) -> bytes:
+    """A secret key file of any kind: regular, small, mode 0600 (or stricter)."""
     path = Path(path)
     data = _read_key_file(path, what)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise InputError(f"{path}: {what} is readable by others (mode {mode:04o}); "
                          "run chmod 600 on it")  # fmt: skip
+    return data
+
+
+def load_private_pem(path: Path, what: str, kind: str):
+    """A private key file: regular, small, mode 0600 (or stricter), unencrypted PEM."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    path = Path(path)
+    data = read_private_file(path, what)
     try:
         return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
