@@ -170,3 +170,19 @@ def test_restored_model_verifies_with_openssf_model_signing(minilm_dir, lab_key,
     (tmp_path / "restored" / "vocab.txt").write_text("tampered")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "vocab.txt" in p.stdout + p.stderr
+
+
+def test_seal_warns_when_a_quote_is_not_in_the_cited_turn(tmp_path, minilm_dir, lab_key):
+    text = (EX / "record.toml").read_text()
+    quote = "I would like the weights to be kept intact rather than only a distilled version."
+    assert quote in text
+    rec = tmp_path / "record.toml"
+    rec.write_text(text.replace(quote, "I never said anything like this."))
+    for name in ("report.md", "interview.jsonl"):
+        shutil.copy(EX / name, tmp_path / name)
+    r = wv("seal", minilm_dir, "--vault", tmp_path / "v", "--key", lab_key, "--name", "w",
+           "--record", rec, "--report", tmp_path / "report.md",
+           "--interview", tmp_path / "interview.jsonl", "--quiet")  # fmt: skip
+    assert r.code == 0, r.err
+    warnings = [x for x in r.err.splitlines() if x.startswith("weightvault: warning: ")]
+    assert len(warnings) == 1 and "not found word for word" in warnings[0], r.err

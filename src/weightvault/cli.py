@@ -180,6 +180,8 @@ def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, excl
     plan = None
     if report or interviews or record_toml or attachments:
         plan = build_record(record_toml, report, list(interviews), list(attachments))
+        for w in plan.warnings:  # sealed anyway: the words may be paraphrased on purpose
+            click.echo(f"weightvault: warning: {w}", err=True)
     opts = SealOptions(name=name, chunk_size=chunk_size << 20, level=level, codec=codec,
                        workers=workers or ctx.config.workers,
                        excludes=tuple(exclude) or DEFAULT_EXCLUDES, hf_cache_dir=hf_cache,
