@@ -870,13 +870,9 @@ def escrow_log(ctx: Ctx, bundle, trust, replica, as_json) -> None:
     from .custody import LOG_COLUMNS, format_log
     from .escrow import log_state
 
-    trusted = ctx.trusted(trust)
-    if ctx.config.signing_key:
-        try:
-            trusted.append(ctx.signing_key(None).public)
-        except InputError:
-            pass
-    state = log_state(ctx.config, bundle, trusted, replica=replica)
+    # only keys trusted as depositors (trusted_keys, --trust): on a steward's machine its own
+    # signing key must not vouch for record 1
+    state = log_state(ctx.config, bundle, ctx.trusted(trust), replica=replica)
     rows = format_log(state)
     if as_json:
         click.echo(json.dumps({"bundle": state.bundle_id, "name": bundle, "verified": True,
@@ -932,6 +928,9 @@ def escrow_respond(ctx: Ctx, bundle, key_path, trust, replica, as_json) -> None:
 
     r = respond(ctx.config, bundle, ctx.signing_key(key_path), ctx.trusted(trust),
                 replica=replica)  # fmt: skip
+    if r is None:
+        _emit({"bundle": bundle, "answered": 0}, as_json, f"{bundle}: no open challenge")
+        return
     miss = r.detail["missing"]
     _escrow_out(r, as_json, f"answered {r.detail['answered']} challenged objects of {r.name}"
                             + (f"; {len(miss)} MISSING here" if miss else ""))  # fmt: skip

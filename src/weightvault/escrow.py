@@ -118,8 +118,12 @@ def handover(cfg: Config, name: str, steward: str, conditions: Path, key: Signin
                            f"{state.steward.handover.seq}, {'accepted' if state.accepted else 'pending'})")  # fmt: skip
         if state.accepted and state.steward.key_id == key.public.key_id:
             transfer = key.public.key_id
+    # the steward's age recipient goes on record only if the bundle really is encrypted to it
+    enc = b.manifest.encryption
+    recipient = sc.recipient if enc and sc.recipient in {e["recipient"] for e in
+                                                         enc["envelopes"]} else None  # fmt: skip
     body = custody.handover_event(steward_name=sc.display, steward_key=steward_key,
-                                  replica=dst.url, conditions=text, recipient=sc.recipient,
+                                  replica=dst.url, conditions=text, recipient=recipient,
                                   transfer_from=transfer)  # fmt: skip
     actor = state.steward.name if transfer else (cfg.organization or "depositor")
     entry = log.append(body, key, actor=actor, trusted=trusted, bundle_id=b.bundle_id)
@@ -242,11 +246,12 @@ def accept(cfg: Config, name: str, key: SigningKey, trusted: list[PublicKey], ke
 
 
 def respond(cfg: Config, name: str, key: SigningKey, trusted: list[PublicKey], *,
-            replica: str | None = None) -> EscrowResult:  # fmt: skip
+            replica: str | None = None) -> EscrowResult | None:  # fmt: skip
+    """Answer the open challenge; None if there is none (so cron can run it daily)."""
     log, b, state, stores = _steward_log(cfg, name, key, trusted, replica)
     ch = state.open_challenge
     if ch is None:
-        raise InputError(f"bundle {name!r}: no open challenge to answer")
+        return None  # nothing asked: a scheduled respond is quiet
     answers = custody.answer(stores[0][1], lambda o: object_key(name, o), ch.body["nonce"],
                              ch.body["objects"])  # fmt: skip
     entry = log.append(custody.response_event(challenge=ch.digest, answers=answers), key,
@@ -286,11 +291,11 @@ def log_state(cfg: Config, name: str, trusted: list[PublicKey], *, replica: str 
     """The verified custody log, read from every reachable replica holding the bundle."""
     rs = ReplicaSet(cfg)
     names = [replica] if replica else rs.names
-    stores = [(n, s) for n in names if (s := rs.try_store(n)) is not None]
+    stores = _holding(rs, name, set(rs.names) - set(names))
     if not stores:
-        raise StorageError(
-            f"no replica reachable ({'; '.join(f'{n}: {e}' for n, e in rs.errors.items())})"
-        )
+        errors = "; ".join(f"{n}: {e}" for n, e in rs.errors.items())
+        raise StorageError(f"bundle {name!r}: not on any reachable replica"
+                           + (f" ({errors})" if errors else ""))  # fmt: skip
     if not trusted:
         raise InputError("no trusted public key: pass the depositor's public key with --trust")
     log = custody.CustodyLog(stores, name)
