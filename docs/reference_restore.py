@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""Reference restorer for weightvault bundles, format version 1.
+"""Reference restorer for weightvault bundles, format versions 1 and 2.
 
 The proof that the format spec (docs/FORMAT.md with its fsplit appendix; every bundle carries
 a copy as data/FORMAT.md) is complete: written from the spec alone, sharing no code with
 weightvault, and tested to restore bit-exact what weightvault seals. Read it in one sitting.
 
     python reference_restore.py BAG_DIR DEST [--trust PUBKEY.pem]
+                                [--data-key HEX | --data-key-file FILE]
 
 BAG_DIR is a bundle directory (a copy of VAULT/bundles/NAME/); DEST must not exist or be empty.
 Needs Python 3.11+, `zstandard`, `numpy` (fsplit-* chunks) and, with --trust, `cryptography`.
+Version 2 (encrypted, section 10) bundles need their data key: the 64 hex digits that
+`age -d -i IDENTITY data/keys/recipient-N.age` prints, given as --data-key HEX or as
+--data-key-file FILE holding that output (combining SLIP-39 shares is left to other tools).
+The key must pass the bundle's key check (section 10.6) before it is used. Version 2 also
+needs `cryptography` (AES-256-GCM and HKDF-SHA256) with or without --trust: the one extra
+dependency for version 2.
 Without --trust the signature is NOT checked (a warning says so); the manifest is still checked
 against weightvault.sig's payload_sha256. Exit 0 on success; on any failure exit 1 with one
 "error:" line on stderr, leaving DEST as it was.
@@ -46,6 +53,11 @@ SOURCE_KEYS = {
     "verified_files",
 }
 ROLES = {"record", "report", "interview", "attachment", "model-signing"}
+SEALED_MAGIC = b"WVE2\x01"  # section 10.3: magic "WVE2" and version byte 1
+SEGMENT_SIZE = 1048576  # section 10.2: the only segment_size of scheme weightvault-aead-1
+PRIVATE_PATH = "private/manifest.sealed"
+PRIVATE_MAX = 256 * 1024 * 1024  # section 10.4: the private section's plaintext limit
+ENVELOPE_PATH = r"keys/[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.age"
 
 
 class Refused(Exception):
@@ -191,14 +203,21 @@ def check_manifest(m):
     )
     check(m["format"] == "weightvault-manifest", "manifest: not a weightvault manifest")
     check(
-        is_uint(m["format_version"]) and m["format_version"] == 1,
+        is_uint(m["format_version"]) and m["format_version"] in (1, 2),
         f"manifest: unknown format_version {m['format_version']!r}",
     )
-    check(m["encryption"] is None, "manifest: encrypted, which version 1 does not allow")
+    encrypted = m["format_version"] == 2
+    if not encrypted:
+        check(m["encryption"] is None, "manifest: encrypted, which version 1 does not allow")
     members(m["tool"], {"name", "version"}, what="manifest tool")
     members(m["chunking"], {"target_size", "piece_size"}, what="manifest chunking")
-    members(m["source"], {"kind"}, SOURCE_KEYS, what="manifest source")
-    check(m["source"]["kind"] in ("local", "hf-cache", "hf-hub"), "manifest: unknown source kind")
+    if encrypted:  # section 10.2: the real source and files are in the private section
+        check(
+            m["source"] == {"kind": "encrypted"} and m["files"] == [],
+            'manifest: version 2 needs source {"kind": "encrypted"} and files []',
+        )
+    else:
+        check_source(m["source"])
     check(
         all(isinstance(m[k], list) for k in ("files", "objects", "record")), "manifest: bad arrays"
     )
@@ -213,13 +232,33 @@ def check_manifest(m):
             f"bad record {r['path']!r}",
         )
     check_paths([r["path"] for r in m["record"]], "record")
+    if encrypted:
+        payload = check_encryption(m["encryption"])
+        check_paths(sorted(payload + [r["path"] for r in m["record"]]), "payload files")
     sizes = {}
     for o in m["objects"]:
         members(o, {"name", "size", "sha512"}, what="manifest object")
         check(is_hex(o["name"]) and is_uint(o["size"]) and is_hex(o["sha512"], 128), "bad object")
+        check(
+            not encrypted or sealed_length(o["size"], SEGMENT_SIZE) is not None,
+            f"object {o['name']}: {o['size']} bytes is not the size of a sealed object",
+        )
         sizes[o["name"]] = o["size"]
     names = [o["name"] for o in m["objects"]]
     check(names == sorted(sizes), "manifest: objects not sorted by name or not unique")
+    if not encrypted:  # version 2 checks its files once the private section is open
+        check_files(m, sizes)
+    return sizes
+
+
+def check_source(source):
+    """Section 4.5 (in version 2, on the private section's source: never "encrypted")."""
+    members(source, {"kind"}, SOURCE_KEYS, what="manifest source")
+    check(source["kind"] in ("local", "hf-cache", "hf-hub"), "manifest: unknown source kind")
+
+
+def check_files(m, sizes, segment=None):
+    """Sections 4.3 and 7 on `files`; with `segment`, also the version 2 rules of 10.3."""
     used = set()
     for f in m["files"]:
         members(f, {"path", "size", "mode", "sha256", "chunks"}, what="manifest file")
@@ -247,16 +286,208 @@ def check_manifest(m):
                 or c.get("dtype", FSPLIT[c["codec"]][0]) == FSPLIT[c["codec"]][0],
                 f"{what}: codec {c['codec']} contradicts dtype",
             )
+            limit = bound(c["codec"], c["length"])
             check(
-                sizes[c["object"]] <= bound(c["codec"], c["length"]),
+                sizes[c["object"]] <= (limit if segment is None else sealed_size(limit, segment)),
                 f"{what}: object {c['object']} larger than the {c['codec']} bound",
             )
+            if segment is not None:  # section 10.3
+                check(
+                    c["codec"] != "raw"
+                    or sealed_length(sizes[c["object"]], segment) == c["length"],
+                    f"{what}: raw object {c['object']} does not hold {c['length']} bytes",
+                )
+                check(
+                    c["object"] not in used,
+                    f"{what}: object {c['object']} is shared with another chunk (version 2)",
+                )
             used.add(c["object"])
             end += c["length"]
         check(end == f["size"], f"{f['path']}: chunk lengths do not add up to size")
     check(used == set(sizes), "manifest: an object is listed but used by no chunk")
     check_paths([f["path"] for f in m["files"]], "files")
-    return sizes
+
+
+def check_encryption(enc):
+    """Sections 10.2 and 10.5: the encryption member. Returns its payload file paths."""
+    members(
+        enc,
+        {"scheme", "salt", "segment_size", "key_check", "private", "envelopes", "shares"},
+        what="manifest encryption",
+    )
+    check(enc["scheme"] == "weightvault-aead-1", f"unknown encryption scheme {enc['scheme']!r}")
+    check(is_hex(enc["salt"]), "manifest encryption: salt is not 32 bytes of hex")
+    check(
+        is_uint(enc["segment_size"]) and enc["segment_size"] == SEGMENT_SIZE,
+        f"manifest encryption: segment_size {enc['segment_size']!r} is not {SEGMENT_SIZE}",
+    )
+    members(enc["key_check"], {"nonce", "ciphertext"}, what="manifest key_check")
+    check(
+        is_hex(enc["key_check"]["nonce"], 24) and is_hex(enc["key_check"]["ciphertext"], 74),
+        "manifest key_check: nonce is not 12 bytes or ciphertext not 37 bytes of hex",
+    )
+    private = enc["private"]
+    members(private, {"path", "size", "sha256", "sha512"}, what="manifest private")
+    length = sealed_length(private["size"], SEGMENT_SIZE)
+    check(
+        private["path"] == PRIVATE_PATH
+        and length is not None
+        and length <= PRIVATE_MAX
+        and is_hex(private["sha256"])
+        and is_hex(private["sha512"], 128),
+        "manifest private: bad path, size or digest",
+    )
+    envelopes = enc["envelopes"]
+    check(
+        isinstance(envelopes, list) and 1 <= len(envelopes) <= 64,
+        "manifest encryption: not 1..64 envelopes",
+    )
+    for e in envelopes:
+        members(
+            e,
+            {"path", "kind", "label", "recipient", "share_digest", "size", "sha256", "sha512"},
+            what="manifest envelope",
+        )
+        check(
+            isinstance(e["path"], str)
+            and re.fullmatch(ENVELOPE_PATH, e["path"]) is not None
+            and e["kind"] in ("recipient", "share")
+            and (e["label"] is None or isinstance(e["label"], str))
+            and isinstance(e["recipient"], str)
+            and (is_hex(e["share_digest"]) if e["kind"] == "share" else e["share_digest"] is None)
+            and is_uint(e["size"])
+            and is_hex(e["sha256"])
+            and is_hex(e["sha512"], 128),
+            f"bad envelope {e['path']!r}",
+        )
+    paths = [e["path"] for e in envelopes]
+    check_paths(paths, "envelopes")
+    count = sum(e["kind"] == "share" for e in envelopes)
+    shares = enc["shares"]
+    if shares is None:
+        check(count == 0, "manifest encryption: share envelopes without shares")
+    else:
+        members(shares, {"scheme", "threshold", "count", "identifier"}, what="manifest shares")
+        check(
+            shares["scheme"] == "slip39"
+            and is_uint(shares["count"], 16)
+            and is_uint(shares["threshold"], shares["count"])
+            and shares["threshold"] >= 1
+            and is_uint(shares["identifier"], 32767)
+            and shares["count"] == count,
+            "manifest shares: bad scheme, threshold, count or identifier",
+        )
+    return [*paths, PRIVATE_PATH]
+
+
+def sealed_length(size, segment):
+    """Section 10.3: len(P) of a sealed object from its size alone; None if no P fits."""
+    if not is_uint(size) or size < 21:
+        return None
+    q, r = divmod(size - 21, segment + 16)
+    if r == 0:
+        return q * segment if q >= 1 else None
+    return q * segment + r - 16 if r >= 17 or (r == 16 and q == 0) else None
+
+
+def sealed_size(length, segment):
+    """Section 10.3: the size of the sealed object whose plaintext is `length` bytes."""
+    return 21 + length + 16 * max(1, -(-length // segment))
+
+
+def associated_data(label, salt, index):
+    """Section 10.1: AD(LABEL, INDEX)."""
+    return b"weightvault/2 " + label + b"\x00" + salt + struct.pack(">Q", index)
+
+
+def hkdf(ikm, salt, info):
+    """Section 10.1: HKDF-SHA256, 32 bytes."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(hashes.SHA256(), 32, salt, info).derive(ikm)
+
+
+def check_key(key, enc):
+    """Section 10.6: refuse a data key that does not open the key check."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    salt = bytes.fromhex(enc["salt"])
+    aead = AESGCM(hkdf(key, salt, b"weightvault/2 key check"))
+    try:
+        plain = aead.decrypt(
+            bytes.fromhex(enc["key_check"]["nonce"]),
+            bytes.fromhex(enc["key_check"]["ciphertext"]),
+            associated_data(b"check", salt, 0),
+        )
+    except InvalidTag:
+        plain = None
+    check(
+        plain == b"weightvault key check",
+        "the data key fails the bundle's key check (section 10.6): it is not this bundle's key",
+    )
+
+
+def open_sealed(data, key, enc, label, index, what):
+    """Section 10.3: the plaintext of a sealed object; no segment is used before its tag."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    segment = enc["segment_size"]
+    length = sealed_length(len(data), segment)
+    check(length is not None, f"{what}: {len(data)} bytes is not the size of a sealed object")
+    check(data[:5] == SEALED_MAGIC, f"{what}: not a sealed object (magic or version byte)")
+    aead = AESGCM(hkdf(key, data[5:21], b"weightvault/2 object key"))
+    ad = associated_data(label, bytes.fromhex(enc["salt"]), index)
+    count = max(1, -(-length // segment))
+    view, out, pos = memoryview(data), bytearray(), 21
+    for i in range(count):
+        end = pos + min(segment, length - i * segment) + 16
+        try:  # the nonce's last-segment flag detects truncation and extension
+            out += aead.decrypt(struct.pack(">QI", i, i == count - 1), view[pos:end], ad)
+        except InvalidTag:
+            raise Refused(
+                f"{what}: segment {i} fails authentication "
+                "(damaged, or moved from another chunk or bundle)"
+            ) from None
+        pos = end
+    check(pos == len(data) and len(out) == length, f"{what}: segments do not fill the object")
+    return bytes(out)
+
+
+def open_private(bag, m, sizes, key):
+    """Section 10.7 step 3: read, check, open and merge the private section."""
+    enc, what = m["encryption"], f"data/{PRIVATE_PATH}"
+    path = bag / "data" / PRIVATE_PATH
+    check(
+        path.is_file() and path.stat().st_size == enc["private"]["size"],
+        f"{what}: missing or wrong size",
+    )
+    data = path.read_bytes()
+    check(
+        hashlib.sha256(data).hexdigest() == enc["private"]["sha256"]
+        and hashlib.sha512(data).hexdigest() == enc["private"]["sha512"],
+        f"{what}: SHA-256 or SHA-512 does not match the manifest",
+    )
+    private = load_canonical(open_sealed(data, key, enc, b"private", 0, what), what)
+    members(
+        private, {"format", "format_version", "bundle", "source", "files"}, what="private section"
+    )
+    check(
+        (private["format"], private["format_version"]) == ("weightvault-private", 2)
+        and is_uint(private["format_version"]),
+        "private section: unknown format",
+    )
+    members(private["bundle"], {"name", "salt"}, what="private section bundle")
+    check(
+        private["bundle"]["name"] == m["name"] and private["bundle"]["salt"] == enc["salt"],
+        "private section: belongs to another bundle (its name or salt differ)",
+    )
+    check_source(private["source"])
+    check(isinstance(private["files"], list), "private section: files is not an array")
+    m["source"], m["files"] = private["source"], private["files"]  # section 10.4: merge, check
+    check_files(m, sizes, enc["segment_size"])
 
 
 def unzstd(data, length, what="zstd", max_window=1 << 27, strict=False):
@@ -344,7 +575,20 @@ def read_object(bag, name, size):
     return data
 
 
-def restore(bag, dest, trust):
+def read_data_key(hex_key, key_file):
+    """--data-key HEX or --data-key-file FILE (what `age -d` prints: 64 hex digits, LF)."""
+    if key_file is not None:
+        try:
+            hex_key = Path(key_file).read_bytes().decode("ascii")
+        except UnicodeError:
+            hex_key = ""
+    what = key_file or "--data-key"
+    text = hex_key.strip()
+    check(re.fullmatch(r"[0-9a-fA-F]{64}", text), f"{what}: a data key is 64 hex digits")
+    return bytes.fromhex(text)
+
+
+def restore(bag, dest, trust, key=None):
     bag, dest = Path(bag), Path(dest)
     check((bag / "tagmanifest-sha256.txt").is_file(), f"{bag}: not a committed bundle (section 2)")
     check(
@@ -355,10 +599,27 @@ def restore(bag, dest, trust):
     check_signature(bag, manifest_raw, trust)  # step 1
     manifest = load_canonical(manifest_raw, "data/weightvault.json")  # step 2
     sizes = check_manifest(manifest)
+    opened = None
+    if manifest["format_version"] == 2:  # section 10.7
+        check(
+            key is not None,
+            f"bundle {manifest['name']} is encrypted (format version 2): a data key is needed "
+            "(--data-key HEX or --data-key-file FILE; see data/FORMAT.md section 10.5)",
+        )
+        check_key(key, manifest["encryption"])  # step 2
+        open_private(bag, manifest, sizes, key)  # step 3
+        enc = manifest["encryption"]
+
+        def opened(data, index, name):  # step 4: open before decoding
+            return open_sealed(data, key, enc, b"chunk", index, f"object {name}")
+
+    elif key is not None:
+        print("warning: data key ignored: the bundle is not encrypted", file=sys.stderr)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         tmp.chmod(0o755)
+        index = 0  # section 10.3: a chunk's position in the file table
         for f in manifest["files"]:  # step 3
             target = tmp.joinpath(*f["path"].split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -366,6 +627,9 @@ def restore(bag, dest, trust):
             with open(target, "xb") as out:
                 for c in f["chunks"]:
                     data, codec = read_object(bag, c["object"], sizes[c["object"]]), c["codec"]
+                    if opened is not None:
+                        data = opened(data, index, c["object"])
+                    index += 1
                     plain = (
                         data
                         if codec == "raw"
@@ -394,9 +658,15 @@ def main(argv=None):
     ap.add_argument("bag_dir")
     ap.add_argument("dest")
     ap.add_argument("--trust", metavar="PUBKEY.pem", help="Ed25519 public key to verify with")
+    keys = ap.add_mutually_exclusive_group()
+    keys.add_argument("--data-key", metavar="HEX", help="version 2: the data key, 64 hex digits")
+    keys.add_argument("--data-key-file", metavar="FILE", help="version 2: a file holding it")
     args = ap.parse_args(argv)
     try:
-        count = restore(args.bag_dir, args.dest, args.trust)
+        key = None
+        if args.data_key is not None or args.data_key_file is not None:
+            key = read_data_key(args.data_key, args.data_key_file)
+        count = restore(args.bag_dir, args.dest, args.trust, key)
     except Exception as e:  # Refused, or I/O errors, malformed documents, missing libraries
         reason = str(e) if isinstance(e, Refused) else f"{type(e).__name__}: {e}"
         print(f"error: {reason}", file=sys.stderr)

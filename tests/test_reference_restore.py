@@ -8,7 +8,9 @@ bundles.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 import shutil
 import stat
 import struct
@@ -223,3 +225,203 @@ def test_tampered_manifest_is_refused(tmp_path, key, synthetic, fix_digest, trus
     dest = tmp_path / "out"
     extra = ("--trust", f"{key}.pub") if trust else ()
     assert_refused(reference_restore(bag, dest, *extra), dest, expected)
+
+
+# Version 2: encrypted bundles (FORMAT.md section 10).
+
+
+@pytest.fixture(scope="module")
+def age_identity(tmp_path_factory) -> tuple[Path, str]:
+    """(identity file, age1... recipient) of a fresh X25519 age identity."""
+    import pyrage
+
+    identity = pyrage.x25519.Identity.generate()
+    path = tmp_path_factory.mktemp("age") / "identity.txt"
+    path.write_text(f"{identity}\n")
+    return path, str(identity.to_public())
+
+
+def data_key(bag: Path, identity: Path) -> str:
+    """What the recipient's age -d prints from data/keys/recipient-1.age: 64 hex digits, LF."""
+    envelope = bag / "data" / "keys" / "recipient-1.age"
+    if shutil.which("age"):
+        proc = run("age", "-d", "-i", identity, envelope)
+        assert proc.returncode == 0, proc.stderr
+        text = proc.stdout
+    else:
+        import pyrage
+
+        secret = pyrage.x25519.Identity.from_str(identity.read_text().strip())
+        text = pyrage.decrypt(envelope.read_bytes(), [secret]).decode()
+    assert len(text) == 65 and text.endswith("\n"), text
+    return text.strip()
+
+
+def assert_encrypted(bag: Path) -> None:
+    """The signed manifest shows neither file names nor the source (section 10.2)."""
+    manifest = json.loads((bag / "data" / "weightvault.json").read_bytes())
+    assert manifest["format_version"] == 2
+    assert manifest["files"] == [] and manifest["source"] == {"kind": "encrypted"}
+    assert (bag / "data" / "private" / "manifest.sealed").is_file()
+
+
+@pytest.fixture(scope="module")
+def encrypted_synthetic(tmp_path_factory, key, age_identity) -> tuple[Path, Path, str]:
+    """(source dir, bundle dir, data key) for the synthetic model, encrypted, 1 MiB chunks."""
+    base = tmp_path_factory.mktemp("encrypted")
+    src = synthetic_model(base / "model")
+    bag = seal(
+        src, base / "vault", key, "secret", "--chunk-size", "1", "--encrypt-to", age_identity[1]
+    )
+    return src, bag, data_key(bag, age_identity[0])
+
+
+def test_restores_encrypted_real_model_bit_exact(tmp_path, key, age_identity):
+    src = ensure_minilm()
+    bag = seal(src, tmp_path / "vault", key, "minilm", "--encrypt-to", age_identity[1])
+    assert_encrypted(bag)
+    dk = data_key(bag, age_identity[0])
+    proc = reference_restore(bag, tmp_path / "out", "--trust", f"{key}.pub", "--data-key", dk)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_files(src, tmp_path / "out")
+
+
+def test_restores_encrypted_synthetic_model_bit_exact(tmp_path, key, encrypted_synthetic):
+    src, bag, dk = encrypted_synthetic
+    assert_encrypted(bag)
+    manifest = json.loads((bag / "data" / "weightvault.json").read_bytes())
+    assert len(manifest["objects"]) > 10  # many chunks, each its own object
+    key_file = tmp_path / "data-key.txt"
+    key_file.write_text(f"{dk}\n")  # exactly what age -d prints
+    out = tmp_path / "out"
+    proc = reference_restore(bag, out, "--trust", f"{key}.pub", "--data-key-file", key_file)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_files(src, out)
+    assert (out / "empty.txt").stat().st_size == 0
+
+
+def test_encrypted_bundle_refuses_a_wrong_data_key(tmp_path, key, encrypted_synthetic):
+    dest = tmp_path / "out"
+    proc = reference_restore(
+        encrypted_synthetic[1], dest, "--trust", f"{key}.pub", "--data-key", "00" * 32
+    )
+    assert_refused(proc, dest, "key check")
+
+
+def test_encrypted_bundle_needs_a_data_key(tmp_path, key, encrypted_synthetic):
+    dest = tmp_path / "out"
+    proc = reference_restore(encrypted_synthetic[1], dest, "--trust", f"{key}.pub")
+    assert_refused(proc, dest, "encrypted", "data key is needed", "--data-key")
+
+
+def test_encrypted_flipped_byte_in_object_is_refused(tmp_path, key, encrypted_synthetic):
+    _, bag, dk = encrypted_synthetic
+    bag = copy_bag(bag, tmp_path)
+    manifest = json.loads((bag / "data" / "weightvault.json").read_bytes())
+    victim = max(manifest["objects"], key=lambda o: (o["size"], o["name"]))["name"]
+    obj = bag / "data" / "objects" / victim
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    obj.write_bytes(bytes(data))
+    dest = tmp_path / "out"
+    proc = reference_restore(bag, dest, "--trust", f"{key}.pub", "--data-key", dk)
+    assert_refused(proc, dest, victim)
+
+
+def test_encrypted_private_section_is_authenticated(tmp_path, encrypted_synthetic):
+    """A changed private section whose digests are also rewritten still fails its tag."""
+    _, bag, dk = encrypted_synthetic
+    bag = copy_bag(bag, tmp_path)
+    private = bag / "data" / "private" / "manifest.sealed"
+    data = bytearray(private.read_bytes())
+    data[-1] ^= 0x01  # in the last segment's tag
+    private.write_bytes(bytes(data))
+
+    def follow(m):
+        m["encryption"]["private"]["sha256"] = hashlib.sha256(data).hexdigest()
+        m["encryption"]["private"]["sha512"] = hashlib.sha512(data).hexdigest()
+        return canonical(m)
+
+    tamper(bag, True, follow)  # a forger's bundle: only --trust would catch it earlier
+    dest = tmp_path / "out"
+    proc = reference_restore(bag, dest, "--data-key", dk)
+    assert_refused(proc, dest, "private/manifest.sealed", "authentication")
+
+
+def test_version_1_with_a_data_key_warns_and_restores(tmp_path, key, synthetic):
+    src, bag = synthetic
+    proc = reference_restore(bag, tmp_path / "out", "--trust", f"{key}.pub", "--data-key", "0" * 64)
+    assert proc.returncode == 0, proc.stderr
+    assert "not encrypted" in proc.stderr
+    assert_same_files(src, tmp_path / "out")
+
+
+# Sealed objects (section 10.3), built here from the spec with a small segment size.
+
+SEGMENT = 64
+
+
+def restorer_module():
+    spec = importlib.util.spec_from_file_location("reference_restore", RESTORER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def seal_object(dk: bytes, salt: bytes, label: bytes, index: int, plain: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    nonce = os.urandom(16)
+    aead = AESGCM(HKDF(hashes.SHA256(), 32, nonce, b"weightvault/2 object key").derive(dk))
+    ad = b"weightvault/2 " + label + b"\x00" + salt + struct.pack(">Q", index)
+    pieces = [plain[i : i + SEGMENT] for i in range(0, len(plain), SEGMENT)] or [b""]
+    out = b"WVE2\x01" + nonce
+    for i, piece in enumerate(pieces):
+        out += aead.encrypt(struct.pack(">QI", i, i == len(pieces) - 1), piece, ad)
+    return out
+
+
+@pytest.mark.parametrize("length", [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT])
+def test_sealed_object_sizes_and_round_trip(length):
+    rr = restorer_module()
+    dk, salt, plain = os.urandom(32), os.urandom(32), os.urandom(length)
+    sealed = seal_object(dk, salt, b"chunk", 7, plain)
+    assert len(sealed) == rr.sealed_size(length, SEGMENT)
+    assert rr.sealed_length(len(sealed), SEGMENT) == length
+    enc = {"salt": salt.hex(), "segment_size": SEGMENT}
+    assert rr.open_sealed(sealed, dk, enc, b"chunk", 7, "object") == plain
+
+
+def test_sealed_object_sizes_that_no_plaintext_has():
+    rr = restorer_module()
+    step = SEGMENT + 16
+    impossible = [0, 20, 21, 21 + 15, 21 + step + 16, 21 + step + 1, 21 + 2 * step + 15]
+    assert [rr.sealed_length(size, SEGMENT) for size in impossible] == [None] * len(impossible)
+    valid = {21 + 16: 0, 21 + 17: 1, 21 + step: SEGMENT, 21 + step + 17: SEGMENT + 1}
+    assert {size: rr.sealed_length(size, SEGMENT) for size in valid} == valid
+
+
+def test_sealed_object_refusals():
+    rr = restorer_module()
+    dk, salt, plain = os.urandom(32), os.urandom(32), os.urandom(2 * SEGMENT + 10)
+    enc = {"salt": salt.hex(), "segment_size": SEGMENT}
+    sealed = seal_object(dk, salt, b"chunk", 3, plain)
+    step = SEGMENT + 16
+    cases = {
+        "truncated after a whole segment": (sealed[: 21 + 2 * step], b"chunk", 3, dk, enc),
+        "extended by a byte": (sealed + b"\x00", b"chunk", 3, dk, enc),
+        "another position": (sealed, b"chunk", 4, dk, enc),
+        "another label": (sealed, b"private", 3, dk, enc),
+        "another bundle's salt": (sealed, b"chunk", 3, dk, {**enc, "salt": "00" * 32}),
+        "another key": (sealed, b"chunk", 3, bytes(32), enc),
+        "a flipped tag bit": (sealed[:-1] + bytes([sealed[-1] ^ 1]), b"chunk", 3, dk, enc),
+    }
+    for case, (data, label, index, key, e) in cases.items():
+        with pytest.raises(rr.Refused, match="fails authentication"):
+            rr.open_sealed(data, key, e, label, index, case)
+    with pytest.raises(rr.Refused, match="magic or version"):
+        rr.open_sealed(b"WVE2\x02" + sealed[5:], dk, enc, b"chunk", 3, "version 2 byte")
+    with pytest.raises(rr.Refused, match="not the size of a sealed object"):
+        rr.open_sealed(sealed[: 21 + step + 16], dk, enc, b"chunk", 3, "bad size")

@@ -329,9 +329,10 @@ def data_key_text(dk: bytes) -> bytes:
 
 
 def parse_data_key_text(text: bytes, where: str) -> bytes:
-    s = text.strip()
-    if len(s) != 64 or any(c not in b"0123456789abcdef" for c in s):
-        raise CorruptData(f"{where}: does not hold a data key (64 hex digits)")
+    """Exactly 64 lowercase hex digits and a line feed (FORMAT.md 10.5)."""
+    s = text[:64]
+    if len(text) != 65 or text[64:] != b"\n" or any(c not in b"0123456789abcdef" for c in s):
+        raise CorruptData(f"{where}: does not hold a data key (64 hex digits and a line feed)")
     return bytes.fromhex(s.decode())
 
 

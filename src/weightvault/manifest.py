@@ -118,8 +118,8 @@ def check(doc: dict, what: str, *, opened: bool = False) -> None:
         raise CorruptData(f"{what}: format version {doc['format_version']} "
                           f"{'requires' if doc['format_version'] == 2 else 'does not allow'} "
                           "encryption")  # fmt: skip
-    if enc is not None and doc["files"] and not opened:
-        raise CorruptData(f"{what}: an encrypted manifest lists files in the clear")
+    if enc is not None:
+        _check_encryption(doc, what, opened)
     objects: dict[str, dict] = {}
     for o in doc["objects"]:
         if o["name"] in objects:
@@ -181,6 +181,32 @@ def check(doc: dict, what: str, *, opened: bool = False) -> None:
     unused = set(objects) - used
     if unused:
         raise CorruptData(f"{what}: object {sorted(unused)[0]} is listed but no chunk uses it")
+
+
+def _check_encryption(doc: dict, what: str, opened: bool) -> None:
+    from .crypt import plain_size
+
+    enc = doc["encryption"]
+    if not opened and (doc["files"] or doc["source"] != {"kind": "encrypted"}):
+        raise CorruptData(f"{what}: an encrypted manifest lists files or their source in the clear")
+    if opened and doc["source"].get("kind") == "encrypted":
+        raise CorruptData(f"{what}: the private section does not say where the files came from")
+    if doc["format_version"] == 2 and not opened and doc["source"]["kind"] != "encrypted":
+        raise CorruptData(f"{what}: source must be {{'kind': 'encrypted'}}")
+    shares = [e for e in enc["envelopes"] if e["kind"] == "share"]
+    info = enc["shares"]
+    if (info is None) != (not shares):
+        raise CorruptData(f"{what}: `shares` must describe the share envelopes, and only them")
+    if info and not (info["count"] == len(shares) and 1 <= info["threshold"] <= info["count"]):
+        raise CorruptData(f"{what}: {len(shares)} share envelopes, but shares says "
+                          f"{info['threshold']} of {info['count']}")  # fmt: skip
+    for e in enc["envelopes"]:
+        if (e["kind"] == "share") != (e["share_digest"] is not None):
+            raise CorruptData(f"{what}: envelope {e['path']}: share_digest is for shares only")
+    for o in doc["objects"]:
+        if plain_size(o["size"]) is None:
+            raise CorruptData(f"{what}: object {o['name']} is {o['size']} bytes, which no "
+                              "sealed object has")  # fmt: skip
 
 
 def stored_bound(codec: str, length: int, sealed: bool = False) -> int:

@@ -75,12 +75,12 @@ def check_unique(paths: list[str], what: str) -> None:
                 raise CorruptData(f"{what}: {seen[parent]!r} is a file and a directory of {p!r}")
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, what: str = "bundle name") -> str:
     from .errors import InputError
 
     if not isinstance(name, str) or not _NAME.match(name) or _DEVICE.match(name):
         raise InputError(
-            f"bundle name {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
+            f"{what} {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return name

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, canon, chunking, codec, crypt, sources
-from .errors import InputError, IntegrityError
+from .errors import Conflict, InputError, IntegrityError
 from .keys import SigningKey
 from .manifest import PAYLOAD_TYPE, Manifest
 from .paths import check_name, check_relpath
@@ -202,9 +202,11 @@ def seal(
                 description=opts.description,
             ),
         )
-    except BaseException:
-        # Nothing was committed: remove what this run wrote, so no half bundle lingers.
-        if not vault.is_committed(name):
+    except BaseException as e:
+        # Nothing was committed: remove what this run wrote, so no half bundle lingers. Not
+        # after a Conflict: another seal of this name is committing the same objects (content
+        # names them), and removing them would break its bundle; gc collects real orphans.
+        if not isinstance(e, Conflict) and not vault.is_committed(name):
             for key in set(written):
                 with contextlib.suppress(Exception):
                     store.delete(key)
@@ -263,7 +265,7 @@ class _KeyPlan:
             crypt.parse_recipient(r)
         names = [n for n, _ in opts.custodians]
         for n, r in opts.custodians:
-            check_name(n)
+            check_name(n, "custodian name")
             crypt.parse_recipient(r)
         if len(set(names)) != len(names):
             raise InputError("custodian names must be unique")
