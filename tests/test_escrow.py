@@ -396,3 +396,16 @@ def test_identity_readable_by_others_is_refused(world, tmp_path):
     one_error(world.lab("restore", "minilm", tmp_path / "out", "--vault", tmp_path / "lab-vault",
                         "--identity", ident), 2, "lab.agekey", "readable by others")  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_handover_rerun_is_idempotent_and_other_conditions_conflict(world, tmp_path):
+    args = ("escrow", "handover", "minilm", "--steward", "steward", "--quiet", "--json")
+    first = ok(world.lab(*args, "--conditions", world.conditions)).json()
+    # a crash after the steward's copy of the record was written but before ours was
+    (tmp_path / "lab-vault/custody/minilm/00000001.json").unlink()
+    again = ok(world.lab(*args, "--conditions", world.conditions)).json()
+    assert again["record"] == first["record"] == 1 and again["detail"]["already"]
+    assert (tmp_path / "lab-vault/custody/minilm/00000001.json").exists()
+    other = tmp_path / "other.md"
+    other.write_text("Release on any request.\n")
+    one_error(world.lab(*args, "--conditions", other), 5, "other conditions")

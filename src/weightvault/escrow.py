@@ -114,8 +114,16 @@ def handover(cfg: Config, name: str, steward: str, conditions: Path, key: Signin
     transfer = None
     if state.steward is not None:
         if state.steward.key_id == steward_key.key_id:
-            raise Conflict(f"bundle {name!r} is already handed over to {steward!r} (record "
-                           f"{state.steward.handover.seq}, {'accepted' if state.accepted else 'pending'})")  # fmt: skip
+            h = state.steward.handover
+            if h.body["conditions"]["text"] != text:
+                raise Conflict(f"bundle {name!r} is already handed over to {steward!r} (record "
+                               f"{h.seq}) under other conditions; a new handover needs a new "
+                               "steward")  # fmt: skip
+            # the same handover again (say, after a crash): finish copying the log, no new record
+            log.sync(trusted, bundle_id=b.bundle_id)
+            return _result(h, b, log, steward=sc.display, steward_key=steward_key.key_id,
+                           replica=dst.url, transfer=h.body["from"] is not None,
+                           already=True)  # fmt: skip
         if state.accepted and state.steward.key_id == key.public.key_id:
             transfer = key.public.key_id
     # the steward's age recipient goes on record only if the bundle really is encrypted to it
