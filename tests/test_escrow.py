@@ -409,3 +409,11 @@ def test_handover_rerun_is_idempotent_and_other_conditions_conflict(world, tmp_p
     other = tmp_path / "other.md"
     other.write_text("Release on any request.\n")
     one_error(world.lab(*args, "--conditions", other), 5, "other conditions")
+
+
+def test_accept_rerun_reports_the_existing_receipt(world):
+    handed_over(world)
+    r = ok(world.steward("escrow", "accept", "minilm", "--quiet", "--json")).json()
+    assert r["record"] == 2 and r["detail"]["already"]
+    log = ok(world.steward("escrow", "log", "minilm", "--json")).json()
+    assert [x["event"] for x in log["records"]] == ["handover", "receipt"]
