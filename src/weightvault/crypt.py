@@ -108,19 +108,28 @@ class Encryptor:
         self._counter = 0
         self._header = MAGIC + b"\x01" + nonce
 
-    def _segment(self, data: bytes, last: bool) -> bytes:
+    def _segment(self, data, last: bool) -> bytes:
         out = self._aead.encrypt(_nonce(self._counter, last), data, self._ad)
         self._counter += 1
         return out
 
     def feed(self, data) -> bytes:
-        self._buf += data
         out = [self._header] if self._header else []
         self._header = b""
-        # keep at least one byte back: the last segment must be flagged last
-        while len(self._buf) > SEGMENT:
-            out.append(self._segment(bytes(self._buf[:SEGMENT]), False))
-            del self._buf[:SEGMENT]
+        mv = memoryview(data)
+        # a segment goes out only once more data follows it: the last one must be flagged last
+        if self._buf:
+            need = SEGMENT - len(self._buf)
+            if len(mv) <= need:
+                self._buf += mv
+                return b"".join(out)
+            self._buf += mv[:need]
+            mv = mv[need:]
+            out.append(self._segment(self._buf, False))
+        while len(mv) > SEGMENT:
+            out.append(self._segment(mv[:SEGMENT], False))
+            mv = mv[SEGMENT:]
+        self._buf = bytearray(mv)
         return b"".join(out)
 
     def finish(self) -> bytes:
