@@ -75,8 +75,8 @@ def with_retries(fn: Callable[[], T], what: str, *, retries: int = RETRIES,
                 raise StorageError(f"{what}: {_FATAL_S3[code]}") from None
             if isinstance(e, PermissionError):
                 raise StorageError(f"{what}: permission denied") from None
-            if isinstance(e, FileNotFoundError):
-                raise
+            if isinstance(e, (FileNotFoundError, FileExistsError)):
+                raise  # an answer, not a failure (FileExistsError: an exclusive put lost)
             if not _transient(e) or attempt == retries:
                 if os.environ.get("WEIGHTVAULT_DEBUG"):
                     raise
@@ -205,7 +205,8 @@ class SftpStore(RetryingFsspecStore):
                              on_retry=self._reconnect)  # fmt: skip
         except FileNotFoundError:
             raise StorageError(f"{self.describe(key)}: missing") from None
-        return io.BufferedReader(_CountingReader(f, self.counters, key), 1 << 20)
+        reader = _CountingReader(f, self.counters, key, self.describe(key))
+        return io.BufferedReader(reader, 1 << 20)
 
     def _readback_opener(self):
         return self._open_prefetched
@@ -314,6 +315,31 @@ class S3Store(RetryingFsspecStore):
     def _key(self, key: str) -> str:
         return f"{self.root}/{key}".split("/", 1)[1]
 
+    def prune_dirs(self, prefix: str) -> None:
+        pass  # an object store has no directories to leave behind
+
+    def lock_enabled(self) -> bool:
+        """Does the bucket have Object Lock (whatever this replica's config says)?"""
+        try:
+            cfg = with_retries(
+                lambda: self._call("get_object_lock_configuration", Bucket=self.bucket),
+                self.url, retries=2,
+            )  # fmt: skip
+        except (FileNotFoundError, StorageError, OSError):
+            return False
+        return cfg.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+
+    def lock_state(self, key: str) -> tuple[dt.datetime | None, bool] | None:
+        """(retain-until date, legal hold on) of an object's Object Lock, from one HEAD;
+        None if the object is gone."""
+        try:
+            head = with_retries(lambda: self._call("head_object", Bucket=self.bucket,
+                                                   Key=self._key(key)), self.describe(key))  # fmt: skip
+        except FileNotFoundError:
+            return None
+        return (head.get("ObjectLockRetainUntilDate"),
+                head.get("ObjectLockLegalHoldStatus") == "ON")  # fmt: skip
+
     def open_read(self, key: str):
         import io
 
@@ -326,7 +352,8 @@ class S3Store(RetryingFsspecStore):
             f = with_retries(op, self.describe(key))
         except FileNotFoundError:
             raise StorageError(f"{self.describe(key)}: missing") from None
-        return io.BufferedReader(_CountingReader(f, self.counters, key), 1 << 20)
+        reader = _CountingReader(f, self.counters, key, self.describe(key))
+        return io.BufferedReader(reader, 1 << 20)
 
     def checksum(self, key: str) -> str | None:
         """The server-side SHA-256 (hex) of an object, without reading its bytes; None if the
@@ -364,7 +391,14 @@ class S3Store(RetryingFsspecStore):
 
             def put() -> None:
                 with open(tmp_key, "rb") as f:
-                    self._call("put_object", Body=f.read(), **kw)
+                    try:
+                        self._call("put_object", Body=f.read(), **kw)
+                    except OSError as e:
+                        # s3fs makes a lost If-None-Match a FileExistsError only when the
+                        # server names the condition (AWS does, SeaweedFS does not)
+                        if exclusive and _s3_code(e) in ("PreconditionFailed", "412"):
+                            raise FileExistsError(self.describe(key)) from None
+                        raise
 
             try:
                 with_retries(put, self.describe(key))

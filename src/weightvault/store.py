@@ -49,19 +49,36 @@ def is_payload(key: str) -> bool:
 
 
 class _CountingReader(io.RawIOBase):
-    def __init__(self, f: BinaryIO, counters: Counters, key: str):
+    """Counts bytes read; a read that fails half-way (a server gone, a disk error) becomes one
+    StorageError naming the object, never a backend's own exception."""
+
+    def __init__(self, f: BinaryIO, counters: Counters, key: str, what: str | None = None):
         self._f, self._c, self._payload = f, counters, is_payload(key)
+        self._what = what or key
 
     def readable(self) -> bool:
         return True
 
+    def _failed(self, e: Exception) -> StorageError:
+        return StorageError(f"{self._what}: read failed ({str(e) or type(e).__name__})")
+
     def readinto(self, b) -> int:  # type: ignore[override]
-        n = self._f.readinto(b)
+        try:
+            n = self._f.readinto(b)
+        except (StorageError, CorruptData, IntegrityError):
+            raise
+        except Exception as e:  # noqa: BLE001 - every backend raises its own kinds
+            raise self._failed(e) from None
         self._c.add(read=n or 0, payload=self._payload)
         return n
 
     def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
+        try:
+            data = self._f.read(n)
+        except (StorageError, CorruptData, IntegrityError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise self._failed(e) from None
         self._c.add(read=len(data), payload=self._payload)
         return data
 
@@ -79,14 +96,26 @@ class ObjectWriter:
         self.done = False
 
     def write(self, data) -> None:
-        self._f.write(data)
+        try:
+            self._f.write(data)
+        except OSError as e:
+            raise self._failed(e) from None
         self.size += len(data)
+
+    def _failed(self, e: OSError) -> StorageError:
+        """A full or failing disk under the staged copy, as one line naming where."""
+        why = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        where = self.tmp_key if os.path.isabs(self.tmp_key) else self.store.describe(self.tmp_key)
+        return StorageError(f"{where}: cannot write ({why})")
 
     def commit(self, key: str, *, exclusive: bool = False, sha256: str | None = None) -> bool:
         """Move into place. Returns False if `exclusive` and the key already existed. With
         `sha256`, the staged copy is read back (or checked by the server) and must match
         before it replaces anything."""
-        self._f.flush()
+        try:
+            self._f.flush()
+        except OSError as e:
+            raise self._failed(e) from None
         with contextlib.suppress(io.UnsupportedOperation, AttributeError, OSError):
             os.fsync(self._f.fileno())
         self._f.close()
@@ -139,6 +168,15 @@ class Store:
 
     def list_dirs(self, prefix: str) -> list[str]:
         raise NotImplementedError
+
+    def list_times(self, prefix: str) -> dict[str, tuple[int, float | None]]:
+        """Key -> (size, last-modified Unix time or None if the backend has none) of every
+        object under `prefix`/ (for gc's grace period). A listing reads no payload."""
+        return {k: (v, None) for k, v in self.list(prefix).items()}
+
+    def prune_dirs(self, prefix: str) -> None:
+        """Remove `prefix` and the directories under it that are empty (gc), where the
+        backend has directories; never removes a file."""
 
     # -- writing
     def new_object(self) -> ObjectWriter:
@@ -212,7 +250,8 @@ class LocalStore(Store):
             raise CorruptData(f"{p}: is not a regular file; a vault holds only regular files")
         os.set_blocking(fd, True)
         f = open(fd, "rb", buffering=0)  # noqa: SIM115 - handed to the caller
-        return io.BufferedReader(_CountingReader(f, self.counters, key), 1 << 20)
+        reader = _CountingReader(f, self.counters, key, self.describe(key))
+        return io.BufferedReader(reader, 1 << 20)
 
     def size(self, key: str) -> int | None:
         try:
@@ -237,6 +276,21 @@ class LocalStore(Store):
             return sorted(e.name for e in os.scandir(self._path(prefix)) if e.is_dir())
         except FileNotFoundError:
             return []
+
+    def list_times(self, prefix: str) -> dict[str, tuple[int, float | None]]:
+        out = {}
+        for dirpath, _dirs, files in os.walk(self._path(prefix)):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for f in files:
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.lstat(os.path.join(dirpath, f))
+                    out[f"{rel}/{f}"] = (st.st_size, st.st_mtime)
+        return dict(sorted(out.items()))
+
+    def prune_dirs(self, prefix: str) -> None:
+        for dirpath, _dirs, _files in os.walk(self._path(prefix), topdown=False):
+            with contextlib.suppress(OSError):  # not empty (or gone): leave it
+                os.rmdir(dirpath)
 
     def new_object(self) -> ObjectWriter:
         tmp_key = f"{TMP}/{secrets.token_hex(12)}.part"
@@ -351,7 +405,8 @@ class FsspecStore(Store):
 
     def open_read(self, key: str) -> BinaryIO:
         f = self._guard(lambda: self.fs.open(self._p(key), "rb"), self.describe(key))
-        return io.BufferedReader(_CountingReader(f, self.counters, key), 1 << 20)
+        reader = _CountingReader(f, self.counters, key, self.describe(key))
+        return io.BufferedReader(reader, 1 << 20)
 
     def size(self, key: str) -> int | None:
         try:
@@ -378,6 +433,36 @@ class FsspecStore(Store):
             e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"
         )
 
+    def list_times(self, prefix: str) -> dict[str, tuple[int, float | None]]:
+        def find() -> dict:
+            try:
+                return self.fs.find(self._p(prefix), detail=True)
+            except FileNotFoundError:
+                return {}
+
+        n = len(self.root) + 1
+        out = {}
+        for p, info in sorted(self._guard(find, self.describe(prefix)).items()):
+            t = info.get("mtime") or info.get("LastModified")  # sftp | s3
+            if hasattr(t, "timestamp"):
+                t = t.timestamp()
+            out[p[n:]] = (int(info.get("size") or 0), float(t) if t is not None else None)
+        return out
+
+    def prune_dirs(self, prefix: str) -> None:
+        def prune() -> None:
+            try:
+                found = self.fs.find(self._p(prefix), withdirs=True, detail=True)
+            except FileNotFoundError:
+                return
+            dirs = [p for p, i in found.items() if i.get("type") == "directory"]
+            for d in sorted(dirs, key=len, reverse=True) + [self._p(prefix)]:
+                with contextlib.suppress(OSError):  # not empty: leave it
+                    self.fs.rmdir(d)
+            self._dirs = {d for d in self._dirs if not d.startswith(self._p(prefix))}
+
+        self._guard(prune, self.describe(prefix))
+
     def new_object(self) -> ObjectWriter:
         import tempfile
 
@@ -394,9 +479,15 @@ class FsspecStore(Store):
             self._makedirs(target.rsplit("/", 1)[0])
             self._guard(lambda: self.fs.put_file(tmp_key, remote_tmp), self.describe(key))
             if sha256 is not None:
-                _check_readback(remote_tmp, sha256, self.describe(key),
-                                lambda: self.fs.rm_file(remote_tmp),
-                                opener=self._readback_opener())  # fmt: skip
+                try:
+                    _check_readback(remote_tmp, sha256, self.describe(key),
+                                    lambda: self.fs.rm_file(remote_tmp),
+                                    opener=self._readback_opener())  # fmt: skip
+                except (StorageError, IntegrityError):
+                    raise
+                except Exception as e:  # noqa: BLE001 - the connection dropped mid-read
+                    raise StorageError(f"{self.describe(key)}: reading the copy back failed "
+                                       f"({str(e) or type(e).__name__})") from None  # fmt: skip
             self._rename(remote_tmp, target)
             return True
         finally:

@@ -7,6 +7,7 @@ are data/objects/<sha256 of stored bytes>. A bundle exists once its commit marke
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 
@@ -153,6 +154,7 @@ class Vault:
             if self.is_committed(name):
                 raise already_sealed(self, name)
             mkey = f"{p}/{MANIFEST_KEY}"
+            ours = True  # this commit wrote the manifest (no other writer shares these files)
             if not st.put_bytes(mkey, manifest_raw, exclusive=True):
                 existing = st.read_bytes(mkey, len(manifest_raw) + 1)
                 if existing != manifest_raw and not st.process_lock:
@@ -162,8 +164,19 @@ class Vault:
                     )
                 if existing != manifest_raw:  # we hold the lock: debris of a crashed seal
                     st.put_bytes(mkey, manifest_raw)
-            for key, data in files[1:]:
-                st.put_bytes(f"{p}/{key}", data)
+                ours = st.process_lock
+            try:
+                for key, data in files[1:]:
+                    st.put_bytes(f"{p}/{key}", data)
+            except BaseException:
+                # A commit that fails (a full disk, a server gone) takes back what it wrote,
+                # so no manifest is left naming objects a failed seal then removes, and the
+                # name is free for the next try. A crash cannot: gc removes that debris.
+                if ours and not self.is_committed(name):
+                    for key, _ in reversed(files[:-1]):
+                        with contextlib.suppress(Exception):
+                            st.delete(f"{p}/{key}")
+                raise
 
     def read_commit_files(self, name: str) -> list[tuple[str, bytes]]:
         p = prefix(name)

@@ -565,6 +565,17 @@ class SshServer:
         """SIGKILL sshd and every session: connections drop mid-transfer."""
         _end_process(self._proc, 0)
 
+    def restart(self) -> None:
+        """Start sshd again (after :meth:`kill`) on the same port, keys and files."""
+        _end_process(self._proc, 0)
+        sshd = shutil.which("sshd", path=f"/usr/sbin:/usr/local/sbin:{os.environ.get('PATH', '')}")
+        with open(self._log, "ab") as log:
+            self._proc = subprocess.Popen(
+                [sshd, "-D", "-e", "-f", str(self.dir / "sshd_config")], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self._wait_ready()
+
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
