@@ -493,6 +493,8 @@ def test_zstd_stream_rules():
     decode("BF16", hand_block(1, 2 * n, [(1, ok), (0, bytes(n))]), 2 * n)
     refused(ok + b"\0")  # bytes after the frame
     refused(ok + ok)  # two frames
+    refused(ok + b"\x28\xb5\x2f\xfd")  # a bare magic number after the frame (issue 8)
+    refused(ok + b"\x50\x2a\x4d\x18" + struct.pack("<I", 4) + b"abcd")  # skippable after
     refused(ok[:-1])  # truncated frame
     refused(zframe(exps, write_checksum=False))  # checksum is required
     refused(zframe(exps, write_content_size=False))  # content size is required

@@ -8,8 +8,11 @@ written last and is the commit marker).
 from __future__ import annotations
 
 import hashlib
+import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from . import __version__
 from .errors import CorruptData
@@ -21,6 +24,8 @@ TAG_FILES = ("bagit.txt", "bag-info.txt", "manifest-sha256.txt", "manifest-sha51
              "weightvault.sig")  # fmt: skip
 COMMIT_MARKER = "tagmanifest-sha256.txt"
 MAX_TAG_FILE = 64 << 20
+# A tag file line: a digest, spaces and a path (4096 bytes at most, 12 KiB percent-encoded)
+MAX_LINE = 64 << 10
 _LINE = re.compile(r"^([0-9a-f]+)[ \t]+(\S.*)$")
 
 
@@ -77,44 +82,88 @@ def digests(data: bytes) -> tuple[str, str]:
     return hashlib.sha256(data).hexdigest(), hashlib.sha512(data).hexdigest()
 
 
+def file_digests(f: BinaryIO, what: str, limit: int = MAX_TAG_FILE) -> tuple[int, str, str]:
+    """(size, sha256, sha512) of a file read in pieces; CorruptData past `limit` bytes."""
+    s256, s512, size = hashlib.sha256(), hashlib.sha512(), 0
+    while data := f.read(1 << 20):
+        size += len(data)
+        if size > limit:
+            raise CorruptData(f"{what}: larger than the {limit} bytes allowed")
+        s256.update(data)
+        s512.update(data)
+    return size, s256.hexdigest(), s512.hexdigest()
+
+
 def tag_entries(files: dict[str, bytes]) -> list[Entry]:
     return [Entry(p, len(b), *digests(b)) for p, b in files.items()]
 
 
-def parse_manifest(text: bytes, what: str) -> dict[str, str]:
-    """path -> digest from a (tag)manifest file; CorruptData on anything malformed."""
-    try:
-        s = text.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CorruptData(f"{what}: not UTF-8") from None
-    out: dict[str, str] = {}
-    for n, line in enumerate(s.splitlines(), 1):
+def iter_lines(f: BinaryIO, what: str, limit: int = MAX_TAG_FILE) -> Iterator[tuple[int, str]]:
+    """(number, text) of each line of a tag file read from the binary file `f`, numbered and
+    split as `str.splitlines` of the whole text would; CorruptData if it is not UTF-8, longer
+    than `limit` bytes or has a line longer than MAX_LINE. Memory: one line, whatever the file."""
+    n = total = 0
+    while raw := f.readline(MAX_LINE + 1):
+        total += len(raw)
+        if total > limit:
+            raise CorruptData(f"{what}: larger than the {limit} bytes allowed")
+        if len(raw) > MAX_LINE:
+            raise CorruptData(f"{what}: line {n + 1} is longer than {MAX_LINE} bytes")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptData(f"{what}: not UTF-8") from None
+        for line in text.splitlines():
+            n += 1
+            yield n, line
+
+
+def iter_manifest(f: BinaryIO, what: str) -> Iterator[tuple[int, str, str]]:
+    """(line number, path, digest) of each entry of a (tag)manifest file, read line by line;
+    CorruptData on anything malformed. Duplicates are the caller's to find."""
+    for n, line in iter_lines(f, what):
         if not line.strip():
             continue
         m = _LINE.match(line)
         if not m:
             raise CorruptData(f"{what}: line {n} is not '<digest> <path>'")
-        path = _decode_path(m.group(2))
+        yield n, _decode_path(m.group(2)), m.group(1)
+
+
+def parse_manifest(text: bytes, what: str) -> dict[str, str]:
+    """path -> digest from a (tag)manifest file; CorruptData on anything malformed."""
+    out: dict[str, str] = {}
+    for n, path, digest in iter_manifest(io.BytesIO(text), what):
         if path in out:
             raise CorruptData(f"{what}: line {n} lists {path!r} twice")
-        out[path] = m.group(1)
+        out[path] = digest
     return out
 
 
-def parse_info(text: bytes, what: str) -> dict[str, str]:
-    try:
-        s = text.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CorruptData(f"{what}: not UTF-8") from None
-    out: dict[str, str] = {}
-    key = None
-    for n, line in enumerate(s.splitlines(), 1):
+def iter_info(f: BinaryIO, what: str) -> Iterator[tuple[str, str]]:
+    """(label, value) of each bag-info.txt field, continuation lines joined, read line by line;
+    CorruptData on anything malformed or on a value longer than MAX_LINE."""
+    key: str | None = None
+    parts: list[str] = []
+    size = 0
+    for n, line in iter_lines(f, what):
         if line[:1] in (" ", "\t") and key:
-            out[key] += " " + line.strip()
+            parts.append(line.strip())
+            size += len(parts[-1]) + 1
+            if size > MAX_LINE:
+                raise CorruptData(f"{what}: line {n}: the value of {key!r} is longer than "
+                                  f"{MAX_LINE} characters")  # fmt: skip
             continue
         k, sep, v = line.partition(":")
         if not sep:
             raise CorruptData(f"{what}: line {n} is not 'Label: value'")
-        key = k.strip()
-        out[key] = v.strip()
-    return out
+        if key is not None:
+            yield key, " ".join(parts)
+        key, parts = k.strip(), [v.strip()]
+        size = len(parts[0])
+    if key is not None:
+        yield key, " ".join(parts)
+
+
+def parse_info(text: bytes, what: str) -> dict[str, str]:
+    return dict(iter_info(io.BytesIO(text), what))

@@ -6,7 +6,9 @@ checks and names a failure the same way: bundle, object, file and offset.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,7 +76,9 @@ def decode_chunk(
 ) -> None:
     """Decode one chunk; raise IntegrityError naming the object and the file range it holds.
     `plaintext_digest=False` leaves the check to a whole-file digest (restore of big files).
-    `cipher(read, stored_size)` opens an encrypted object (unlock.Unlocked.cipher)."""
+    `cipher(read, stored_size)` opens an encrypted object (unlock.Unlocked.cipher).
+    `sink` and `emit` get each piece for the time of the call only (it may be a view of a
+    buffer that the next piece overwrites): they write, hash or copy it, never keep it."""
     where = store.describe(key)
     span = f"{file_path} bytes {chunk['offset']}..{chunk['offset'] + chunk['length']}"
     f = _open(store, key, obj)
@@ -85,7 +89,7 @@ def decode_chunk(
         try:
             opened = cipher(r.read, obj["size"]) if cipher else None
             read = opened.read if opened else r.read
-            for data in codec.iter_decode(chunk["codec"], read, chunk["length"]):
+            for data in codec.iter_decode(chunk["codec"], read, chunk["length"], reuse=True):
                 if h is not None:
                     h.update(data)
                 if sink:
@@ -113,6 +117,31 @@ def decode_chunk(
         raise IntegrityError(
             f"{where}: decodes to sha256 {got[:16]}..., expected {chunk['sha256'][:16]}... ({span})"
         )
+
+
+def drop_pages(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Drop a written file range's clean pages from the page cache (length 0: to the end).
+    Dirty pages stay (they are written out first): it never loses data, it only lets a big
+    write recycle the memory of what it already wrote instead of taking fresh memory, which
+    on a VM whose host reclaims freed guest memory costs more than the write itself."""
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def drop_cached(store: Store, key: str) -> None:
+    """drop_pages for a committed (fsynced, so clean) object of a local store."""
+    local = getattr(store, "local_path", None)
+    if local is None or not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(local(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        drop_pages(fd)
+    finally:
+        os.close(fd)
 
 
 def _open(store: Store, key: str, obj: dict):

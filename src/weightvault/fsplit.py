@@ -166,8 +166,9 @@ def _split(size: int, body: memoryview) -> list[np.ndarray]:
     return out
 
 
-def _join(size: int, streams: list[np.ndarray]) -> bytes:
-    """Inverse of _split: the elements' little-endian bytes."""
+def _join(size: int, streams: list[np.ndarray]) -> np.ndarray:
+    """Inverse of _split: the elements as little-endian words, in this thread's scratch (the
+    first n * size bytes of `_scratch().a`): use them before the next call."""
     n = len(streams[0])
     dt = _U16 if size == 2 else _U32
     w, t = _scratch().temps(dt, n)
@@ -185,7 +186,7 @@ def _join(size: int, streams: list[np.ndarray]) -> bytes:
         w |= t
         np.copyto(t, streams[3])
         w |= t
-    return w.tobytes()
+    return w
 
 
 # --- encoding ----------------------------------------------------------------------------
@@ -285,8 +286,13 @@ def _unzstd(data: bytes, n: int, what: str) -> bytes:
 
 
 def _decode_one(
-    read: Callable[[int], bytes], size: int, layout: int, first: bytes, remaining: int
-) -> bytes:
+    read: Callable[[int], bytes],
+    size: int,
+    layout: int,
+    first: bytes,
+    remaining: int,
+    reuse: bool = False,
+) -> bytes | memoryview:
     prefix = first + _read_exact(read, _PREFIX.size - len(first), "block header")
     magic, version, got_layout, length = _PREFIX.unpack(prefix)
     if magic != MAGIC:
@@ -320,11 +326,19 @@ def _decode_one(
             data = _unzstd(data, n, f"stream {i}")
         streams.append(np.frombuffer(data, dtype=_U8))
     tail = _read_exact(read, length - n * size, "block tail")
-    body = _join(size, streams) if n else b""
-    return body + tail if tail else body
+    if not n:
+        return tail
+    _join(size, streams)
+    out = _scratch().a
+    if tail:
+        out[n * size : length] = np.frombuffer(tail, dtype=_U8)
+    # a copy into fresh memory costs more than the join itself: skip it when the caller can
+    return memoryview(out[:length]) if reuse else out[:length].tobytes()
 
 
-def iter_decode(codec: str, read: Callable[[int], bytes], length: int) -> Iterator[bytes]:
+def iter_decode(
+    codec: str, read: Callable[[int], bytes], length: int, *, reuse: bool = False
+) -> Iterator[bytes | memoryview]:
     """Decode a chunk stored as fsplit blocks; yield its plaintext, exactly ``length`` bytes.
 
     ``read(n)`` returns up to n stored bytes, fewer only at the end of the stored data.
@@ -332,18 +346,22 @@ def iter_decode(codec: str, read: Callable[[int], bytes], length: int) -> Iterat
     bytes or decode to a length other than ``length``: the error can come after some pieces
     were yielded, so a caller must not trust what it got until the iterator is exhausted.
     Memory stays within a few BLOCK_MAX whatever the stored bytes claim.
+
+    With ``reuse=True`` each piece is a view of this thread's scratch buffer, overwritten when
+    the next piece is decoded (by any decoder on the thread): consume it (write, hash or copy
+    it) before asking for the next. Without, every piece is a bytes object of its own.
     """
     dtype = _DTYPE_OF_CODEC.get(codec)
     if dtype is None:
         raise ValueError(f"not an fsplit codec: {codec!r}")
     if length < 0:
         raise ValueError("length must be >= 0")
-    return _iter_blocks(read, DTYPES[dtype], _LAYOUT[dtype], length)
+    return _iter_blocks(read, DTYPES[dtype], _LAYOUT[dtype], length, reuse)
 
 
 def _iter_blocks(
-    read: Callable[[int], bytes], size: int, layout: int, length: int
-) -> Iterator[bytes]:
+    read: Callable[[int], bytes], size: int, layout: int, length: int, reuse: bool
+) -> Iterator[bytes | memoryview]:
     produced = 0
     blocks = 0
     while True:
@@ -352,7 +370,7 @@ def _iter_blocks(
             break
         if len(first) != 1:
             raise CorruptData("fsplit: reader returned more bytes than asked for")
-        piece = _decode_one(read, size, layout, bytes(first), length - produced)
+        piece = _decode_one(read, size, layout, bytes(first), length - produced, reuse)
         blocks += 1
         if not piece and (length or blocks > 1):
             raise CorruptData("fsplit: empty block where none may be (only an empty chunk has one)")

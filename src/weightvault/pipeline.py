@@ -10,9 +10,11 @@ so the lane never waits on work that cannot start.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -35,6 +37,30 @@ def lane_window(workers: int, chunk_size: int) -> int:
 
 def default_workers() -> int:
     return max(2, min(8, os.cpu_count() or 2))
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_tuned: list[bool] = []
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed memory for reuse (once per process). By default it
+    hands every freed block of a few MiB back to the kernel, so the next piece buffer costs
+    page faults and zeroing all over again; on a VM whose host reclaims freed guest memory,
+    touching it again is slower still. Restoring 1 GiB took 1.6 s of system time without
+    this, 0.8 s with. The price: the process keeps its peak heap until it exits."""
+    if _tuned:
+        return
+    _tuned.append(True)
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # piece buffers from the heap, not fresh mmaps
+    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
 class Emit:
@@ -91,6 +117,7 @@ def run(
 ) -> list[R]:
     """Run `work` on every job; return results in job order. The first error cancels the rest
     and is re-raised (workers stop at their next piece)."""
+    keep_freed_memory()
     workers = workers or default_workers()
     window = window or workers + 1
     workers = min(workers, max(1, len(jobs)))

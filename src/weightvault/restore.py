@@ -7,15 +7,18 @@ whole files, then the directory is renamed into place: a failed restore leaves n
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .chunkio import decode_chunk
+from .chunkio import decode_chunk, drop_pages
+from .codec import PIECE
 from .errors import Conflict, InputError, IntegrityError, StorageError
 from .keys import PublicKey
 from .pipeline import Emit, FileDigests, default_workers, lane_window, run
@@ -132,22 +135,27 @@ def restore(
 
                 def sink(pos: int, data: bytes) -> None:
                     _guard_os(dest, lambda: _pwrite_all(fd, data, pos), path)
+                    if job.multi:
+                        emit((pos, len(data)))  # the lane reads it back from the file
 
                 decode_chunk(
                     store, object_key(m.name, c["object"]), objects[c["object"]], c,
-                    file_path=path, sink=sink, emit=emit if job.multi else None,
-                    stored_digests=False,
+                    file_path=path, sink=sink, stored_digests=False,
                     # a big file's chunks are proven by the whole-file digest: one pass fewer
                     plaintext_digest=not job.multi, on_bytes=on_bytes,
                     cipher=opened.cipher(c["object"]) if opened else None,
                 )  # fmt: skip
+                _start_writeback(fd, c["offset"], c["length"])
             finally:
                 os.close(fd)
 
-        lane = FileDigests()
+        lane = _ReadBack(tmp, files, dest)
         workers = workers or default_workers()
-        run(chunk_jobs(files), work, lane=lane, needs_lane=lambda j: j.multi, workers=workers,
-            window=lane_window(workers, max_chunk(files)))  # fmt: skip
+        try:
+            run(chunk_jobs(files), work, lane=lane, needs_lane=lambda j: j.multi,
+                workers=workers, window=lane_window(workers, max_chunk(files)))  # fmt: skip
+        finally:
+            lane.close()
         try:
             check_file_digests(files, lane.done, f"bundle {m.name}")
         except IntegrityError as e:
@@ -162,6 +170,80 @@ def restore(
         raise
     return RestoreResult(m.bundle_id, m.name, str(dest), len(files), m.bytes_in,
                          round(time.monotonic() - t0, 3))  # fmt: skip
+
+
+class _ReadBack(FileDigests):
+    """Whole-file SHA-256 of the files as written. Workers hand the lane the (offset, length)
+    of each piece once it is in the file, in file order; the lane reads it back (from the page
+    cache) into one buffer it reuses. So the lane holds no plaintext (no copy of every piece
+    into fresh memory, which costs more than the read) and what it proves is what the file
+    holds. One descriptor at a time: the lane takes files in order.
+
+    Once a chunk is hashed and (most likely) on disk, its pages are dropped from the page
+    cache: a restore of a big model then recycles the same memory instead of pushing all else
+    out of the cache, and on a VM whose host takes freed memory back, the first touch of fresh
+    memory costs more than the write itself (writing 1 GiB: 0.5 s this way, 3 s without)."""
+
+    def __init__(self, root: Path, files: list[dict], dest: Path):
+        super().__init__()
+        self.root, self.files, self.dest = root, files, dest
+        self.fd: int | None = None
+        self.fd_file = -1
+        self.buf = memoryview(bytearray(PIECE))
+        self.hashed: tuple[int, int] | None = None  # the chunk hashed before, to drop
+
+    def piece(self, job, extent: tuple[int, int]) -> None:
+        path = self.files[job.file]["path"]
+        if self.fd_file != job.file:
+            self.close()
+            self.fd = _guard_os(self.dest, lambda: os.open(self.root / path, os.O_RDONLY), path)
+            self.fd_file = job.file
+        pos, n = extent
+        while n:
+            try:
+                got = os.preadv(self.fd, [self.buf[: min(n, PIECE)]], pos)
+            except OSError as e:
+                raise StorageError(f"{self.dest}: cannot read back {path[:200]!r} "
+                                   f"({e.strerror or e})") from None  # fmt: skip
+            if not got:
+                raise StorageError(f"{self.dest}: {path[:200]!r} is shorter than was written")
+            super().piece(job, self.buf[:got])
+            pos, n = pos + got, n - got
+
+    def end(self, job) -> None:
+        super().end(job)
+        if self.hashed is not None:
+            drop_pages(self.fd, *self.hashed)  # its writeback began a chunk ago
+        self.hashed = (job.chunk["offset"], job.chunk["length"])
+        if job.last:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd, self.fd_file, self.hashed = None, -1, None
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a finished chunk to disk now (without waiting), so that the fsync at the
+    end has little left to wait for: the disk works while the next chunks decode."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; errors: fsync reports
+
+
+def _libc_sync_file_range():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        f = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    f.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    f.restype = ctypes.c_int
+    return f
+
+
+_sync_file_range = _libc_sync_file_range()
 
 
 def _locate(store: Store, m, files: list[dict], e: IntegrityError, opened) -> IntegrityError:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, canon, chunking, codec, crypt, sources
+from .chunkio import drop_cached
 from .errors import Conflict, InputError, IntegrityError
 from .keys import SigningKey
 from .manifest import PAYLOAD_TYPE, Manifest
@@ -154,6 +155,7 @@ def seal(
             size = w.size
             w.commit(object_key(name, obj))
             written.append(object_key(name, obj))
+            drop_cached(store, object_key(name, obj))  # synced: recycle its memory
         chunk = {"offset": p.offset, "length": p.length, "sha256": h.hexdigest(),
                  "codec": enc.codec, "object": obj}  # fmt: skip
         if p.dtype:

@@ -17,6 +17,9 @@ from .restore import _Job, chunk_jobs, file_digest_mismatches, max_chunk
 from .store import Store
 from .vault import FORMAT_KEY, OBJECTS, Bundle, Vault, object_key, prefix
 
+# Paths a bag manifest lists beyond the signed manifest's, each reported (then only a count)
+MAX_UNKNOWN = 100
+
 
 @dataclass
 class VerifyReport:
@@ -144,80 +147,131 @@ def check_bag(vault: Vault, b: Bundle) -> list[Problem]:
     p = prefix(m.name)
     problems: list[Problem] = []
 
-    def read(key: str) -> bytes | None:
+    def where(key: str) -> str:
+        return st.describe(f"{p}/{key}")
+
+    def unreadable(key: str, e: Exception) -> None:
+        problems.append(Problem("tag", where(key), str(e).split(": ")[-1]))
+
+    def read(key: str, limit: int) -> bytes | None:
         try:
-            return st.read_bytes(f"{p}/{key}", bag.MAX_TAG_FILE)
+            return st.read_bytes(f"{p}/{key}", limit)
         except (StorageError, CorruptData) as e:
-            problems.append(Problem("tag", st.describe(f"{p}/{key}"), str(e).split(": ")[-1]))
+            unreadable(key, e)
             return None
 
-    if (txt := read("bagit.txt")) is not None and txt != bag.BAGIT_TXT:
-        problems.append(
-            Problem("tag", st.describe(f"{p}/bagit.txt"), "not a BagIt 1.0 declaration")
-        )
+    def open_tag(key: str):
+        try:
+            return st.open_read(f"{p}/{key}")
+        except (StorageError, CorruptData) as e:
+            unreadable(key, e)
+            return None
+
+    # Tag files are read as streams, a line or a buffer at a time: they are not signed, so
+    # their size (up to bag.MAX_TAG_FILE each) must not decide how much memory verify takes.
+    hashed: dict[str, tuple[int, str, str] | Exception] = {}
+
+    def digests(key: str) -> tuple[int, str, str] | None:
+        """(size, sha256, sha512) of a tag file, hashed once; None (and a problem) if unreadable."""
+        if key not in hashed:
+            try:
+                with st.open_read(f"{p}/{key}") as f:
+                    hashed[key] = bag.file_digests(f, where(key))
+            except (StorageError, CorruptData) as e:
+                hashed[key] = e
+        got = hashed[key]
+        if isinstance(got, Exception):
+            unreadable(key, got)
+            return None
+        return got
+
+    if (txt := read("bagit.txt", 4096)) is not None and txt != bag.BAGIT_TXT:
+        problems.append(Problem("tag", where("bagit.txt"), "not a BagIt 1.0 declaration"))
     expected: dict[str, tuple[int, str, str]] = {
         f"{OBJECTS}/{o['name']}": (o["size"], o["name"], o["sha512"]) for o in m.doc["objects"]
     }
     for r in m.plain_files:
         expected[f"data/{r['path']}"] = (r["size"], r["sha256"], r["sha512"])
-    for key, data in ((MANIFEST_KEY, m.raw), (FORMAT_KEY, None)):
-        body = data if data is not None else read(key)
-        if body is not None:
-            expected[key] = (len(body), *bag.digests(body))
+    expected[MANIFEST_KEY] = (len(m.raw), *bag.digests(m.raw))
+    if (got := digests(FORMAT_KEY)) is not None:
+        expected[FORMAT_KEY] = got
     for i, alg in enumerate(bag.ALGS):
         key = f"manifest-{alg}.txt"
-        text = read(key)
-        if text is None:
+        f = open_tag(key)
+        if f is None:
             continue
+        listed: dict[str, str] = {}  # only the paths expected: bounded by the signed manifest
+        unknown: list[str] = []  # the first few others, by path
+        n_unknown = 0
         try:
-            listed = bag.parse_manifest(text, st.describe(f"{p}/{key}"))
+            with f:
+                for n, path, digest in bag.iter_manifest(f, where(key)):
+                    if path not in expected:
+                        n_unknown += 1
+                        unknown.append(path)
+                        if len(unknown) > 2 * MAX_UNKNOWN:
+                            unknown = sorted(set(unknown))[:MAX_UNKNOWN]
+                    elif path in listed:
+                        raise CorruptData(f"{where(key)}: line {n} lists {path!r} twice")
+                    else:
+                        listed[path] = digest
         except CorruptData as e:
-            problems.append(Problem("tag", st.describe(f"{p}/{key}"), str(e)))
+            problems.append(Problem("tag", where(key), str(e)))
             continue
         for path, (_size, *digs) in expected.items():
             if path not in listed:
-                problems.append(Problem("tag", st.describe(f"{p}/{key}"), f"does not list {path}"))
+                problems.append(Problem("tag", where(key), f"does not list {path}"))
             elif listed[path] != digs[i] and path in (MANIFEST_KEY, FORMAT_KEY):
-                problems.append(Problem("damaged", st.describe(f"{p}/{path}"),
-                                        f"{alg} differs from {key}"))  # fmt: skip
+                problems.append(Problem("damaged", where(path), f"{alg} differs from {key}"))
             elif listed[path] != digs[i]:
-                problems.append(Problem("tag", st.describe(f"{p}/{key}"),
+                problems.append(Problem("tag", where(key),
                                         f"{path}: {alg} differs from the signed manifest"))  # fmt: skip
-        for path in sorted(set(listed) - set(expected)):
-            problems.append(Problem("tag", st.describe(f"{p}/{key}"),
+        unknown = sorted(set(unknown))[:MAX_UNKNOWN]
+        for path in unknown:
+            problems.append(Problem("tag", where(key),
                                     f"lists {path}, which the signed manifest does not"))  # fmt: skip
-    info = read("bag-info.txt")
+        if n_unknown > len(unknown):
+            problems.append(Problem("tag", where(key), f"and {n_unknown - len(unknown)} more "
+                                    "lines naming paths the signed manifest does not list"))  # fmt: skip
+    info = open_tag("bag-info.txt")
     if info is not None:
+        any_field, fields = False, {}
         try:
-            fields = bag.parse_info(info, st.describe(f"{p}/bag-info.txt"))
+            with info:
+                for label, value in bag.iter_info(info, where("bag-info.txt")):
+                    any_field = True
+                    if label in ("Payload-Oxum", "External-Identifier"):
+                        fields[label] = value
         except CorruptData as e:
-            problems.append(Problem("tag", st.describe(f"{p}/bag-info.txt"), str(e)))
-            fields = {}
+            problems.append(Problem("tag", where("bag-info.txt"), str(e)))
+            any_field = False
         oxum = f"{sum(v[0] for v in expected.values())}.{len(expected)}"
-        if fields and fields.get("Payload-Oxum") != oxum:
-            problems.append(Problem("tag", st.describe(f"{p}/bag-info.txt"),
+        if any_field and fields.get("Payload-Oxum") != oxum:
+            problems.append(Problem("tag", where("bag-info.txt"),
                                     f"Payload-Oxum {fields.get('Payload-Oxum')} should be {oxum}"))  # fmt: skip
-        if fields and fields.get("External-Identifier") != f"weightvault:bundle:{m.bundle_id}":
-            problems.append(Problem("tag", st.describe(f"{p}/bag-info.txt"),
+        if any_field and fields.get("External-Identifier") != f"weightvault:bundle:{m.bundle_id}":
+            problems.append(Problem("tag", where("bag-info.txt"),
                                     "External-Identifier does not name this bundle"))  # fmt: skip
     for alg in bag.ALGS:
         key = f"tagmanifest-{alg}.txt"
-        text = read(key)
-        if text is None:
+        f = open_tag(key)
+        if f is None:
             continue
+        listed = {}
         try:
-            listed = bag.parse_manifest(text, st.describe(f"{p}/{key}"))
+            with f:
+                for n, path, digest in bag.iter_manifest(f, where(key)):
+                    if path in listed:
+                        raise CorruptData(f"{where(key)}: line {n} lists {path!r} twice")
+                    if path in bag.TAG_FILES:
+                        listed[path] = digest
         except CorruptData as e:
-            problems.append(Problem("tag", st.describe(f"{p}/{key}"), str(e)))
+            problems.append(Problem("tag", where(key), str(e)))
             continue
         for tag in bag.TAG_FILES:
-            body = read(tag)
-            if body is None:
-                continue
-            dig = bag.digests(body)[bag.ALGS.index(alg)]
-            if listed.get(tag) != dig:
-                problems.append(Problem("tag", st.describe(f"{p}/{tag}"),
-                                        f"{alg} differs from {key}"))  # fmt: skip
+            got = digests(tag)
+            if got is not None and listed.get(tag) != got[1 + bag.ALGS.index(alg)]:
+                problems.append(Problem("tag", where(tag), f"{alg} differs from {key}"))
     present = set(st.list(f"{p}/data"))
     for key in sorted(present - {f"{p}/{k}" for k in expected}):
         problems.append(Problem("extra", st.describe(key), "file in the bag's payload that no "
