@@ -59,8 +59,10 @@ def read_plain(store: Store, name: str, entry: dict, limit: int) -> bytes:
         if store.size(key) is None:
             raise IntegrityError(f"{where}: missing") from None
         raise
-    if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"] or (
-        hashlib.sha512(data).hexdigest() != entry["sha512"]
+    if (
+        len(data) != entry["size"]
+        or hashlib.sha256(data).hexdigest() != entry["sha256"]
+        or (hashlib.sha512(data).hexdigest() != entry["sha512"])
     ):
         raise IntegrityError(f"{where}: does not match the digests in the signed manifest")
     return data

@@ -238,7 +238,9 @@ def already_sealed(vault: Vault, name: str) -> Conflict:
 def describe_source(doc: dict) -> str:
     src = doc["source"]
     if src["kind"] == "encrypted":
-        return f"weightvault bundle {doc['name']!r}: an encrypted model, {len(doc['objects'])} objects"
+        return (
+            f"weightvault bundle {doc['name']!r}: an encrypted model, {len(doc['objects'])} objects"
+        )
     what = src.get("repo_id") or src.get("path", "")
     extra = f" at commit {src['commit']}" if src.get("commit") else ""
     n = len(doc["files"])
