@@ -33,6 +33,22 @@ def wv(*args: str | os.PathLike, cwd: Path | None = None, env: dict | None = Non
     return Result(p.returncode, p.stdout, p.stderr)
 
 
+def ok(r: Result) -> Result:
+    """The command succeeded (its output is shown if not)."""
+    assert r.code == 0, r.out + r.err
+    return r
+
+
+def one_error(r: Result, code: int, *needles: str) -> str:
+    """The command failed with `code` and exactly one error line containing every needle."""
+    assert r.code == code, (r.code, r.out, r.err)
+    lines = [ln for ln in r.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("weightvault: error: "), r.err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     return ensure_minilm()

@@ -5,12 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import Lab, write_config, wv
-
-
-def ok(r):
-    assert r.code == 0, r.out + r.err
-    return r
+from conftest import Lab, ok, write_config, wv
 
 
 @pytest.fixture

@@ -19,15 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import s3_env, write_config, wv
+from conftest import ok, s3_env, write_config, wv
 from support.stepper import CountingProxy, Stepper, cli, tree
 
 MARKER = "tagmanifest-sha256.txt"
-
-
-def ok(r):
-    assert r.code == 0, r.out + r.err
-    return r
 
 
 def one_error(err: str, code_seen: int, code: int) -> str:

@@ -15,13 +15,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import s3_env, write_config, wv
+from conftest import ok, s3_env, write_config, wv
 from support.stepper import Stepper, cli, tree
-
-
-def ok(r):
-    assert r.code == 0, r.out + r.err
-    return r
 
 
 def writing_object(pid: int, where: str) -> bool:

@@ -13,24 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import s3_env, write_config, wv
+from conftest import ok, one_error, s3_env, write_config, wv
 from pyrage import x25519
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def ok(r):
-    assert r.code == 0, r.out + r.err
-    return r
-
-
-def one_error(r, code: int, *needles: str) -> str:
-    assert r.code == code, (r.code, r.out, r.err)
-    lines = [ln for ln in r.err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("weightvault: error: "), r.err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def tree_equal(a: Path, b: Path) -> bool:

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import s3_env, write_config, wv
+from conftest import ok, one_error, s3_env, write_config, wv
 
 from weightvault.gc import DEFAULT_GRACE, parse_duration, referenced
 
@@ -25,20 +25,6 @@ COMMIT_FILES = ("tagmanifest-sha256.txt", "tagmanifest-sha512.txt", "bag-info.tx
                 "manifest-sha512.txt", "manifest-sha256.txt", "weightvault.sig",
                 "data/FORMAT.md", "data/weightvault.json")  # fmt: skip
 DAY = 86400
-
-
-def ok(r):
-    assert r.code == 0, r.out + r.err
-    return r
-
-
-def one_error(r, code: int, *needles: str) -> str:
-    assert r.code == code, (r.code, r.out, r.err)
-    lines = [ln for ln in r.err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("weightvault: error: "), r.err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def files(root: Path) -> dict[str, str]:

@@ -9,12 +9,7 @@ import time
 import uuid
 
 import pytest
-from conftest import Lab, write_config, wv
-
-
-def ok(r):
-    assert r.code == 0, r.out + r.err
-    return r
+from conftest import Lab, ok, write_config, wv
 
 
 def tree_equal(a, b) -> bool:

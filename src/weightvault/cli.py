@@ -13,6 +13,7 @@ from . import __version__, keys
 from . import config as configmod
 from .errors import InputError, StorageError, WeightvaultError
 from .progress import bar
+from .progress import human_size as _size
 
 
 def main() -> None:
@@ -74,14 +75,6 @@ class Ctx:
 
 def _emit(obj: dict | list, as_json: bool, human: str) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True) if as_json else human)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
 
 
 vault_opt = click.option("--vault", metavar="URL", envvar="WEIGHTVAULT_VAULT",
@@ -583,6 +576,22 @@ def _auditor_key(ctx: Ctx, key_path: str | None) -> keys.SigningKey:
     return keys.load_signing_key(Path(p))
 
 
+def _each_replica(rs, names, fn) -> tuple[list, dict[str, str]]:
+    """fn(name, store) on each selected replica: (results, {unreachable replica: why}). One
+    replica down never stops the others."""
+    done, unreachable = [], {}
+    for n in _selected(rs, names):
+        store = rs.try_store(n)
+        if store is None:
+            unreachable[n] = rs.errors[n]
+            continue
+        try:
+            done.append(fn(n, store))
+        except StorageError as e:
+            unreachable[n] = str(e)
+    return done, unreachable
+
+
 def _selected(rs, replicas: tuple[str, ...]) -> list[str]:
     for n in replicas:
         rs.replica(n)
@@ -626,18 +635,9 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
     level = level or ctx.config.audit.get("level", "sample")
     cycle = cycle_days or ctx.config.audit.get("cycle_days") or 90
     state = _state(ctx, state_dir)
-    done, unreachable = [], {}
-    for n in _selected(rs, replicas):
-        store = rs.try_store(n)
-        if store is None:
-            unreachable[n] = rs.errors[n]
-            continue
-        try:
-            done.append(audit_replica(n, store, level=level, trusted=trusted, key=key,
-                                      state=state, cycle_days=cycle, interval_days=interval_days,
-                                      workers=workers or ctx.config.workers))  # fmt: skip
-        except StorageError as e:
-            unreachable[n] = str(e)
+    done, unreachable = _each_replica(rs, replicas, lambda n, store: audit_replica(
+        n, store, level=level, trusted=trusted, key=key, state=state, cycle_days=cycle,
+        interval_days=interval_days, workers=workers or ctx.config.workers))  # fmt: skip
     conflicts = cross_check({a.replica: {b["name"]: b["bundle"] for b in a.record["bundles"]}
                              for a in done})  # fmt: skip
     if metrics_file:
@@ -728,17 +728,9 @@ def gc(ctx: Ctx, vault, replicas, dry_run, grace, trust, as_json) -> None:
     seconds = parse_duration(grace)
     rs = ctx.replicas(vault)
     trusted = ctx.trusted(trust)
-    done, unreachable = [], {}
-    for n in _selected(rs, replicas):
-        store = rs.try_store(n)
-        if store is None:
-            unreachable[n] = rs.errors[n]
-            continue
-        try:
-            done.append(do_gc(n, store, trusted=trusted, grace=seconds, dry_run=dry_run,
-                              object_lock=rs.replica(n).object_lock))  # fmt: skip
-        except StorageError as e:
-            unreachable[n] = str(e)
+    done, unreachable = _each_replica(rs, replicas, lambda n, store: do_gc(
+        n, store, trusted=trusted, grace=seconds, dry_run=dry_run,
+        object_lock=rs.replica(n).object_lock))  # fmt: skip
     lines = [x for r in done for x in summary(r)]
     lines += [f"{n}: UNREACHABLE: {e}" for n, e in unreachable.items()]
     _emit({"dry_run": dry_run, "grace_seconds": seconds,

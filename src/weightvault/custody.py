@@ -47,6 +47,7 @@ from .errors import (
 )
 from .keys import PublicKey, SigningKey, verify_signatures
 from .paths import check_name
+from .progress import human_size as _size
 from .store import Store
 
 PAYLOAD_TYPE = "application/vnd.weightvault.custody+json; version=1"
@@ -792,14 +793,6 @@ def check_answers(store: Store, key_for_object: Callable[[str], str], challenge:
 
 
 LOG_COLUMNS = ("time", "seq", "event", "actor", "summary", "status")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def format_log(state: CustodyState) -> list[dict]:

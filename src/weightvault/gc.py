@@ -32,6 +32,7 @@ from . import bag
 from .errors import InputError, StorageError, WeightvaultError
 from .keys import PublicKey
 from .paths import name_ok
+from .progress import human_size as _size
 from .store import TMP, Store
 from .vault import BUNDLES, Vault, prefix
 
@@ -303,11 +304,3 @@ def summary(r: GcResult) -> list[str]:
     lines += [f"  kept: {o.key} ({_size(o.size)}): {o.kept}" for o in r.kept]
     lines += [f"  note: {n}" for n in r.notes]
     return lines
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)

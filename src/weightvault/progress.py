@@ -42,3 +42,12 @@ def bar(label: str, enabled: bool) -> Iterator[Callbacks]:
             on_start=lambda total: p.update(task, total=total),
             on_bytes=lambda n: p.advance(task, n),
         )
+
+
+def human_size(n: float) -> str:
+    """Bytes in binary units, as every command prints them."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
