@@ -110,17 +110,6 @@ class RetryingFsspecStore(FsspecStore):
 
         return self._guard(info, self.describe(key))
 
-    def list(self, prefix: str) -> dict[str, int]:
-        def find() -> dict:
-            try:
-                return self.fs.find(self._p(prefix), detail=True)
-            except FileNotFoundError:
-                return {}
-
-        n = len(self.root) + 1
-        found = self._guard(find, self.describe(prefix))
-        return {p[n:]: int(i.get("size") or 0) for p, i in sorted(found.items())}
-
     def list_dirs(self, prefix: str) -> list[str]:
         def ls() -> list[dict]:
             try:

@@ -416,13 +416,20 @@ class FsspecStore(Store):
         except OSError as e:
             raise StorageError(f"{self.describe(key)}: {e}") from None
 
+    def _find(self, prefix: str) -> dict[str, dict]:
+        """Every object under `prefix`/ with the backend's details (empty if none)."""
+
+        def find() -> dict:
+            try:
+                return self.fs.find(self._p(prefix), detail=True)
+            except FileNotFoundError:
+                return {}
+
+        return self._guard(find, self.describe(prefix))
+
     def list(self, prefix: str) -> dict[str, int]:
-        try:
-            found = self.fs.find(self._p(prefix), detail=True)
-        except FileNotFoundError:
-            return {}
         n = len(self.root) + 1
-        return {p[n:]: int(info.get("size") or 0) for p, info in sorted(found.items())}
+        return {p[n:]: int(i.get("size") or 0) for p, i in sorted(self._find(prefix).items())}
 
     def list_dirs(self, prefix: str) -> list[str]:
         try:
@@ -434,15 +441,9 @@ class FsspecStore(Store):
         )
 
     def list_times(self, prefix: str) -> dict[str, tuple[int, float | None]]:
-        def find() -> dict:
-            try:
-                return self.fs.find(self._p(prefix), detail=True)
-            except FileNotFoundError:
-                return {}
-
         n = len(self.root) + 1
         out = {}
-        for p, info in sorted(self._guard(find, self.describe(prefix)).items()):
+        for p, info in sorted(self._find(prefix).items()):
             t = info.get("mtime") or info.get("LastModified")  # sftp | s3
             if hasattr(t, "timestamp"):
                 t = t.timestamp()
