@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference restorer for weightvault bundles, format versions 1 and 2.
+"""Reference restorer for weightvault bundles, format versions 1, 2 and 3.
 
 The proof that the format spec (docs/FORMAT.md with its fsplit appendix; every bundle carries
 a copy as data/FORMAT.md) is complete: written from the spec alone, sharing no code with
@@ -10,15 +10,18 @@ weightvault, and tested to restore bit-exact what weightvault seals. Read it in 
 
 BAG_DIR is a bundle directory (a copy of VAULT/bundles/NAME/); DEST must not exist or be empty.
 Needs Python 3.11+, `zstandard`, `numpy` (fsplit-* chunks) and, with --trust, `cryptography`.
-Version 2 (encrypted, section 10) bundles need their data key: the 64 hex digits that
-`age -d -i IDENTITY data/keys/recipient-N.age` prints, given as --data-key HEX or as
---data-key-file FILE holding that output (combining SLIP-39 shares is left to other tools).
-The key must pass the bundle's key check (section 10.6) before it is used. Version 2 also
-needs `cryptography` (AES-256-GCM and HKDF-SHA256) with or without --trust: the one extra
-dependency for version 2.
+Version 3 is the main text of the spec; versions 1 and 2 differ only as its section 9.1 lists
+(SHA-512 digests, chunk digests, version 1 always clear, version 2 always encrypted).
+Encrypted bundles (section 10: version 2, or version 3 with `encryption`) need their data key:
+the 64 hex digits that `age -d -i IDENTITY data/keys/recipient-N.age` prints, given as
+--data-key HEX or as --data-key-file FILE holding that output (combining SLIP-39 shares is
+left to other tools). The key must pass the bundle's key check (section 10.6) before it is
+used. Encrypted bundles also need `cryptography` (AES-256-GCM and HKDF-SHA256) with or
+without --trust: their one extra dependency.
 Without --trust the signature is NOT checked (a warning says so); the manifest is still checked
-against weightvault.sig's payload_sha256. Exit 0 on success; on any failure exit 1 with one
-"error:" line on stderr, leaving DEST as it was.
+against weightvault.sig's payload_sha256. Files are written into a temporary sibling of DEST,
+renamed into place only once every file's SHA-256 has matched (section 7). Exit 0 on success;
+on any failure exit 1 with one "error:" line on stderr, leaving DEST as it was.
 """
 
 import argparse
@@ -75,6 +78,23 @@ def is_uint(v, high=None):
 
 def is_hex(v, digits=64):
     return isinstance(v, str) and re.fullmatch(f"[0-9a-f]{{{digits}}}", v) is not None
+
+
+def sha512s(version):
+    """Section 9.1: versions 1 and 2 add `sha512` to objects and plain payload files."""
+    return {"sha512"} if version < 3 else set()
+
+
+def sha512_ok(entry):
+    """A `sha512` member, where members() required one, is 128 hex digits."""
+    return "sha512" not in entry or is_hex(entry["sha512"], 128)
+
+
+def digests_match(data, entry):
+    """SHA-256, and in versions 1 and 2 SHA-512, of `data` against a manifest entry."""
+    return hashlib.sha256(data).hexdigest() == entry["sha256"] and (
+        "sha512" not in entry or hashlib.sha512(data).hexdigest() == entry["sha512"]
+    )
 
 
 def members(obj, required, optional=(), what=""):
@@ -202,19 +222,20 @@ def check_manifest(m):
         what="manifest",
     )
     check(m["format"] == "weightvault-manifest", "manifest: not a weightvault manifest")
+    version = m["format_version"]
     check(
-        is_uint(m["format_version"]) and m["format_version"] in (1, 2),
-        f"manifest: unknown format_version {m['format_version']!r}",
+        is_uint(version) and version in (1, 2, 3),
+        f"manifest: unknown format_version {version!r}",
     )
-    encrypted = m["format_version"] == 2
-    if not encrypted:
-        check(m["encryption"] is None, "manifest: encrypted, which version 1 does not allow")
+    check(version != 1 or m["encryption"] is None, "manifest: version 1 must not be encrypted")
+    check(version != 2 or m["encryption"] is not None, "manifest: version 2 must be encrypted")
+    encrypted = m["encryption"] is not None  # version 2, or version 3 with encryption
     members(m["tool"], {"name", "version"}, what="manifest tool")
     members(m["chunking"], {"target_size", "piece_size"}, what="manifest chunking")
     if encrypted:  # section 10.2: the real source and files are in the private section
         check(
             m["source"] == {"kind": "encrypted"} and m["files"] == [],
-            'manifest: version 2 needs source {"kind": "encrypted"} and files []',
+            'manifest: an encrypted bundle needs source {"kind": "encrypted"} and files []',
         )
     else:
         check_source(m["source"])
@@ -222,23 +243,23 @@ def check_manifest(m):
         all(isinstance(m[k], list) for k in ("files", "objects", "record")), "manifest: bad arrays"
     )
     for r in m["record"]:  # section 4.6: checked, but not part of the restored model
-        members(r, {"path", "role", "size", "sha256", "sha512"}, what="manifest record")
+        members(r, {"path", "role", "size", "sha256"} | sha512s(version), what="manifest record")
         check(
             r["role"] in ROLES
             and is_uint(r["size"])
             and is_hex(r["sha256"])
-            and is_hex(r["sha512"], 128)
+            and sha512_ok(r)
             and str(r["path"]).startswith("record/"),
             f"bad record {r['path']!r}",
         )
     check_paths([r["path"] for r in m["record"]], "record")
     if encrypted:
-        payload = check_encryption(m["encryption"])
+        payload = check_encryption(m["encryption"], version)
         check_paths(sorted(payload + [r["path"] for r in m["record"]]), "payload files")
     sizes = {}
     for o in m["objects"]:
-        members(o, {"name", "size", "sha512"}, what="manifest object")
-        check(is_hex(o["name"]) and is_uint(o["size"]) and is_hex(o["sha512"], 128), "bad object")
+        members(o, {"name", "size"} | sha512s(version), what="manifest object")
+        check(is_hex(o["name"]) and is_uint(o["size"]) and sha512_ok(o), "bad object")
         check(
             not encrypted or sealed_length(o["size"], SEGMENT_SIZE) is not None,
             f"object {o['name']}: {o['size']} bytes is not the size of a sealed object",
@@ -246,20 +267,20 @@ def check_manifest(m):
         sizes[o["name"]] = o["size"]
     names = [o["name"] for o in m["objects"]]
     check(names == sorted(sizes), "manifest: objects not sorted by name or not unique")
-    if not encrypted:  # version 2 checks its files once the private section is open
+    if not encrypted:  # encrypted: files are checked once the private section is open
         check_files(m, sizes)
     return sizes
 
 
 def check_source(source):
-    """Section 4.5 (in version 2, on the private section's source: never "encrypted")."""
+    """Section 4.5 (when encrypted, on the private section's source: never "encrypted")."""
     members(source, {"kind"}, SOURCE_KEYS, what="manifest source")
     check(source["kind"] in ("local", "hf-cache", "hf-hub"), "manifest: unknown source kind")
 
 
 def check_files(m, sizes, segment=None):
-    """Sections 4.3 and 7 on `files`; with `segment`, also the version 2 rules of 10.3."""
-    used = set()
+    """Sections 4.3 and 7 on `files`; with `segment`, also the encrypted rules of 10.3."""
+    used, chunk_digest = set(), {"sha256"} if m["format_version"] < 3 else set()
     for f in m["files"]:
         members(f, {"path", "size", "mode", "sha256", "chunks"}, what="manifest file")
         check(
@@ -272,7 +293,8 @@ def check_files(m, sizes, segment=None):
         end = 0
         for c in f["chunks"]:
             what = f"{f['path']} chunk at {end}"
-            members(c, {"offset", "length", "sha256", "codec", "object"}, {"dtype"}, what=what)
+            required = {"offset", "length", "codec", "object"} | chunk_digest  # 4.3, 9.1
+            members(c, required, {"dtype"}, what=what)
             check(
                 is_uint(c["offset"])
                 and c["offset"] == end
@@ -280,7 +302,10 @@ def check_files(m, sizes, segment=None):
                 and c["length"] >= 1,
                 f"{what}: chunks do not tile the file",
             )
-            check(is_hex(c["sha256"]) and c["object"] in sizes, f"{what}: bad sha256 or object")
+            check(
+                ("sha256" not in c or is_hex(c["sha256"])) and c["object"] in sizes,
+                f"{what}: bad sha256 or object",
+            )
             check(
                 c["codec"] not in FSPLIT
                 or c.get("dtype", FSPLIT[c["codec"]][0]) == FSPLIT[c["codec"]][0],
@@ -299,7 +324,7 @@ def check_files(m, sizes, segment=None):
                 )
                 check(
                     c["object"] not in used,
-                    f"{what}: object {c['object']} is shared with another chunk (version 2)",
+                    f"{what}: object {c['object']} is shared with another chunk (encrypted)",
                 )
             used.add(c["object"])
             end += c["length"]
@@ -308,7 +333,7 @@ def check_files(m, sizes, segment=None):
     check_paths([f["path"] for f in m["files"]], "files")
 
 
-def check_encryption(enc):
+def check_encryption(enc, version):
     """Sections 10.2 and 10.5: the encryption member. Returns its payload file paths."""
     members(
         enc,
@@ -327,14 +352,14 @@ def check_encryption(enc):
         "manifest key_check: nonce is not 12 bytes or ciphertext not 37 bytes of hex",
     )
     private = enc["private"]
-    members(private, {"path", "size", "sha256", "sha512"}, what="manifest private")
+    members(private, {"path", "size", "sha256"} | sha512s(version), what="manifest private")
     length = sealed_length(private["size"], SEGMENT_SIZE)
     check(
         private["path"] == PRIVATE_PATH
         and length is not None
         and length <= PRIVATE_MAX
         and is_hex(private["sha256"])
-        and is_hex(private["sha512"], 128),
+        and sha512_ok(private),
         "manifest private: bad path, size or digest",
     )
     envelopes = enc["envelopes"]
@@ -345,7 +370,8 @@ def check_encryption(enc):
     for e in envelopes:
         members(
             e,
-            {"path", "kind", "label", "recipient", "share_digest", "size", "sha256", "sha512"},
+            {"path", "kind", "label", "recipient", "share_digest", "size", "sha256"}
+            | sha512s(version),
             what="manifest envelope",
         )
         check(
@@ -357,7 +383,7 @@ def check_encryption(enc):
             and (is_hex(e["share_digest"]) if e["kind"] == "share" else e["share_digest"] is None)
             and is_uint(e["size"])
             and is_hex(e["sha256"])
-            and is_hex(e["sha512"], 128),
+            and sha512_ok(e),
             f"bad envelope {e['path']!r}",
         )
     paths = [e["path"] for e in envelopes]
@@ -465,19 +491,16 @@ def open_private(bag, m, sizes, key):
         f"{what}: missing or wrong size",
     )
     data = path.read_bytes()
-    check(
-        hashlib.sha256(data).hexdigest() == enc["private"]["sha256"]
-        and hashlib.sha512(data).hexdigest() == enc["private"]["sha512"],
-        f"{what}: SHA-256 or SHA-512 does not match the manifest",
-    )
+    check(digests_match(data, enc["private"]), f"{what}: its digest does not match the manifest")
     private = load_canonical(open_sealed(data, key, enc, b"private", 0, what), what)
     members(
         private, {"format", "format_version", "bundle", "source", "files"}, what="private section"
     )
     check(
-        (private["format"], private["format_version"]) == ("weightvault-private", 2)
+        (private["format"], private["format_version"])
+        == ("weightvault-private", m["format_version"])
         and is_uint(private["format_version"]),
-        "private section: unknown format",
+        "private section: unknown format, or format_version differs from the manifest's",
     )
     members(private["bundle"], {"name", "salt"}, what="private section bundle")
     check(
@@ -599,12 +622,12 @@ def restore(bag, dest, trust, key=None):
     check_signature(bag, manifest_raw, trust)  # step 1
     manifest = load_canonical(manifest_raw, "data/weightvault.json")  # step 2
     sizes = check_manifest(manifest)
-    opened = None
-    if manifest["format_version"] == 2:  # section 10.7
+    opened, version = None, manifest["format_version"]
+    if manifest["encryption"] is not None:  # section 10.7
         check(
             key is not None,
-            f"bundle {manifest['name']} is encrypted (format version 2): a data key is needed "
-            "(--data-key HEX or --data-key-file FILE; see data/FORMAT.md section 10.5)",
+            f"bundle {manifest['name']} is encrypted (format version {version}): a data key is "
+            "needed (--data-key HEX or --data-key-file FILE; see data/FORMAT.md section 10.5)",
         )
         check_key(key, manifest["encryption"])  # step 2
         open_private(bag, manifest, sizes, key)  # step 3
@@ -637,16 +660,16 @@ def restore(bag, dest, trust, key=None):
                         if codec == "zstd"
                         else unfsplit(data, c["length"], codec)
                     )
-                    check(
+                    check(  # versions 1 and 2: the chunk digest; 3 has only the file's
                         len(plain) == c["length"]
-                        and hashlib.sha256(plain).hexdigest() == c["sha256"],
+                        and (version == 3 or hashlib.sha256(plain).hexdigest() == c["sha256"]),
                         f"{f['path']}: chunk at {c['offset']} (object {c['object']}) is damaged",
                     )
                     digest.update(plain)
                     out.write(plain)
             check(digest.hexdigest() == f["sha256"], f"{f['path']}: file SHA-256 mismatch")
             target.chmod(f["mode"])  # step 4
-        tmp.replace(dest)  # atomic; replaces DEST if it is an empty directory
+        tmp.replace(dest)  # only now, every file matched; atomic, replaces an empty DEST
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -659,8 +682,8 @@ def main(argv=None):
     ap.add_argument("dest")
     ap.add_argument("--trust", metavar="PUBKEY.pem", help="Ed25519 public key to verify with")
     keys = ap.add_mutually_exclusive_group()
-    keys.add_argument("--data-key", metavar="HEX", help="version 2: the data key, 64 hex digits")
-    keys.add_argument("--data-key-file", metavar="FILE", help="version 2: a file holding it")
+    keys.add_argument("--data-key", metavar="HEX", help="encrypted: the data key, 64 hex digits")
+    keys.add_argument("--data-key-file", metavar="FILE", help="encrypted: a file holding it")
     args = ap.parse_args(argv)
     try:
         key = None

@@ -90,17 +90,17 @@ def test_clean_bag_has_no_problems(sealed) -> None:
 
 def test_unknown_paths_are_reported_up_to_a_limit(sealed) -> None:
     vault, b, bundle = sealed
-    p = bundle / "manifest-sha512.txt"
-    extra = "".join(f"{'0' * 128}  data/objects/x{i:05d}\n" for i in range(MAX_UNKNOWN + 50))
+    p = bundle / "manifest-sha256.txt"
+    extra = "".join(f"{'0' * 64}  data/objects/x{i:05d}\n" for i in range(MAX_UNKNOWN + 50))
     p.write_bytes(p.read_bytes() + extra.encode())
     got = details(check_bag(vault, b))
     unknown = [d for d in got if "which the signed manifest does not" in d]
-    assert unknown[0] == "manifest-sha512.txt: lists data/objects/x00000, which the signed " \
+    assert unknown[0] == "manifest-sha256.txt: lists data/objects/x00000, which the signed " \
                          "manifest does not"  # fmt: skip
     assert len(unknown) == MAX_UNKNOWN
-    assert "manifest-sha512.txt: and 50 more lines naming paths the signed manifest does not " \
+    assert "manifest-sha256.txt: and 50 more lines naming paths the signed manifest does not " \
            "list" in got  # fmt: skip
-    assert "manifest-sha512.txt: sha512 differs from tagmanifest-sha512.txt" in got
+    assert "manifest-sha256.txt: sha256 differs from tagmanifest-sha256.txt" in got
 
 
 def test_tag_file_problems(sealed) -> None:
@@ -117,9 +117,18 @@ def test_tag_file_problems(sealed) -> None:
     assert any("Payload-Oxum 1.1 should be" in d for d in got)
     assert "bag-info.txt: External-Identifier does not name this bundle" in got
     assert "bagit.txt: sha256 differs from tagmanifest-sha256.txt" in got
-    (bundle / "manifest-sha512.txt").unlink()
+    m256.unlink()
     got = details(check_bag(vault, b))
-    assert "manifest-sha512.txt: missing" in got
+    assert "manifest-sha256.txt: missing" in got
+
+
+def test_a_manifest_of_an_algorithm_version_3_does_not_use_is_reported(sealed) -> None:
+    vault, b, bundle = sealed
+    for name in ("manifest-sha512.txt", "tagmanifest-md5.txt"):
+        (bundle / name).write_bytes(b"")
+    got = details(check_bag(vault, b))
+    assert got == [f"{n}: a BagIt manifest that format version 3 does not have"
+                   for n in ("manifest-sha512.txt", "tagmanifest-md5.txt")]  # fmt: skip
 
 
 def test_memory_does_not_grow_with_a_tag_file(sealed) -> None:

@@ -1,6 +1,7 @@
-"""Every bundle is a bag that satisfies the published BagIt profile
-(manifests/bagit-profile.json, urn:weightvault:bagit-profile:1), checked with the Library of
-Congress bagit and the bagit-profile validator, for a clear and an encrypted bundle."""
+"""Every bundle is a bag that satisfies the published BagIt profile of its format version
+(manifests/bagit-profile.json, urn:weightvault:bagit-profile:2, for version 3;
+bagit-profile-1.json for versions 1 and 2), checked with the Library of Congress bagit and the
+bagit-profile validator, for a clear and an encrypted bundle and for the golden old ones."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import pytest
 from conftest import wv
 from pyrage import x25519
 
-PROFILE = Path(__file__).resolve().parents[1] / "manifests" / "bagit-profile.json"
+MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
+GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
-def profile() -> bagit_profile.Profile:
-    doc = json.loads(PROFILE.read_text())
+def profile(name: str = "bagit-profile.json") -> bagit_profile.Profile:
+    doc = json.loads((MANIFESTS / name).read_text())
     return bagit_profile.Profile(doc["BagIt-Profile-Info"]["BagIt-Profile-Identifier"], profile=doc)
 
 
@@ -47,5 +49,20 @@ def test_a_bag_claiming_another_profile_fails(sealed_minilm, tmp_path):
     b = tmp_path / "b"
     shutil.copytree(sealed_minilm / "bundles" / "minilm", b)
     info = b / "bag-info.txt"
-    info.write_text(info.read_text().replace("urn:weightvault:bagit-profile:1", "urn:other:1"))
+    info.write_text(info.read_text().replace("urn:weightvault:bagit-profile:2", "urn:other:1"))
+    assert not profile().validate(bagit.Bag(str(b)))
+
+
+@pytest.mark.parametrize("bundle", ["v1/bundles/golden", "v2/bundles/golden-enc"])
+def test_golden_bundles_satisfy_profile_1_and_not_2(bundle):
+    bag = bagit.Bag(str(GOLDEN / bundle))
+    assert bag.is_valid()
+    assert profile("bagit-profile-1.json").validate(bag)
+    assert not profile().validate(bag)
+
+
+def test_a_version_3_bag_with_a_sha512_manifest_fails_profile_2(sealed_minilm, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(sealed_minilm / "bundles" / "minilm", b)
+    (b / "manifest-sha512.txt").write_text("")
     assert not profile().validate(bagit.Bag(str(b)))

@@ -21,9 +21,8 @@ from conftest import ok, one_error, s3_env, write_config, wv
 
 from weightvault.gc import DEFAULT_GRACE, parse_duration, referenced
 
-COMMIT_FILES = ("tagmanifest-sha256.txt", "tagmanifest-sha512.txt", "bag-info.txt", "bagit.txt",
-                "manifest-sha512.txt", "manifest-sha256.txt", "weightvault.sig",
-                "data/FORMAT.md", "data/weightvault.json")  # fmt: skip
+COMMIT_FILES = ("tagmanifest-sha256.txt", "bag-info.txt", "bagit.txt", "manifest-sha256.txt",
+                "weightvault.sig", "data/FORMAT.md", "data/weightvault.json")  # fmt: skip
 DAY = 86400
 
 

@@ -27,6 +27,10 @@ def test_schema_is_valid(schema):
     ("manifest.json", "manifest"), ("signature.json", "signature"),
     ("manifest-encrypted.json", "manifest"), ("signature-encrypted.json", "signature"),
     ("private.json", "private"), ("audit-record.json", "audit-record"),
+    # versions 1 and 2, as written until weightvault 0.3, against their frozen schemas
+    ("v1/manifest.json", "manifest-v1"), ("v1/signature.json", "signature"),
+    ("v1/manifest-encrypted.json", "manifest-v1"), ("v1/signature-encrypted.json", "signature"),
+    ("v1/private.json", "private-v2"),
     *[(p.name, "custody-record") for p in sorted((ROOT / "examples").glob("custody-*.json"))],
 ])  # fmt: skip
 def test_example_matches_schema(example, schema):
@@ -34,20 +38,23 @@ def test_example_matches_schema(example, schema):
     jsonschema.validate(doc, json.loads((ROOT / f"{schema}.schema.json").read_text()))
 
 
-@pytest.mark.parametrize("which", ["", "-encrypted"])
+@pytest.mark.parametrize("which", ["", "-encrypted", "v1/", "v1/-encrypted"])
 def test_example_signature_signs_example_manifest(which):
-    m = json.loads((ROOT / f"examples/manifest{which}.json").read_text())
+    sub, _, which = which.rpartition("/")
+    sub = f"{sub}/" if sub else ""
+    m = json.loads((ROOT / f"examples/{sub}manifest{which}.json").read_text())
     raw = canon.canonical(m)
     Manifest.parse(raw, "example")
-    sig = json.loads((ROOT / f"examples/signature{which}.json").read_text())
+    sig = json.loads((ROOT / f"examples/{sub}signature{which}.json").read_text())
     s = sig["signatures"][0]
     key = PublicKey(base64.b64decode(s["public_key"]))
     assert sig["payload_sha256"] == Manifest.parse(raw, "example").bundle_id
     assert key.verify(PAYLOAD_TYPE, raw, base64.b64decode(s["sig"]))
 
 
-def test_example_private_section_opens_into_the_example_manifest():
-    m = Manifest.parse(canon.canonical(json.loads((ROOT / "examples/manifest-encrypted.json")
+@pytest.mark.parametrize("sub", ["", "v1/"])
+def test_example_private_section_opens_into_the_example_manifest(sub):
+    m = Manifest.parse(canon.canonical(json.loads((ROOT / f"examples/{sub}manifest-encrypted.json")
                                                   .read_text())), "example")  # fmt: skip
-    opened = m.opened(json.loads((ROOT / "examples/private.json").read_text()), "example")
+    opened = m.opened(json.loads((ROOT / f"examples/{sub}private.json").read_text()), "example")
     assert opened.bundle_id == m.bundle_id and len(opened.files) == 13

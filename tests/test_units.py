@@ -107,50 +107,71 @@ def test_json_reader_fuzz(data):
         pass
 
 
-def _doc() -> dict:
+def _doc(version: int = 3) -> dict:
     obj = hashlib.sha256(b"x").hexdigest()
-    return {
-        "format": "weightvault-manifest", "format_version": 1, "name": "m",
+    d = {
+        "format": "weightvault-manifest", "format_version": version, "name": "m",
         "created": "2026-11-22T00:00:00Z", "tool": {"name": "weightvault", "version": "0"},
         "source": {"kind": "local", "path": "/x"},
         "chunking": {"target_size": 1 << 20, "piece_size": 1 << 20},
         "files": [{"path": "a.bin", "size": 10, "mode": 420, "sha256": "0" * 64, "chunks": [
-            {"offset": 0, "length": 4, "sha256": "1" * 64, "codec": "raw", "object": obj},
-            {"offset": 4, "length": 6, "sha256": "2" * 64, "codec": "zstd", "object": obj},
+            {"offset": 0, "length": 4, "codec": "raw", "object": obj},
+            {"offset": 4, "length": 6, "codec": "zstd", "object": obj},
         ]}],
-        "objects": [{"name": obj, "size": 4, "sha512": "3" * 128}],
+        "objects": [{"name": obj, "size": 4}],
         "encryption": None, "record": [],
     }  # fmt: skip
+    if version < 3:  # versions 1 and 2 also carry SHA-512s and chunk digests
+        d["objects"][0]["sha512"] = "3" * 128
+        for i, c in enumerate(d["files"][0]["chunks"]):
+            c["sha256"] = str(i + 1) * 64
+    return d
 
 
-def test_valid_manifest_round_trips():
-    m = Manifest.from_doc(_doc())
+@pytest.mark.parametrize("version", [1, 3])
+def test_valid_manifest_round_trips(version):
+    m = Manifest.from_doc(_doc(version))
     assert Manifest.parse(m.raw, "m").bundle_id == hashlib.sha256(m.raw).hexdigest()
 
 
-def _mutate(fn):
-    d = _doc()
+def _mutate(fn, version: int = 3):
+    d = _doc(version)
     fn(d)
     return d
 
 
+STRUCTURE = [
+    (lambda d: d["files"][0]["chunks"][1].update(offset=3), "overlap or leave a gap"),
+    (lambda d: d["files"][0]["chunks"][1].update(offset=5), "overlap or leave a gap"),
+    (lambda d: d["files"][0].update(size=11), "chunks cover 10 bytes"),
+    (lambda d: d["files"][0]["chunks"][0].update(object="f" * 64), "does not list"),
+    (lambda d: d["objects"][0].update(size=5), "too large for 4 bytes of raw"),
+    (lambda d: d["objects"][0].update(size=3), "size differs"),
+    (lambda d: d["files"][0]["chunks"].pop(), "chunks cover 4 bytes"),
+    (lambda d: d["files"].append(copy.deepcopy(d["files"][0])), "duplicate path"),
+    (lambda d: d["files"][0].update(path="../x"), "unsafe path"),
+    (lambda d: d["files"][0].update(path="/abs"), "unsafe path"),
+    (lambda d: d.update(format_version=4), "format version 4 is not supported"),
+    (lambda d: d.update(extra=1), "schema"),
+    (lambda d: d["files"][0]["chunks"][0].update(length=0), "schema"),
+    (lambda d: d["files"][0]["chunks"][0].update(codec="lz4"), "schema"),
+    (lambda d: d["source"].update(kind="encrypted"), "source says encrypted"),
+]
+
+
 @pytest.mark.parametrize("doc,msg", [
-    (_mutate(lambda d: d["files"][0]["chunks"][1].update(offset=3)), "overlap or leave a gap"),
-    (_mutate(lambda d: d["files"][0]["chunks"][1].update(offset=5)), "overlap or leave a gap"),
-    (_mutate(lambda d: d["files"][0].update(size=11)), "chunks cover 10 bytes"),
-    (_mutate(lambda d: d["files"][0]["chunks"][0].update(object="f" * 64)), "does not list"),
-    (_mutate(lambda d: d["objects"][0].update(size=5)), "too large for 4 bytes of raw"),
-    (_mutate(lambda d: d["objects"][0].update(size=3)), "size differs"),
-    (_mutate(lambda d: d["files"][0]["chunks"].pop()), "chunks cover 4 bytes"),
-    (_mutate(lambda d: d["files"].append(copy.deepcopy(d["files"][0]))), "duplicate path"),
-    (_mutate(lambda d: d["files"][0].update(path="../x")), "unsafe path"),
-    (_mutate(lambda d: d["files"][0].update(path="/abs")), "unsafe path"),
-    (_mutate(lambda d: d.update(format_version=3)), "format version 3 is not supported"),
-    (_mutate(lambda d: d.update(format_version=2)), "format version 2 requires encryption"),
-    (_mutate(lambda d: d.update(extra=1)), "schema"),
+    *[(_mutate(fn, v), msg) for v in (1, 3) for fn, msg in STRUCTURE],
+    (_mutate(lambda d: d.update(format_version=2), 1), "format version 2 requires encryption"),
+    (_mutate(lambda d: d.update(encryption={"scheme": "x"}), 1),
+     "format version 1 does not allow encryption"),
     (_mutate(lambda d: d.update(encryption={"scheme": "x"})), "schema"),
-    (_mutate(lambda d: d["files"][0]["chunks"][0].update(length=0)), "schema"),
-    (_mutate(lambda d: d["files"][0]["chunks"][0].update(codec="lz4")), "schema"),
+    # each version's digest set, exactly: no SHA-512 or chunk digest in 3, both required in 1
+    (_mutate(lambda d: d["objects"][0].update(sha512="3" * 128)), "schema"),
+    (_mutate(lambda d: d["files"][0]["chunks"][0].update(sha256="1" * 64)), "schema"),
+    (_mutate(lambda d: d["objects"][0].pop("sha512"), 1), "schema"),
+    (_mutate(lambda d: d["files"][0]["chunks"][0].pop("sha256"), 1), "schema"),
+    (_mutate(lambda d: d.update(format_version=1)), "schema"),
+    (_mutate(lambda d: d.update(format_version=3), 1), "schema"),
 ])  # fmt: skip
 def test_manifest_invariants(doc, msg):
     raw = canon.canonical(doc)

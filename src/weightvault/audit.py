@@ -29,12 +29,13 @@ DAY = 86400.0
 
 @dataclass
 class Target:
-    """One object an audit may hash: key, expected sha256 / size / sha512, owning bundle."""
+    """One object an audit may hash: key, expected sha256 / size / sha512 (format versions 1
+    and 2 only), owning bundle."""
 
     key: str
     sha256: str
     size: int
-    sha512: str
+    sha512: str | None
     bundle: str
 
 
@@ -60,7 +61,8 @@ def _failure(t: Target | None, kind: str, expected: str, found: str, obj: str = 
 
 def _hash_check(store: Store, t: Target) -> dict | None:
     try:
-        check_object(store, t.key, {"name": t.sha256, "size": t.size, "sha512": t.sha512})
+        check_object(store, t.key, {"name": t.sha256, "size": t.size}
+                     | ({"sha512": t.sha512} if t.sha512 else {}))  # fmt: skip
         return None
     except IntegrityError as e:
         msg = str(e)
@@ -106,10 +108,10 @@ def audit_replica(
                                      bundle=bname))  # fmt: skip
             continue
         m = b.manifest
-        mine = [Target(object_key(bname, o["name"]), o["name"], o["size"], o["sha512"], bname)
+        mine = [Target(object_key(bname, o["name"]), o["name"], o["size"], o.get("sha512"), bname)
                 for o in m.doc["objects"]]  # fmt: skip
         mine += [Target(f"{prefix(bname)}/data/{r['path']}", r["sha256"], r["size"],
-                        r["sha512"], bname) for r in m.plain_files]  # fmt: skip
+                        r.get("sha512"), bname) for r in m.plain_files]  # fmt: skip
         listing = store.list(prefix(bname))
         before_n = len(failures)
         for t in mine:

@@ -1,8 +1,8 @@
 """BagIt 1.0 (RFC 8493) tag files for a bundle, written and read.
 
-A bundle directory is a complete bag: bagit.txt, bag-info.txt, payload manifests in sha256 and
-sha512 over data/, the weightvault.sig tag file, and tag manifests (tagmanifest-sha256.txt is
-written last and is the commit marker).
+A bundle directory is a complete bag: bagit.txt, bag-info.txt, payload manifests over data/,
+the weightvault.sig tag file, and tag manifests (tagmanifest-sha256.txt is written last and is
+the commit marker). Format version 3 bags use SHA-256 only; versions 1 and 2 also SHA-512.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from . import __version__
 from .errors import CorruptData
 
 BAGIT_TXT = b"BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
-PROFILE_ID = "urn:weightvault:bagit-profile:1"
-ALGS = ("sha256", "sha512")
-TAG_FILES = ("bagit.txt", "bag-info.txt", "manifest-sha256.txt", "manifest-sha512.txt",
-             "weightvault.sig")  # fmt: skip
+PROFILE_IDS = {
+    1: "urn:weightvault:bagit-profile:1",
+    2: "urn:weightvault:bagit-profile:1",
+    3: "urn:weightvault:bagit-profile:2",
+}  # by format version
+ALGS_OLD = ("sha256", "sha512")  # format versions 1 and 2
+ALGS = ("sha256",)  # format version 3
 COMMIT_MARKER = "tagmanifest-sha256.txt"
 MAX_TAG_FILE = 64 << 20
 # A tag file line: a digest, spaces and a path (4096 bytes at most, 12 KiB percent-encoded)
@@ -29,12 +32,22 @@ MAX_LINE = 64 << 10
 _LINE = re.compile(r"^([0-9a-f]+)[ \t]+(\S.*)$")
 
 
+def algs(format_version: int) -> tuple[str, ...]:
+    """The digest algorithms of a bundle's bag manifests, first the one that names objects."""
+    return ALGS if format_version >= 3 else ALGS_OLD
+
+
+def tag_files(algs: tuple[str, ...]) -> tuple[str, ...]:
+    """The tag files a tag manifest lists (never a tag manifest)."""
+    return ("bagit.txt", "bag-info.txt", *(f"manifest-{a}.txt" for a in algs), "weightvault.sig")
+
+
 @dataclass(frozen=True)
 class Entry:
     path: str  # relative to the bag root, e.g. data/objects/<hex>
     size: int
     sha256: str
-    sha512: str
+    sha512: str | None = None  # format versions 1 and 2 only
 
 
 def manifest_text(entries: list[Entry], alg: str) -> bytes:
@@ -58,10 +71,10 @@ def _decode_path(p: str) -> str:
 
 def bag_info(
     *, bundle_id: str, name: str, bagging_date: str, oxum_bytes: int, oxum_count: int,
-    description: str, organization: str | None = None,
+    description: str, organization: str | None = None, format_version: int,
 ) -> bytes:  # fmt: skip
     fields = [
-        ("BagIt-Profile-Identifier", PROFILE_ID),
+        ("BagIt-Profile-Identifier", PROFILE_IDS[format_version]),
         ("Bag-Software-Agent", f"weightvault {__version__}"),
         ("Bagging-Date", bagging_date),
         ("External-Identifier", f"weightvault:bundle:{bundle_id}"),
@@ -78,24 +91,25 @@ def _one_line(v: str) -> str:
     return " ".join(v.split())
 
 
-def digests(data: bytes) -> tuple[str, str]:
-    return hashlib.sha256(data).hexdigest(), hashlib.sha512(data).hexdigest()
+def digests(data: bytes, algs: tuple[str, ...] = ALGS_OLD) -> tuple[str, ...]:
+    return tuple(hashlib.new(a, data).hexdigest() for a in algs)
 
 
-def file_digests(f: BinaryIO, what: str, limit: int = MAX_TAG_FILE) -> tuple[int, str, str]:
-    """(size, sha256, sha512) of a file read in pieces; CorruptData past `limit` bytes."""
-    s256, s512, size = hashlib.sha256(), hashlib.sha512(), 0
+def file_digests(f: BinaryIO, what: str, limit: int = MAX_TAG_FILE,
+                 algs: tuple[str, ...] = ALGS_OLD) -> tuple:  # fmt: skip
+    """(size, *digests in `algs` order) of a file read in pieces; CorruptData past `limit`."""
+    hs, size = [hashlib.new(a) for a in algs], 0
     while data := f.read(1 << 20):
         size += len(data)
         if size > limit:
             raise CorruptData(f"{what}: larger than the {limit} bytes allowed")
-        s256.update(data)
-        s512.update(data)
-    return size, s256.hexdigest(), s512.hexdigest()
+        for h in hs:
+            h.update(data)
+    return size, *(h.hexdigest() for h in hs)
 
 
-def tag_entries(files: dict[str, bytes]) -> list[Entry]:
-    return [Entry(p, len(b), *digests(b)) for p, b in files.items()]
+def tag_entries(files: dict[str, bytes], algs: tuple[str, ...] = ALGS_OLD) -> list[Entry]:
+    return [Entry(p, len(b), *digests(b, algs)) for p, b in files.items()]
 
 
 def iter_lines(f: BinaryIO, what: str, limit: int = MAX_TAG_FILE) -> Iterator[tuple[int, str]]:

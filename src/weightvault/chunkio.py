@@ -31,10 +31,10 @@ class Problem:
 
 
 class _HashingReader:
-    def __init__(self, f, want_digests: bool):
+    def __init__(self, f, want_digests: bool, sha512: bool = False):
         self.f = f
         self.s256 = hashlib.sha256() if want_digests else None
-        self.s512 = hashlib.sha512() if want_digests else None
+        self.s512 = hashlib.sha512() if want_digests and sha512 else None  # versions 1 and 2
         self.size = 0
 
     def read(self, n: int) -> bytes:
@@ -42,7 +42,8 @@ class _HashingReader:
         self.size += len(data)
         if self.s256 is not None:
             self.s256.update(data)
-            self.s512.update(data)
+            if self.s512 is not None:
+                self.s512.update(data)
         return data
 
     def drain(self) -> None:
@@ -51,11 +52,12 @@ class _HashingReader:
 
 
 def check_object(store: Store, key: str, obj: dict) -> None:
-    """Hash one stored object (no decoding): size, sha256 (its name) and sha512."""
+    """Hash one stored object (no decoding): size, sha256 (its name) and, in format versions 1
+    and 2, sha512."""
     where = store.describe(key)
     f = _open(store, key, obj)
     with f:
-        r = _HashingReader(f, True)
+        r = _HashingReader(f, True, "sha512" in obj)
         r.drain()
     _compare_stored(r, obj, where)
 
@@ -70,22 +72,24 @@ def decode_chunk(
     sink: Callable[[int, bytes], None] | None = None,
     emit: Callable[[bytes], None] | None = None,
     stored_digests: bool = True,
-    plaintext_digest: bool = True,
+    expect: str | None = None,
     on_bytes: Callable[[int], None] | None = None,
     cipher: Callable[[Callable[[int], bytes], int], object] | None = None,
 ) -> None:
     """Decode one chunk; raise IntegrityError naming the object and the file range it holds.
-    `plaintext_digest=False` leaves the check to a whole-file digest (restore of big files).
+    `expect`: the SHA-256 the decoded bytes must have (the chunk's own in format versions 1
+    and 2, or its file's when the chunk is the whole file), None to leave the check to a
+    whole-file digest computed elsewhere.
     `cipher(read, stored_size)` opens an encrypted object (unlock.Unlocked.cipher).
     `sink` and `emit` get each piece for the time of the call only (it may be a view of a
     buffer that the next piece overwrites): they write, hash or copy it, never keep it."""
     where = store.describe(key)
     span = f"{file_path} bytes {chunk['offset']}..{chunk['offset'] + chunk['length']}"
     f = _open(store, key, obj)
-    h = hashlib.sha256() if plaintext_digest else None
+    h = hashlib.sha256() if expect is not None else None
     pos = chunk["offset"]
     with f:
-        r = _HashingReader(f, stored_digests)
+        r = _HashingReader(f, stored_digests, "sha512" in obj)
         try:
             opened = cipher(r.read, obj["size"]) if cipher else None
             read = opened.read if opened else r.read
@@ -113,9 +117,9 @@ def decode_chunk(
     if h is None:
         return
     got = h.hexdigest()
-    if got != chunk["sha256"]:
+    if got != expect:
         raise IntegrityError(
-            f"{where}: decodes to sha256 {got[:16]}..., expected {chunk['sha256'][:16]}... ({span})"
+            f"{where}: decodes to sha256 {got[:16]}..., expected {expect[:16]}... ({span})"
         )
 
 
@@ -159,5 +163,5 @@ def _compare_stored(r: _HashingReader, obj: dict, where: str) -> None:
     got = r.s256.hexdigest()
     if got != obj["name"]:
         raise IntegrityError(f"{where}: sha256 of stored bytes is {got}, expected {obj['name']}")
-    if r.s512.hexdigest() != obj["sha512"]:
+    if r.s512 is not None and r.s512.hexdigest() != obj["sha512"]:
         raise IntegrityError(f"{where}: sha512 of stored bytes does not match the manifest")

@@ -17,7 +17,10 @@ PAYLOAD_TYPE = "application/vnd.weightvault.manifest+json; version=1"
 MANIFEST_KEY = "data/weightvault.json"
 SIGNATURE_KEY = "weightvault.sig"
 MAX_MANIFEST = canon.MAX_DOC
-VERSIONS = (1, 2)  # 2: encrypted (docs/FORMAT.md section 10); unencrypted bundles stay 1
+# docs/FORMAT.md section 9. 3: SHA-256 only, clear or encrypted (written since 0.3);
+# 1: clear and 2: encrypted, both with SHA-512 digests and chunk digests (read only)
+FORMAT_VERSION = 3
+VERSIONS = (1, 2, 3)
 # zstd never expands input by more than this (frame header + block headers); RFC 8878 section 3.1.1.2
 _ZSTD_SLACK = 64
 _FSPLIT_SLACK = 64
@@ -61,7 +64,7 @@ class Manifest:
     def plain_files(self) -> list[dict]:
         """Every payload file stored as it is (not chunked): the retirement record and, in an
         encrypted bundle, the sealed private section and the key envelopes. Each has `path`
-        (under data/), `size`, `sha256` and `sha512`."""
+        (under data/), `size`, `sha256` and, in format versions 1 and 2, `sha512`."""
         out = list(self.doc["record"])
         enc = self.doc["encryption"]
         if enc:
@@ -78,14 +81,17 @@ class Manifest:
 
     @classmethod
     def from_doc(cls, doc: dict) -> Manifest:
-        spec.validate(doc, "manifest", "new manifest")
+        spec.validate(doc, schema(doc["format_version"]), "new manifest")
         check(doc, "new manifest")
         return cls(doc, canon.canonical(doc))
 
     def opened(self, private: dict, what: str) -> Manifest:
         """This encrypted bundle's manifest with its decrypted private section merged in: the
         file table and source, checked like a version 1 manifest's. Same bytes, same id."""
-        spec.validate(private, "private", what)
+        version = self.doc["format_version"]
+        if not isinstance(private, dict) or private.get("format_version") != version:
+            raise CorruptData(f"{what}: not a private section of format version {version}")
+        spec.validate(private, "private" if version >= 3 else "private-v2", what)
         if private["bundle"] != {"name": self.name, "salt": self.doc["encryption"]["salt"]}:
             raise CorruptData(f"{what}: belongs to another bundle")
         doc = {**self.doc, "files": private["files"], "source": private["source"]}
@@ -102,24 +108,28 @@ class Manifest:
         if doc.get("format_version") not in VERSIONS:
             raise CorruptData(
                 f"{what}: format version {doc.get('format_version')!r} is not supported by this "
-                "weightvault (it reads versions 1 and 2); see the FORMAT.md inside the bundle"
+                "weightvault (it reads versions 1, 2 and 3); see the FORMAT.md inside the bundle"
             )
-        spec.validate(doc, "manifest", what)
+        _check_version(doc, what)  # before the schema: its message is the clearer one
+        spec.validate(doc, schema(doc["format_version"]), what)
         check(doc, what)
         if canon.canonical(doc) != raw:
             raise CorruptData(f"{what}: not in canonical form")
         return cls(doc, raw)
 
 
+def schema(format_version: int) -> str:
+    return "manifest" if format_version >= 3 else "manifest-v1"
+
+
 def check(doc: dict, what: str, *, opened: bool = False) -> None:
     """`opened`: `doc` is an encrypted bundle's manifest with its private section merged in."""
+    _check_version(doc, what)
     enc = doc["encryption"]
-    if (doc["format_version"] == 2) != (enc is not None):
-        raise CorruptData(f"{what}: format version {doc['format_version']} "
-                          f"{'requires' if doc['format_version'] == 2 else 'does not allow'} "
-                          "encryption")  # fmt: skip
     if enc is not None:
         _check_encryption(doc, what, opened)
+    elif doc["source"]["kind"] == "encrypted":
+        raise CorruptData(f"{what}: source says encrypted but the bundle is not")
     objects: dict[str, dict] = {}
     for o in doc["objects"]:
         if o["name"] in objects:
@@ -183,6 +193,14 @@ def check(doc: dict, what: str, *, opened: bool = False) -> None:
         raise CorruptData(f"{what}: object {sorted(unused)[0]} is listed but no chunk uses it")
 
 
+def _check_version(doc: dict, what: str) -> None:
+    version, enc = doc["format_version"], doc.get("encryption")
+    if version < 3 and (version == 2) != (enc is not None):
+        raise CorruptData(f"{what}: format version {version} "
+                          f"{'requires' if version == 2 else 'does not allow'} "
+                          "encryption")  # fmt: skip
+
+
 def _check_encryption(doc: dict, what: str, opened: bool) -> None:
     from .crypt import plain_size
 
@@ -191,7 +209,7 @@ def _check_encryption(doc: dict, what: str, opened: bool) -> None:
         raise CorruptData(f"{what}: an encrypted manifest lists files or their source in the clear")
     if opened and doc["source"].get("kind") == "encrypted":
         raise CorruptData(f"{what}: the private section does not say where the files came from")
-    if doc["format_version"] == 2 and not opened and doc["source"]["kind"] != "encrypted":
+    if not opened and doc["source"]["kind"] != "encrypted":
         raise CorruptData(f"{what}: source must be {{'kind': 'encrypted'}}")
     shares = [e for e in enc["envelopes"] if e["kind"] == "share"]
     info = enc["shares"]

@@ -12,7 +12,7 @@ each listed with its digests in the signed manifest's `record` array (docs/FORMA
   record/attachments/NAME       role attachment: each attached file under its own name
 
 Reading goes the other way: every record file is checked against the signed manifest (size,
-SHA-256, SHA-512) before anything is parsed, shown or exported.
+SHA-256, and SHA-512 in format versions 1 and 2) before anything is parsed, shown or exported.
 """
 
 from __future__ import annotations
@@ -566,7 +566,7 @@ class InterviewView:
 class RecordView:
     """A bundle's record, every file checked against the signed manifest."""
 
-    entries: list[dict]  # the manifest's record array (path, role, size, sha256, sha512)
+    entries: list[dict]  # the manifest's record array (path, role, size, sha256[, sha512])
     record: dict | None = None  # record/record.json
     report: str | None = None  # record/report.md
     interviews: list[InterviewView] = field(default_factory=list)
@@ -590,14 +590,14 @@ def _key(bundle: Bundle, path: str) -> str:
     return f"{prefix(bundle.name)}/data/{path}"
 
 
-def _check_digests(what: str, entry: dict, size: int, s256: str, s512: str) -> None:
+def _check_digests(what: str, entry: dict, size: int, s256: str, s512: str | None) -> None:
     if size != entry["size"]:
         raise IntegrityError(
             f"{what}: {size} bytes, but the signed manifest says {entry['size']} (the record file "
             "was changed after sealing)"
         )
     for alg, got in (("sha256", s256), ("sha512", s512)):
-        if got != entry[alg]:
+        if alg in entry and got != entry[alg]:
             raise IntegrityError(
                 f"{what}: {alg} {got[:16]}... differs from the signed manifest's "
                 f"{entry[alg][:16]}... (the record file was changed after sealing)"
@@ -623,7 +623,7 @@ def _fetch(store: Store, bundle: Bundle, entry: dict, limit: int) -> bytes:
             "file was changed after sealing)"
         ) from None
     _check_digests(what, entry, len(data), hashlib.sha256(data).hexdigest(),
-                   hashlib.sha512(data).hexdigest())  # fmt: skip
+                   hashlib.sha512(data).hexdigest() if "sha512" in entry else None)  # fmt: skip
     return data
 
 
@@ -632,16 +632,18 @@ def _copy_checked(store: Store, bundle: Bundle, entry: dict, sink: Callable[[byt
     what = store.describe(key)
     if store.size(key) is None:
         raise IntegrityError(f"{what}: missing (a record file of the bundle was deleted)")
-    s256, s512, n = hashlib.sha256(), hashlib.sha512(), 0
+    s256, n = hashlib.sha256(), 0
+    s512 = hashlib.sha512() if "sha512" in entry else None  # format versions 1 and 2
     with store.open_read(key) as f:
         while data := f.read(min(_PIECE, entry["size"] - n + 1)):
             n += len(data)
             if n > entry["size"]:
                 break
             s256.update(data)
-            s512.update(data)
+            if s512:
+                s512.update(data)
             sink(data)
-    _check_digests(what, entry, n, s256.hexdigest(), s512.hexdigest())
+    _check_digests(what, entry, n, s256.hexdigest(), s512.hexdigest() if s512 else None)
 
 
 def read_record(store: Store, bundle: Bundle, *, check_all: bool = True) -> RecordView:

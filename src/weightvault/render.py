@@ -184,7 +184,8 @@ def summary_json(view: RecordView, bundle: Bundle, replicas_status: Any = None,
             {k: e[k] for k in ("path", "role", "size", "sha256")} for e in view.attachments
         ],  # fmt: skip
         "files": [
-            {k: e[k] for k in ("path", "role", "size", "sha256", "sha512")} for e in view.entries
+            {k: e[k] for k in ("path", "role", "size", "sha256", "sha512") if k in e}
+            for e in view.entries
         ],  # fmt: skip
         "replicas": replicas_status,
         "audit": audit_status,

@@ -102,7 +102,7 @@ def replicate(
     if problems:
         raise IntegrityError(f"source {sources[0].url}: bundle {name} is damaged, not copying "
                              f"its tag files: {problems[0]}")  # fmt: skip
-    files = src_vault.read_commit_files(name)
+    files = src_vault.read_commit_files(m)
     if files[0][1] != m.raw:
         raise IntegrityError(f"{sources[0].describe(prefix(name))}: manifest changed while reading")
     dv = Vault(dst)
@@ -115,9 +115,9 @@ def replicate(
             raise Conflict(f"{dst.describe(prefix(name))}: holds a different bundle under the "
                            f"name {name!r} ({their_id[:16]}, not {m.bundle_id[:16]})")  # fmt: skip
     listing = dst.list(f"{prefix(name)}/data")
-    wanted = [(object_key(name, o["name"]), o["name"], o["size"], o["sha512"])
+    wanted = [(object_key(name, o["name"]), o["name"], o["size"], o.get("sha512"))
               for o in m.doc["objects"]]  # fmt: skip
-    wanted += [(f"{prefix(name)}/data/{r['path']}", r["sha256"], r["size"], r["sha512"])
+    wanted += [(f"{prefix(name)}/data/{r['path']}", r["sha256"], r["size"], r.get("sha512"))
                for r in m.plain_files]  # fmt: skip
     checksum = getattr(dst, "checksum", None)
 

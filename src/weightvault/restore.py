@@ -61,17 +61,24 @@ def max_chunk(files: list[dict]) -> int:
 
 def file_digest_mismatches(files: list[dict], lane_digests: dict[int, str]):
     """(file, computed sha256) for every file whose whole-file digest is not the manifest's.
-    Multi-chunk files are hashed by the lane; a one-chunk file's digest is its chunk's, checked
-    when the chunk was decoded; an empty file's is SHA-256 of nothing."""
+    Multi-chunk files are hashed by the lane; a one-chunk file's digest was checked when its
+    chunk was decoded (against the chunk's digest in versions 1 and 2, which must then be the
+    file's); an empty file's is SHA-256 of nothing."""
     for i, f in enumerate(files):
         if len(f["chunks"]) > 1:
             got = lane_digests.get(i)
         elif f["chunks"]:
-            got = f["chunks"][0]["sha256"]
+            got = f["chunks"][0].get("sha256", f["sha256"])
         else:
             got = hashlib.sha256(b"").hexdigest()
         if got != f["sha256"]:
             yield f, got
+
+
+def chunk_digest(f: dict, c: dict) -> str | None:
+    """What chunk `c` of file `f` must decode to: its own digest (versions 1 and 2) or, for
+    a chunk that is the whole file, the file's; None if only the whole file can tell."""
+    return c.get("sha256") or (f["sha256"] if len(f["chunks"]) == 1 else None)
 
 
 def check_file_digests(files: list[dict], lane_digests: dict[int, str], what: str) -> None:
@@ -142,7 +149,8 @@ def restore(
                     store, object_key(m.name, c["object"]), objects[c["object"]], c,
                     file_path=path, sink=sink, stored_digests=False,
                     # a big file's chunks are proven by the whole-file digest: one pass fewer
-                    plaintext_digest=not job.multi, on_bytes=on_bytes,
+                    expect=None if job.multi else chunk_digest(files[job.file], c),
+                    on_bytes=on_bytes,
                     cipher=opened.cipher(c["object"]) if opened else None,
                 )  # fmt: skip
                 _start_writeback(fd, c["offset"], c["length"])
@@ -247,13 +255,14 @@ _sync_file_range = _libc_sync_file_range()
 
 
 def _locate(store: Store, m, files: list[dict], e: IntegrityError, opened) -> IntegrityError:
-    """A whole file did not match: find and name the object at fault (the slow path)."""
+    """A whole file did not match: find and name the object at fault (the slow path). Its
+    stored digests are checked too: version 3 has no chunk digests to tell which chunk."""
     for f in files:
         if f["path"] in str(e) and len(f["chunks"]) > 1:
             for c in f["chunks"]:
                 try:
                     decode_chunk(store, object_key(m.name, c["object"]), m.objects[c["object"]],
-                                 c, file_path=f["path"], stored_digests=False,
+                                 c, file_path=f["path"], expect=c.get("sha256"),
                                  cipher=opened.cipher(c["object"]) if opened else None)  # fmt: skip
                 except IntegrityError as found:
                     return found

@@ -14,7 +14,7 @@ from . import __version__, canon, chunking, codec, crypt, sources
 from .chunkio import drop_cached
 from .errors import Conflict, InputError, IntegrityError
 from .keys import SigningKey
-from .manifest import PAYLOAD_TYPE, Manifest
+from .manifest import FORMAT_VERSION, PAYLOAD_TYPE, Manifest
 from .paths import check_name, check_relpath
 from .pipeline import Emit, FileDigests, default_workers, lane_window, pieces, run
 from .store import Store
@@ -119,9 +119,11 @@ def seal(
 
     def work(job: _Job, emit: Emit) -> dict:
         p = job.piece
-        h = hashlib.sha256()
+        # Each byte is hashed once per form (FORMAT.md section 9, version 3): a chunk that is
+        # its whole file is hashed here, a longer file's chunks in order by the lane
+        h = None if job.multi else hashlib.sha256()
         enc = codec.ChunkEncoder(p.length, p.dtype, opts.level, opts.codec)
-        s256, s512 = hashlib.sha256(), hashlib.sha512()
+        s256 = hashlib.sha256()
         sealer = keys.encryptor("chunk", job.index) if keys else None
         with store.new_object() as w:
             fd = os.open(job.src.abspath, os.O_RDONLY)
@@ -130,15 +132,15 @@ def seal(
                     buf = os.pread(fd, n, p.offset + off)
                     if len(buf) != n:
                         raise InputError(f"{job.src.abspath}: file shrank while sealing")
-                    h.update(buf)
-                    if job.multi:
+                    if h is None:
                         emit(buf)
+                    else:
+                        h.update(buf)
                     out = enc.feed(buf)
                     if out and sealer:
                         out = sealer.feed(out)
                     if out:
                         s256.update(out)
-                        s512.update(out)
                         w.write(out)
                     if on_bytes:
                         on_bytes(n)
@@ -149,18 +151,16 @@ def seal(
                 out = sealer.feed(out) + sealer.finish()
             if out:
                 s256.update(out)
-                s512.update(out)
                 w.write(out)
             obj = s256.hexdigest()
             size = w.size
             w.commit(object_key(name, obj))
             written.append(object_key(name, obj))
             drop_cached(store, object_key(name, obj))  # synced: recycle its memory
-        chunk = {"offset": p.offset, "length": p.length, "sha256": h.hexdigest(),
-                 "codec": enc.codec, "object": obj}  # fmt: skip
+        chunk = {"offset": p.offset, "length": p.length, "codec": enc.codec, "object": obj}
         if p.dtype:
             chunk["dtype"] = p.dtype
-        return {"chunk": chunk, "size": size, "sha512": s512.hexdigest()}
+        return {"chunk": chunk, "size": size, "file_sha256": h.hexdigest() if h else None}
 
     lane = FileDigests()
     try:
@@ -240,17 +240,16 @@ def _store_record_file(store: Store, name: str, role: str, local: Path, path: st
 def _store_plain(store: Store, name: str, path: str, pieces, written: list[str]) -> dict:
     """A plain payload file at data/PATH: its size and digests for the manifest."""
     check_relpath(path, "payload file")
-    s256, s512 = hashlib.sha256(), hashlib.sha512()
+    s256 = hashlib.sha256()
     with store.new_object() as w:
         for data in pieces:
             s256.update(data)
-            s512.update(data)
             w.write(data)
         key = f"{prefix(name)}/data/{path}"
         w.commit(key)
         written.append(key)
         size = w.size
-    return {"size": size, "sha256": s256.hexdigest(), "sha512": s512.hexdigest()}
+    return {"size": size, "sha256": s256.hexdigest()}
 
 
 class _KeyPlan:
@@ -284,9 +283,9 @@ class _KeyPlan:
         return crypt.Encryptor(self.dk, self.salt, label, index)
 
     def seal_manifest(self, doc: dict, store: Store, name: str, written: list[str]) -> dict:
-        """Version 2: the file table and source go into the sealed private section; the
-        signed manifest keeps what an auditor needs (objects, sizes, digests)."""
-        private = {"format": "weightvault-private", "format_version": 2,
+        """FORMAT.md section 10: the file table and source go into the sealed private
+        section; the signed manifest keeps what an auditor needs (objects, sizes, digests)."""
+        private = {"format": "weightvault-private", "format_version": doc["format_version"],
                    "bundle": {"name": name, "salt": self.salt},
                    "source": doc["source"], "files": doc["files"]}  # fmt: skip
         sealed = crypt.seal_bytes(self.dk, self.salt, "private", 0, canon.canonical(private))
@@ -306,7 +305,7 @@ class _KeyPlan:
                     sh.text.encode() + b"\n", crypt.share_digest(self.salt, sh.text), written))  # fmt: skip
             shares = {"scheme": "slip39", "threshold": self.opts.threshold,
                       "count": len(split), "identifier": split[0].identifier}  # fmt: skip
-        return {**doc, "format_version": 2, "source": {"kind": "encrypted"}, "files": [],
+        return {**doc, "source": {"kind": "encrypted"}, "files": [],
                 "encryption": {"scheme": crypt.SCHEME, "salt": self.salt,
                                "segment_size": crypt.SEGMENT,
                                "key_check": crypt.key_check(self.dk, self.salt),
@@ -347,9 +346,8 @@ def _manifest_doc(name, src, files, jobs, results, digests, opts) -> dict:
         e = entries[job.file]
         e["chunks"].append(r["chunk"])
         if not job.multi:
-            e["sha256"] = r["chunk"]["sha256"]
-        objects[r["chunk"]["object"]] = {"name": r["chunk"]["object"], "size": r["size"],
-                                         "sha512": r["sha512"]}  # fmt: skip
+            e["sha256"] = r["file_sha256"]
+        objects[r["chunk"]["object"]] = {"name": r["chunk"]["object"], "size": r["size"]}
     for i, e in enumerate(entries):
         if e["size"] == 0:
             e["sha256"] = hashlib.sha256(b"").hexdigest()
@@ -364,7 +362,7 @@ def _manifest_doc(name, src, files, jobs, results, digests, opts) -> dict:
         prov["verified_files"] = checked
     return {
         "format": "weightvault-manifest",
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "name": name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tool": {"name": "weightvault", "version": __version__},

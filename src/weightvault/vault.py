@@ -144,11 +144,11 @@ class Vault:
 
     # -- commit
     def commit(self, name: str, files: list[tuple[str, bytes]]) -> None:
-        """Write a bundle's non-object files in COMMIT_ORDER; the commit marker goes last.
+        """Write a bundle's non-object files in commit order; the commit marker goes last.
         Every object and record file the manifest names must already be stored and checked.
         Idempotent: re-running it over an interrupted commit of the same manifest completes it."""
         st, p = self.store, prefix(name)
-        assert [k for k, _ in files] == list(COMMIT_ORDER)
+        assert files[0][0] == MANIFEST_KEY and files[-1][0] == bag.COMMIT_MARKER
         manifest_raw = files[0][1]
         with st.lock(f"commit-{name}"):
             if self.is_committed(name):
@@ -178,28 +178,33 @@ class Vault:
                             st.delete(f"{p}/{key}")
                 raise
 
-    def read_commit_files(self, name: str) -> list[tuple[str, bytes]]:
-        p = prefix(name)
+    def read_commit_files(self, m: Manifest) -> list[tuple[str, bytes]]:
+        """The non-object files of committed bundle `m`, as stored, in commit order."""
+        p = prefix(m.name)
         return [(k, self.store.read_bytes(f"{p}/{k}", bag.MAX_TAG_FILE if k != MANIFEST_KEY
-                                          else MAX_MANIFEST)) for k in COMMIT_ORDER]  # fmt: skip
+                                          else MAX_MANIFEST))
+                for k in commit_order(m.doc["format_version"])]  # fmt: skip
 
 
-COMMIT_ORDER = (
-    MANIFEST_KEY, FORMAT_KEY, SIGNATURE_KEY, "manifest-sha256.txt", "manifest-sha512.txt",
-    "bagit.txt", "bag-info.txt", "tagmanifest-sha512.txt", bag.COMMIT_MARKER,
-)  # fmt: skip
+def commit_order(format_version: int) -> tuple[str, ...]:
+    """FORMAT.md section 2.1: what a writer commits after the objects, in order."""
+    algs = bag.algs(format_version)
+    return (MANIFEST_KEY, FORMAT_KEY, SIGNATURE_KEY, *(f"manifest-{a}.txt" for a in algs),
+            "bagit.txt", "bag-info.txt", *(f"tagmanifest-{a}.txt" for a in algs[:0:-1]),
+            bag.COMMIT_MARKER)  # fmt: skip
 
 
 def commit_files(manifest: Manifest, signature: dict, *, bagging_date: str,
                  organization: str | None = None,
                  description: str | None = None) -> list[tuple[str, bytes]]:  # fmt: skip
-    """Every file of a bundle but its objects and record files, in COMMIT_ORDER."""
+    """Every file of a bundle but its objects and record files, in commit order."""
     sig_bytes = canon.canonical(signature)
     format_md = spec.format_md()
-    payload = [bag.Entry(f"{OBJECTS}/{o['name']}", o["size"], o["name"], o["sha512"])
+    algs = bag.algs(manifest.doc["format_version"])
+    payload = [bag.Entry(f"{OBJECTS}/{o['name']}", o["size"], o["name"], o.get("sha512"))
                for o in manifest.doc["objects"]]  # fmt: skip
     payload += plain_entries(manifest)
-    payload += bag.tag_entries({MANIFEST_KEY: manifest.raw, FORMAT_KEY: format_md})
+    payload += bag.tag_entries({MANIFEST_KEY: manifest.raw, FORMAT_KEY: format_md}, algs)
     tags = {
         "bagit.txt": bag.BAGIT_TXT,
         "bag-info.txt": bag.bag_info(
@@ -210,20 +215,19 @@ def commit_files(manifest: Manifest, signature: dict, *, bagging_date: str,
             oxum_count=len(payload),
             description=description or describe_source(manifest.doc),
             organization=organization,
+            format_version=manifest.doc["format_version"],
         ),
-        "manifest-sha256.txt": bag.manifest_text(payload, "sha256"),
-        "manifest-sha512.txt": bag.manifest_text(payload, "sha512"),
+        **{f"manifest-{a}.txt": bag.manifest_text(payload, a) for a in algs},
         SIGNATURE_KEY: sig_bytes,
     }
-    entries = bag.tag_entries(tags)
+    entries = bag.tag_entries(tags, algs)
     out = {MANIFEST_KEY: manifest.raw, FORMAT_KEY: format_md, **tags,
-           "tagmanifest-sha512.txt": bag.manifest_text(entries, "sha512"),
-           bag.COMMIT_MARKER: bag.manifest_text(entries, "sha256")}  # fmt: skip
-    return [(k, out[k]) for k in COMMIT_ORDER]
+           **{f"tagmanifest-{a}.txt": bag.manifest_text(entries, a) for a in algs}}  # fmt: skip
+    return [(k, out[k]) for k in commit_order(manifest.doc["format_version"])]
 
 
 def plain_entries(manifest: Manifest) -> list[bag.Entry]:
-    return [bag.Entry(f"data/{r['path']}", r["size"], r["sha256"], r["sha512"])
+    return [bag.Entry(f"data/{r['path']}", r["size"], r["sha256"], r.get("sha512"))
             for r in manifest.plain_files]  # fmt: skip
 
 

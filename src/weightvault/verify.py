@@ -13,7 +13,7 @@ from .errors import CorruptData, IntegrityError, StorageError
 from .keys import PublicKey
 from .manifest import MANIFEST_KEY
 from .pipeline import Emit, FileDigests, default_workers, lane_window, run
-from .restore import _Job, chunk_jobs, file_digest_mismatches, max_chunk
+from .restore import _Job, chunk_digest, chunk_jobs, file_digest_mismatches, max_chunk
 from .store import Store
 from .vault import FORMAT_KEY, OBJECTS, Bundle, Vault, object_key, prefix
 
@@ -82,6 +82,7 @@ def verify(
             try:
                 decode_chunk(store, key, objects[c["object"]], c, file_path=files[job.file]["path"],
                              emit=emit if job.multi else None, on_bytes=on_bytes,
+                             expect=chunk_digest(files[job.file], c),
                              cipher=opened.cipher(c["object"]) if opened else None)  # fmt: skip
             except IntegrityError as e:
                 return _problem(store, key, e)
@@ -114,9 +115,7 @@ def verify(
     for r in m.plain_files:
         key = f"{prefix(m.name)}/data/{r['path']}"
         try:
-            check_object(
-                store, key, {"name": r["sha256"], "size": r["size"], "sha512": r["sha512"]}
-            )
+            check_object(store, key, {"name": r["sha256"], **r})
         except IntegrityError as e:
             report.problems.append(_problem(store, key, e))
     report.bytes_checked = store.counters.bytes_read - before
@@ -146,6 +145,8 @@ def check_bag(vault: Vault, b: Bundle) -> list[Problem]:
     st, m = vault.store, b.manifest
     p = prefix(m.name)
     problems: list[Problem] = []
+    algs = bag.algs(m.doc["format_version"])
+    tag_files = bag.tag_files(algs)
 
     def where(key: str) -> str:
         return st.describe(f"{p}/{key}")
@@ -169,14 +170,15 @@ def check_bag(vault: Vault, b: Bundle) -> list[Problem]:
 
     # Tag files are read as streams, a line or a buffer at a time: they are not signed, so
     # their size (up to bag.MAX_TAG_FILE each) must not decide how much memory verify takes.
-    hashed: dict[str, tuple[int, str, str] | Exception] = {}
+    hashed: dict[str, tuple | Exception] = {}
 
-    def digests(key: str) -> tuple[int, str, str] | None:
-        """(size, sha256, sha512) of a tag file, hashed once; None (and a problem) if unreadable."""
+    def digests(key: str) -> tuple | None:
+        """(size, *digests in `algs` order) of a tag file, hashed once; None (and a problem) if
+        unreadable."""
         if key not in hashed:
             try:
                 with st.open_read(f"{p}/{key}") as f:
-                    hashed[key] = bag.file_digests(f, where(key))
+                    hashed[key] = bag.file_digests(f, where(key), algs=algs)
             except (StorageError, CorruptData) as e:
                 hashed[key] = e
         got = hashed[key]
@@ -187,15 +189,16 @@ def check_bag(vault: Vault, b: Bundle) -> list[Problem]:
 
     if (txt := read("bagit.txt", 4096)) is not None and txt != bag.BAGIT_TXT:
         problems.append(Problem("tag", where("bagit.txt"), "not a BagIt 1.0 declaration"))
-    expected: dict[str, tuple[int, str, str]] = {
-        f"{OBJECTS}/{o['name']}": (o["size"], o["name"], o["sha512"]) for o in m.doc["objects"]
+    expected: dict[str, tuple] = {  # path -> (size, *digests in `algs` order)
+        f"{OBJECTS}/{o['name']}": (o["size"], o["name"], *(o[a] for a in algs[1:]))
+        for o in m.doc["objects"]
     }
     for r in m.plain_files:
-        expected[f"data/{r['path']}"] = (r["size"], r["sha256"], r["sha512"])
-    expected[MANIFEST_KEY] = (len(m.raw), *bag.digests(m.raw))
+        expected[f"data/{r['path']}"] = (r["size"], *(r[a] for a in algs))
+    expected[MANIFEST_KEY] = (len(m.raw), *bag.digests(m.raw, algs))
     if (got := digests(FORMAT_KEY)) is not None:
         expected[FORMAT_KEY] = got
-    for i, alg in enumerate(bag.ALGS):
+    for i, alg in enumerate(algs):
         key = f"manifest-{alg}.txt"
         f = open_tag(key)
         if f is None:
@@ -252,7 +255,7 @@ def check_bag(vault: Vault, b: Bundle) -> list[Problem]:
         if any_field and fields.get("External-Identifier") != f"weightvault:bundle:{m.bundle_id}":
             problems.append(Problem("tag", where("bag-info.txt"),
                                     "External-Identifier does not name this bundle"))  # fmt: skip
-    for alg in bag.ALGS:
+    for i, alg in enumerate(algs):
         key = f"tagmanifest-{alg}.txt"
         f = open_tag(key)
         if f is None:
@@ -263,17 +266,25 @@ def check_bag(vault: Vault, b: Bundle) -> list[Problem]:
                 for n, path, digest in bag.iter_manifest(f, where(key)):
                     if path in listed:
                         raise CorruptData(f"{where(key)}: line {n} lists {path!r} twice")
-                    if path in bag.TAG_FILES:
+                    if path in tag_files:
                         listed[path] = digest
         except CorruptData as e:
             problems.append(Problem("tag", where(key), str(e)))
             continue
-        for tag in bag.TAG_FILES:
+        for tag in tag_files:
             got = digests(tag)
-            if got is not None and listed.get(tag) != got[1 + bag.ALGS.index(alg)]:
+            if got is not None and listed.get(tag) != got[1 + i]:
                 problems.append(Problem("tag", where(tag), f"{alg} differs from {key}"))
-    present = set(st.list(f"{p}/data"))
-    for key in sorted(present - {f"{p}/{k}" for k in expected}):
+    present = set(st.list(p))
+    for key in sorted(k for k in present - {f"{p}/{k}" for k in expected}
+                      if k.startswith(f"{p}/data/")):  # fmt: skip
         problems.append(Problem("extra", st.describe(key), "file in the bag's payload that no "
                                 "manifest lists"))  # fmt: skip
+    # A manifest for an algorithm this version does not use is unsigned data a BagIt tool
+    # would still check: in a version 3 bag, a planted manifest-sha512.txt is damage.
+    ours = {f"{p}/{k}" for k in (*tag_files, *(f"tagmanifest-{a}.txt" for a in algs))}
+    for key in sorted(k for k in present - ours
+                      if "/" not in k[len(p) + 1 :] and "manifest-" in k):  # fmt: skip
+        problems.append(Problem("extra", st.describe(key), "a BagIt manifest that format "
+                                f"version {m.doc['format_version']} does not have"))  # fmt: skip
     return problems
