@@ -51,11 +51,6 @@ _DTYPE_OF_CODEC = {codec: dtype for dtype, codec in _CODECS.items()}
 _PREFIX = struct.Struct("<BBBI")  # magic, version, layout, plaintext length
 _DESC = {size: struct.Struct("<" + "BI" * size) for size in set(DTYPES.values())}
 
-# The encoder's trial (section A.7 of FORMAT.md): a stream whose middle TRIAL bytes zstd
-# shrinks by less than TRIAL_GAIN is stored raw without compressing the rest
-TRIAL = 64 * 1024
-TRIAL_GAIN = 0.01
-
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Decoders accept any zstd window up to this; the encoder's frames need at most 4 MiB.
 _MAX_WINDOW = 1 << 23
@@ -217,8 +212,8 @@ def encode_block(dtype: str, block: bytes | bytearray | memoryview) -> bytes:
     if n:
         cctx = _compressor()
         for stream in _split(size, mv[:whole]):
-            packed = _compress_if_worth(cctx, stream)
-            if packed is not None and len(packed) < n:
+            packed = cctx.compress(stream)
+            if len(packed) < n:
                 fields += (METHOD_ZSTD, len(packed))
                 payloads.append(packed)
             else:
@@ -228,18 +223,6 @@ def encode_block(dtype: str, block: bytes | bytearray | memoryview) -> bytes:
         fields = [METHOD_RAW, 0] * size
     head = _PREFIX.pack(MAGIC, VERSION, _LAYOUT[dtype], length) + _DESC[size].pack(*fields)
     return b"".join([head, *payloads, mv[whole:]])  # type: ignore[list-item]
-
-
-def _compress_if_worth(cctx: zstandard.ZstdCompressor, stream: np.ndarray) -> bytes | None:
-    """The stream's zstd frame, or None when a trial on a slice from its middle shows zstd
-    would save under TRIAL_GAIN: mantissa streams are close to random, and compressing them
-    only to throw the result away cost about a tenth of the encoding time."""
-    n = len(stream)
-    if n >= 4 * TRIAL:
-        mid = (n - TRIAL) // 2
-        if len(cctx.compress(stream[mid : mid + TRIAL])) > TRIAL * (1 - TRIAL_GAIN):
-            return None
-    return cctx.compress(stream)
 
 
 # --- decoding ----------------------------------------------------------------------------
