@@ -147,7 +147,7 @@ def keygen(path: str) -> None:
 @click.option("--attach", "attachments", multiple=True, metavar="FILE",
               help="Any other file to keep with the record (repeatable).")  # fmt: skip
 @click.option("--encrypt-to", "encrypt_to", multiple=True, metavar="RECIPIENT",
-              help="Encrypt (format 2) with the data key wrapped for this age recipient "
+              help="Encrypt (FORMAT.md section 10) with the data key wrapped for this age recipient "
                    "(age1..., ssh-ed25519 ..., or a file of them; repeatable).")  # fmt: skip
 @click.option("--custodians", metavar="FILE.toml",
               help="Split the data key SLIP-39 among these custodians ([[custodian]] name, "

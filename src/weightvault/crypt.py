@@ -1,4 +1,5 @@
-"""Encrypted bundles (format version 2): the data key, sealed objects, envelopes, shares.
+"""Encrypted bundles (FORMAT.md section 10, format versions 2 and 3): the data key, sealed
+objects, envelopes, shares.
 
 A bundle's data key (32 random bytes) never leaves this module in the clear except into an
 age envelope or SLIP-39 shares. Each stored object is sealed with AES-256-GCM under a key

@@ -35,7 +35,7 @@ class SealOptions:
     organization: str | None = None  # bag-info Source-Organization
     description: str | None = None  # bag-info External-Description (default: from the source)
     oms_key: object | None = None  # ECDSA key: also write an OpenSSF model-signing signature
-    # Encryption (format version 2): age recipients of the data key, and custodians
+    # Encryption (FORMAT.md section 10): age recipients of the data key, and custodians
     # (name, age recipient) who each get one SLIP-39 share of it, `threshold` needed to open.
     encrypt_to: list[str] = field(default_factory=list)
     custodians: list[tuple[str, str]] = field(default_factory=list)
