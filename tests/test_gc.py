@@ -60,6 +60,27 @@ def seal(vault: Path, model: Path, key: Path, name: str, *extra) -> None:
 # -- local vaults
 
 
+def test_status_names_interrupted_seal_debris_without_failing(vault_copy, minilm_dir, lab_key,
+                                                              tmp_path):  # fmt: skip
+    seal(vault_copy, minilm_dir, lab_key, "half", "--chunk-size", "4")
+    uncommit(vault_copy / "bundles/half")
+    r = ok(wv("status", "--vault", vault_copy))
+    assert "half: only files of an interrupted seal on vault" in r.err and "gc" in r.err
+    assert wv("status", "--vault", vault_copy, "--json").json()["half"]["vault"]["state"] == \
+        "uncommitted"  # fmt: skip
+    # a committed bundle that a replica lacks is still a failure: replication is behind
+    mirror = tmp_path / "mirror"
+    ok(wv("replicate", "minilm", "--from", vault_copy, "--to", mirror, "--trust",
+          f"{lab_key}.pub", "--quiet"))  # fmt: skip
+    cfg = write_config(tmp_path / "wv.toml", lab_key, {"main": {"url": str(vault_copy)},
+                                                       "mirror": {"url": str(mirror)}})  # fmt: skip
+    r = wv("-c", cfg, "status")
+    assert r.code == 0, r.out + r.err
+    shutil.rmtree(mirror / "bundles" / "minilm")
+    r = wv("-c", cfg, "status", "--json")
+    assert r.code == 1 and r.json()["minilm"]["mirror"]["state"] == "absent"
+
+
 def test_interrupted_seal_orphans_reported_by_dry_run_then_removed(vault_copy, minilm_dir,
                                                                    lab_key):  # fmt: skip
     trust = f"{lab_key}.pub"

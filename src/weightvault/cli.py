@@ -538,6 +538,7 @@ def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, wor
 @click.pass_obj
 def status(ctx: Ctx, vault, as_json) -> None:
     """Which bundles are complete, incomplete or absent on which replica (listings only)."""
+    from .replicate import needs_action
     from .replicate import status as do_status
 
     rs = ctx.replicas(vault)
@@ -558,7 +559,12 @@ def status(ctx: Ctx, vault, as_json) -> None:
         Console().print(t)
         for n, e in rs.errors.items():
             click.echo(f"replica {n} unreachable: {e}", err=True)
-    bad = any(s.state != "complete" for row in table.values() for s in row.values())
+    for b, row in table.items():
+        debris = [r for r, s in row.items() if s.state == "uncommitted"]
+        if debris and not any(s.state == "complete" for s in row.values()):
+            click.echo(f"{b}: only files of an interrupted seal on {', '.join(debris)} "
+                       "(never committed; `weightvault gc` removes them)", err=True)  # fmt: skip
+    bad = any(needs_action(row) for row in table.values())
     if rs.errors:
         sys.exit(3)
     if bad:

@@ -219,6 +219,16 @@ def bundle_state(store: Store, name: str, bundle_id: str | None = None) -> Bundl
     return BundleState("complete", m.bundle_id)
 
 
+def needs_action(row: dict[str, BundleState]) -> bool:
+    """Whether a status row (replica -> state of one bundle) is something to act on: damage, a
+    conflict, or a committed bundle that a replica lacks. A row where no replica holds the
+    bundle committed is only an interrupted seal's files: `gc` removes them, nothing is lost."""
+    states = {s.state for s in row.values()} - {"unreachable"}
+    if states & {"incomplete", "conflict"}:
+        return True
+    return "complete" in states and bool(states - {"complete"})
+
+
 def status(stores: dict[str, Store | None], errors: dict[str, str]) -> dict[str, dict]:
     """bundle name -> replica name -> BundleState."""
     names: set[str] = set()
