@@ -91,12 +91,12 @@ def _one_line(v: str) -> str:
     return " ".join(v.split())
 
 
-def digests(data: bytes, algs: tuple[str, ...] = ALGS_OLD) -> tuple[str, ...]:
+def digests(data: bytes, algs: tuple[str, ...] = ALGS) -> tuple[str, ...]:
     return tuple(hashlib.new(a, data).hexdigest() for a in algs)
 
 
 def file_digests(f: BinaryIO, what: str, limit: int = MAX_TAG_FILE,
-                 algs: tuple[str, ...] = ALGS_OLD) -> tuple:  # fmt: skip
+                 algs: tuple[str, ...] = ALGS) -> tuple:  # fmt: skip
     """(size, *digests in `algs` order) of a file read in pieces; CorruptData past `limit`."""
     hs, size = [hashlib.new(a) for a in algs], 0
     while data := f.read(1 << 20):
@@ -108,7 +108,7 @@ def file_digests(f: BinaryIO, what: str, limit: int = MAX_TAG_FILE,
     return size, *(h.hexdigest() for h in hs)
 
 
-def tag_entries(files: dict[str, bytes], algs: tuple[str, ...] = ALGS_OLD) -> list[Entry]:
+def tag_entries(files: dict[str, bytes], algs: tuple[str, ...] = ALGS) -> list[Entry]:
     return [Entry(p, len(b), *digests(b, algs)) for p, b in files.items()]
 
 
