@@ -271,3 +271,36 @@ def test_disk_fills_at_every_stage_of_a_seal(small_fs, small_model, lab_key):
     codes = {free: _fill_and_seal(small_fs, model, ref, lab_key, free)
              for free in _levels(objs, commit, 12)}  # fmt: skip
     assert 3 in codes.values() and 0 in codes.values(), codes
+
+
+# -- a disk that reports a write error only when the data is synced
+
+
+def test_failed_fsync_fails_the_seal_and_leaves_nothing(tmp_path, lab_key, monkeypatch):
+    """EIO from fsync (writeback failed: the bytes may never reach the disk) must not be taken
+    for success: the seal fails with one StorageError naming the staged object, and no bundle
+    is committed or left behind."""
+    import errno
+
+    from weightvault import keys, seal
+    from weightvault.errors import StorageError
+    from weightvault.store import open_store
+    from weightvault.vault import Vault
+
+    model = synthetic_model(tmp_path / "model", 4)
+    vault_dir = tmp_path / "vault"
+    real_fsync = os.fsync
+
+    def failing_fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".part"):  # a staged object
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fsync(fd)
+
+    store = open_store(str(vault_dir), create=True)
+    before = sorted(vault_dir.rglob("*"))
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(StorageError, match=r"\.part: cannot write \(Input/output error\)"):
+        seal.seal(str(model), store, keys.load_signing_key(lab_key), seal.SealOptions(name="m"))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert not Vault(store).is_committed("m")
+    assert sorted(vault_dir.rglob("*")) == before

@@ -634,3 +634,32 @@ def test_encoder_and_decoder_keep_no_state_between_threads():
     t.join()
     assert other == [data]
     assert first + b"".join(it) == data
+
+
+# --- the two exponent-stream encoders ------------------------------------------------------
+
+
+def test_exponent_stream_is_huffman_coded_through_libzstd():
+    """The installed zstandard reaches libzstd's literal-compression switch (its cffi backend):
+    the fast path, not the fallback, is what seals run here."""
+    assert isinstance(fsplit._new_exponent_compressor(), fsplit._CffiCompressor)
+
+
+def test_both_exponent_encoders_round_trip_and_compress_alike(monkeypatch):
+    """Without cffi (or with a libzstd lacking the switch) the exponent stream falls back to
+    python-zstandard's own parameters: other bytes, same format, about the same size."""
+    data = normal_bytes("BF16", 1 << 20, seed=3)
+    fast = roundtrip("BF16", data)
+
+    def unavailable():
+        raise ImportError("no cffi")
+
+    monkeypatch.setattr(fsplit, "_CffiCompressor", unavailable)
+    with ThreadPoolExecutor(1) as pool:  # a fresh thread: no cached per-thread compressor
+        assert isinstance(pool.submit(fsplit._exponent_compressor).result(),
+                          zstandard.ZstdCompressor)  # fmt: skip
+        slow = pool.submit(encode, "BF16", data).result()
+    assert slow != fast
+    assert decode("BF16", slow, len(data)) == data
+    assert abs(len(slow) - len(fast)) < 0.01 * len(data)
+    assert len(fast) < 0.7 * len(data)

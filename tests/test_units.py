@@ -8,6 +8,7 @@ import hashlib
 import json
 import struct
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -272,6 +273,62 @@ def test_pipeline_orders_lane_and_bounds_open_chunks():
     ]
     assert seen == [(j, bytes([j, i])) for j in range(50) for i in range(3)]
     assert peak[0] <= 3
+
+
+def test_pipeline_lane_budget_bounds_queued_bytes_and_never_stalls_the_head():
+    """Workers ahead of a slow lane stop once `budget` bytes wait for it; the job the lane is
+    consuming always moves on, even with pieces bigger than the whole budget (no deadlock)."""
+    piece, budget, workers = 1000, 2500, 3
+    queued, peak = [0], [0]
+    lock = threading.Lock()
+
+    class L(pipeline.Lane):
+        def piece(self, job, data):
+            time.sleep(0.002)
+            with lock:
+                queued[0] -= len(data)
+
+    def work(job, emit):
+        n = 8000 if job % 5 == 0 else piece  # one piece larger than the budget now and then
+        for _ in range(4):
+            emit(bytes(n))
+            with lock:  # counted once admitted (the lane may have had it already: a low peak)
+                queued[0] += n
+                peak[0] = max(peak[0], queued[0])
+        return job
+
+    jobs = list(range(40))
+    assert pipeline.run(jobs, work, lane=L(), workers=workers, budget=budget) == jobs
+    # the budget, or a single piece bigger than it, plus one piece being admitted
+    assert peak[0] <= 8000 + 8000
+    assert queued[0] == 0
+
+
+def test_pipeline_short_jobs_do_not_wait_for_a_long_one():
+    """Uneven jobs (tensor-aligned chunks): while the lane is held by a long job, a worker
+    goes on through later short jobs within the byte budget instead of idling."""
+    long_started, done_while_long = threading.Event(), []
+    long_done = threading.Event()
+
+    class L(pipeline.Lane):
+        pass
+
+    def work(job, emit):
+        if job == 0:
+            long_started.set()
+            for _ in range(50):
+                time.sleep(0.01)
+                emit(b"x" * 10)
+            long_done.set()
+        else:
+            long_started.wait()
+            emit(b"y" * 10)
+            if not long_done.is_set():
+                done_while_long.append(job)
+        return job
+
+    assert pipeline.run(list(range(6)), work, lane=L(), workers=2, budget=1 << 20) == list(range(6))
+    assert len(done_while_long) >= 3, done_while_long
 
 
 def test_pipeline_first_error_cancels_and_propagates():

@@ -86,13 +86,18 @@ class ChunkEncoder:
         return out
 
     def feed(self, piece: bytes | memoryview) -> bytes:
+        return b"".join(self.feed_parts(piece))
+
+    def feed_parts(self, piece: bytes | memoryview) -> list:
+        """What feed returns, as buffers to be written in order (views that are valid until
+        the next call: an fsplit raw stream lives in per-thread scratch)."""
         if self.codec is None:
-            return self._choose(bytes(piece))
+            return [self._choose(bytes(piece))]
         if self.codec == "raw":
-            return piece
+            return [piece]
         if self._z is not None:
-            return self._z.compress(piece)
-        return _fsplit().encode_block(self.dtype, piece)
+            return [self._z.compress(piece)]
+        return _fsplit().encode_block_parts(self.dtype, piece)
 
     def finish(self) -> bytes:
         if self.codec is None:  # empty chunk

@@ -2,10 +2,10 @@
 
 Chunk workers (a small thread pool; hashlib, zstandard and numpy release the GIL) each process
 one chunk start to finish. Whole-file SHA-256 needs the file's bytes in order, so workers also
-hand their plaintext pieces to a single lane thread that consumes them in chunk order. At most
-`window` chunks are open (produced but not yet consumed), so buffered memory is bounded by
-window x chunk size whatever the model size, and the earliest open chunk always has a worker,
-so the lane never waits on work that cannot start.
+hand their plaintext pieces to a single lane thread that consumes them in chunk order. Memory is
+bounded by bytes, not chunks: a worker ahead of the lane waits once LANE_BUDGET bytes are
+queued for it, while the worker of the chunk the lane is consuming never waits. That chunk
+always has a worker (jobs start in order), so the lane never waits on work that cannot start.
 """
 
 from __future__ import annotations
@@ -27,16 +27,11 @@ R = TypeVar("R")
 _END = object()
 
 
-# Plaintext the ordered lane may hold waiting, whatever the core count: two 64 MiB chunks.
-# With 192 MiB (three), seal's peak RSS rose from about 205 MiB at 1 GiB to 217-284 MiB at
-# 8 GiB as a worker now and then ran a chunk further ahead; with 128 MiB it stayed at 175-209
-# MiB for both, and seal and restore times did not change measurably.
+# Bytes queued for the ordered lane (pieces of chunks after the one it is consuming), whatever
+# the core count or chunk size. Counting chunks instead (two open 64 MiB chunks) left the
+# worker of a short chunk idle until the long one before it was done: tensor-aligned chunks
+# are uneven, and seal of 1 GiB bf16 in 32 + 64 MiB chunks spent 15-25 % of worker time so.
 LANE_BUDGET = 128 << 20
-
-
-def lane_window(workers: int, chunk_size: int) -> int:
-    """Open chunks allowed: each may be held whole while earlier ones finish."""
-    return max(2, min(workers + 1, LANE_BUDGET // max(1, chunk_size)))
 
 
 def default_workers() -> int:
@@ -67,17 +62,62 @@ def keep_freed_memory() -> None:
     mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
+class _Gate:
+    """The lane's byte budget. `take` waits while admitting a piece would queue more than the
+    budget, except for the job the lane is consuming once its own pieces are drained: so at
+    most one piece beyond the budget waits for the lane, and that job always moves on (the
+    lane cannot drain later jobs' pieces before it)."""
+
+    def __init__(self, budget: int, cancelled: threading.Event):
+        self.budget, self.cancelled = budget, cancelled
+        self.queued = 0
+        self.by_job: dict[int, int] = {}  # bytes queued, per job sequence number
+        self.head = 0  # sequence number of the lane job being consumed
+        self.cond = threading.Condition()
+
+    def take(self, seq: int, n: int) -> None:
+        with self.cond:
+            while (self.queued and self.queued + n > self.budget
+                   and not (seq == self.head and not self.by_job.get(seq))
+                   and not self.cancelled.is_set()):  # fmt: skip
+                self.cond.wait(0.2)
+            self.queued += n
+            self.by_job[seq] = self.by_job.get(seq, 0) + n
+
+    def give(self, seq: int, n: int) -> None:
+        with self.cond:
+            self.queued -= n
+            left = self.by_job[seq] - n
+            if left:
+                self.by_job[seq] = left
+            else:
+                del self.by_job[seq]
+            self.cond.notify_all()
+
+    def advance(self, seq: int) -> None:
+        with self.cond:
+            self.head = seq
+            self.cond.notify_all()
+
+
 class Emit:
-    """What a worker holds for its chunk: hand pieces to the lane (or drop them if unneeded)."""
+    """What a worker holds for its chunk: hand pieces to the lane (or drop them if unneeded).
+    A piece is bytes, or anything with its size given (restore hands over (offset, length))."""
 
-    def __init__(self, q: queue.SimpleQueue | None, cancelled: threading.Event):
-        self._q, self._cancelled = q, cancelled
+    def __init__(self, q: queue.SimpleQueue | None, cancelled: threading.Event,
+                 gate: _Gate | None = None, seq: int = 0):  # fmt: skip
+        self._q, self._cancelled, self._gate, self._seq = q, cancelled, gate, seq
 
-    def __call__(self, piece) -> None:
+    def __call__(self, piece, size: int | None = None) -> None:
         if self._cancelled.is_set():
             raise Interrupted("cancelled")
         if self._q is not None:
-            self._q.put(bytes(piece) if isinstance(piece, memoryview) else piece)
+            if isinstance(piece, memoryview):
+                piece = bytes(piece)
+            n = len(piece) if size is None else size
+            if self._gate is not None:
+                self._gate.take(self._seq, n)
+            self._q.put((piece, n))
 
     def close(self) -> None:
         if self._q is not None:
@@ -118,15 +158,18 @@ def run(
     needs_lane: Callable[[J], bool] = lambda j: True,
     workers: int | None = None,
     window: int | None = None,
+    budget: int = LANE_BUDGET,
 ) -> list[R]:
     """Run `work` on every job; return results in job order. The first error cancels the rest
-    and is re-raised (workers stop at their next piece)."""
+    and is re-raised (workers stop at their next piece). At most `window` lane jobs are open
+    (started and not yet consumed), and at most about `budget` bytes are queued for the lane."""
     keep_freed_memory()
     workers = workers or default_workers()
-    window = window or workers + 1
+    window = window or 2 * workers
     workers = min(workers, max(1, len(jobs)))
     cancelled = threading.Event()
     slots = threading.Semaphore(window)
+    gate = _Gate(budget, cancelled)
     order: queue.SimpleQueue = queue.SimpleQueue()  # (job, piece queue) in submission order
     lane_error: list[BaseException] = []
 
@@ -141,7 +184,8 @@ def run(
                     continue
                 if item is None:
                     return
-                job, q = item
+                seq, job, q = item
+                gate.advance(seq)
                 while True:
                     try:
                         data = q.get(timeout=0.2)
@@ -153,8 +197,11 @@ def run(
                         break
                     if isinstance(data, BaseException):
                         raise data
+                    piece, n = data
                     if not cancelled.is_set():
-                        lane.piece(job, data)  # type: ignore[union-attr]
+                        lane.piece(job, piece)  # type: ignore[union-attr]
+                    del piece, data  # memory back before the budget is
+                    gate.give(seq, n)
                 if not cancelled.is_set():
                     lane.end(job)  # type: ignore[union-attr]
                 slots.release()
@@ -163,8 +210,8 @@ def run(
             cancelled.set()
             slots.release()
 
-    def wrapped(job: J, q: queue.SimpleQueue | None) -> R:
-        emit = Emit(q, cancelled)
+    def wrapped(job: J, q: queue.SimpleQueue | None, seq: int) -> R:
+        emit = Emit(q, cancelled, gate, seq)
         try:
             return work(job, emit)
         except BaseException as e:
@@ -182,7 +229,7 @@ def run(
     futures: list[Future] = []
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="weightvault") as pool:
-            for job in jobs:
+            for seq, job in enumerate(jobs):
                 q = None
                 if lane is not None and needs_lane(job):
                     while not slots.acquire(timeout=0.2):
@@ -191,10 +238,10 @@ def run(
                     if cancelled.is_set():
                         break
                     q = queue.SimpleQueue()
-                    order.put((job, q))
+                    order.put((seq, job, q))
                 if cancelled.is_set():
                     break
-                futures.append(pool.submit(wrapped, job, q))
+                futures.append(pool.submit(wrapped, job, q, seq))
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             if cancelled.is_set():
                 for f in futures:

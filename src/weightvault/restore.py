@@ -21,7 +21,7 @@ from .chunkio import decode_chunk, drop_pages
 from .codec import PIECE
 from .errors import Conflict, InputError, IntegrityError, StorageError
 from .keys import PublicKey
-from .pipeline import Emit, FileDigests, default_workers, lane_window, run
+from .pipeline import Emit, FileDigests, default_workers, run
 from .store import Store
 from .vault import Bundle, Vault, object_key
 
@@ -53,10 +53,6 @@ def chunk_jobs(files: list[dict]) -> list[_Job]:
         n = len(f["chunks"])
         jobs.extend(_Job(i, c, j == n - 1, n > 1) for j, c in enumerate(f["chunks"]))
     return jobs
-
-
-def max_chunk(files: list[dict]) -> int:
-    return max((c["length"] for f in files for c in f["chunks"]), default=1)
 
 
 def file_digest_mismatches(files: list[dict], lane_digests: dict[int, str]):
@@ -143,7 +139,7 @@ def restore(
                 def sink(pos: int, data: bytes) -> None:
                     _guard_os(dest, lambda: _pwrite_all(fd, data, pos), path)
                     if job.multi:
-                        emit((pos, len(data)))  # the lane reads it back from the file
+                        emit((pos, len(data)), len(data))  # the lane reads it back from the file
 
                 decode_chunk(
                     store, object_key(m.name, c["object"]), objects[c["object"]], c,
@@ -161,7 +157,7 @@ def restore(
         workers = workers or default_workers()
         try:
             run(chunk_jobs(files), work, lane=lane, needs_lane=lambda j: j.multi,
-                workers=workers, window=lane_window(workers, max_chunk(files)))  # fmt: skip
+                workers=workers)  # fmt: skip
         finally:
             lane.close()
         try:

@@ -16,7 +16,7 @@ from .errors import Conflict, InputError, IntegrityError
 from .keys import SigningKey
 from .manifest import FORMAT_VERSION, PAYLOAD_TYPE, Manifest
 from .paths import check_name, check_relpath
-from .pipeline import Emit, FileDigests, default_workers, lane_window, pieces, run
+from .pipeline import Emit, FileDigests, default_workers, pieces, run
 from .store import Store
 from .vault import Vault, already_sealed, commit_files, object_key, prefix
 
@@ -136,12 +136,12 @@ def seal(
                         emit(buf)
                     else:
                         h.update(buf)
-                    out = enc.feed(buf)
-                    if out and sealer:
-                        out = sealer.feed(out)
-                    if out:
-                        s256.update(out)
-                        w.write(out)
+                    for out in enc.feed_parts(buf):
+                        if sealer:
+                            out = sealer.feed(out)
+                        if out:
+                            s256.update(out)
+                            w.write(out)
                     if on_bytes:
                         on_bytes(n)
             finally:
@@ -165,8 +165,7 @@ def seal(
     lane = FileDigests()
     try:
         workers = opts.workers or default_workers()
-        results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi, workers=workers,
-                      window=lane_window(workers, opts.chunk_size))  # fmt: skip
+        results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi, workers=workers)
         doc = _manifest_doc(name, src, files, jobs, results, lane.done, opts)
         record = [_store_record_file(store, name, *r, written) for r in opts.record]
         if opts.oms_key is not None:

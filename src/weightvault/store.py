@@ -116,8 +116,15 @@ class ObjectWriter:
             self._f.flush()
         except OSError as e:
             raise self._failed(e) from None
-        with contextlib.suppress(io.UnsupportedOperation, AttributeError, OSError):
+        try:
             os.fsync(self._f.fileno())
+        except (io.UnsupportedOperation, AttributeError):
+            pass  # a remote file object: its close() is what makes it durable
+        except OSError as e:
+            # EINVAL: a file that cannot be synced (a pipe, some FUSE mounts); anything else
+            # (EIO, ENOSPC on writeback) means the bytes may not be on disk: fail, never commit
+            if e.errno != errno.EINVAL:
+                raise self._failed(e) from None
         self._f.close()
         self.done = True
         self.store.counters.add(written=self.size)

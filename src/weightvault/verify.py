@@ -12,8 +12,8 @@ from .chunkio import Problem, check_object, decode_chunk
 from .errors import CorruptData, IntegrityError, StorageError
 from .keys import PublicKey
 from .manifest import MANIFEST_KEY
-from .pipeline import Emit, FileDigests, default_workers, lane_window, run
-from .restore import _Job, chunk_digest, chunk_jobs, file_digest_mismatches, max_chunk
+from .pipeline import Emit, FileDigests, default_workers, run
+from .restore import _Job, chunk_digest, chunk_jobs, file_digest_mismatches
 from .store import Store
 from .vault import FORMAT_KEY, OBJECTS, Bundle, Vault, object_key, prefix
 
@@ -91,7 +91,7 @@ def verify(
         lane = FileDigests()
         workers = workers or default_workers()
         found = run(chunk_jobs(files), work, lane=lane, needs_lane=lambda j: j.multi,
-                    workers=workers, window=lane_window(workers, max_chunk(files)))  # fmt: skip
+                    workers=workers)  # fmt: skip
 
         report.problems += _unique(p for p in found if p)
         if not any(p.kind in ("missing", "damaged") for p in report.problems):
