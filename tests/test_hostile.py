@@ -560,3 +560,26 @@ def test_manifest_check_raises_only_weightvault_errors(real_manifest: bytes, dat
         _safe(f["path"])
         assert sum(c["length"] for c in f["chunks"]) == f["size"]
         assert all(c["object"] in m.objects for c in f["chunks"])
+
+
+def test_harness_limits_apply_and_peak_memory_is_the_childs_own():
+    """The bounds every hostile case runs under are really set in the child, and its peak
+    RSS is its own even when this process is large (a forked child's would include ours)."""
+    import subprocess
+    import sys
+
+    from hostile import run as harness
+
+    ballast = bytearray(300 << 20)  # this process: 300 MiB more, all touched
+    ballast[::4096] = b"\1" * len(ballast[::4096])
+    code = ("import resource as r; print(r.getrlimit(r.RLIMIT_AS)[0], "
+            "r.getrlimit(r.RLIMIT_NOFILE)[0], r.getrlimit(r.RLIMIT_FSIZE)[0], "
+            "r.getrlimit(r.RLIMIT_CORE)[0])")  # fmt: skip
+    p, report = harness.spawn([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    out = p.stdout.read().decode().split()
+    assert p.wait() == 0
+    peak = harness.peak_rss(report)
+    assert list(map(int, out)) == [harness.AS_LIMIT, min(harness.NOFILE, int(out[1])),
+                                   harness.FSIZE, 0]  # fmt: skip
+    assert 1 << 20 < peak < 100 << 20, peak
+    del ballast

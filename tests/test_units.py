@@ -343,3 +343,34 @@ def test_pipeline_first_error_cancels_and_propagates():
 
     with pytest.raises(InputError, match="boom at 5"):
         pipeline.run(list(range(100)), work, lane=L(), workers=2)
+
+
+def test_finisher_bounds_pending_steps_and_raises_the_first_failure():
+    running, peak = [0], [0]
+    lock = threading.Lock()
+    done: list[int] = []
+
+    def step(i):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        done.append(i)
+
+    f = pipeline.Finisher(threads=4, pending=2)
+    for i in range(10):
+        f.submit(lambda i=i: step(i))
+    f.drain()
+    assert sorted(done) == list(range(10)) and peak[0] <= 2
+
+    def fail():
+        raise InputError("disk said no")
+
+    f = pipeline.Finisher(threads=1, pending=1)
+    f.submit(fail)
+    with pytest.raises(InputError, match="disk said no"):  # at the latest, when drained
+        for _ in range(50):
+            f.submit(lambda: time.sleep(0.001))
+        f.drain()

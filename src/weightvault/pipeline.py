@@ -262,6 +262,44 @@ def run(
     return [f.result() for f in futures]
 
 
+class Finisher:
+    """Runs the last step of each job (a written object's fsync and rename, or its upload) on
+    threads of its own, so the worker goes on to its next chunk meanwhile. Seal's workers
+    spent 0.5-0.65 s of 1 GiB's 1.8 s waiting in fsync, a quarter of their time, which left
+    the two cores about 160 % busy. At most `pending` steps wait at once (bounding what is
+    written but not yet committed); the first failure is raised by the next `submit`, and
+    by `drain`, which waits for them all and must be called before trusting the results."""
+
+    def __init__(self, threads: int, pending: int):
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="weightvault-finish")
+        self._slots = threading.Semaphore(max(1, pending))
+        self._futures: list[Future] = []
+        self._lock = threading.Lock()
+
+    def submit(self, step: Callable[[], object]) -> None:
+        self._raise_first()
+        self._slots.acquire()
+
+        def run() -> object:
+            try:
+                return step()
+            finally:
+                self._slots.release()
+
+        with self._lock:
+            self._futures.append(self._pool.submit(run))
+
+    def _raise_first(self) -> None:
+        with self._lock:
+            failed = [f for f in self._futures if f.done() and f.exception()]
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
+
+    def drain(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._raise_first()
+
+
 def pieces(total: int, size: int) -> Iterable[tuple[int, int]]:
     for off in range(0, total, size):
         yield off, min(size, total - off)

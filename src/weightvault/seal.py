@@ -16,7 +16,7 @@ from .errors import Conflict, InputError, IntegrityError
 from .keys import SigningKey
 from .manifest import FORMAT_VERSION, PAYLOAD_TYPE, Manifest
 from .paths import check_name, check_relpath
-from .pipeline import Emit, FileDigests, default_workers, pieces, run
+from .pipeline import Emit, FileDigests, Finisher, default_workers, pieces, run
 from .store import Store
 from .vault import Vault, already_sealed, commit_files, object_key, prefix
 
@@ -125,7 +125,8 @@ def seal(
         enc = codec.ChunkEncoder(p.length, p.dtype, opts.level, opts.codec)
         s256 = hashlib.sha256()
         sealer = keys.encryptor("chunk", job.index) if keys else None
-        with store.new_object() as w:
+        w = store.new_object()
+        try:
             fd = os.open(job.src.abspath, os.O_RDONLY)
             try:
                 for off, n in pieces(p.length, codec.PIECE):
@@ -154,18 +155,28 @@ def seal(
                 w.write(out)
             obj = s256.hexdigest()
             size = w.size
-            w.commit(object_key(name, obj))
-            written.append(object_key(name, obj))
-            drop_cached(store, object_key(name, obj))  # synced: recycle its memory
+            # inside the try: if submit refuses (an earlier commit failed), nothing else would
+            # ever commit or remove this object
+            finisher.submit(lambda: _commit_object(store, w, object_key(name, obj), written))
+        except BaseException:
+            w.abort()
+            raise
         chunk = {"offset": p.offset, "length": p.length, "codec": enc.codec, "object": obj}
         if p.dtype:
             chunk["dtype"] = p.dtype
         return {"chunk": chunk, "size": size, "file_sha256": h.hexdigest() if h else None}
 
     lane = FileDigests()
+    workers = opts.workers or default_workers()
+    finisher = Finisher(workers, workers + 1)
     try:
-        workers = opts.workers or default_workers()
-        results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi, workers=workers)
+        try:
+            results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi, workers=workers)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                finisher.drain()  # the first error is the one to report
+            raise
+        finisher.drain()  # every object durable (or its error raised) before the manifest
         doc = _manifest_doc(name, src, files, jobs, results, lane.done, opts)
         record = [_store_record_file(store, name, *r, written) for r in opts.record]
         if opts.oms_key is not None:
@@ -204,6 +215,8 @@ def seal(
             ),
         )
     except BaseException as e:
+        with contextlib.suppress(BaseException):
+            finisher.drain()  # so `written` is complete
         # Nothing was committed: remove what this run wrote, so no half bundle lingers. Not
         # after a Conflict: another seal of this name is committing the same objects (content
         # names them), and removing them would break its bundle; gc collects real orphans.
@@ -223,6 +236,15 @@ def seal(
         vault=store.url,
         notes=src.notes,
     )
+
+
+def _commit_object(store: Store, w, key: str, written: list[str]) -> None:
+    try:
+        w.commit(key)
+    finally:
+        w.abort()  # a no-op once committed; else the staged copy goes
+    written.append(key)
+    drop_cached(store, key)  # synced: recycle its memory
 
 
 def _store_record_file(store: Store, name: str, role: str, local: Path, path: str,

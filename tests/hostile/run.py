@@ -5,13 +5,14 @@ inflate would die of MemoryError rather than take the machine down), the common 
 of 1024 open files, a maximum file size of 1.5 GiB (RLIMIT_FSIZE: it stands for a filesystem's
 or a quota's limit; Python ignores SIGXFSZ, so a write past it fails with EFBIG), and a
 wall-clock timeout after which it is killed. Its peak resident memory is read from the kernel's
-accounting of that one child (os.wait4), not sampled.
+accounting of that one child (os.wait4), not sampled, through a small intermediate process
+(tests/hostile/spawn.py: a child of pytest itself would start from pytest's peak).
 """
 
 from __future__ import annotations
 
 import os
-import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,12 +50,29 @@ class Run:
                 f"  stdout: {self.out[:2000]!r}\n  stderr: {self.err[-4000:]!r}")  # fmt: skip
 
 
-def _limits() -> None:  # runs in the child, between fork and exec
-    resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(NOFILE, hard), hard))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE, FSIZE))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+SPAWN = Path(__file__).with_name("spawn.py")
+
+
+def spawn(argv: list[str], **popen) -> tuple[subprocess.Popen, int]:
+    """Start argv under the limits; returns the process and the read end of the pipe on which
+    it reports the command's peak RSS (in bytes) when the command ends."""
+    r, w = os.pipe()
+    cmd = [sys.executable, "-S", str(SPAWN), str(w), str(AS_LIMIT), str(NOFILE), str(FSIZE),
+           "--", *argv]  # fmt: skip
+    try:
+        p = subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True, **popen)
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
+    return p, r
+
+
+def peak_rss(report_fd: int) -> int:
+    with os.fdopen(report_fd, "rb") as f:
+        data = f.read().strip()
+    return int(data) if data else 0
 
 
 def child_env(tmpdir: Path) -> dict[str, str]:
@@ -72,17 +90,16 @@ def run_cli(*args: str | os.PathLike, cwd: Path, env: dict[str, str],
     cmd = [sys.executable, "-m", "weightvault.cli", *argv]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.monotonic()
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd,
-                             env=env, preexec_fn=_limits)  # fmt: skip
+        p, report = spawn(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, env=env)
         killed = False
         while True:
-            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            pid, status, _usage = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
             if time.monotonic() - t0 > timeout:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)
                 killed = True
-                pid, status, usage = os.wait4(p.pid, 0)
+                pid, status, _usage = os.wait4(p.pid, 0)
                 break
             time.sleep(0.005)
         seconds = time.monotonic() - t0
@@ -90,4 +107,4 @@ def run_cli(*args: str | os.PathLike, cwd: Path, env: dict[str, str],
         out.seek(0)
         err.seek(0)
         return Run(argv, None if killed else p.returncode, out.read(KEEP).decode(errors="replace"),
-                   err.read(KEEP).decode(errors="replace"), usage.ru_maxrss * 1024, seconds)  # fmt: skip
+                   err.read(KEEP).decode(errors="replace"), peak_rss(report), seconds)  # fmt: skip
