@@ -273,27 +273,25 @@ class Finisher:
     def __init__(self, threads: int, pending: int):
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="weightvault-finish")
         self._slots = threading.Semaphore(max(1, pending))
-        self._futures: list[Future] = []
-        self._lock = threading.Lock()
+        self._errors: list[BaseException] = []  # the first is raised; kept, not rescanned
 
     def submit(self, step: Callable[[], object]) -> None:
         self._raise_first()
         self._slots.acquire()
 
-        def run() -> object:
+        def run() -> None:
             try:
-                return step()
+                step()
+            except BaseException as e:  # noqa: BLE001 - handed to submit / drain
+                self._errors.append(e)
             finally:
                 self._slots.release()
 
-        with self._lock:
-            self._futures.append(self._pool.submit(run))
+        self._pool.submit(run)
 
     def _raise_first(self) -> None:
-        with self._lock:
-            failed = [f for f in self._futures if f.done() and f.exception()]
-        if failed:
-            raise failed[0].exception()  # type: ignore[misc]
+        if self._errors:
+            raise self._errors[0]
 
     def drain(self) -> None:
         self._pool.shutdown(wait=True)
