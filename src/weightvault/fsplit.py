@@ -20,7 +20,7 @@ Block layout (all integers little-endian)::
     ..  the tail: the last L mod S plaintext bytes, verbatim
 
 Thread safety: every function may be called from several threads at once; zstd contexts and
-work buffers are kept per thread (8.5 MiB for each thread that has encoded or decoded), and
+work buffers are kept per thread (8.5-14.5 MiB for each thread that has encoded or decoded), and
 numpy and zstandard release the GIL while they work, so encoders in threads scale with cores.
 Input needs no alignment (an odd offset into a larger buffer works, a little slower).
 """
@@ -82,43 +82,70 @@ _ACCELERATION = 1 << 16
 
 
 class _CffiCompressor:
-    """One libzstd compression context with the Huffman-leaning parameters, per thread."""
+    """One libzstd compression context per thread and kind of stream (the exponent stream's
+    accelerated one, or the plain _ENCODE_PARAMS one for the others). `compress` writes into
+    a buffer of its own per slot and returns a view of it, valid until that slot is used
+    again: no copy of the frame, and no zstd work past the point where the frame would not be
+    shorter than the stream (so a near-random mantissa stream stops as soon as it fills)."""
 
-    def __init__(self) -> None:
+    def __init__(self, accelerate: bool) -> None:
         from zstandard import backend_cffi as zc  # noqa: PLC0415 - optional backend
 
         self.ffi, self.lib = ffi, lib = zc.ffi, zc.lib
         self.cctx = ffi.gc(lib.ZSTD_createCCtx(), lib.ZSTD_freeCCtx)
-        for param, value in (
+        params = [
             (lib.ZSTD_c_windowLog, 21),
             (lib.ZSTD_c_hashLog, 6),
             (lib.ZSTD_c_chainLog, 6),
             (lib.ZSTD_c_searchLog, 1),
             (lib.ZSTD_c_minMatch, 7),
-            (lib.ZSTD_c_targetLength, _ACCELERATION),
             (lib.ZSTD_c_strategy, lib.ZSTD_fast),
             (lib.ZSTD_c_contentSizeFlag, 1),
             (lib.ZSTD_c_checksumFlag, 1),
-            (lib.ZSTD_c_literalCompressionMode, lib.ZSTD_ps_enable),
-        ):
+        ]
+        if accelerate:
+            params += [(lib.ZSTD_c_targetLength, _ACCELERATION),
+                       (lib.ZSTD_c_literalCompressionMode, lib.ZSTD_ps_enable)]  # fmt: skip
+        for param, value in params:
             if lib.ZSTD_isError(lib.ZSTD_CCtx_setParameter(self.cctx, param, value)):
                 raise RuntimeError("libzstd refused a compression parameter")
-        self.cap = lib.ZSTD_compressBound(BLOCK_MAX)
-        self.out = ffi.new("char[]", self.cap)
+        self.too_small = lib.ZSTD_error_dstSize_tooSmall
+        self.out: list = []
 
-    def compress(self, data) -> bytes:
-        lib = self.lib
-        n = lib.ZSTD_compress2(self.cctx, self.out, self.cap, self.ffi.from_buffer(data), len(data))
+    def compress(self, data, slot: int = 0) -> memoryview | None:
+        """The zstd frame of `data` if it is shorter than `data`, else None."""
+        ffi, lib = self.ffi, self.lib
+        while len(self.out) <= slot:
+            self.out.append(ffi.new("char[]", BLOCK_MAX // 2))  # a stream's largest size
+        cap = len(data) - 1
+        if cap <= 0:
+            return None
+        out = self.out[slot]
+        n = lib.ZSTD_compress2(self.cctx, out, cap, ffi.from_buffer(data), len(data))
         if lib.ZSTD_isError(n):
-            raise RuntimeError(self.ffi.string(lib.ZSTD_getErrorName(n)).decode())
-        return self.ffi.buffer(self.out, n)[:]
+            if lib.ZSTD_getErrorCode(n) == self.too_small:
+                return None
+            raise RuntimeError(ffi.string(lib.ZSTD_getErrorName(n)).decode())
+        return memoryview(ffi.buffer(out, n))
 
 
-def _new_exponent_compressor():
+class _PlainCompressor:
+    """The fallback without cffi (or with a libzstd lacking a parameter): python-zstandard's
+    own API with _ENCODE_PARAMS, for every stream."""
+
+    def __init__(self) -> None:
+        self.cctx = zstandard.ZstdCompressor(compression_params=_ENCODE_PARAMS)
+
+    def compress(self, data, slot: int = 0) -> bytes | None:
+        packed = self.cctx.compress(data)
+        return packed if len(packed) < len(data) else None
+
+
+def _new_compressor(accelerate: bool):
     try:
-        return _CffiCompressor()
+        return _CffiCompressor(accelerate)
     except Exception:  # noqa: BLE001 - no cffi, or a libzstd without the parameter
-        return _compressor()
+        return _PlainCompressor()
 
 
 _local = threading.local()
@@ -136,17 +163,18 @@ def codec_name(dtype: str) -> str:
         raise ValueError(f"fsplit does not handle dtype {dtype!r}") from None
 
 
-def _compressor() -> zstandard.ZstdCompressor:
+def _compressor():
+    """This thread's compressor for the streams other than the exponent's."""
     c = getattr(_local, "cctx", None)
     if c is None:
-        c = _local.cctx = zstandard.ZstdCompressor(compression_params=_ENCODE_PARAMS)
+        c = _local.cctx = _new_compressor(accelerate=False)
     return c
 
 
 def _exponent_compressor():
     c = getattr(_local, "ectx", None)
     if c is None:
-        c = _local.ectx = _new_exponent_compressor()
+        c = _local.ectx = _new_compressor(accelerate=True)
     return c
 
 
@@ -278,8 +306,8 @@ def encode_block(dtype: str, block: bytes | bytearray | memoryview) -> bytes:
 
 def encode_block_parts(dtype: str, block: bytes | bytearray | memoryview) -> list:
     """encode_block as the pieces that, concatenated, are the encoded block (header, streams,
-    tail), so a writer can skip the copy a join makes. A raw stream is a view of this thread's
-    scratch (and the tail a view of `block`): use the parts before the next call."""
+    tail), so a writer can skip the copy a join makes. A stream, raw or zstd, is a view of this
+    thread's buffers (and the tail a view of `block`): use the parts before the next call."""
     size = DTYPES.get(dtype)
     if size is None:
         raise ValueError(f"fsplit does not handle dtype {dtype!r}")
@@ -294,8 +322,8 @@ def encode_block_parts(dtype: str, block: bytes | bytearray | memoryview) -> lis
     if n:
         compressors = (_exponent_compressor(), _compressor())
         for i, stream in enumerate(_split(size, mv[:whole])):
-            packed = compressors[i > 0].compress(stream)
-            if len(packed) < n:
+            packed = compressors[i > 0].compress(stream, i)
+            if packed is not None:
                 fields += (METHOD_ZSTD, len(packed))
                 payloads.append(packed)
             else:
