@@ -177,7 +177,6 @@ def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, excl
     """Seal SOURCE (a directory, hf://ORG/NAME@REVISION, or a Hub cache snapshot) into every
     replica: the first reachable one is written, then the bundle is replicated to the rest."""
     from .crypt import load_custodians, recipients_from
-    from .record import build_record
     from .seal import SealOptions
     from .sources import DEFAULT_EXCLUDES
 
@@ -185,6 +184,8 @@ def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, excl
     rs = ctx.replicas(vault)
     plan = None
     if report or interviews or record_toml or attachments:
+        from .record import build_record
+
         plan = build_record(record_toml, report, list(interviews), list(attachments))
         for w in plan.warnings:  # sealed anyway: the words may be paraphrased on purpose
             click.echo(f"weightvault: warning: {w}", err=True)

@@ -33,15 +33,16 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
-
-import jsonschema
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import canon, spec
 from .errors import CorruptData, InputError, IntegrityError, WeightvaultError
 from .paths import check_relpath, check_unique
 from .store import Store
 from .vault import Bundle, prefix
+
+if TYPE_CHECKING:
+    import jsonschema
 
 # Bounds on inputs: far above any real record, far below what could exhaust a machine.
 MAX_TOML = 4 << 20
@@ -130,9 +131,8 @@ def _describe(err: jsonschema.ValidationError, tables: str) -> str:
 
 def _schema_check(doc: Any, schema: str, what: str, err: type[WeightvaultError],
                   tables: str = "a table") -> None:  # fmt: skip
-    # spec._validator is the cached, format-checking validator spec.validate uses; we need its
-    # errors themselves to word them for the person who wrote the file.
-    e = jsonschema.exceptions.best_match(spec._validator(schema).iter_errors(doc))
+    # the error itself, not spec.validate's wording: it is worded for the person who wrote it
+    e = spec.first_error(doc, schema)
     if e is not None:
         raise err(f"{what}: {_describe(e, tables)}")
 

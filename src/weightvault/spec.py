@@ -9,10 +9,12 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-
-import jsonschema
+from typing import TYPE_CHECKING
 
 from .errors import CorruptData
+
+if TYPE_CHECKING:
+    import jsonschema
 
 _HERE = Path(__file__).resolve().parent
 
@@ -42,13 +44,22 @@ def format_md() -> bytes:
 
 @functools.cache
 def _validator(schema: str) -> jsonschema.protocols.Validator:
+    import jsonschema  # noqa: PLC0415 - about 75 ms: only for commands that validate
+
     doc = json.loads(_path(f"{schema}.schema.json").read_text())
     cls = jsonschema.validators.validator_for(doc)
     return cls(doc, format_checker=cls.FORMAT_CHECKER)
 
 
+def first_error(doc: object, schema: str) -> jsonschema.ValidationError | None:
+    """The most relevant way `doc` breaks `schema` (jsonschema's best match), or None."""
+    import jsonschema  # noqa: PLC0415
+
+    return jsonschema.exceptions.best_match(_validator(schema).iter_errors(doc))
+
+
 def validate(doc: object, schema: str, what: str) -> None:
-    err = jsonschema.exceptions.best_match(_validator(schema).iter_errors(doc))
+    err = first_error(doc, schema)
     if err is not None:
         where = "/".join(str(p) for p in err.absolute_path) or "(top)"
         msg = err.message if len(err.message) < 200 else err.message[:200] + "..."
