@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from . import codec
 from .errors import CorruptData, IntegrityError, StorageError
+from .fixity import Fixity
 from .store import Store
 
 
@@ -31,19 +32,14 @@ class Problem:
 
 
 class _HashingReader:
-    def __init__(self, f, want_digests: bool, sha512: bool = False):
+    def __init__(self, f, want_digests: bool, obj: dict):
         self.f = f
-        self.s256 = hashlib.sha256() if want_digests else None
-        self.s512 = hashlib.sha512() if want_digests and sha512 else None  # versions 1 and 2
-        self.size = 0
+        self.fixity = Fixity.like(obj) if want_digests else None
 
     def read(self, n: int) -> bytes:
         data = self.f.read(n)
-        self.size += len(data)
-        if self.s256 is not None:
-            self.s256.update(data)
-            if self.s512 is not None:
-                self.s512.update(data)
+        if self.fixity is not None:
+            self.fixity.update(data)
         return data
 
     def drain(self) -> None:
@@ -57,7 +53,7 @@ def check_object(store: Store, key: str, obj: dict) -> None:
     where = store.describe(key)
     f = _open(store, key, obj)
     with f:
-        r = _HashingReader(f, True, "sha512" in obj)
+        r = _HashingReader(f, True, obj)
         r.drain()
     _compare_stored(r, obj, where)
 
@@ -89,7 +85,7 @@ def decode_chunk(
     h = hashlib.sha256() if expect is not None else None
     pos = chunk["offset"]
     with f:
-        r = _HashingReader(f, stored_digests, "sha512" in obj)
+        r = _HashingReader(f, stored_digests, obj)
         try:
             opened = cipher(r.read, obj["size"]) if cipher else None
             read = opened.read if opened else r.read
@@ -158,10 +154,12 @@ def _open(store: Store, key: str, obj: dict):
 
 
 def _compare_stored(r: _HashingReader, obj: dict, where: str) -> None:
-    if r.size != obj["size"]:
-        raise IntegrityError(f"{where}: {r.size} bytes stored, expected {obj['size']}")
-    got = r.s256.hexdigest()
-    if got != obj["name"]:
-        raise IntegrityError(f"{where}: sha256 of stored bytes is {got}, expected {obj['name']}")
-    if r.s512 is not None and r.s512.hexdigest() != obj["sha512"]:
-        raise IntegrityError(f"{where}: sha512 of stored bytes does not match the manifest")
+    diff = r.fixity.difference(obj["size"], obj["name"], obj.get("sha512"))
+    if diff is None:
+        return
+    what, got, want = diff
+    if what == "size":
+        raise IntegrityError(f"{where}: {got} bytes stored, expected {want}")
+    if what == "sha256":
+        raise IntegrityError(f"{where}: sha256 of stored bytes is {got}, expected {want}")
+    raise IntegrityError(f"{where}: sha512 of stored bytes does not match the manifest")

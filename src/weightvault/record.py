@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import difflib
-import hashlib
 import io
 import json
 import os
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import canon, spec
 from .errors import CorruptData, InputError, IntegrityError, WeightvaultError
+from .fixity import Fixity
 from .paths import check_relpath, check_unique
 from .store import Store
 from .vault import Bundle, prefix
@@ -590,18 +590,20 @@ def _key(bundle: Bundle, path: str) -> str:
     return f"{prefix(bundle.name)}/data/{path}"
 
 
-def _check_digests(what: str, entry: dict, size: int, s256: str, s512: str | None) -> None:
-    if size != entry["size"]:
+def _check_digests(what: str, entry: dict, got: Fixity) -> None:
+    diff = got.differs_from(entry)
+    if diff is None:
+        return
+    alg, value, want = diff
+    if alg == "size":
         raise IntegrityError(
-            f"{what}: {size} bytes, but the signed manifest says {entry['size']} (the record file "
+            f"{what}: {value} bytes, but the signed manifest says {want} (the record file "
             "was changed after sealing)"
         )
-    for alg, got in (("sha256", s256), ("sha512", s512)):
-        if alg in entry and got != entry[alg]:
-            raise IntegrityError(
-                f"{what}: {alg} {got[:16]}... differs from the signed manifest's "
-                f"{entry[alg][:16]}... (the record file was changed after sealing)"
-            )
+    raise IntegrityError(
+        f"{what}: {alg} {value[:16]}... differs from the signed manifest's "
+        f"{want[:16]}... (the record file was changed after sealing)"
+    )
 
 
 def _fetch(store: Store, bundle: Bundle, entry: dict, limit: int) -> bytes:
@@ -622,8 +624,7 @@ def _fetch(store: Store, bundle: Bundle, entry: dict, limit: int) -> bytes:
             f"{what}: larger than the {entry['size']} bytes the signed manifest says (the record "
             "file was changed after sealing)"
         ) from None
-    _check_digests(what, entry, len(data), hashlib.sha256(data).hexdigest(),
-                   hashlib.sha512(data).hexdigest() if "sha512" in entry else None)  # fmt: skip
+    _check_digests(what, entry, Fixity.of(data, entry))
     return data
 
 
@@ -632,18 +633,14 @@ def _copy_checked(store: Store, bundle: Bundle, entry: dict, sink: Callable[[byt
     what = store.describe(key)
     if store.size(key) is None:
         raise IntegrityError(f"{what}: missing (a record file of the bundle was deleted)")
-    s256, n = hashlib.sha256(), 0
-    s512 = hashlib.sha512() if "sha512" in entry else None  # format versions 1 and 2
+    got = Fixity.like(entry)
     with store.open_read(key) as f:
-        while data := f.read(min(_PIECE, entry["size"] - n + 1)):
-            n += len(data)
-            if n > entry["size"]:
+        while data := f.read(min(_PIECE, entry["size"] - got.size + 1)):
+            got.update(data)
+            if got.size > entry["size"]:
                 break
-            s256.update(data)
-            if s512:
-                s512.update(data)
             sink(data)
-    _check_digests(what, entry, n, s256.hexdigest(), s512.hexdigest() if s512 else None)
+    _check_digests(what, entry, got)
 
 
 def read_record(store: Store, bundle: Bundle, *, check_all: bool = True) -> RecordView:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from . import bag
 from .errors import Conflict, IntegrityError, StorageError
+from .fixity import Fixity
 from .keys import PublicKey
 from .manifest import MAX_MANIFEST
 from .pipeline import run
@@ -61,20 +62,18 @@ def copy_object(sources: list[Store], dst: Store, key: str, sha256: str, size: i
         except StorageError as e:
             problems.append(str(e))
             continue
-        h, h512 = hashlib.sha256(), hashlib.sha512() if sha512 else None
+        got = Fixity(sha512 is not None)
         with f, dst.new_object() as w:
             try:
                 while data := f.read(1 << 20):
-                    h.update(data)
-                    if h512:
-                        h512.update(data)
+                    got.update(data)
                     w.write(data)
             except StorageError as e:
                 problems.append(str(e))
                 continue
-            if h.hexdigest() != sha256 or w.size != size or (h512 and h512.hexdigest() != sha512):
-                problems.append(f"{src.describe(key)}: damaged (sha256 {h.hexdigest()[:16]}..., "
-                                f"{w.size} bytes)")  # fmt: skip
+            if got.difference(size, sha256, sha512):
+                problems.append(f"{src.describe(key)}: damaged (sha256 {got.sha256[:16]}..., "
+                                f"{got.size} bytes)")  # fmt: skip
                 continue
             w.commit(key, sha256=sha256)
             return src.url

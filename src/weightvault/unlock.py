@@ -7,7 +7,6 @@ against the signed manifest's digests before it is used, like every other byte f
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from . import canon, crypt
 from .crypt import KeyAccessError
 from .errors import CorruptData, IntegrityError, StorageError
+from .fixity import Fixity
 from .manifest import MAX_MANIFEST, Manifest
 from .store import Store
 from .vault import Bundle, prefix
@@ -59,11 +59,7 @@ def read_plain(store: Store, name: str, entry: dict, limit: int) -> bytes:
         if store.size(key) is None:
             raise IntegrityError(f"{where}: missing") from None
         raise
-    if (
-        len(data) != entry["size"]
-        or hashlib.sha256(data).hexdigest() != entry["sha256"]
-        or ("sha512" in entry and hashlib.sha512(data).hexdigest() != entry["sha512"])
-    ):
+    if Fixity.of(data, entry).differs_from(entry):
         raise IntegrityError(f"{where}: does not match the digests in the signed manifest")
     return data
 
