@@ -653,8 +653,10 @@ class Bench:
             r["stderr"] = r["stderr"][-2000:]
             r["size"] = size
             rows.append(r)
-            if not self.args.keep_inputs and src != self.main_input:
+            # the --size input stays: a --workdir keeps it for the next run's comparison
+            if not self.args.keep_inputs and src != self.input_dir(self.args.size):
                 shutil.rmtree(src, ignore_errors=True)
+                (src.parent / f"{src.name}.json").unlink(missing_ok=True)
         ok = [r for r in rows if r.get("rc") == 0]
         res: dict = {"runs": rows}
         if len(ok) >= 2:
@@ -667,8 +669,6 @@ class Bench:
 
     def input_dir(self, size: int) -> Path:
         return self.work / "inputs" / f"bf16-{human(size)}"
-
-    main_input: Path | None = None
 
 
 def ratios(steps: list[dict], kind: str, input_bytes: int) -> list[dict]:
@@ -1035,7 +1035,6 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_compare:
             log(f"generating {human(args.size)} synthetic bf16 safetensors ...")
             src = make_bf16_model(bench.input_dir(args.size), args.size)
-            bench.main_input = src
             results["inputs"].append(bench.compare(f"synthetic bf16 {human(args.size)}",
                                                    "bf16", src))  # fmt: skip
             minilm = None if args.no_minilm else find_minilm(args.tiny, results["notes"])
