@@ -85,8 +85,8 @@ class _CffiCompressor:
     """One libzstd compression context per thread and kind of stream (the exponent stream's
     accelerated one, or the plain _ENCODE_PARAMS one for the others). `compress` writes into
     a buffer of its own per slot and returns a view of it, valid until that slot is used
-    again: no copy of the frame, and no zstd work past the point where the frame would not be
-    shorter than the stream (so a near-random mantissa stream stops as soon as it fills)."""
+    again: no copy of the frame. The buffer is one byte shorter than the stream, so a frame
+    that would not be kept ends in libzstd's dstSize_tooSmall instead of being built whole."""
 
     def __init__(self, accelerate: bool) -> None:
         from zstandard import backend_cffi as zc  # noqa: PLC0415 - optional backend
