@@ -374,3 +374,55 @@ def test_finisher_bounds_pending_steps_and_raises_the_first_failure():
         for _ in range(50):
             f.submit(lambda: time.sleep(0.001))
         f.drain()
+
+
+# --- the local store's commit lock -------------------------------------------------------------
+
+
+def test_local_lock_excludes_and_leaves_no_file(tmp_path):
+    """Holders remove the lock file before unlocking (so a vault does not collect one per
+    bundle): exclusion must survive that, including a waiter that locked the removed file."""
+    import subprocess
+    import sys
+
+    from weightvault.store import TMP, LocalStore
+
+    store = LocalStore(tmp_path / "v", create=True)
+    inside, most, counter = [0], [0], [0]
+    guard = threading.Lock()
+
+    def hold() -> None:
+        for _ in range(40):
+            with store.lock("commit-x"):
+                with guard:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                n = counter[0]
+                time.sleep(0.0005)  # a lost update shows if two are inside at once
+                counter[0] = n + 1
+                with guard:
+                    inside[0] -= 1
+
+    threads = [threading.Thread(target=hold) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (most[0], counter[0]) == (1, 240)
+    assert not list((tmp_path / "v" / TMP).glob("*.lock"))
+
+    # another process holding it keeps this one out until it lets go
+    done = tmp_path / "done"
+    code = ("import sys, time; from pathlib import Path; from weightvault.store import LocalStore\n"
+            "s = LocalStore(Path(sys.argv[1]))\n"
+            "with s.lock('commit-x'):\n"
+            "    print('held', flush=True); time.sleep(0.5); Path(sys.argv[2]).touch()\n")  # fmt: skip
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "v"), str(done)],
+                         stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stdout.readline().strip() == "held"
+        with store.lock("commit-x"):
+            assert done.exists()  # we got in only once it was through
+    finally:
+        p.wait()
+    assert not list((tmp_path / "v" / TMP).glob("*.lock"))

@@ -342,13 +342,31 @@ class LocalStore(Store):
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
+        # The holder removes the lock file before it unlocks, so none is left behind per
+        # bundle. A waiter that then gets the lock of a removed file (or of an older one at the
+        # same path) holds nothing anyone else will see: it checks, and tries again.
         path = self.root / TMP / f"{name}.lock"
-        with open(path, "a+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        while True:
+            f = open(path, "a+b")  # noqa: SIM115 - kept open while the lock is held
             try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                try:
+                    now = os.stat(path)
+                except FileNotFoundError:
+                    now = None
+                mine = os.fstat(f.fileno())
+            except BaseException:
+                f.close()
+                raise
+            if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                break
+            f.close()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            f.close()
 
     def local_path(self, key: str) -> Path:
         return self._path(key)
