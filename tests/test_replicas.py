@@ -241,3 +241,26 @@ def test_sftp_host_key_mismatch_refused(lab, tmp_path, lab_key):
         "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGGsUeC8tqW9GZG1dRk2Rw9a4Vvh0cKzE6q7nFo3m7xY"}})  # fmt: skip
     r = wv("-c", cfg, "list", env=lab.env)
     assert r.code == 3 and "not the one pinned" in one_line(r)
+
+
+@pytest.mark.parametrize("replica", ["steward", "cloud"])
+def test_exclusive_put_loses_to_a_writer_that_got_there_after_the_check(lab, replica,
+                                                                        monkeypatch):  # fmt: skip
+    """Create-if-absent (how a manifest is committed) decided by the server, not by the
+    exists check before the upload: a second writer that lands between the two must win, and
+    its bytes must stay. On SFTP that is OpenSSH's plain rename, on S3 If-None-Match."""
+    from weightvault.config import load
+    from weightvault.replicas import ReplicaSet
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", lab.env["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", lab.env["AWS_SECRET_ACCESS_KEY"])
+    store = ReplicaSet(load(lab.cfg)).store(replica, create=True)
+    key = "bundles/race/manifest.json"
+    assert store.put_bytes(key, b"first writer", exclusive=True)
+    monkeypatch.setattr(type(store), "exists", lambda self, k: False)  # the check saw nothing
+    assert not store.put_bytes(key, b"second writer", exclusive=True)
+    assert store.read_bytes(key, 100) == b"first writer"
+    assert store.put_bytes(key, b"replaced", exclusive=False)
+    assert store.read_bytes(key, 100) == b"replaced"
+    if replica == "steward":  # the loser's upload is not left behind
+        assert not [p for p in (lab.sftp_root / "tmp").iterdir() if p.suffix == ".part"]

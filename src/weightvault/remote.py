@@ -200,10 +200,27 @@ class SftpStore(RetryingFsspecStore):
     def _readback_opener(self):
         return self._open_prefetched
 
-    def _rename(self, src: str, dst: str) -> None:
-        # posix_rename replaces atomically (an OpenSSH extension); plain rename refuses an
-        # existing target, and fsspec's mv is copy-then-delete
-        self._guard(lambda: self.fs.ftp.posix_rename(src, dst), dst)
+    def _rename(self, src: str, dst: str, exclusive: bool) -> bool:
+        # posix_rename replaces atomically (an OpenSSH extension); plain SSH_FXP_RENAME refuses
+        # an existing target (OpenSSH's server links, then unlinks), which makes it the atomic
+        # create-if-absent an exclusive put needs; fsspec's mv is copy-then-delete
+        if not exclusive:
+            self._guard(lambda: self.fs.ftp.posix_rename(src, dst), dst)
+            return True
+
+        def rename() -> bool:
+            try:
+                self.fs.ftp.rename(src, dst)
+                return True
+            except OSError as e:
+                refused = e
+            try:
+                self.fs.ftp.stat(dst)
+            except FileNotFoundError:
+                raise refused from None  # not because of the target: a real failure, retried
+            return False  # another writer got there first
+
+        return self._guard(rename, dst)
 
 
 class PinnedHostKey(paramiko.MissingHostKeyPolicy):

@@ -396,7 +396,8 @@ def _fsync_dir(path: Path) -> None:
 
 class FsspecStore(Store):
     """Any fsspec filesystem. Atomicity: temporary name then rename where the filesystem has a
-    rename; exclusivity is best effort (exists-then-write) unless a subclass does better."""
+    rename; exclusivity is best effort (exists-then-write) unless a subclass does better (SFTP
+    does; S3 sends If-None-Match)."""
 
     def __init__(self, url: str, storage_options: dict | None = None, *, create: bool = False):
         super().__init__()
@@ -514,13 +515,20 @@ class FsspecStore(Store):
                 except Exception as e:  # noqa: BLE001 - the connection dropped mid-read
                     raise StorageError(f"{self.describe(key)}: reading the copy back failed "
                                        f"({str(e) or type(e).__name__})") from None  # fmt: skip
-            self._rename(remote_tmp, target)
-            return True
+            if self._rename(remote_tmp, target, exclusive):
+                return True
+            with contextlib.suppress(Exception):
+                self.fs.rm_file(remote_tmp)
+            return False
         finally:
             os.unlink(tmp_key)
 
-    def _rename(self, src: str, dst: str) -> None:
+    def _rename(self, src: str, dst: str, exclusive: bool) -> bool:
+        """Move a finished copy into place; False if `exclusive` and `dst` exists. Here that
+        is only the exists check _finish made before uploading: a subclass whose protocol can
+        refuse an existing target does better."""
         self._guard(lambda: self.fs.mv(src, dst), dst)
+        return True
 
     def _makedirs(self, path: str) -> None:
         if path in self._dirs:
