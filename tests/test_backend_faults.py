@@ -304,3 +304,57 @@ def test_failed_fsync_fails_the_seal_and_leaves_nothing(tmp_path, lab_key, monke
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert not Vault(store).is_committed("m")
     assert sorted(vault_dir.rglob("*")) == before
+
+
+# -- one layer of retries
+
+
+def test_s3_timeouts_are_retried_by_one_layer_only(tmp_path):
+    """An S3 endpoint that accepts and never answers: each of weightvault's attempts is one
+    request (botocore's and s3fs's own retries would stack under ours: six requests here)."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+    requests: list[bytes] = []
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            held.append(c)  # read the request, answer nothing
+            c.settimeout(5)
+            try:
+                requests.append(c.recv(65536))
+            except OSError:
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    code = ("from weightvault.remote import S3Store\n"
+            f"S3Store('s3://bucket/vault', {{'endpoint_url': 'http://127.0.0.1:{port}', "
+            "'config_kwargs': {'read_timeout': 1, 'connect_timeout': 1}})\n")  # fmt: skip
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "y", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    finally:
+        srv.close()
+        for c in held:
+            c.close()
+    assert r.returncode != 0
+    assert f"127.0.0.1:{port}" in r.stderr or "bucket" in r.stderr, r.stderr
+    assert "unreachable or failing" in r.stderr.splitlines()[-1], r.stderr
+    sent = [q for q in requests if q]
+    # the bucket check makes three attempts; each is one request, botocore's first
+    assert len(sent) == 3, sent
+    assert all(b"amz-sdk-request: attempt=1;" in q or b"amz-sdk-request: attempt=1\r" in q
+               for q in sent), sent  # fmt: skip

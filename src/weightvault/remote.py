@@ -277,10 +277,15 @@ class S3Store(RetryingFsspecStore):
         cfg.setdefault("proxies", {})
         cfg.setdefault("connect_timeout", 10)
         cfg.setdefault("read_timeout", 60)
-        # one layer of retries (ours, which knows what is fatal), not three stacked
-        cfg.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+        # one layer of retries (ours, which knows what is fatal), not three stacked. botocore
+        # reads max_attempts as retries after the first try (so 1 meant two requests per
+        # attempt of ours); total_max_attempts counts them all
+        cfg.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
         opts.setdefault("skip_instance_cache", True)
         super().__init__(url, opts, create=False)
+        # s3fs retries cut-off reads and some timeouts five times itself, sleeping up to 15 s
+        # each, under each of our attempts: one try per attempt of ours
+        self.fs.retries = 1
         self.bucket = self.root.split("/", 1)[0]
         self.object_lock = object_lock
         self._check_bucket()
