@@ -29,7 +29,9 @@ class Result:
 def wv(*args: str | os.PathLike, cwd: Path | None = None, env: dict | None = None) -> Result:
     """Run the installed CLI exactly as a user would."""
     cmd = [sys.executable, "-m", "weightvault.cli", *map(str, args)]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    # stdin is not a terminal, as under cron: nothing may wait for an answer
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
+                       stdin=subprocess.DEVNULL)  # fmt: skip
     return Result(p.returncode, p.stdout, p.stderr)
 
 

@@ -101,7 +101,7 @@ json_opt = click.option(
 quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 workers_opt = click.option("--workers", type=click.IntRange(1, 64), help="Worker threads (default: cores).")  # fmt: skip
 identity_opt = click.option("--identity", "identities", multiple=True, metavar="FILE",
-                            help="age identity (or SSH private key) for an encrypted bundle.")  # fmt: skip
+                            help="age identity or SSH private key (may be passphrase-protected: age -p) for an encrypted bundle.")  # fmt: skip
 share_opt = click.option("--share", "shares", multiple=True, metavar="FILE",
                          help="A SLIP-39 share (words) of an encrypted bundle's key; give a quorum.")  # fmt: skip
 
@@ -109,7 +109,19 @@ share_opt = click.option("--share", "shares", multiple=True, metavar="FILE",
 def _keys(identities, shares):
     from .unlock import Keys
 
-    return Keys([Path(p) for p in identities], [Path(p) for p in shares])
+    return Keys([Path(p) for p in identities], [Path(p) for p in shares], _passphrase)
+
+
+def _passphrase(path: Path) -> str:
+    """A protected identity's passphrase: $WEIGHTVAULT_PASSPHRASE (for cron), else asked on the
+    terminal; never echoed or logged."""
+    given = os.environ.get("WEIGHTVAULT_PASSPHRASE")
+    if given is not None:
+        return given
+    if not sys.stdin.isatty():
+        raise InputError(f"{path}: is passphrase-protected: set WEIGHTVAULT_PASSPHRASE, or run "
+                         "from a terminal to be asked")  # fmt: skip
+    return click.prompt(f"passphrase for {path}", hide_input=True, err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -290,13 +290,28 @@ def recipients_from(values: Iterable[str]) -> list[str]:
     return out
 
 
-def load_identities(path: Path) -> list:
-    """An age identity file (AGE-SECRET-KEY-1... lines) or an OpenSSH ed25519/rsa private key."""
+_AGE_FILE = (b"age-encryption.org/v1\n", b"-----BEGIN AGE ENCRYPTED FILE-----")
+
+
+def load_identities(path: Path, passphrase: Callable[[Path], str] | None = None) -> list:
+    """An age identity file (AGE-SECRET-KEY-1... lines) or an OpenSSH ed25519/rsa private key;
+    either may be a passphrase-protected age file (`age-keygen | age -p -a`, as stock age
+    reads with -i), opened with `passphrase(path)`."""
     import pyrage
 
     from .keys import read_private_file
 
     data = read_private_file(Path(path), "identity")
+    if data.lstrip().startswith(_AGE_FILE):
+        if passphrase is None:
+            raise InputError(f"{path}: is passphrase-protected, and no passphrase was given")
+        try:
+            data = pyrage.passphrase.decrypt(data.lstrip(), passphrase(Path(path)))
+        except pyrage.DecryptError:
+            raise InputError(f"{path}: wrong passphrase (or not an age file made with a "
+                             "passphrase)") from None  # fmt: skip
+        if data.lstrip().startswith(_AGE_FILE):
+            raise InputError(f"{path}: holds another age file, not an identity")
     if b"OPENSSH PRIVATE KEY" in data or b"RSA PRIVATE KEY" in data:
         try:
             return [pyrage.ssh.Identity.from_buffer(data)]

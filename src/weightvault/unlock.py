@@ -26,6 +26,8 @@ class Keys:
 
     identities: list[Path] = field(default_factory=list)
     shares: list[Path] = field(default_factory=list)
+    # asked for the passphrase of a passphrase-protected identity file (the CLI prompts)
+    passphrase: Callable[[Path], str] | None = field(default=None, repr=False)
 
     def __bool__(self) -> bool:
         return bool(self.identities or self.shares)
@@ -76,7 +78,7 @@ def data_key(store: Store, bundle: Bundle, keys: Keys) -> tuple[bytes, str, str]
     ids: list = []
     if keys.identities:
         for p in keys.identities:
-            ids += crypt.load_identities(p)
+            ids += crypt.load_identities(p, keys.passphrase)
         for e in enc["envelopes"]:
             if e["kind"] != "recipient":
                 continue
