@@ -358,3 +358,30 @@ def test_s3_timeouts_are_retried_by_one_layer_only(tmp_path):
     assert len(sent) == 3, sent
     assert all(b"amz-sdk-request: attempt=1;" in q or b"amz-sdk-request: attempt=1\r" in q
                for q in sent), sent  # fmt: skip
+
+
+def test_s3_put_streams_the_object_instead_of_holding_it(s3_server):
+    """One PUT per object, its body read from the staged file as it is sent: a 128 MiB object
+    (a 1 GiB --chunk-size makes them that big and more, one per worker) must not pass through
+    memory whole."""
+    import subprocess
+    import sys
+
+    bucket = s3_server.make_bucket("wv-stream-" + os.urandom(4).hex())
+    code = ("import resource, sys\n"
+            "from weightvault.remote import S3Store\n"
+            "st = S3Store(f's3://{sys.argv[1]}/v', {'endpoint_url': sys.argv[2]})\n"
+            "w = st.new_object()\n"
+            "piece = bytes(range(256)) * 16384\n"
+            "for _ in range(32):\n    w.write(piece)\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "assert w.commit('objects/big')\n"
+            "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "print((after - before) // 1024, st.size('objects/big'))\n")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code, bucket, s3_server.endpoint_url],
+                       env={**os.environ, **s3_env(s3_server)}, capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    growth_mib, size = map(int, r.stdout.split())
+    assert size == 128 << 20
+    assert growth_mib < 32, f"peak RSS grew {growth_mib} MiB during the PUT"

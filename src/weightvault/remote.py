@@ -403,7 +403,7 @@ class S3Store(RetryingFsspecStore):
             def put() -> None:
                 with open(tmp_key, "rb") as f:
                     try:
-                        self._call("put_object", Body=f.read(), **kw)
+                        self._call("put_object", Body=f, **kw)
                     except OSError as e:
                         # s3fs makes a lost If-None-Match a FileExistsError only when the
                         # server names the condition (AWS does, SeaweedFS does not)
