@@ -77,3 +77,40 @@ def test_library_without_a_passphrase_callback_refuses(sealed, tmp_path):
         crypt.load_identities(key)
     assert [str(i.to_public()) for i in crypt.load_identities(key, lambda p: "pw")] == [
         str(ident.to_public())]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sealed_to_ssh(tmp_path_factory, lab_key):
+    """Sealed to an ssh-ed25519 recipient whose private key has a passphrase."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    d = tmp_path_factory.mktemp("protected-ssh")
+    src = d / "model"
+    src.mkdir()
+    (src / "weights.bin").write_bytes(os.urandom(100_000))
+    k = ed25519.Ed25519PrivateKey.generate()
+    pub = k.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
+    key = d / "id_ed25519"
+    key.write_bytes(k.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH,
+                                    ser.BestAvailableEncryption(b"open sesame")))  # fmt: skip
+    key.chmod(0o600)
+    ok(wv("seal", src, "--vault", d / "vault", "--key", lab_key, "--name", "m", "--quiet",
+          "--encrypt-to", pub))  # fmt: skip
+    return d, key
+
+
+def test_protected_ssh_key_restores(sealed_to_ssh, lab_key, tmp_path):
+    d, key = sealed_to_ssh
+    ok(restore(d, lab_key, key, tmp_path / "out", "open sesame"))
+    assert (tmp_path / "out/weights.bin").read_bytes() == (d / "model/weights.bin").read_bytes()
+
+
+def test_protected_ssh_key_wrong_or_missing_passphrase(sealed_to_ssh, lab_key, tmp_path):
+    d, key = sealed_to_ssh
+    line = one_error(restore(d, lab_key, key, tmp_path / "out", "close sesame"), 2, str(key),
+                     "wrong passphrase")  # fmt: skip
+    assert "sesame" not in line
+    one_error(restore(d, lab_key, key, tmp_path / "out", None), 2, str(key),
+              "WEIGHTVAULT_PASSPHRASE")  # fmt: skip
+    assert not (tmp_path / "out").exists()

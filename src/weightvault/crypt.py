@@ -294,19 +294,23 @@ _AGE_FILE = (b"age-encryption.org/v1\n", b"-----BEGIN AGE ENCRYPTED FILE-----")
 
 
 def load_identities(path: Path, passphrase: Callable[[Path], str] | None = None) -> list:
-    """An age identity file (AGE-SECRET-KEY-1... lines) or an OpenSSH ed25519/rsa private key;
-    either may be a passphrase-protected age file (`age-keygen | age -p -a`, as stock age
-    reads with -i), opened with `passphrase(path)`."""
+    """An age identity file (AGE-SECRET-KEY-1... lines) or an OpenSSH ed25519/rsa private key.
+    Either may be protected: an age file made with a passphrase (`age-keygen | age -p -a`, as
+    stock age reads with -i), or an SSH key with one (ssh-keygen's default); the passphrase
+    comes from `passphrase(path)`."""
     import pyrage
 
     from .keys import read_private_file
 
-    data = read_private_file(Path(path), "identity")
-    if data.lstrip().startswith(_AGE_FILE):
+    def ask() -> str:
         if passphrase is None:
             raise InputError(f"{path}: is passphrase-protected, and no passphrase was given")
+        return passphrase(Path(path))
+
+    data = read_private_file(Path(path), "identity")
+    if data.lstrip().startswith(_AGE_FILE):
         try:
-            data = pyrage.passphrase.decrypt(data.lstrip(), passphrase(Path(path)))
+            data = pyrage.passphrase.decrypt(data.lstrip(), ask())
         except pyrage.DecryptError:
             raise InputError(f"{path}: wrong passphrase (or not an age file made with a "
                              "passphrase)") from None  # fmt: skip
@@ -314,7 +318,9 @@ def load_identities(path: Path, passphrase: Callable[[Path], str] | None = None)
             raise InputError(f"{path}: holds another age file, not an identity")
     if b"OPENSSH PRIVATE KEY" in data or b"RSA PRIVATE KEY" in data:
         try:
-            return [pyrage.ssh.Identity.from_buffer(data)]
+            return [pyrage.ssh.Identity.from_buffer(_ssh_unprotected(data, ask, path))]
+        except InputError:
+            raise
         except Exception as e:  # noqa: BLE001
             raise InputError(f"{path}: not a usable SSH identity ({e})") from None
     ids = []
@@ -329,6 +335,26 @@ def load_identities(path: Path, passphrase: Callable[[Path], str] | None = None)
     if not ids:
         raise InputError(f"{path}: no age identity in the file")
     return ids
+
+
+def _ssh_unprotected(data: bytes, ask: Callable[[], str], path: Path) -> bytes:
+    """An OpenSSH private key as pyrage takes it: decrypted in memory if it has a passphrase
+    (ssh-keygen's default), which pyrage cannot ask for itself."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization as ser
+
+    try:
+        ser.load_ssh_private_key(data, None)
+        return data
+    except TypeError:  # protected: "password was not provided"
+        pass
+    except (ValueError, UnsupportedAlgorithm):
+        return data  # left to pyrage, which names what is wrong
+    try:
+        key = ser.load_ssh_private_key(data, ask().encode())
+    except ValueError:
+        raise InputError(f"{path}: wrong passphrase for this SSH key") from None
+    return key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption())
 
 
 def wrap(plaintext: bytes, recipient: str) -> bytes:
