@@ -15,14 +15,19 @@ from pyrage import x25519
 @pytest.fixture(scope="module")
 def sealed(tmp_path_factory, lab_key):
     d = tmp_path_factory.mktemp("protected-identity")
+    ident = x25519.Identity.generate()
+    seal_to(d, lab_key, str(ident.to_public()))
+    return d, ident
+
+
+def seal_to(d, lab_key, recipient: str) -> None:
+    """A small model in d/model, sealed into d/vault as m, encrypted to `recipient`."""
     src = d / "model"
     src.mkdir()
     (src / "weights.bin").write_bytes(os.urandom(300_000))
     (src / "config.json").write_text('{"hidden_size": 384}\n')
-    ident = x25519.Identity.generate()
     ok(wv("seal", src, "--vault", d / "vault", "--key", lab_key, "--name", "m", "--quiet",
-          "--encrypt-to", str(ident.to_public())))  # fmt: skip
-    return d, ident
+          "--encrypt-to", recipient))  # fmt: skip
 
 
 def protected(d, ident, passphrase: str, armored: bool):
@@ -86,17 +91,13 @@ def sealed_to_ssh(tmp_path_factory, lab_key):
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     d = tmp_path_factory.mktemp("protected-ssh")
-    src = d / "model"
-    src.mkdir()
-    (src / "weights.bin").write_bytes(os.urandom(100_000))
     k = ed25519.Ed25519PrivateKey.generate()
     pub = k.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
     key = d / "id_ed25519"
     key.write_bytes(k.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH,
                                     ser.BestAvailableEncryption(b"open sesame")))  # fmt: skip
     key.chmod(0o600)
-    ok(wv("seal", src, "--vault", d / "vault", "--key", lab_key, "--name", "m", "--quiet",
-          "--encrypt-to", pub))  # fmt: skip
+    seal_to(d, lab_key, pub)
     return d, key
 
 
