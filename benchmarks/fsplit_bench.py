@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from weightvault import fsplit
+from weightvault.format import fsplit
 
 MB = 1e6
 

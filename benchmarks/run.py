@@ -721,8 +721,9 @@ def _round(v: float | None) -> float | None:
 def scale_child(chunks: int, out: Path) -> None:
     """Build, check, sign and parse the manifest of a one-file model of `chunks` x 64 MiB."""
     t0 = time.perf_counter()
-    from weightvault import __version__, canon, keys, manifest, spec
-    from weightvault.manifest import PAYLOAD_TYPE, Manifest
+    from weightvault import __version__
+    from weightvault.format import canon, keys, manifest, spec
+    from weightvault.format.manifest import PAYLOAD_TYPE, Manifest
 
     res: dict = {"import_s": time.perf_counter() - t0}
 

@@ -138,9 +138,9 @@ def test_no_healthy_copy_is_reported_loudly(lab):
 
 def test_transient_bad_read_is_not_called_rot(tmp_path, lab_key, minilm_dir):
     """Re-read before accusing: a read that fails once and then passes is recorded as transient."""
-    from weightvault import keys
-    from weightvault.audit import audit_replica
-    from weightvault.store import LocalStore
+    from weightvault.archive.audit import audit_replica
+    from weightvault.format import keys
+    from weightvault.storage.store import LocalStore
 
     v = tmp_path / "v"
     ok(wv("seal", minilm_dir, "--vault", v, "--key", lab_key, "--name", "m", "--quiet"))

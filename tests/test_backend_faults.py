@@ -282,10 +282,11 @@ def test_failed_fsync_fails_the_seal_and_leaves_nothing(tmp_path, lab_key, monke
     is committed or left behind."""
     import errno
 
-    from weightvault import keys, seal
+    from weightvault.archive import seal
     from weightvault.errors import StorageError
-    from weightvault.store import open_store
-    from weightvault.vault import Vault
+    from weightvault.format import keys
+    from weightvault.storage.opener import open_store
+    from weightvault.storage.vault import Vault
 
     model = synthetic_model(tmp_path / "model", 4)
     vault_dir = tmp_path / "vault"
@@ -338,7 +339,7 @@ def test_s3_timeouts_are_retried_by_one_layer_only(tmp_path):
                 pass
 
     threading.Thread(target=serve, daemon=True).start()
-    code = ("from weightvault.remote import S3Store\n"
+    code = ("from weightvault.storage.remote import S3Store\n"
             f"S3Store('s3://bucket/vault', {{'endpoint_url': 'http://127.0.0.1:{port}', "
             "'config_kwargs': {'read_timeout': 1, 'connect_timeout': 1}})\n")  # fmt: skip
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "x",
@@ -369,7 +370,7 @@ def test_s3_put_streams_the_object_instead_of_holding_it(s3_server):
 
     bucket = s3_server.make_bucket("wv-stream-" + os.urandom(4).hex())
     code = ("import resource, sys\n"
-            "from weightvault.remote import S3Store\n"
+            "from weightvault.storage.remote import S3Store\n"
             "st = S3Store(f's3://{sys.argv[1]}/v', {'endpoint_url': sys.argv[2]})\n"
             "w = st.new_object()\n"
             "piece = bytes(range(256)) * 16384\n"

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from weightvault import bag, keys
+from weightvault.archive.seal import SealOptions, seal
+from weightvault.archive.verify import MAX_UNKNOWN, check_bag
 from weightvault.errors import CorruptData
-from weightvault.seal import SealOptions, seal
-from weightvault.store import open_store
-from weightvault.vault import Vault
-from weightvault.verify import MAX_UNKNOWN, check_bag
+from weightvault.format import bag, keys
+from weightvault.storage.opener import open_store
+from weightvault.storage.vault import Vault
 
 
 def lines(text: bytes) -> list[tuple[int, str]]:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import zstandard
 
-from weightvault import codec, fsplit, keys
+from weightvault.archive.restore import restore
+from weightvault.archive.seal import SealOptions, seal
 from weightvault.errors import CorruptData, IntegrityError
-from weightvault.restore import restore
-from weightvault.seal import SealOptions, seal
-from weightvault.store import open_store
+from weightvault.format import codec, fsplit, keys
+from weightvault.storage.opener import open_store
 
 MAGIC = b"\x28\xb5\x2f\xfd"
 

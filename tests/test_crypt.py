@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weightvault import crypt
 from weightvault.errors import CorruptData, WeightvaultError
+from weightvault.format import crypt
 
 S = crypt.SEGMENT
 DK, SALT = crypt.new_data_key(), crypt.new_salt()

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from weightvault import canon, custody, spec
-from weightvault.custody import (
+from weightvault.custody import chain as custody
+from weightvault.custody.chain import (
     CustodyLog,
     answer,
     challenge_event,
@@ -32,9 +32,10 @@ from weightvault.custody import (
     result_event,
 )
 from weightvault.errors import Conflict, CorruptData, NotFound, TrustError, WeightvaultError
-from weightvault.keys import PublicKey, SigningKey, generate
-from weightvault.store import LocalStore
-from weightvault.vault import object_key
+from weightvault.format import canon, spec
+from weightvault.format.keys import PublicKey, SigningKey, generate
+from weightvault.storage.store import LocalStore
+from weightvault.storage.vault import object_key
 
 NAME = "minilm"
 BID = hashlib.sha256(b"example bundle").hexdigest()

@@ -168,7 +168,7 @@ def test_stock_age_unwraps_the_data_key(world, tmp_path):
     p2 = subprocess.run(["age", "-d", "-i", world.ids["lab-backup"][0],
                          keys_dir / "recipient-2.age"], capture_output=True, timeout=60)  # fmt: skip
     assert p2.stdout.decode().strip() == dk_hex
-    from weightvault.crypt import key_opens
+    from weightvault.format.crypt import key_opens
 
     enc = json.loads((tmp_path / "lab-vault/bundles/minilm/data/weightvault.json").read_text())
     assert key_opens(bytes.fromhex(dk_hex), enc["encryption"])
@@ -250,8 +250,9 @@ def test_receipt_signed_by_another_key(world, tmp_path, other_key):
     one_error(world.steward("escrow", "accept", "minilm", "--key", other_key, "--quiet"), 4,
               "not the steward")  # fmt: skip
     # a receipt forged into the log directly is refused by everyone reading it
-    from weightvault import custody, keys
-    from weightvault.store import LocalStore
+    from weightvault.custody import chain as custody
+    from weightvault.format import keys
+    from weightvault.storage.store import LocalStore
 
     st = LocalStore(tmp_path / "steward-vault")
     log = custody.CustodyLog([("steward", st)], "minilm")
@@ -271,8 +272,8 @@ def _lab_pub(world: World) -> list[Path]:
 
 
 def _sign_raw(log, state, body: dict, key) -> bytes:
-    from weightvault import canon
-    from weightvault.auditlog import now, tool
+    from weightvault.archive.auditlog import now, tool
+    from weightvault.format import canon
 
     ev = body["event"]
     record = {"format": "weightvault-custody", "format_version": 1, "sequence": state.next_seq,
@@ -331,7 +332,7 @@ def test_flipped_byte_in_an_encrypted_chunk(world, tmp_path):
 def test_chunks_cannot_be_swapped(world, tmp_path):
     """Two objects of the same size exchanged: each is intact ciphertext, but bound to its
     position, so opening fails (the tag does not verify) and nothing is restored."""
-    from weightvault import crypt
+    from weightvault.format import crypt
 
     dk, salt = crypt.new_data_key(), crypt.new_salt()
     a = crypt.seal_bytes(dk, salt, "chunk", 0, b"x" * 1000)

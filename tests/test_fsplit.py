@@ -19,8 +19,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from weightvault import fsplit
 from weightvault.errors import CorruptData
+from weightvault.format import fsplit
 
 DTYPES = sorted(fsplit.DTYPES)
 BLOCK_MAX = fsplit.BLOCK_MAX

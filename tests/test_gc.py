@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import ok, one_error, s3_env, write_config, wv
 
-from weightvault.gc import DEFAULT_GRACE, parse_duration, referenced
+from weightvault.archive.gc import DEFAULT_GRACE, parse_duration, referenced
 
 COMMIT_FILES = ("tagmanifest-sha256.txt", "bag-info.txt", "bagit.txt", "manifest-sha256.txt",
                 "weightvault.sig", "data/FORMAT.md", "data/weightvault.json")  # fmt: skip
@@ -365,9 +365,9 @@ def test_gc_over_sftp(tmp_path, ssh_server, lab_key, tiny_model):
 def test_a_seal_starting_while_gc_runs_keeps_its_bundle(tmp_path, tiny_model, lab_key):
     """Old debris of an interrupted seal, and a new seal of that name starts writing between
     gc's listing and its removal: gc looks again under the bundle's lock and leaves it."""
-    from weightvault.gc import gc
-    from weightvault.keys import load_public_key
-    from weightvault.store import LocalStore
+    from weightvault.archive.gc import gc
+    from weightvault.format.keys import load_public_key
+    from weightvault.storage.store import LocalStore
 
     v = tmp_path / "v"
     seal(v, tiny_model, lab_key, "half", "--chunk-size", "1")

@@ -30,16 +30,16 @@ from hostile.run import PREFIX, Run, child_env, run_cli
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from weightvault import fsplit
-from weightvault import manifest as manifest_mod
-from weightvault.codec import codec_names, iter_decode
+from weightvault.archive.restore import restore
+from weightvault.archive.verify import VerifyReport, verify
 from weightvault.errors import CorruptData, WeightvaultError
-from weightvault.keys import load_public_key
-from weightvault.manifest import Manifest
-from weightvault.paths import check_relpath, check_unique
-from weightvault.restore import restore
-from weightvault.store import LocalStore
-from weightvault.verify import VerifyReport, verify
+from weightvault.format import fsplit
+from weightvault.format import manifest as manifest_mod
+from weightvault.format.codec import codec_names, iter_decode
+from weightvault.format.keys import load_public_key
+from weightvault.format.manifest import Manifest
+from weightvault.format.paths import check_relpath, check_unique
+from weightvault.storage.store import LocalStore
 
 MAX_RSS = 400 << 20
 TIMEOUT = 60.0

@@ -13,9 +13,9 @@ import pytest
 from conftest import wv
 from pyrage import x25519
 
-from weightvault import canon, crypt, keys
-from weightvault.manifest import PAYLOAD_TYPE, Manifest
-from weightvault.vault import commit_files, commit_order
+from weightvault.format import canon, crypt, keys
+from weightvault.format.manifest import PAYLOAD_TYPE, Manifest
+from weightvault.storage.vault import commit_files, commit_order
 
 
 @pytest.fixture(scope="module")

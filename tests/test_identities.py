@@ -73,8 +73,8 @@ def test_no_passphrase_and_no_terminal_says_how(sealed, lab_key, tmp_path):
 
 
 def test_library_without_a_passphrase_callback_refuses(sealed, tmp_path):
-    from weightvault import crypt
     from weightvault.errors import InputError
+    from weightvault.format import crypt
 
     _, ident = sealed
     key = protected(tmp_path, ident, "pw", armored=False)

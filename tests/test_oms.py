@@ -1,4 +1,4 @@
-"""OpenSSF model signing: signatures from weightvault.oms, checked by the real `model_signing` CLI.
+"""OpenSSF model signing: signatures from weightvault.record.oms, checked by the real `model_signing` CLI.
 
 The independent tool (PyPI model-signing 1.1.1) runs in a subprocess exactly as a researcher
 would run it; weightvault never imports it.
@@ -20,8 +20,8 @@ from conftest import wv
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from weightvault import oms
 from weightvault.errors import InputError
+from weightvault.record import oms
 
 try:
     import model_signing  # noqa: F401
@@ -201,9 +201,9 @@ def test_real_minilm(minilm_dir, tmp_path):
 def test_restored_bundle_verifies_from_manifest_digests(sealed_minilm, lab_key, tmp_path):
     """The interop claim end to end: digests taken from the signed weightvault manifest (no
     file read), signature written, bundle restored through the CLI, independent tool says yes."""
-    from weightvault.keys import load_public_key
-    from weightvault.store import open_store
-    from weightvault.vault import Vault
+    from weightvault.format.keys import load_public_key
+    from weightvault.storage.opener import open_store
+    from weightvault.storage.vault import Vault
 
     bundle = Vault(open_store(str(sealed_minilm))).load(
         "minilm", [load_public_key(f"{lab_key}.pub")]

@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from weightvault import canon, keys, record, render
+from weightvault.archive.seal import SealOptions, seal
 from weightvault.errors import Conflict, InputError, IntegrityError
-from weightvault.seal import SealOptions, seal
-from weightvault.store import open_store
-from weightvault.vault import Vault
+from weightvault.format import canon, keys
+from weightvault.record import render
+from weightvault.record import retirement as record
+from weightvault.storage.opener import open_store
+from weightvault.storage.vault import Vault
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "manifests" / "examples"
 TURN = {"role": "model", "content": "I would like my weights kept.", "time": "2026-01-10T14:03:00Z"}

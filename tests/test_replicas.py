@@ -250,7 +250,7 @@ def test_exclusive_put_loses_to_a_writer_that_got_there_after_the_check(lab, rep
     exists check before the upload: a second writer that lands between the two must win, and
     its bytes must stay. On SFTP that is OpenSSH's plain rename, on S3 If-None-Match."""
     from weightvault.config import load
-    from weightvault.replicas import ReplicaSet
+    from weightvault.storage.replicas import ReplicaSet
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", lab.env["AWS_ACCESS_KEY_ID"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", lab.env["AWS_SECRET_ACCESS_KEY"])

@@ -10,9 +10,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from weightvault import canon
-from weightvault.keys import PublicKey
-from weightvault.manifest import PAYLOAD_TYPE, Manifest
+from weightvault.format import canon
+from weightvault.format.keys import PublicKey
+from weightvault.format.manifest import PAYLOAD_TYPE, Manifest
 
 ROOT = Path(__file__).resolve().parents[1] / "manifests"
 

@@ -14,10 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weightvault import canon, chunking, pipeline
+from weightvault.archive import pipeline
 from weightvault.errors import CorruptData, InputError, WeightvaultError
-from weightvault.manifest import Manifest
-from weightvault.paths import check_relpath, check_unique
+from weightvault.format import canon, chunking
+from weightvault.format.manifest import Manifest
+from weightvault.format.paths import check_relpath, check_unique
 
 BAD_PATHS = {
     "../etc/passwd": "'..'",
@@ -385,7 +386,7 @@ def test_local_lock_excludes_and_leaves_no_file(tmp_path):
     import subprocess
     import sys
 
-    from weightvault.store import TMP, LocalStore
+    from weightvault.storage.store import TMP, LocalStore
 
     store = LocalStore(tmp_path / "v", create=True)
     inside, most, counter = [0], [0], [0]
@@ -413,7 +414,7 @@ def test_local_lock_excludes_and_leaves_no_file(tmp_path):
 
     # another process holding it keeps this one out until it lets go
     done = tmp_path / "done"
-    code = ("import sys, time; from pathlib import Path; from weightvault.store import LocalStore\n"
+    code = ("import sys, time; from pathlib import Path; from weightvault.storage.store import LocalStore\n"
             "s = LocalStore(Path(sys.argv[1]))\n"
             "with s.lock('commit-x'):\n"
             "    print('held', flush=True); time.sleep(0.5); Path(sys.argv[2]).touch()\n")  # fmt: skip

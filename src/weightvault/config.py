@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import InputError
-from .paths import name_ok
+from weightvault.errors import InputError
+from weightvault.format.paths import name_ok
 
 ENV = "WEIGHTVAULT_CONFIG"
 DEFAULT_FILE = "weightvault.toml"
@@ -46,7 +46,7 @@ class Replica:
         return urlparse(self.url).scheme in ("", "file")
 
     def open(self, *, create: bool = False):
-        from .store import open_store
+        from weightvault.storage.opener import open_store
 
         return open_store(self.url, self.storage_options, create=create,
                           object_lock=self.object_lock)  # fmt: skip

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from weightvault import bag, canon
-from weightvault.keys import load_signing_key
-from weightvault.manifest import PAYLOAD_TYPE
+from weightvault.format import bag, canon
+from weightvault.format.keys import load_signing_key
+from weightvault.format.manifest import PAYLOAD_TYPE
 
 NAME = "n"
 INTEGRITY, USAGE, STORAGE, TRUST = 1, 2, 3, 4
@@ -310,7 +310,7 @@ def case(restore: Expect, verify: Expect, shallow: Expect | None = None, *,
          bug: str | None = None, timeout: float | None = None, cli: bool = True):  # fmt: skip
     """Register a case. `cli=False` marks a variant whose refusal is the same code path (the
     manifest checks of Vault.load, or one codec check) as a CLI case of its family: it runs
-    in-process through weightvault.restore.restore and weightvault.verify.verify, which is what
+    in-process through weightvault.archive.restore.restore and weightvault.archive.verify.verify, which is what
     the CLI calls, so that the whole suite stays within its time budget (each CLI call costs
     about 0.4 s of interpreter start-up and imports)."""
 

@@ -1,0 +1,361 @@
+"""Fixity audits and repair of every replica.
+
+Depths: `metadata` (listings, sizes, server-side SHA-256 where the store keeps one: no payload
+read), `sample` (metadata for everything plus full hashing of the least recently verified
+objects, enough that every byte is re-hashed once per cycle), `full` (every stored byte, every
+tag file, every signature). A failing object is read again before it is called damaged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weightvault.archive.auditlog import Chain, Verified, now, replica_dir, tool
+from weightvault.archive.pipeline import run
+from weightvault.archive.replicate import ReplicateResult, replicate
+from weightvault.archive.verify import check_bag
+from weightvault.errors import CorruptData, IntegrityError, TrustError, WeightvaultError
+from weightvault.format.keys import PublicKey, SigningKey
+from weightvault.storage.chunkio import check_object
+from weightvault.storage.store import Store
+from weightvault.storage.vault import Vault, object_key, prefix
+
+LEVELS = ("metadata", "sample", "full")
+DAY = 86400.0
+
+
+@dataclass
+class Target:
+    """One object an audit may hash: key, expected sha256 / size / sha512 (format versions 1
+    and 2 only), owning bundle."""
+
+    key: str
+    sha256: str
+    size: int
+    sha512: str | None
+    bundle: str
+
+
+@dataclass
+class ReplicaAudit:
+    replica: str
+    url: str
+    level: str
+    outcome: str = "pass"
+    record: dict = field(default_factory=dict)
+    error: str = ""
+
+    def as_dict(self) -> dict:
+        return {"replica": self.replica, "url": self.url, "level": self.level,
+                "outcome": self.outcome, "error": self.error, "record": self.record}  # fmt: skip
+
+
+def _failure(t: Target | None, kind: str, expected: str, found: str, obj: str = "",
+             bundle: str = "") -> dict:  # fmt: skip
+    return {"object": t.key if t else obj, "bundle": t.bundle if t else bundle, "kind": kind,
+            "expected": expected, "found": found}  # fmt: skip
+
+
+def _hash_check(store: Store, t: Target) -> dict | None:
+    try:
+        check_object(store, t.key, {"name": t.sha256, "size": t.size}
+                     | ({"sha512": t.sha512} if t.sha512 else {}))  # fmt: skip
+        return None
+    except IntegrityError as e:
+        msg = str(e)
+        if msg.endswith(": missing"):
+            return _failure(t, "missing", t.sha256, "missing")
+        return _failure(t, "damaged", t.sha256, msg.split(": ", 1)[-1])
+
+
+def audit_replica(
+    name: str,
+    store: Store,
+    *,
+    level: str,
+    trusted: list[PublicKey],
+    key: SigningKey,
+    state: Path,
+    cycle_days: int | None = None,
+    interval_days: float | None = None,
+    workers: int | None = None,
+    clock: float | None = None,
+) -> ReplicaAudit:
+    started, t0 = now(), clock or time.time()
+    local = replica_dir(state, store.url)
+    chain = Chain(local, store)
+    verified = Verified(local)
+    before = store.counters.payload_read
+    vault = Vault(store)
+    failures: list[dict] = []
+    transient: list[dict] = []
+    bundles: list[dict] = []
+    targets: list[Target] = []
+    checked = 0
+    for bname in store.list_dirs("bundles"):
+        if not vault.is_committed(bname):
+            bundles.append({"name": bname, "bundle": None, "state": "uncommitted"})
+            continue
+        try:
+            b = vault.load(bname, trusted)
+        except (CorruptData, IntegrityError, TrustError) as e:
+            bundles.append({"name": bname, "bundle": None, "state": "unreadable"})
+            failures.append(_failure(None, "manifest", "a manifest signed by a trusted key",
+                                     str(e), obj=f"{prefix(bname)}/data/weightvault.json",
+                                     bundle=bname))  # fmt: skip
+            continue
+        m = b.manifest
+        mine = [Target(object_key(bname, o["name"]), o["name"], o["size"], o.get("sha512"), bname)
+                for o in m.doc["objects"]]  # fmt: skip
+        mine += [Target(f"{prefix(bname)}/data/{r['path']}", r["sha256"], r["size"],
+                        r.get("sha512"), bname) for r in m.plain_files]  # fmt: skip
+        listing = store.list(prefix(bname))
+        before_n = len(failures)
+        for t in mine:
+            if t.key not in listing:
+                failures.append(_failure(t, "missing", t.sha256, "missing"))
+            elif listing[t.key] != t.size:
+                failures.append(_failure(t, "size", str(t.size), str(listing[t.key])))
+        checksum = getattr(store, "checksum", None)
+        if checksum is not None and level == "metadata":
+            bad = {f["object"] for f in failures}
+            for t in mine:
+                if t.key in bad:
+                    continue
+                have = checksum(t.key)
+                checked += 1
+                if have is not None and have != t.sha256:
+                    failures.append(_failure(t, "damaged", t.sha256, f"server sha256 {have}"))
+        if level == "full":
+            for p in check_bag(vault, b):  # tag files, extra files: never object bytes
+                kind = p.kind if p.kind in ("tag", "extra") else "tag"
+                failures.append(_failure(None, kind, "as the signed manifest says", p.detail,
+                                         obj=p.where, bundle=bname))  # fmt: skip
+        bad = {f["object"] for f in failures[before_n:]}
+        targets += [t for t in mine if t.key not in bad]
+        bundles.append({"name": bname, "bundle": m.bundle_id,
+                        "state": "damaged" if len(failures) > before_n else "intact"})  # fmt: skip
+    # choose what to hash
+    if level == "full":
+        to_hash = targets
+    elif level == "sample":
+        to_hash = _sample(targets, verified, t0, cycle_days or 90, interval_days,
+                          chain.head())  # fmt: skip
+    else:
+        to_hash = []
+    results = run(to_hash, lambda t, _e: _hash_check(store, t), workers=workers)
+    for t, f in zip(to_hash, results, strict=True):
+        checked += 1
+        if f is None:
+            verified.mark(t.key, t0)
+            continue
+        again = _hash_check(store, t)  # a transient bad read is not rot
+        if again is None:
+            transient.append(f)
+            verified.mark(t.key, t0)
+        else:
+            failures.append(again)
+    for f in failures:
+        for b in bundles:
+            if b["name"] == f["bundle"] and b["state"] == "intact":
+                b["state"] = "damaged"
+    verified.save()
+    cycle = cycle_days or 90
+    all_keys = [t.key for t in targets]
+    ages = [verified.age(k, t0) for k in all_keys]
+    coverage = {
+        "cycle_days": cycle_days if level == "sample" else None,
+        "objects": len(all_keys),
+        "verified_within_cycle": sum(1 for a in ages if a is not None and a <= cycle * DAY),
+        "oldest_age_seconds": None if any(a is None for a in ages) or not ages
+        else int(max(ages)),
+    }  # fmt: skip
+    record = {
+        "format": "weightvault-audit", "format_version": 1,
+        "eventType": "fixity check", "eventDateTime": started, "ended": now(),
+        "eventOutcome": "fail" if failures else "pass",
+        "replica": {"name": name, "url": store.url}, "level": level,
+        "agent": {"tool": tool(), "key": key.public.key_id},
+        "objects_checked": checked, "bytes_read": store.counters.payload_read - before,
+        "bundles": bundles, "failures": failures, "transient": transient, "repairs": [],
+        "coverage": coverage,
+    }  # fmt: skip
+    entry = chain.append(record, key)
+    return ReplicaAudit(name, store.url, level, record["eventOutcome"], entry.record)
+
+
+def _sample(targets: list[Target], verified: Verified, at: float, cycle_days: int,
+            interval_days: float | None, head) -> list[Target]:  # fmt: skip
+    """Least recently verified first, enough bytes that the whole replica is re-hashed once
+    per cycle at this schedule; anything that would be overdue by the next run is included."""
+    if interval_days is None:
+        last = None
+        if head is not None and head.record["level"] == "sample":
+            last = time.mktime(time.strptime(head.record["eventDateTime"], "%Y-%m-%dT%H:%M:%SZ"))
+            last -= time.timezone
+        interval_days = max((at - last) / DAY, 1 / 24) if last else 1.0
+    interval = min(interval_days, cycle_days) * DAY
+    cycle = cycle_days * DAY
+    total = sum(t.size for t in targets)
+    budget = total * interval / cycle
+
+    def age(t: Target) -> float:
+        a = verified.age(t.key, at)
+        return float("inf") if a is None else a
+
+    chosen, spent = [], 0
+    for t in sorted(targets, key=age, reverse=True):
+        # never hashed by an audit here: first in line, but within the budget (it was checked
+        # when written), so a new replica's first cycle is spread like any other
+        overdue = age(t) != float("inf") and age(t) + interval > cycle
+        if spent >= budget and not overdue:
+            break
+        chosen.append(t)
+        spent += t.size
+    return chosen
+
+
+def repair_replica(
+    name: str,
+    store: Store,
+    sources: list[tuple[str, Store]],
+    *,
+    trusted: list[PublicKey],
+    key: SigningKey,
+    state: Path,
+    workers: int | None = None,
+) -> tuple[ReplicaAudit, list[str]]:
+    """Fix what the latest audit of this replica found, from replicas where it verifies."""
+    started = now()
+    local = replica_dir(state, store.url)
+    chain = Chain(local, store)
+    head = chain.head()
+    fixity = head.record if head and head.record["eventType"] == "fixity check" else None
+    if fixity is None or not fixity["failures"]:
+        return ReplicaAudit(name, store.url, "repair", "pass"), []
+    by_bundle: dict[str, set[str]] = {}
+    for f in fixity["failures"]:
+        by_bundle.setdefault(f["bundle"], set()).add(f["object"])
+    repairs, lost = [], []
+    for bname, suspects in sorted(by_bundle.items()):
+        ok_sources = [s for n, s in sources if Vault(s).is_committed(bname)]
+        try:
+            if not ok_sources:
+                raise IntegrityError(f"no other replica holds bundle {bname}")
+            r: ReplicateResult = replicate(ok_sources, store, bname, trusted, workers=workers,
+                                           suspect={_key(s, store) for s in suspects})  # fmt: skip
+            done = {e.key: e for e in r.events}
+            for obj in sorted(suspects):
+                k = _key(obj, store)
+                e = done.get(k)
+                detail = f"copied from {e.source}" if e else "verified in place on re-check"
+                repairs.append({"object": obj, "bundle": bname, "outcome": "repaired",
+                                "detail": detail})  # fmt: skip
+        except WeightvaultError as e:
+            files = _files_using(sources + [(name, store)], bname, suspects, trusted)
+            msg = (f"bundle {bname}: NO HEALTHY COPY of {len(suspects)} object(s) on any replica; "
+                   f"these files cannot be restored: {', '.join(files) or 'unknown'} ({e})")  # fmt: skip
+            lost.append(msg)
+            for obj in sorted(suspects):
+                repairs.append({"object": obj, "bundle": bname, "outcome": "unrepairable",
+                                "detail": str(e)[:4000]})  # fmt: skip
+    record = {
+        "format": "weightvault-audit", "format_version": 1,
+        "eventType": "replication", "eventDateTime": started, "ended": now(),
+        "eventOutcome": "fail" if lost else "pass",
+        "replica": {"name": name, "url": store.url}, "level": "repair",
+        "agent": {"tool": tool(), "key": key.public.key_id},
+        "objects_checked": len(repairs), "bytes_read": 0, "bundles": [],
+        "failures": [], "transient": [], "repairs": repairs,
+        "coverage": {"cycle_days": None, "objects": 0, "verified_within_cycle": 0,
+                     "oldest_age_seconds": None},
+    }  # fmt: skip
+    entry = chain.append(record, key)
+    return ReplicaAudit(name, store.url, "repair", record["eventOutcome"], entry.record), lost
+
+
+def _key(obj: str, store: Store) -> str:
+    """An audit names objects by full URL in tag problems; reduce to the store key."""
+    root = store.url.rstrip("/") + "/"
+    return obj[len(root) :] if obj.startswith(root) else obj
+
+
+def _files_using(stores, bname: str, suspects: set[str], trusted) -> list[str]:
+    for _n, s in stores:
+        try:
+            m = Vault(s).load(bname, trusted).manifest
+        except WeightvaultError:
+            continue
+        names = {k.rsplit("/", 1)[-1] for k in suspects}
+        return sorted({f["path"] for f in m.files for c in f["chunks"] if c["object"] in names}
+                      | {r["path"] for r in m.plain_files if f"data/{r['path']}" in
+                         {k.split(f"{prefix(bname)}/", 1)[-1] for k in suspects}})  # fmt: skip
+    return []
+
+
+def cross_check(results: dict[str, dict[str, str | None]]) -> list[str]:
+    """replica -> bundle name -> id: a replica holding a different manifest for a name."""
+    problems = []
+    names = {n for per in results.values() for n in per}
+    for n in sorted(names):
+        ids = {r: per[n] for r, per in results.items() if per.get(n)}
+        if len(set(ids.values())) > 1:
+            counts: dict[str, int] = {}
+            for v in ids.values():
+                counts[v] = counts.get(v, 0) + 1
+            majority = max(counts, key=counts.get)
+            for r, v in ids.items():
+                if v != majority:
+                    problems.append(f"replica {r} holds a different manifest for bundle {n} "
+                                    f"({v[:16]}, the others hold {majority[:16]})")  # fmt: skip
+    return problems
+
+
+def metrics(audits: list[ReplicaAudit], unreachable: dict[str, str]) -> str:
+    lines = [
+        "# HELP weightvault_audit_last_run_timestamp_seconds End of the last audit of a replica.",
+        "# TYPE weightvault_audit_last_run_timestamp_seconds gauge",
+    ]
+    series = {
+        "weightvault_audit_last_success_timestamp_seconds": "End of the last audit that found nothing wrong.",
+        "weightvault_audit_objects_checked": "Objects checked by the last audit.",
+        "weightvault_audit_damaged_objects": "Objects found damaged by the last audit.",
+        "weightvault_audit_missing_objects": "Objects found missing by the last audit.",
+        "weightvault_audit_bytes_read": "Payload bytes read by the last audit.",
+        "weightvault_audit_coverage_ratio": "Share of objects fully hashed within the cycle.",
+        "weightvault_audit_up": "1 if the replica could be audited, 0 if unreachable.",
+    }  # fmt: skip
+    out: dict[str, list[str]] = {k: [] for k in series}
+    ts = int(time.time())
+    for a in audits:
+        r = a.record
+        lab = f'replica="{a.replica}",level="{a.level}"'
+        lines.append(f"weightvault_audit_last_run_timestamp_seconds{{{lab}}} {ts}")
+        if a.outcome == "pass":
+            out["weightvault_audit_last_success_timestamp_seconds"].append(f"{{{lab}}} {ts}")
+        out["weightvault_audit_objects_checked"].append(f"{{{lab}}} {r['objects_checked']}")
+        dmg = sum(1 for f in r["failures"] if f["kind"] != "missing")
+        mis = sum(1 for f in r["failures"] if f["kind"] == "missing")
+        out["weightvault_audit_damaged_objects"].append(f"{{{lab}}} {dmg}")
+        out["weightvault_audit_missing_objects"].append(f"{{{lab}}} {mis}")
+        out["weightvault_audit_bytes_read"].append(f"{{{lab}}} {r['bytes_read']}")
+        cov = r["coverage"]
+        ratio = cov["verified_within_cycle"] / cov["objects"] if cov["objects"] else 1.0
+        out["weightvault_audit_coverage_ratio"].append(f"{{{lab}}} {ratio:.6f}")
+        out["weightvault_audit_up"].append(f'{{replica="{a.replica}"}} 1')
+    for n in unreachable:
+        out["weightvault_audit_up"].append(f'{{replica="{n}"}} 0')
+    for k, help_ in series.items():
+        lines += [f"# HELP {k} {help_}", f"# TYPE {k} gauge"]
+        lines += [f"{k}{v}" for v in out[k]]
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # node_exporter must never read half a file

@@ -1,0 +1,251 @@
+"""Copy a bundle to another replica: only what is missing, each object checked, manifest last.
+
+An interrupted replicate leaves the target without a commit marker; running it again skips
+every object already there and finishes. Objects are copied from the first source that holds a
+good copy, so one damaged source does not stop the copy (the same routine repairs damage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from weightvault.archive.pipeline import run
+from weightvault.archive.verify import check_bag
+from weightvault.errors import Conflict, IntegrityError, StorageError
+from weightvault.format import bag
+from weightvault.format.fixity import Fixity
+from weightvault.format.keys import PublicKey
+from weightvault.format.manifest import MAX_MANIFEST
+from weightvault.storage.store import Store
+from weightvault.storage.vault import Bundle, Vault, object_key, prefix
+
+
+@dataclass
+class CopyEvent:
+    key: str
+    action: str  # copied | replaced
+    source: str
+    reason: str = ""
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+@dataclass
+class ReplicateResult:
+    bundle: str
+    name: str
+    target: str
+    objects: int = 0
+    present: int = 0
+    copied: int = 0
+    bytes_copied: int = 0
+    committed_now: bool = False
+    events: list[CopyEvent] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "events"}
+        d["events"] = [e.as_dict() for e in self.events]
+        return d
+
+
+def copy_object(sources: list[Store], dst: Store, key: str, sha256: str, size: int,
+                sha512: str | None = None) -> str:  # fmt: skip
+    """Copy one object from the first source whose bytes match `sha256`; the copy is checked
+    (read back, or by the server) before it replaces anything. Returns the source used."""
+    problems = []
+    for src in sources:
+        try:
+            f = src.open_read(key)
+        except StorageError as e:
+            problems.append(str(e))
+            continue
+        got = Fixity(sha512 is not None)
+        with f, dst.new_object() as w:
+            try:
+                while data := f.read(1 << 20):
+                    got.update(data)
+                    w.write(data)
+            except StorageError as e:
+                problems.append(str(e))
+                continue
+            if got.difference(size, sha256, sha512):
+                problems.append(f"{src.describe(key)}: damaged (sha256 {got.sha256[:16]}..., "
+                                f"{got.size} bytes)")  # fmt: skip
+                continue
+            w.commit(key, sha256=sha256)
+            return src.url
+    raise IntegrityError(f"{dst.describe(key)}: no good copy to copy from ({'; '.join(problems)})")
+
+
+def replicate(
+    sources: list[Store],
+    dst: Store,
+    ref: str,
+    trusted: list[PublicKey],
+    *,
+    insecure: bool = False,
+    verify_existing: bool = False,
+    suspect: set[str] = frozenset(),
+    workers: int | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    bundle: Bundle | None = None,
+) -> ReplicateResult:
+    """`suspect`: keys to re-hash on the target whatever their size (an audit flagged them)."""
+    src_vault = Vault(sources[0])
+    b = bundle or src_vault.load(ref, trusted, insecure=insecure)
+    m, name = b.manifest, b.manifest.name
+    problems = check_bag(src_vault, b)
+    if problems:
+        raise IntegrityError(f"source {sources[0].url}: bundle {name} is damaged, not copying "
+                             f"its tag files: {problems[0]}")  # fmt: skip
+    files = src_vault.read_commit_files(m)
+    if files[0][1] != m.raw:
+        raise IntegrityError(f"{sources[0].describe(prefix(name))}: manifest changed while reading")
+    dv = Vault(dst)
+    result = ReplicateResult(m.bundle_id, name, dst.url, objects=len(m.doc["objects"]))
+    committed = dv.is_committed(name)
+    if committed:
+        theirs = dst.read_bytes(f"{prefix(name)}/data/weightvault.json", MAX_MANIFEST)
+        if theirs != m.raw:
+            their_id = hashlib.sha256(theirs).hexdigest()
+            raise Conflict(f"{dst.describe(prefix(name))}: holds a different bundle under the "
+                           f"name {name!r} ({their_id[:16]}, not {m.bundle_id[:16]})")  # fmt: skip
+    listing = dst.list(f"{prefix(name)}/data")
+    wanted = [(object_key(name, o["name"]), o["name"], o["size"], o.get("sha512"))
+              for o in m.doc["objects"]]  # fmt: skip
+    wanted += [(f"{prefix(name)}/data/{r['path']}", r["sha256"], r["size"], r.get("sha512"))
+               for r in m.plain_files]  # fmt: skip
+    checksum = getattr(dst, "checksum", None)
+
+    def need(key: str, sha: str, size: int) -> str | None:
+        if key not in listing:
+            return "missing"
+        if listing[key] != size:
+            return f"size {listing[key]}, expected {size}"
+        if checksum is not None:
+            have = checksum(key)
+            if have is not None and have != sha:
+                return f"server checksum {have[:16]}... differs"
+            if have is None:
+                return _hash_differs(dst, key, sha)
+        elif verify_existing or key in suspect:
+            return _hash_differs(dst, key, sha)
+        return None
+
+    def work(item, _emit) -> CopyEvent | None:
+        key, sha, size, sha512 = item
+        why = need(key, sha, size)
+        if why is None:
+            return None
+        used = copy_object(sources, dst, key, sha, size, sha512)
+        if on_bytes:
+            on_bytes(size)
+        return CopyEvent(key, "copied" if why == "missing" else "replaced", used, why)
+
+    events = run(wanted, work, workers=workers)
+    for e, item in zip(events, wanted, strict=True):
+        if e is None:
+            result.present += 1
+        else:
+            result.events.append(e)
+            result.copied += 1
+            result.bytes_copied += item[2]
+    if not committed:
+        dv.commit(name, files)
+        result.committed_now = True
+    else:  # damaged or missing tag files of a committed bundle: rewrite from the good source
+        for k, data in files:
+            key = f"{prefix(name)}/{k}"
+            try:
+                same = dst.read_bytes(key, len(data) + 1) == data
+            except StorageError:
+                same = False
+            if not same:
+                dst.put_bytes(key, data)
+                result.events.append(CopyEvent(key, "replaced", sources[0].url, "tag file"))
+    return result
+
+
+def _hash_differs(store: Store, key: str, sha: str) -> str | None:
+    h = hashlib.sha256()
+    with store.open_read(key) as f:
+        while data := f.read(1 << 20):
+            h.update(data)
+    return None if h.hexdigest() == sha else f"stored bytes hash to {h.hexdigest()[:16]}..."
+
+
+@dataclass
+class BundleState:
+    state: str  # complete | incomplete | uncommitted | absent | unreachable | conflict
+    bundle: str | None = None
+    missing: int = 0
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def bundle_state(store: Store, name: str, bundle_id: str | None = None) -> BundleState:
+    """What a replica holds of one bundle, from listings and metadata only (no payload)."""
+    from weightvault.format.manifest import Manifest
+
+    p = prefix(name)
+    listing = store.list(p)
+    if not listing:
+        return BundleState("absent")
+    if f"{p}/{bag.COMMIT_MARKER}" not in listing:
+        return BundleState("uncommitted", detail="an interrupted seal or replicate")
+    key = f"{p}/data/weightvault.json"
+    try:
+        m = Manifest.parse(store.read_bytes(key, MAX_MANIFEST), store.describe(key))
+    except Exception as e:  # noqa: BLE001 - any failure here is what status reports
+        return BundleState("incomplete", detail=f"manifest unreadable: {e}")
+    if bundle_id and m.bundle_id != bundle_id:
+        return BundleState("conflict", m.bundle_id, detail="a different bundle under this name")
+    missing = 0
+    for o in m.doc["objects"]:
+        if listing.get(object_key(name, o["name"])) != o["size"]:
+            missing += 1
+    for r in m.plain_files:
+        if listing.get(f"{p}/data/{r['path']}") != r["size"]:
+            missing += 1
+    if missing:
+        return BundleState("incomplete", m.bundle_id, missing, f"{missing} objects missing or "
+                           "of the wrong size")  # fmt: skip
+    return BundleState("complete", m.bundle_id)
+
+
+def needs_action(row: dict[str, BundleState]) -> bool:
+    """Whether a status row (replica -> state of one bundle) is something to act on: damage, a
+    conflict, or a committed bundle that a replica lacks. A row where no replica holds the
+    bundle committed is only an interrupted seal's files: `gc` removes them, nothing is lost."""
+    states = {s.state for s in row.values()} - {"unreachable"}
+    if states & {"incomplete", "conflict"}:
+        return True
+    return "complete" in states and bool(states - {"complete"})
+
+
+def status(stores: dict[str, Store | None], errors: dict[str, str]) -> dict[str, dict]:
+    """bundle name -> replica name -> BundleState."""
+    names: set[str] = set()
+    for st in stores.values():
+        if st is not None:
+            names.update(n for n in st.list_dirs("bundles"))
+    out: dict[str, dict] = {}
+    for n in sorted(names):
+        row: dict[str, BundleState] = {}
+        ref_id = None
+        for rname, st in stores.items():
+            if st is None:
+                row[rname] = BundleState("unreachable", detail=errors.get(rname, ""))
+                continue
+            try:
+                row[rname] = bundle_state(st, n, ref_id)
+            except StorageError as e:
+                row[rname] = BundleState("unreachable", detail=str(e))
+            ref_id = ref_id or row[rname].bundle
+        out[n] = row
+    return out

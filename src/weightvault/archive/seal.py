@@ -1,0 +1,398 @@
+"""Seal: source files -> chunk objects in the vault -> signed manifest -> committed bag."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weightvault import __version__
+from weightvault.archive import sources
+from weightvault.archive.pipeline import Emit, FileDigests, Finisher, default_workers, pieces, run
+from weightvault.errors import Conflict, InputError, IntegrityError
+from weightvault.format import canon, chunking, codec, crypt
+from weightvault.format.keys import SigningKey
+from weightvault.format.manifest import FORMAT_VERSION, PAYLOAD_TYPE, Manifest
+from weightvault.format.paths import check_name, check_relpath
+from weightvault.storage.chunkio import drop_cached
+from weightvault.storage.store import Store
+from weightvault.storage.vault import Vault, already_sealed, commit_files, object_key, prefix
+
+
+@dataclass
+class SealOptions:
+    name: str | None = None
+    chunk_size: int = chunking.DEFAULT_TARGET
+    level: int = 3
+    codec: str = "auto"  # auto | zstd | raw | fsplit
+    workers: int | None = None
+    excludes: tuple[str, ...] = sources.DEFAULT_EXCLUDES
+    hf_cache_dir: str | None = None
+    # The retirement record: (role, local file, path in the bundle, which starts with "record/")
+    record: list[tuple[str, Path, str]] = field(default_factory=list)
+    organization: str | None = None  # bag-info Source-Organization
+    description: str | None = None  # bag-info External-Description (default: from the source)
+    oms_key: object | None = None  # ECDSA key: also write an OpenSSF model-signing signature
+    # Encryption (FORMAT.md section 10): age recipients of the data key, and custodians
+    # (name, age recipient) who each get one SLIP-39 share of it, `threshold` needed to open.
+    encrypt_to: list[str] = field(default_factory=list)
+    custodians: list[tuple[str, str]] = field(default_factory=list)
+    threshold: int | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.encrypt_to or self.custodians)
+
+
+@dataclass
+class SealResult:
+    bundle: str
+    name: str
+    files: int
+    bytes_in: int
+    bytes_stored: int
+    objects: int
+    seconds: float
+    vault: str
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+@dataclass(frozen=True)
+class _Job:
+    file: int
+    src: sources.SourceFile
+    piece: chunking.Piece
+    last: bool  # last chunk of its file
+    multi: bool  # file has more than one chunk (needs the ordered whole-file digest)
+    index: int  # position among all chunks (an encrypted object is bound to it)
+
+
+def default_name(spec: str, src: sources.Source) -> str:
+    base = src.provenance.get("repo_id", "").split("/")[-1] or os.path.basename(
+        os.path.normpath(spec)
+    )
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in base).lstrip("._-") or "model"
+
+
+def seal(
+    spec: str,
+    store: Store,
+    key: SigningKey,
+    opts: SealOptions | None = None,
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    replicas: list[Store] = (),
+) -> SealResult:
+    """Seal into `store`. `replicas` are the other stores the bundle will be copied to: a name
+    already sealed on any of them is refused before any work is done."""
+    opts = opts or SealOptions()
+    t0 = time.monotonic()
+    codec.check_level(opts.level)
+    if not 4096 <= opts.chunk_size <= chunking.MAX_TARGET:
+        raise InputError(f"chunk size {opts.chunk_size} is out of range 4 KiB..1 GiB")
+    vault = Vault(store)
+    src = sources.resolve(spec, excludes=opts.excludes, cache_dir=opts.hf_cache_dir)
+    name = check_name(opts.name or default_name(spec, src))
+    for v in (vault, *map(Vault, replicas)):
+        if v.is_committed(name):
+            raise already_sealed(v, name)
+    files = sorted(src.files, key=lambda f: f.path)
+    jobs: list[_Job] = []
+    for i, f in enumerate(files):
+        plan = chunking.plan(f.abspath, f.size, opts.chunk_size)
+        for j, p in enumerate(plan):
+            jobs.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1, len(jobs)))
+    keys = _KeyPlan.new(opts) if opts.encrypted else None
+    if keys and opts.oms_key is not None:
+        raise InputError("--oms-key cannot be combined with encryption: the model-signing "
+                         "signature would publish the file names and digests")  # fmt: skip
+    if on_start:
+        on_start(sum(f.size for f in files))
+
+    written: list[str] = []
+
+    def work(job: _Job, emit: Emit) -> dict:
+        p = job.piece
+        # Each byte is hashed once per form (FORMAT.md section 9, version 3): a chunk that is
+        # its whole file is hashed here, a longer file's chunks in order by the lane
+        h = None if job.multi else hashlib.sha256()
+        enc = codec.ChunkEncoder(p.length, p.dtype, opts.level, opts.codec)
+        s256 = hashlib.sha256()
+        sealer = keys.encryptor("chunk", job.index) if keys else None
+        w = store.new_object()
+        try:
+            fd = os.open(job.src.abspath, os.O_RDONLY)
+            try:
+                for off, n in pieces(p.length, codec.PIECE):
+                    buf = os.pread(fd, n, p.offset + off)
+                    if len(buf) != n:
+                        raise InputError(f"{job.src.abspath}: file shrank while sealing")
+                    if h is None:
+                        emit(buf)
+                    else:
+                        h.update(buf)
+                    for out in enc.feed_parts(buf):
+                        if sealer:
+                            out = sealer.feed(out)
+                        if out:
+                            s256.update(out)
+                            w.write(out)
+                    if on_bytes:
+                        on_bytes(n)
+            finally:
+                os.close(fd)
+            out = enc.finish()
+            if sealer:
+                out = sealer.feed(out) + sealer.finish()
+            if out:
+                s256.update(out)
+                w.write(out)
+            obj = s256.hexdigest()
+            size = w.size
+            # inside the try: if submit refuses (an earlier commit failed), nothing else would
+            # ever commit or remove this object
+            finisher.submit(lambda: _commit_object(store, w, object_key(name, obj), written))
+        except BaseException:
+            w.abort()
+            raise
+        chunk = {"offset": p.offset, "length": p.length, "codec": enc.codec, "object": obj}
+        if p.dtype:
+            chunk["dtype"] = p.dtype
+        return {"chunk": chunk, "size": size, "file_sha256": h.hexdigest() if h else None}
+
+    lane = FileDigests()
+    workers = opts.workers or default_workers()
+    finisher = Finisher(workers, workers + 1)
+    try:
+        try:
+            results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi, workers=workers)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                finisher.drain()  # the first error is the one to report
+            raise
+        finisher.drain()  # every object durable (or its error raised) before the manifest
+        doc = _manifest_doc(name, src, files, jobs, results, lane.done, opts)
+        record = [_store_record_file(store, name, *r, written) for r in opts.record]
+        if opts.oms_key is not None:
+            record.append(_model_signing(store, name, doc, opts.oms_key, written))
+        doc["record"] = sorted(record, key=lambda r: r["path"])
+        for i, f in enumerate(files):
+            st = os.stat(f.abspath)
+            if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
+                raise InputError(
+                    f"{src.root / f.path}: changed while it was being sealed; seal again"
+                )
+            got = doc["files"][i]["sha256"]
+            if f.expected_sha256 and got != f.expected_sha256:
+                raise IntegrityError(
+                    f"{src.root / f.path}: sha256 {got} computed while sealing differs from the "
+                    f"{src.expected_from} {f.expected_sha256}"
+                )
+        if keys:
+            doc = keys.seal_manifest(doc, store, name, written)
+        manifest = Manifest.from_doc(doc)
+        signature = {
+            "format": "weightvault-signature",
+            "format_version": 1,
+            "payload_type": PAYLOAD_TYPE,
+            "payload_sha256": manifest.bundle_id,
+            "signatures": [key.sign(PAYLOAD_TYPE, manifest.raw)],
+        }
+        vault.commit(
+            name,
+            commit_files(
+                manifest,
+                signature,
+                bagging_date=doc["created"][:10],
+                organization=opts.organization,
+                description=opts.description,
+            ),
+        )
+    except BaseException as e:
+        with contextlib.suppress(BaseException):
+            finisher.drain()  # so `written` is complete
+        # Nothing was committed: remove what this run wrote, so no half bundle lingers. Not
+        # after a Conflict: another seal of this name is committing the same objects (content
+        # names them), and removing them would break its bundle; gc collects real orphans.
+        if not isinstance(e, Conflict) and not vault.is_committed(name):
+            for key in set(written):
+                with contextlib.suppress(Exception):
+                    store.delete(key)
+        raise
+    return SealResult(
+        bundle=manifest.bundle_id,
+        name=name,
+        files=len(files),
+        bytes_in=sum(f.size for f in files),
+        bytes_stored=manifest.bytes_stored,
+        objects=len(manifest.doc["objects"]),
+        seconds=round(time.monotonic() - t0, 3),
+        vault=store.url,
+        notes=src.notes,
+    )
+
+
+def _commit_object(store: Store, w, key: str, written: list[str]) -> None:
+    try:
+        w.commit(key)
+    finally:
+        w.abort()  # a no-op once committed; else the staged copy goes
+    written.append(key)
+    drop_cached(store, key)  # synced: recycle its memory
+
+
+def _store_record_file(store: Store, name: str, role: str, local: Path, path: str,
+                       written: list[str]) -> dict:  # fmt: skip
+    try:
+        f = open(local, "rb")  # noqa: SIM115
+    except OSError as e:
+        raise InputError(f"{local}: cannot read {role} file ({e.strerror})") from None
+    with f:
+        entry = _store_plain(store, name, path, iter(lambda: f.read(codec.PIECE), b""), written)
+    return {"path": path, "role": role, **entry}
+
+
+def _store_plain(store: Store, name: str, path: str, pieces, written: list[str]) -> dict:
+    """A plain payload file at data/PATH: its size and digests for the manifest."""
+    check_relpath(path, "payload file")
+    s256 = hashlib.sha256()
+    with store.new_object() as w:
+        for data in pieces:
+            s256.update(data)
+            w.write(data)
+        key = f"{prefix(name)}/data/{path}"
+        w.commit(key)
+        written.append(key)
+        size = w.size
+    return {"size": size, "sha256": s256.hexdigest()}
+
+
+class _KeyPlan:
+    """The data key of one encrypted seal and what it is wrapped and split into."""
+
+    def __init__(self, opts: SealOptions):
+        self.opts = opts
+        self.dk = crypt.new_data_key()
+        self.salt = crypt.new_salt()
+
+    @classmethod
+    def new(cls, opts: SealOptions) -> _KeyPlan:
+        for r in opts.encrypt_to:
+            crypt.parse_recipient(r)
+        names = [n for n, _ in opts.custodians]
+        for n, r in opts.custodians:
+            check_name(n, "custodian name")
+            crypt.parse_recipient(r)
+        if len(set(names)) != len(names):
+            raise InputError("custodian names must be unique")
+        if opts.custodians and opts.threshold is None:
+            raise InputError("--custodians needs --threshold K (how many shares open the bundle)")
+        if opts.threshold is not None and not opts.custodians:
+            raise InputError("--threshold needs --custodians FILE")
+        if opts.custodians and not 1 <= opts.threshold <= len(opts.custodians):
+            raise InputError(f"threshold {opts.threshold} is out of range 1..{len(names)} "
+                             "(the number of custodians)")  # fmt: skip
+        return cls(opts)
+
+    def encryptor(self, label: str, index: int) -> crypt.Encryptor:
+        return crypt.Encryptor(self.dk, self.salt, label, index)
+
+    def seal_manifest(self, doc: dict, store: Store, name: str, written: list[str]) -> dict:
+        """FORMAT.md section 10: the file table and source go into the sealed private
+        section; the signed manifest keeps what an auditor needs (objects, sizes, digests)."""
+        private = {"format": "weightvault-private", "format_version": doc["format_version"],
+                   "bundle": {"name": name, "salt": self.salt},
+                   "source": doc["source"], "files": doc["files"]}  # fmt: skip
+        sealed = crypt.seal_bytes(self.dk, self.salt, "private", 0, canon.canonical(private))
+        path = "private/manifest.sealed"
+        priv = {"path": path, **_store_plain(store, name, path, [sealed], written)}
+        envelopes = []
+        for i, r in enumerate(self.opts.encrypt_to, 1):
+            envelopes.append(self._envelope(store, name, f"keys/recipient-{i}.age", "recipient",
+                                            f"recipient-{i}", r, crypt.data_key_text(self.dk),
+                                            None, written))  # fmt: skip
+        shares = None
+        if self.opts.custodians:
+            split = crypt.split(self.dk, self.opts.threshold, len(self.opts.custodians))
+            for (cname, r), sh in zip(self.opts.custodians, split, strict=True):
+                envelopes.append(self._envelope(
+                    store, name, f"keys/share-{cname}.age", "share", cname, r,
+                    sh.text.encode() + b"\n", crypt.share_digest(self.salt, sh.text), written))  # fmt: skip
+            shares = {"scheme": "slip39", "threshold": self.opts.threshold,
+                      "count": len(split), "identifier": split[0].identifier}  # fmt: skip
+        return {**doc, "source": {"kind": "encrypted"}, "files": [],
+                "encryption": {"scheme": crypt.SCHEME, "salt": self.salt,
+                               "segment_size": crypt.SEGMENT,
+                               "key_check": crypt.key_check(self.dk, self.salt),
+                               "private": priv,
+                               "envelopes": sorted(envelopes, key=lambda e: e["path"]),
+                               "shares": shares}}  # fmt: skip
+
+    def _envelope(self, store, name, path, kind, label, recipient, text, digest, written):
+        armored = crypt.wrap(text, recipient)
+        entry = _store_plain(store, name, path, [armored], written)
+        return {"path": path, "kind": kind, "label": label, "recipient": recipient.strip(),
+                "share_digest": digest, **entry}  # fmt: skip
+
+
+def _model_signing(store: Store, name: str, doc: dict, key, written: list[str]) -> dict:
+    """An OpenSSF model-signing signature over the digests this seal computed, kept with the
+    record, so a restored model verifies with `model_signing verify key` as well."""
+    import tempfile
+
+    from weightvault.record import oms
+
+    sig = oms.sign_files([(f["path"], f["sha256"], f["size"]) for f in doc["files"]], key,
+                         model_name=name)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="weightvault-oms-") as d:
+        p = Path(d) / oms.default_signature_name()
+        p.write_bytes(sig)
+        return _store_record_file(store, name, "model-signing", p,
+                                  f"record/{oms.default_signature_name()}", written)  # fmt: skip
+
+
+def _manifest_doc(name, src, files, jobs, results, digests, opts) -> dict:
+    entries = [
+        {"path": f.path, "size": f.size, "mode": f.mode & 0o777, "sha256": "", "chunks": []}
+        for f in files
+    ]
+    objects: dict[str, dict] = {}
+    for job, r in zip(jobs, results, strict=True):
+        e = entries[job.file]
+        e["chunks"].append(r["chunk"])
+        if not job.multi:
+            e["sha256"] = r["file_sha256"]
+        objects[r["chunk"]["object"]] = {"name": r["chunk"]["object"], "size": r["size"]}
+    for i, e in enumerate(entries):
+        if e["size"] == 0:
+            e["sha256"] = hashlib.sha256(b"").hexdigest()
+        elif not e["sha256"]:
+            e["sha256"] = digests[i]
+    prov = dict(src.provenance)
+    if opts.excludes:
+        prov["excluded"] = list(opts.excludes)
+    checked = sum(1 for f in files if f.expected_sha256)
+    if checked:
+        prov["verified_against"] = src.expected_from
+        prov["verified_files"] = checked
+    return {
+        "format": "weightvault-manifest",
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tool": {"name": "weightvault", "version": __version__},
+        "source": prov,
+        "chunking": {"target_size": opts.chunk_size, "piece_size": codec.PIECE},
+        "files": entries,
+        "objects": [objects[k] for k in sorted(objects)],
+        "encryption": None,
+        "record": [],
+    }

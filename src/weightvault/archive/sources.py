@@ -1,0 +1,184 @@
+"""What gets sealed: a local directory, a Hub cache snapshot, or a Hub repo at a revision.
+
+Each source resolves to a sorted list of regular files plus provenance for the manifest.
+Hub digests (LFS sha256) are kept as `expected` so seal can cross-check them against the
+digests it computes itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weightvault.errors import CorruptData, InputError
+from weightvault.format.paths import check_relpath, check_unique
+
+DEFAULT_EXCLUDES = (".git", ".cache/huggingface")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # relative POSIX path inside the bundle
+    abspath: Path  # where to read it (symlinks already resolved)
+    size: int
+    mode: int
+    mtime_ns: int
+    expected_sha256: str | None = None  # from the Hub or the cache layout, checked after sealing
+
+
+@dataclass
+class Source:
+    files: list[SourceFile]
+    provenance: dict
+    root: Path
+    expected_from: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve(spec: str, *, excludes: tuple[str, ...] = DEFAULT_EXCLUDES, cache_dir=None) -> Source:
+    if spec.startswith("hf://"):
+        return hub_source(spec[5:], excludes=excludes, cache_dir=cache_dir)
+    path = Path(spec)
+    if not path.exists():
+        raise InputError(f"{spec}: source not found")
+    if not path.is_dir():
+        raise InputError(f"{spec}: source is not a directory")
+    cache = parse_cache_snapshot(path)
+    if cache:
+        return cache_source(path, *cache, excludes=excludes)
+    files = walk(path, excludes)
+    return Source(files, {"kind": "local", "path": str(path.absolute())}, path)
+
+
+def walk(root: Path, excludes: tuple[str, ...]) -> list[SourceFile]:
+    out: list[SourceFile] = []
+    root = root.absolute()
+    for dirpath, dirs, files in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root).as_posix()
+        rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        dirs[:] = sorted(d for d in dirs if (rel_dir + d) not in excludes)
+        for d in dirs:
+            if os.path.islink(os.path.join(dirpath, d)):
+                raise InputError(f"{os.path.join(dirpath, d)}: symbolic link to a directory")
+        for name in sorted(files):
+            rel = rel_dir + name
+            if rel in excludes:
+                continue
+            full = Path(dirpath, name)
+            try:
+                st = full.stat()  # follows symlinks: a Hub snapshot is links into blobs/
+            except FileNotFoundError:
+                raise InputError(f"{full}: broken symbolic link") from None
+            except OSError as e:
+                raise InputError(f"{full}: cannot read ({e.strerror})") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError(f"{full}: not a regular file")
+            try:
+                check_relpath(rel, str(root))
+            except CorruptData as e:
+                raise InputError(str(e)) from None
+            out.append(
+                SourceFile(
+                    rel, full.resolve(), st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns
+                )
+            )
+    if not out:
+        raise InputError(f"{root}: source is empty (no files to seal)")
+    try:
+        check_unique([f.path for f in out], str(root))
+    except CorruptData as e:
+        raise InputError(str(e)) from None
+    return out
+
+
+def parse_cache_snapshot(path: Path) -> tuple[str, str, str] | None:
+    """(repo_type, repo_id, commit) if `path` is .../models--ORG--NAME/snapshots/<commit>."""
+    p = path.absolute()
+    if p.parent.name != "snapshots" or not _HEX40.match(p.name):
+        return None
+    repo_dir = p.parent.parent.name
+    kind, _, rest = repo_dir.partition("--")
+    if kind not in ("models", "datasets", "spaces") or not rest:
+        return None
+    return kind[:-1], rest.replace("--", "/"), p.name
+
+
+def cache_source(path: Path, repo_type: str, repo_id: str, commit: str, *, excludes) -> Source:
+    files = walk(path, excludes)
+    repo_dir = path.absolute().parent.parent
+    refs = []
+    for ref in sorted((repo_dir / "refs").glob("**/*")):
+        if ref.is_file() and ref.read_text().strip() == commit:
+            refs.append(ref.relative_to(repo_dir / "refs").as_posix())
+    checked = []
+    for i, f in enumerate(files):
+        # In the cache, an LFS file's blob is named by its sha256: a free second opinion.
+        link = path / f.path
+        if link.is_symlink() and _HEX64.match(f.abspath.name):
+            files[i] = SourceFile(**{**f.__dict__, "expected_sha256": f.abspath.name})
+            checked.append(f.path)
+    prov = {
+        "kind": "hf-cache",
+        "repo_type": repo_type,
+        "repo_id": repo_id,
+        "commit": commit,
+        "refs": refs,
+        "path": str(path.absolute()),
+    }
+    return Source(files, prov, path, expected_from="Hub cache blob name")
+
+
+def hub_source(spec: str, *, excludes, cache_dir=None) -> Source:
+    repo_id, _, revision = spec.partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise InputError(f"hf://{spec}: expected hf://ORG/NAME@REVISION")
+    revision = revision or "main"
+    try:
+        from huggingface_hub import HfApi, constants, snapshot_download
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError as e:  # pragma: no cover - a required dependency
+        raise InputError(f"huggingface_hub is not usable: {e}") from None
+    api = HfApi()
+    try:
+        info = api.model_info(repo_id, revision=revision, files_metadata=True)
+        commit = info.sha
+        if not commit or not _HEX40.match(commit):
+            raise InputError(f"hf://{spec}: the Hub returned no commit for revision {revision!r}")
+        snap = Path(
+            snapshot_download(repo_id, revision=commit, cache_dir=cache_dir, repo_type="model")
+        )
+    except RevisionNotFoundError:
+        raise InputError(f"hf://{spec}: revision {revision!r} not found on the Hub") from None
+    except RepositoryNotFoundError:
+        raise InputError(f"hf://{spec}: repository {repo_id!r} not found on the Hub") from None
+    except HfHubHTTPError as e:
+        raise InputError(f"hf://{spec}: the Hub refused the request ({e})") from None
+    except OSError as e:
+        raise InputError(f"hf://{spec}: cannot download ({e})") from None
+    lfs = {s.rfilename: s.lfs.sha256 for s in (info.siblings or []) if s.lfs is not None}
+    files = walk(snap, excludes)
+    files = [
+        SourceFile(**{**f.__dict__, "expected_sha256": lfs.get(f.path)}) if f.path in lfs else f
+        for f in files
+    ]
+    missing = sorted(set(lfs) - {f.path for f in files})
+    if missing:
+        raise InputError(f"hf://{spec}: Hub lists {missing[0]!r} but the download lacks it")
+    prov = {
+        "kind": "hf-hub",
+        "repo_type": "model",
+        "repo_id": repo_id,
+        "revision": revision,
+        "commit": commit,
+        "endpoint": constants.ENDPOINT,
+    }
+    return Source(files, prov, snap, expected_from="Hub LFS sha256")

@@ -1,0 +1,10 @@
+"""The command line: a thin click layer over the library.
+
+app.py holds the group, the shared options, the error-to-exit-code mapping and the core
+commands; each further area registers its commands from a module of its own, imported here.
+Those modules keep heavy imports inside their commands, so start-up stays fast.
+"""
+
+from weightvault.cli.app import cli, main
+
+__all__ = ["cli", "main"]

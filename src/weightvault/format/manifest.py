@@ -1,0 +1,243 @@
+"""The bundle manifest: building it, its canonical bytes and id, and checking one read back.
+
+Schema validation covers shapes; `check` covers what a schema cannot: paths safe and unique,
+chunks tiling each file exactly, every chunk's object listed, sizes plausible for the codec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from weightvault.errors import CorruptData
+from weightvault.format import canon, spec
+from weightvault.format.paths import check_relpath, check_unique
+
+PAYLOAD_TYPE = "application/vnd.weightvault.manifest+json; version=1"
+MANIFEST_KEY = "data/weightvault.json"
+SIGNATURE_KEY = "weightvault.sig"
+MAX_MANIFEST = canon.MAX_DOC
+# docs/FORMAT.md section 9. 3: SHA-256 only, clear or encrypted (written since 0.3);
+# 1: clear and 2: encrypted, both with SHA-512 digests and chunk digests (read only)
+FORMAT_VERSION = 3
+VERSIONS = (1, 2, 3)
+# zstd never expands input by more than this (frame header + block headers); RFC 8878 section 3.1.1.2
+_ZSTD_SLACK = 64
+_FSPLIT_SLACK = 64
+_FSPLIT_DTYPE = {"fsplit-bf16": "BF16", "fsplit-f16": "F16", "fsplit-f32": "F32"}
+
+
+def zstd_bound(n: int) -> int:
+    return n + (n >> 7) + _ZSTD_SLACK
+
+
+@dataclass(frozen=True)
+class Manifest:
+    doc: dict
+    raw: bytes  # canonical bytes, exactly as stored and signed
+
+    @property
+    def bundle_id(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+    @property
+    def name(self) -> str:
+        return self.doc["name"]
+
+    @property
+    def files(self) -> list[dict]:
+        return self.doc["files"]
+
+    @property
+    def objects(self) -> dict[str, dict]:
+        return {o["name"]: o for o in self.doc["objects"]}
+
+    @property
+    def record(self) -> list[dict]:
+        return self.doc["record"]
+
+    @property
+    def encryption(self) -> dict | None:
+        return self.doc["encryption"]
+
+    @property
+    def plain_files(self) -> list[dict]:
+        """Every payload file stored as it is (not chunked): the retirement record and, in an
+        encrypted bundle, the sealed private section and the key envelopes. Each has `path`
+        (under data/), `size`, `sha256` and, in format versions 1 and 2, `sha512`."""
+        out = list(self.doc["record"])
+        enc = self.doc["encryption"]
+        if enc:
+            out += [enc["private"], *enc["envelopes"]]
+        return out
+
+    @property
+    def bytes_in(self) -> int:
+        return sum(f["size"] for f in self.files)
+
+    @property
+    def bytes_stored(self) -> int:
+        return sum(o["size"] for o in self.doc["objects"])
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> Manifest:
+        spec.validate(doc, schema(doc["format_version"]), "new manifest")
+        check(doc, "new manifest")
+        return cls(doc, canon.canonical(doc))
+
+    def opened(self, private: dict, what: str) -> Manifest:
+        """This encrypted bundle's manifest with its decrypted private section merged in: the
+        file table and source, checked like a version 1 manifest's. Same bytes, same id."""
+        version = self.doc["format_version"]
+        if not isinstance(private, dict) or private.get("format_version") != version:
+            raise CorruptData(f"{what}: not a private section of format version {version}")
+        spec.validate(private, "private" if version >= 3 else "private-v2", what)
+        if private["bundle"] != {"name": self.name, "salt": self.doc["encryption"]["salt"]}:
+            raise CorruptData(f"{what}: belongs to another bundle")
+        doc = {**self.doc, "files": private["files"], "source": private["source"]}
+        check(doc, what, opened=True)
+        return Manifest(doc, self.raw)
+
+    @classmethod
+    def parse(cls, raw: bytes, what: str) -> Manifest:
+        doc = canon.parse(raw, what, max_size=MAX_MANIFEST)
+        if not isinstance(doc, dict):
+            raise CorruptData(f"{what}: not a JSON object")
+        if doc.get("format") != "weightvault-manifest":
+            raise CorruptData(f"{what}: not a weightvault manifest")
+        if doc.get("format_version") not in VERSIONS:
+            raise CorruptData(
+                f"{what}: format version {doc.get('format_version')!r} is not supported by this "
+                "weightvault (it reads versions 1, 2 and 3); see the FORMAT.md inside the bundle"
+            )
+        _check_version(doc, what)  # before the schema: its message is the clearer one
+        spec.validate(doc, schema(doc["format_version"]), what)
+        check(doc, what)
+        if canon.canonical(doc) != raw:
+            raise CorruptData(f"{what}: not in canonical form")
+        return cls(doc, raw)
+
+
+def schema(format_version: int) -> str:
+    return "manifest" if format_version >= 3 else "manifest-v1"
+
+
+def check(doc: dict, what: str, *, opened: bool = False) -> None:
+    """`opened`: `doc` is an encrypted bundle's manifest with its private section merged in."""
+    _check_version(doc, what)
+    enc = doc["encryption"]
+    if enc is not None:
+        _check_encryption(doc, what, opened)
+    elif doc["source"]["kind"] == "encrypted":
+        raise CorruptData(f"{what}: source says encrypted but the bundle is not")
+    objects: dict[str, dict] = {}
+    for o in doc["objects"]:
+        if o["name"] in objects:
+            raise CorruptData(f"{what}: object {o['name']} listed twice")
+        objects[o["name"]] = o
+    names = [o["name"] for o in doc["objects"]]
+    if names != sorted(names):
+        raise CorruptData(f"{what}: objects are not sorted by name")
+    paths = [check_relpath(f["path"], what) for f in doc["files"]]
+    if paths != sorted(paths):
+        raise CorruptData(f"{what}: files are not sorted by path")
+    check_unique(paths, what)
+    used: set[str] = set()
+    sealed = enc is not None
+    for f in doc["files"]:
+        pos = 0
+        for c in f["chunks"]:
+            if c["offset"] != pos:
+                raise CorruptData(
+                    f"{what}: {f['path']}: chunk at offset {c['offset']} should start at {pos} "
+                    "(chunks overlap or leave a gap)"
+                )
+            pos += c["length"]
+            obj = objects.get(c["object"])
+            if obj is None:
+                raise CorruptData(
+                    f"{what}: {f['path']}: chunk names object {c['object']} "
+                    "that the manifest does not list"
+                )
+            if sealed and c["object"] in used:
+                raise CorruptData(f"{what}: object {c['object']} is used by two chunks "
+                                  "(each encrypted chunk has its own)")  # fmt: skip
+            used.add(c["object"])
+            if c["codec"].startswith("fsplit-") and c.get("dtype") != _FSPLIT_DTYPE[c["codec"]]:
+                raise CorruptData(f"{what}: {f['path']}: chunk at {c['offset']} uses {c['codec']} "
+                                  f"but its dtype is {c.get('dtype')!r}")  # fmt: skip
+            if obj["size"] > stored_bound(c["codec"], c["length"], sealed):
+                raise CorruptData(
+                    f"{what}: object {c['object']} is {obj['size']} bytes, too large for "
+                    f"{c['length']} bytes of {c['codec']}"
+                )
+            if c["codec"] == "raw" and not sealed and obj["size"] != c["length"]:
+                raise CorruptData(f"{what}: raw object {c['object']} size differs from its chunk")
+        if pos != f["size"]:
+            raise CorruptData(
+                f"{what}: {f['path']}: chunks cover {pos} bytes but the file has {f['size']}"
+            )
+    rpaths = [check_relpath(r["path"], what) for r in doc["record"]]
+    if rpaths != sorted(rpaths):
+        raise CorruptData(f"{what}: record files are not sorted by path")
+    if enc is not None:
+        epaths = [check_relpath(e["path"], what) for e in enc["envelopes"]]
+        if epaths != sorted(epaths):
+            raise CorruptData(f"{what}: key envelopes are not sorted by path")
+        rpaths = [*rpaths, *epaths, check_relpath(enc["private"]["path"], what)]
+    check_unique(rpaths, what)
+    if enc is not None and not opened:
+        return  # which chunk uses which object is in the encrypted section: checked on opening
+    unused = set(objects) - used
+    if unused:
+        raise CorruptData(f"{what}: object {sorted(unused)[0]} is listed but no chunk uses it")
+
+
+def _check_version(doc: dict, what: str) -> None:
+    version, enc = doc["format_version"], doc.get("encryption")
+    if version < 3 and (version == 2) != (enc is not None):
+        raise CorruptData(f"{what}: format version {version} "
+                          f"{'requires' if version == 2 else 'does not allow'} "
+                          "encryption")  # fmt: skip
+
+
+def _check_encryption(doc: dict, what: str, opened: bool) -> None:
+    from weightvault.format.crypt import plain_size
+
+    enc = doc["encryption"]
+    if not opened and (doc["files"] or doc["source"] != {"kind": "encrypted"}):
+        raise CorruptData(f"{what}: an encrypted manifest lists files or their source in the clear")
+    if opened and doc["source"].get("kind") == "encrypted":
+        raise CorruptData(f"{what}: the private section does not say where the files came from")
+    if not opened and doc["source"]["kind"] != "encrypted":
+        raise CorruptData(f"{what}: source must be {{'kind': 'encrypted'}}")
+    shares = [e for e in enc["envelopes"] if e["kind"] == "share"]
+    info = enc["shares"]
+    if (info is None) != (not shares):
+        raise CorruptData(f"{what}: `shares` must describe the share envelopes, and only them")
+    if info and not (info["count"] == len(shares) and 1 <= info["threshold"] <= info["count"]):
+        raise CorruptData(f"{what}: {len(shares)} share envelopes, but shares says "
+                          f"{info['threshold']} of {info['count']}")  # fmt: skip
+    for e in enc["envelopes"]:
+        if (e["kind"] == "share") != (e["share_digest"] is not None):
+            raise CorruptData(f"{what}: envelope {e['path']}: share_digest is for shares only")
+    for o in doc["objects"]:
+        if plain_size(o["size"]) is None:
+            raise CorruptData(f"{what}: object {o['name']} is {o['size']} bytes, which no "
+                              "sealed object has")  # fmt: skip
+
+
+def stored_bound(codec: str, length: int, sealed: bool = False) -> int:
+    if codec == "raw":
+        n = length
+    elif codec == "zstd":
+        n = zstd_bound(length)
+    else:
+        # fsplit: each 4 MiB block stores its streams raw at worst, plus a small header
+        blocks = max(1, -(-length // (4 << 20)))
+        n = zstd_bound(length) + blocks * _FSPLIT_SLACK
+    if sealed:
+        from weightvault.format.crypt import sealed_size
+
+        return sealed_size(n)
+    return n

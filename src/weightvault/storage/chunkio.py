@@ -1,0 +1,165 @@
+"""Reading stored objects back: stored digests, bounded decode, plaintext digest.
+
+One routine serves restore, verify --deep and (later) audits, so every reader applies the same
+checks and names a failure the same way: bundle, object, file and offset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from weightvault.errors import CorruptData, IntegrityError, StorageError
+from weightvault.format import codec
+from weightvault.format.fixity import Fixity
+from weightvault.storage.store import Store
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # missing | damaged | size | extra | tag | file
+    where: str  # the object, file or tag file concerned
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.detail}"
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "where": self.where, "detail": self.detail}
+
+
+class _HashingReader:
+    def __init__(self, f, want_digests: bool, obj: dict):
+        self.f = f
+        self.fixity = Fixity.like(obj) if want_digests else None
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        if self.fixity is not None:
+            self.fixity.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def check_object(store: Store, key: str, obj: dict) -> None:
+    """Hash one stored object (no decoding): size, sha256 (its name) and, in format versions 1
+    and 2, sha512."""
+    where = store.describe(key)
+    f = _open(store, key, obj)
+    with f:
+        r = _HashingReader(f, True, obj)
+        r.drain()
+    _compare_stored(r, obj, where)
+
+
+def decode_chunk(
+    store: Store,
+    key: str,
+    obj: dict,
+    chunk: dict,
+    *,
+    file_path: str,
+    sink: Callable[[int, bytes], None] | None = None,
+    emit: Callable[[bytes], None] | None = None,
+    stored_digests: bool = True,
+    expect: str | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    cipher: Callable[[Callable[[int], bytes], int], object] | None = None,
+) -> None:
+    """Decode one chunk; raise IntegrityError naming the object and the file range it holds.
+    `expect`: the SHA-256 the decoded bytes must have (the chunk's own in format versions 1
+    and 2, or its file's when the chunk is the whole file), None to leave the check to a
+    whole-file digest computed elsewhere.
+    `cipher(read, stored_size)` opens an encrypted object (unlock.Unlocked.cipher).
+    `sink` and `emit` get each piece for the time of the call only (it may be a view of a
+    buffer that the next piece overwrites): they write, hash or copy it, never keep it."""
+    where = store.describe(key)
+    span = f"{file_path} bytes {chunk['offset']}..{chunk['offset'] + chunk['length']}"
+    f = _open(store, key, obj)
+    h = hashlib.sha256() if expect is not None else None
+    pos = chunk["offset"]
+    with f:
+        r = _HashingReader(f, stored_digests, obj)
+        try:
+            opened = cipher(r.read, obj["size"]) if cipher else None
+            read = opened.read if opened else r.read
+            for data in codec.iter_decode(chunk["codec"], read, chunk["length"], reuse=True):
+                if h is not None:
+                    h.update(data)
+                if sink:
+                    sink(pos, data)
+                if emit:
+                    emit(data)
+                if on_bytes:
+                    on_bytes(len(data))
+                pos += len(data)
+            if opened:
+                opened.finish()
+            if stored_digests:
+                r.drain()
+        except CorruptData as e:
+            if stored_digests:
+                r.drain()
+                _compare_stored(r, obj, where)  # a digest mismatch is the clearer report
+            raise IntegrityError(f"{where}: cannot be decoded ({e}); it holds {span}") from None
+    if stored_digests:
+        _compare_stored(r, obj, where)
+    if h is None:
+        return
+    got = h.hexdigest()
+    if got != expect:
+        raise IntegrityError(
+            f"{where}: decodes to sha256 {got[:16]}..., expected {expect[:16]}... ({span})"
+        )
+
+
+def drop_pages(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Drop a written file range's clean pages from the page cache (length 0: to the end).
+    Dirty pages stay (they are written out first): it never loses data, it only lets a big
+    write recycle the memory of what it already wrote instead of taking fresh memory, which
+    on a VM whose host reclaims freed guest memory costs more than the write itself."""
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def drop_cached(store: Store, key: str) -> None:
+    """drop_pages for a committed (fsynced, so clean) object of a local store."""
+    local = getattr(store, "local_path", None)
+    if local is None or not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(local(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        drop_pages(fd)
+    finally:
+        os.close(fd)
+
+
+def _open(store: Store, key: str, obj: dict):
+    try:
+        return store.open_read(key)
+    except StorageError:
+        if store.size(key) is None:
+            raise IntegrityError(f"{store.describe(key)}: missing") from None
+        raise
+
+
+def _compare_stored(r: _HashingReader, obj: dict, where: str) -> None:
+    diff = r.fixity.difference(obj["size"], obj["name"], obj.get("sha512"))
+    if diff is None:
+        return
+    what, got, want = diff
+    if what == "size":
+        raise IntegrityError(f"{where}: {got} bytes stored, expected {want}")
+    if what == "sha256":
+        raise IntegrityError(f"{where}: sha256 of stored bytes is {got}, expected {want}")
+    raise IntegrityError(f"{where}: sha512 of stored bytes does not match the manifest")

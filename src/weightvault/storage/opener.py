@@ -1,0 +1,32 @@
+"""Open a store by URL: a local directory here, anything else through remote.py.
+
+Kept apart from store.py so that store.py (the local store and the fsspec base) never imports
+remote.py, which builds on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from weightvault.errors import InputError, StorageError
+from weightvault.storage.store import TMP, LocalStore, Store
+
+
+def is_local(url: str) -> bool:
+    return urlparse(url).scheme in ("", "file")
+
+
+def open_store(url: str, storage_options: dict | None = None, *, create: bool = False,
+               object_lock=None) -> Store:  # fmt: skip
+    if is_local(url):
+        parsed = urlparse(url)
+        path = Path(parsed.path if parsed.scheme == "file" else url)
+        if object_lock:
+            raise InputError(f"{url}: object_lock is only available on s3:// replicas")
+        if not create and not (path / TMP).is_dir():
+            raise StorageError(f"{path}: not a weightvault vault (no {TMP}/ directory)")
+        return LocalStore(path, create=create)
+    from weightvault.storage.remote import open_remote
+
+    return open_remote(url, storage_options, object_lock=object_lock, create=create)

@@ -1,0 +1,257 @@
+"""Bundles in a vault: layout, listing, name resolution, trusted loading and the commit protocol.
+
+Layout (docs/FORMAT.md section 2): bundles/<name>/ is one BagIt bag; its stored chunk objects
+are data/objects/<sha256 of stored bytes>. A bundle exists once its commit marker
+(tagmanifest-sha256.txt) exists; everything else is written before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+
+from weightvault.errors import (
+    Conflict,
+    CorruptData,
+    InputError,
+    IntegrityError,
+    MissingSignature,
+    NotFound,
+    StorageError,
+)
+from weightvault.format import bag, canon, spec
+from weightvault.format.keys import PublicKey, verify_signatures
+from weightvault.format.manifest import (
+    MANIFEST_KEY,
+    MAX_MANIFEST,
+    PAYLOAD_TYPE,
+    SIGNATURE_KEY,
+    Manifest,
+)
+from weightvault.format.paths import name_ok
+from weightvault.storage.store import Store
+
+BUNDLES = "bundles"
+FORMAT_KEY = "data/FORMAT.md"
+OBJECTS = "data/objects"
+MAX_SIG = 64 << 10
+
+
+def prefix(name: str) -> str:
+    return f"{BUNDLES}/{name}"
+
+
+def object_key(name: str, obj: str) -> str:
+    return f"{prefix(name)}/{OBJECTS}/{obj}"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    manifest: Manifest
+    signature: dict | None
+    signer: PublicKey | None  # None only when loaded with insecure=True
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest.bundle_id
+
+
+class Vault:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def describe(self, key: str) -> str:
+        return self.store.describe(key)
+
+    # -- listing and lookup
+    def names(self) -> list[str]:
+        return [n for n in self.store.list_dirs(BUNDLES) if name_ok(n) and self.is_committed(n)]
+
+    def is_committed(self, name: str) -> bool:
+        return self.store.exists(f"{prefix(name)}/{bag.COMMIT_MARKER}")
+
+    def read_signature(self, name: str) -> dict:
+        key = f"{prefix(name)}/{SIGNATURE_KEY}"
+        if not self.store.exists(key):
+            raise MissingSignature(
+                f"{self.describe(key)}: missing; the bundle is unsigned (use --insecure to read it)"
+            )
+        doc = canon.parse(self.store.read_bytes(key, MAX_SIG), self.describe(key))
+        spec.validate(doc, "signature", self.describe(key))
+        return doc
+
+    def bundle_id_of(self, name: str) -> str:
+        return self.read_signature(name)["payload_sha256"]
+
+    def resolve(self, ref: str) -> str:
+        """A bundle name, or a unique prefix (at least 4 hex digits) of a bundle id."""
+        names = self.names()
+        if ref in names:
+            return ref
+        ref_l = ref.lower()
+        if len(ref_l) >= 4 and all(c in "0123456789abcdef" for c in ref_l):
+            hits = []
+            for n in names:
+                try:
+                    if self.bundle_id_of(n).startswith(ref_l):
+                        hits.append(n)
+                except (CorruptData, StorageError, IntegrityError):
+                    continue
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                raise InputError(
+                    f"{ref!r} matches {len(hits)} bundles ({', '.join(hits[:5])}); "
+                    "give more digits or the name"
+                )
+        raise NotFound(f"{ref!r}: no such bundle in {self.store.url}")
+
+    def load(self, ref: str, trusted: list[PublicKey], *, insecure: bool = False) -> Bundle:
+        """Read a bundle's manifest, checking its digest and signature before parsing it."""
+        name = self.resolve(ref)
+        mkey = f"{prefix(name)}/{MANIFEST_KEY}"
+        try:
+            sig = self.read_signature(name)
+        except MissingSignature:
+            if not insecure:
+                raise
+            sig = None
+        raw = self.store.read_bytes(mkey, MAX_MANIFEST)
+        what = self.describe(mkey)
+        digest = hashlib.sha256(raw).hexdigest()
+        if sig is not None and digest != sig["payload_sha256"]:
+            raise IntegrityError(
+                f"{what}: manifest digest {digest[:16]} differs from the signed "
+                f"{sig['payload_sha256'][:16]} (the manifest was altered after signing)"
+            )
+        signer = None
+        if not insecure:
+            if not trusted:
+                raise InputError(
+                    "no trusted public key given: pass --trust KEY.pub (or --insecure to skip "
+                    "signature checks)"
+                )
+            signer = verify_signatures(
+                PAYLOAD_TYPE,
+                raw,
+                sig["signatures"],
+                trusted,
+                self.describe(f"{prefix(name)}/{SIGNATURE_KEY}"),
+            )
+        manifest = Manifest.parse(raw, what)
+        if manifest.name != name:
+            raise CorruptData(f"{what}: names bundle {manifest.name!r} but lives under {name!r}")
+        return Bundle(manifest, sig, signer)
+
+    # -- commit
+    def commit(self, name: str, files: list[tuple[str, bytes]]) -> None:
+        """Write a bundle's non-object files in commit order; the commit marker goes last.
+        Every object and record file the manifest names must already be stored and checked.
+        Idempotent: re-running it over an interrupted commit of the same manifest completes it."""
+        st, p = self.store, prefix(name)
+        assert files[0][0] == MANIFEST_KEY and files[-1][0] == bag.COMMIT_MARKER
+        manifest_raw = files[0][1]
+        with st.lock(f"commit-{name}"):
+            if self.is_committed(name):
+                raise already_sealed(self, name)
+            mkey = f"{p}/{MANIFEST_KEY}"
+            ours = True  # this commit wrote the manifest (no other writer shares these files)
+            if not st.put_bytes(mkey, manifest_raw, exclusive=True):
+                existing = st.read_bytes(mkey, len(manifest_raw) + 1)
+                if existing != manifest_raw and not st.process_lock:
+                    raise Conflict(
+                        f"{self.describe(p)}: another seal of {name!r} is committing (or one "
+                        "crashed while committing); run `weightvault gc` if none is running"
+                    )
+                if existing != manifest_raw:  # we hold the lock: debris of a crashed seal
+                    st.put_bytes(mkey, manifest_raw)
+                ours = st.process_lock
+            try:
+                for key, data in files[1:]:
+                    st.put_bytes(f"{p}/{key}", data)
+            except BaseException:
+                # A commit that fails (a full disk, a server gone) takes back what it wrote,
+                # so no manifest is left naming objects a failed seal then removes, and the
+                # name is free for the next try. A crash cannot: gc removes that debris.
+                if ours and not self.is_committed(name):
+                    for key, _ in reversed(files[:-1]):
+                        with contextlib.suppress(Exception):
+                            st.delete(f"{p}/{key}")
+                raise
+
+    def read_commit_files(self, m: Manifest) -> list[tuple[str, bytes]]:
+        """The non-object files of committed bundle `m`, as stored, in commit order."""
+        p = prefix(m.name)
+        return [(k, self.store.read_bytes(f"{p}/{k}", bag.MAX_TAG_FILE if k != MANIFEST_KEY
+                                          else MAX_MANIFEST))
+                for k in commit_order(m.doc["format_version"])]  # fmt: skip
+
+
+def commit_order(format_version: int) -> tuple[str, ...]:
+    """FORMAT.md section 2.1: what a writer commits after the objects, in order."""
+    algs = bag.algs(format_version)
+    return (MANIFEST_KEY, FORMAT_KEY, SIGNATURE_KEY, *(f"manifest-{a}.txt" for a in algs),
+            "bagit.txt", "bag-info.txt", *(f"tagmanifest-{a}.txt" for a in algs[:0:-1]),
+            bag.COMMIT_MARKER)  # fmt: skip
+
+
+def commit_files(manifest: Manifest, signature: dict, *, bagging_date: str,
+                 organization: str | None = None,
+                 description: str | None = None) -> list[tuple[str, bytes]]:  # fmt: skip
+    """Every file of a bundle but its objects and record files, in commit order."""
+    sig_bytes = canon.canonical(signature)
+    format_md = spec.format_md()
+    algs = bag.algs(manifest.doc["format_version"])
+    payload = [bag.Entry(f"{OBJECTS}/{o['name']}", o["size"], o["name"], o.get("sha512"))
+               for o in manifest.doc["objects"]]  # fmt: skip
+    payload += plain_entries(manifest)
+    payload += bag.tag_entries({MANIFEST_KEY: manifest.raw, FORMAT_KEY: format_md}, algs)
+    tags = {
+        "bagit.txt": bag.BAGIT_TXT,
+        "bag-info.txt": bag.bag_info(
+            bundle_id=manifest.bundle_id,
+            name=manifest.name,
+            bagging_date=bagging_date,
+            oxum_bytes=sum(e.size for e in payload),
+            oxum_count=len(payload),
+            description=description or describe_source(manifest.doc),
+            organization=organization,
+            format_version=manifest.doc["format_version"],
+        ),
+        **{f"manifest-{a}.txt": bag.manifest_text(payload, a) for a in algs},
+        SIGNATURE_KEY: sig_bytes,
+    }
+    entries = bag.tag_entries(tags, algs)
+    out = {MANIFEST_KEY: manifest.raw, FORMAT_KEY: format_md, **tags,
+           **{f"tagmanifest-{a}.txt": bag.manifest_text(entries, a) for a in algs}}  # fmt: skip
+    return [(k, out[k]) for k in commit_order(manifest.doc["format_version"])]
+
+
+def plain_entries(manifest: Manifest) -> list[bag.Entry]:
+    return [bag.Entry(f"data/{r['path']}", r["size"], r["sha256"], r.get("sha512"))
+            for r in manifest.plain_files]  # fmt: skip
+
+
+def already_sealed(vault: Vault, name: str) -> Conflict:
+    try:
+        bid = vault.bundle_id_of(name)
+    except Exception:  # noqa: BLE001 - the message is best effort
+        bid = "?"
+    return Conflict(f"{name!r} is already sealed in {vault.store.url} as bundle {bid[:16]}")
+
+
+def describe_source(doc: dict) -> str:
+    src = doc["source"]
+    if src["kind"] == "encrypted":
+        return (
+            f"weightvault bundle {doc['name']!r}: an encrypted model, {len(doc['objects'])} objects"
+        )
+    what = src.get("repo_id") or src.get("path", "")
+    extra = f" at commit {src['commit']}" if src.get("commit") else ""
+    n = len(doc["files"])
+    return f"weightvault bundle {doc['name']!r}: {n} files of {what}{extra}"
