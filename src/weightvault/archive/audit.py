@@ -21,7 +21,7 @@ from weightvault.errors import CorruptData, IntegrityError, TrustError, Weightva
 from weightvault.format.keys import PublicKey, SigningKey
 from weightvault.storage.chunkio import check_object
 from weightvault.storage.store import Store
-from weightvault.storage.vault import Vault, object_key, prefix
+from weightvault.storage.vault import POOL, Vault, object_key, prefix
 
 LEVELS = ("metadata", "sample", "full")
 DAY = 86400.0
@@ -95,6 +95,8 @@ def audit_replica(
     bundles: list[dict] = []
     targets: list[Target] = []
     checked = 0
+    pool: dict[str, int] | None = None
+    seen: set[str] = set()
     for bname in store.list_dirs("bundles"):
         if not vault.is_committed(bname):
             bundles.append({"name": bname, "bundle": None, "state": "uncommitted"})
@@ -108,11 +110,15 @@ def audit_replica(
                                      bundle=bname))  # fmt: skip
             continue
         m = b.manifest
-        mine = [Target(object_key(bname, o["name"]), o["name"], o["size"], o.get("sha512"), bname)
+        mine = [Target(object_key(m, o["name"]), o["name"], o["size"], o.get("sha512"), bname)
                 for o in m.doc["objects"]]  # fmt: skip
         mine += [Target(f"{prefix(bname)}/data/{r['path']}", r["sha256"], r["size"],
                         r.get("sha512"), bname) for r in m.plain_files]  # fmt: skip
         listing = store.list(prefix(bname))
+        if m.pooled:
+            if pool is None:
+                pool = store.list(POOL)  # once per replica, whatever the number of bundles
+            listing = {**listing, **pool}
         before_n = len(failures)
         for t in mine:
             if t.key not in listing:
@@ -123,7 +129,7 @@ def audit_replica(
         if checksum is not None and level == "metadata":
             bad = {f["object"] for f in failures}
             for t in mine:
-                if t.key in bad:
+                if t.key in bad or t.key in seen:
                     continue
                 have = checksum(t.key)
                 checked += 1
@@ -135,7 +141,9 @@ def audit_replica(
                 failures.append(_failure(None, kind, "as the signed manifest says", p.detail,
                                          obj=p.where, bundle=bname))  # fmt: skip
         bad = {f["object"] for f in failures[before_n:]}
-        targets += [t for t in mine if t.key not in bad]
+        # an object several versions share is one target: read once per replica
+        targets += [t for t in mine if t.key not in bad and t.key not in seen]
+        seen.update(t.key for t in mine)
         bundles.append({"name": bname, "bundle": m.bundle_id,
                         "state": "damaged" if len(failures) > before_n else "intact"})  # fmt: skip
     # choose what to hash

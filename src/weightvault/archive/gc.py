@@ -31,15 +31,17 @@ from dataclasses import dataclass, field
 from weightvault.errors import InputError, StorageError, WeightvaultError
 from weightvault.format import bag
 from weightvault.format.keys import PublicKey
+from weightvault.format.manifest import MANIFEST_KEY
 from weightvault.format.paths import name_ok
 from weightvault.progress import human_size as _size
 from weightvault.storage.store import TMP, Store
-from weightvault.storage.vault import BUNDLES, Vault, prefix
+from weightvault.storage.vault import BUNDLES, POOL, Vault, object_key, prefix
 
 DEFAULT_GRACE = 24 * 3600.0
 SWEPT = ("data/objects/", "data/record/", "data/keys/")  # of a committed bundle
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _PART = re.compile(r"^[0-9a-f]+\.part$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def parse_duration(text: str) -> float:
@@ -133,6 +135,15 @@ def gc(
     replica's configured config.ObjectLock, if any."""
     if grace < 0:
         raise InputError("the grace period cannot be negative")
+    # exclusive: no seal, amend or replicate that may reuse a pooled object is between
+    # deciding to reuse it and committing (FORMAT.md section 2.2)
+    with store.pool_lock(shared=False):
+        return _gc(name, store, trusted=trusted, grace=grace, dry_run=dry_run,
+                   object_lock=object_lock, now=now)  # fmt: skip
+
+
+def _gc(name: str, store: Store, *, trusted: list[PublicKey], grace: float, dry_run: bool,
+        object_lock, now: float | None) -> GcResult:  # fmt: skip
     t = time.time() if now is None else now
     res = GcResult(name, store.url, dry_run, grace)
     vault = _Listed(store)
@@ -156,12 +167,17 @@ def gc(
     for bname in store.list_dirs(BUNDLES):
         by_name.setdefault(bname, {})
     vault.listed = [n for n, fs in by_name.items()
-                    if name_ok(n) and f"{prefix(n)}/{bag.COMMIT_MARKER}" in fs]  # fmt: skip
+                    if name_ok(n) and (f"{prefix(n)}/{bag.COMMIT_MARKER}" in fs
+                                       or f"{prefix(n)}/{MANIFEST_KEY}" in fs)]  # fmt: skip
+    pool = _PoolRefs()
     for bname, files in sorted(by_name.items()):
         p = prefix(bname)
         if not name_ok(bname):
             res.notes.append(f"{store.describe(p)}: not a valid bundle name; left alone")
+            pool.block(f"{store.describe(p)} is not a bundle gc can read")
             continue
+        if f"{p}/{MANIFEST_KEY}" in files:
+            pool.count(vault, bname, trusted)
         if f"{p}/{bag.COMMIT_MARKER}" not in files:
             found = [Orphan(k, s, f"interrupted seal or replicate of {bname!r} (never committed)",
                             age(m)) for k, (s, m) in sorted(files.items())]  # fmt: skip
@@ -195,6 +211,22 @@ def gc(
                 res.kept.append(o)
             else:
                 loose.append(o)
+    for key, (size, mtime) in store.list_times(POOL).items():
+        if key in pool.named or not _HEX64.match(key.rsplit("/", 1)[-1]):
+            continue
+        if pool.blocked:
+            res.kept.append(Orphan(key, size, "in the object pool, named by no signed manifest "
+                                   "gc could read", age(mtime), kept=pool.blocked[0]))  # fmt: skip
+            continue
+        o = Orphan(key, size, "in the object pool but named by no committed bundle's signed "
+                   "manifest", age(mtime))  # fmt: skip
+        if young(o.age):
+            o.kept = grace_note
+            res.kept.append(o)
+        else:
+            loose.append(o)
+    if pool.blocked:
+        res.notes.append(f"no pool object removed: {pool.blocked[0]}")
     for key, (size, mtime) in store.list_times(TMP).items():
         if not _PART.match(key.rsplit("/", 1)[-1]):
             continue  # lock files and anything unknown stay
@@ -233,6 +265,28 @@ def gc(
     res.removed.sort(key=lambda o: o.key)
     res.kept.sort(key=lambda o: o.key)
     return res
+
+
+class _PoolRefs:
+    """The pool objects that signed manifests name. Counting comes from manifests whose
+    signature verified with a trusted key only, and never from absence: if any bundle on the
+    replica cannot be read and verified, no pool object is removed (`blocked` says why)."""
+
+    def __init__(self) -> None:
+        self.named: set[str] = set()
+        self.blocked: list[str] = []
+
+    def block(self, why: str) -> None:
+        self.blocked.append(why)
+
+    def count(self, vault: Vault, bname: str, trusted: list[PublicKey]) -> None:
+        try:
+            m = vault.load(bname, trusted).manifest
+        except (WeightvaultError, OSError) as e:
+            self.block(f"bundle {bname}: its manifest cannot be read and verified ({e})")
+            return
+        if m.pooled:
+            self.named.update(object_key(m, o["name"]) for o in m.doc["objects"])
 
 
 class _Listed(Vault):

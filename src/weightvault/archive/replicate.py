@@ -14,12 +14,20 @@ from dataclasses import dataclass, field
 from weightvault.archive.pipeline import run
 from weightvault.archive.verify import check_bag
 from weightvault.errors import Conflict, IntegrityError, StorageError
-from weightvault.format import bag
+from weightvault.format import bag, canon
 from weightvault.format.fixity import Fixity
 from weightvault.format.keys import PublicKey
-from weightvault.format.manifest import MAX_MANIFEST
+from weightvault.format.manifest import MAX_MANIFEST, SIGNATURE_KEY
 from weightvault.storage.store import Store
-from weightvault.storage.vault import Bundle, Vault, object_key, prefix
+from weightvault.storage.vault import (
+    MAX_SIG,
+    POOL,
+    Bundle,
+    Vault,
+    commit_files,
+    object_key,
+    prefix,
+)
 
 
 @dataclass
@@ -96,14 +104,32 @@ def replicate(
     """`suspect`: keys to re-hash on the target whatever their size (an audit flagged them)."""
     src_vault = Vault(sources[0])
     b = bundle or src_vault.load(ref, trusted, insecure=insecure)
+    with dst.pool_lock(shared=True):  # gc on the target keeps what this copy counts as present
+        return _replicate(sources, dst, src_vault, b, verify_existing=verify_existing,
+                          suspect=suspect, workers=workers, on_bytes=on_bytes)  # fmt: skip
+
+
+def _replicate(sources: list[Store], dst: Store, src_vault: Vault, b: Bundle, *,
+               verify_existing: bool, suspect: set[str], workers: int | None,
+               on_bytes: Callable[[int], None] | None) -> ReplicateResult:  # fmt: skip
     m, name = b.manifest, b.manifest.name
-    problems = check_bag(src_vault, b)
-    if problems:
-        raise IntegrityError(f"source {sources[0].url}: bundle {name} is damaged, not copying "
-                             f"its tag files: {problems[0]}")  # fmt: skip
-    files = src_vault.read_commit_files(m)
-    if files[0][1] != m.raw:
-        raise IntegrityError(f"{sources[0].describe(prefix(name))}: manifest changed while reading")
+    if m.pooled:
+        # Every tag file follows from the manifest and the signature (FORMAT.md section 3):
+        # the copy writes those bytes, never what the source happens to hold.
+        sig_raw = sources[0].read_bytes(f"{prefix(name)}/{SIGNATURE_KEY}", MAX_SIG)
+        if b.signature is not None and canon.parse(sig_raw, "signature") != b.signature:
+            raise IntegrityError(f"{sources[0].describe(prefix(name))}: signature changed "
+                                 "while reading")  # fmt: skip
+        files = commit_files(m, sig_raw)
+    else:
+        problems = check_bag(src_vault, b)
+        if problems:
+            raise IntegrityError(f"source {sources[0].url}: bundle {name} is damaged, not "
+                                 f"copying its tag files: {problems[0]}")  # fmt: skip
+        files = src_vault.read_commit_files(m)
+        if files[0][1] != m.raw:
+            raise IntegrityError(f"{sources[0].describe(prefix(name))}: manifest changed while "
+                                 "reading")  # fmt: skip
     dv = Vault(dst)
     result = ReplicateResult(m.bundle_id, name, dst.url, objects=len(m.doc["objects"]))
     committed = dv.is_committed(name)
@@ -114,7 +140,9 @@ def replicate(
             raise Conflict(f"{dst.describe(prefix(name))}: holds a different bundle under the "
                            f"name {name!r} ({their_id[:16]}, not {m.bundle_id[:16]})")  # fmt: skip
     listing = dst.list(f"{prefix(name)}/data")
-    wanted = [(object_key(name, o["name"]), o["name"], o["size"], o.get("sha512"))
+    if m.pooled:
+        listing.update(dst.list(POOL))
+    wanted = [(object_key(m, o["name"]), o["name"], o["size"], o.get("sha512"))
               for o in m.doc["objects"]]  # fmt: skip
     wanted += [(f"{prefix(name)}/data/{r['path']}", r["sha256"], r["size"], r.get("sha512"))
                for r in m.plain_files]  # fmt: skip
@@ -206,8 +234,10 @@ def bundle_state(store: Store, name: str, bundle_id: str | None = None) -> Bundl
     if bundle_id and m.bundle_id != bundle_id:
         return BundleState("conflict", m.bundle_id, detail="a different bundle under this name")
     missing = 0
+    if m.pooled:
+        listing = {**listing, **store.list(POOL)}
     for o in m.doc["objects"]:
-        if listing.get(object_key(name, o["name"])) != o["size"]:
+        if listing.get(object_key(m, o["name"])) != o["size"]:
             missing += 1
     for r in m.plain_files:
         if listing.get(f"{p}/data/{r['path']}") != r["size"]:

@@ -142,7 +142,7 @@ def restore(
                         emit((pos, len(data)), len(data))  # the lane reads it back from the file
 
                 decode_chunk(
-                    store, object_key(m.name, c["object"]), objects[c["object"]], c,
+                    store, object_key(m, c["object"]), objects[c["object"]], c,
                     file_path=path, sink=sink, stored_digests=False,
                     # a big file's chunks are proven by the whole-file digest: one pass fewer
                     expect=None if job.multi else chunk_digest(files[job.file], c),
@@ -257,7 +257,7 @@ def _locate(store: Store, m, files: list[dict], e: IntegrityError, opened) -> In
         if f["path"] in str(e) and len(f["chunks"]) > 1:
             for c in f["chunks"]:
                 try:
-                    decode_chunk(store, object_key(m.name, c["object"]), m.objects[c["object"]],
+                    decode_chunk(store, object_key(m, c["object"]), m.objects[c["object"]],
                                  c, file_path=f["path"], expect=c.get("sha256"),
                                  cipher=opened.cipher(c["object"]) if opened else None)  # fmt: skip
                 except IntegrityError as found:

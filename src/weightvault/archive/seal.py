@@ -13,14 +13,24 @@ from pathlib import Path
 from weightvault import __version__
 from weightvault.archive import sources
 from weightvault.archive.pipeline import Emit, FileDigests, Finisher, default_workers, pieces, run
-from weightvault.errors import Conflict, InputError, IntegrityError
+from weightvault.errors import Conflict, InputError, IntegrityError, NotFound, TrustError
 from weightvault.format import canon, chunking, codec, crypt
-from weightvault.format.keys import SigningKey
+from weightvault.format.keys import PublicKey, SigningKey
 from weightvault.format.manifest import FORMAT_VERSION, PAYLOAD_TYPE, Manifest
 from weightvault.format.paths import check_name, check_relpath
+from weightvault.format.spec import spec_files
 from weightvault.storage.chunkio import drop_cached
 from weightvault.storage.store import Store
-from weightvault.storage.vault import Vault, already_sealed, commit_files, object_key, prefix
+from weightvault.storage.vault import (
+    POOL,
+    Bundle,
+    Vault,
+    already_sealed,
+    commit_files,
+    describe_source,
+    pool_key,
+    prefix,
+)
 
 
 @dataclass
@@ -42,6 +52,10 @@ class SealOptions:
     encrypt_to: list[str] = field(default_factory=list)
     custodians: list[tuple[str, str]] = field(default_factory=list)
     threshold: int | None = None
+    # The previous version of this model (a bundle name or id prefix in the vault): recorded
+    # in the signed manifest; its files that are unchanged are not encoded or stored again.
+    supersedes: str | None = None
+    trusted: list[PublicKey] = field(default_factory=list)  # for it; default: the sealing key
 
     @property
     def encrypted(self) -> bool:
@@ -59,6 +73,9 @@ class SealResult:
     seconds: float
     vault: str
     notes: list[str] = field(default_factory=list)
+    supersedes: str | None = None  # bundle id of the previous version
+    files_reused: int = 0  # files unchanged since the previous version: not encoded again
+    bytes_new: int = 0  # stored bytes of objects this seal added to the vault
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -105,19 +122,46 @@ def seal(
         if v.is_committed(name):
             raise already_sealed(v, name)
     files = sorted(src.files, key=lambda f: f.path)
-    jobs: list[_Job] = []
-    for i, f in enumerate(files):
-        plan = chunking.plan(f.abspath, f.size, opts.chunk_size)
-        for j, p in enumerate(plan):
-            jobs.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1, len(jobs)))
+    prev = previous_version(vault, opts.supersedes, opts.trusted or [key.public])
     keys = _KeyPlan.new(opts) if opts.encrypted else None
     if keys and opts.oms_key is not None:
         raise InputError("--oms-key cannot be combined with encryption: the model-signing "
                          "signature would publish the file names and digests")  # fmt: skip
+    with store.pool_lock(shared=True):  # gc removes no pool object until this seal commits
+        return _seal(spec, src, name, files, prev, keys, vault, store, key, opts, t0,
+                     on_bytes=on_bytes, on_start=on_start)  # fmt: skip
+
+
+def previous_version(vault: Vault, ref: str | None, trusted: list[PublicKey]) -> Bundle | None:
+    """The bundle a new version supersedes, loaded and its signature checked: a lineage is
+    only as good as the link, so a missing or untrusted one is refused, never skipped."""
+    if ref is None:
+        return None
+    try:
+        return vault.load(ref, trusted)
+    except NotFound:
+        raise NotFound(f"--supersedes {ref}: no such bundle in {vault.store.url}") from None
+    except TrustError as e:
+        raise type(e)(f"--supersedes {ref}: not trusted: {e}") from None
+
+
+def _seal(spec_: str, src, name: str, files, prev: Bundle | None, keys, vault: Vault,
+          store: Store, key: SigningKey, opts: SealOptions, t0: float, *,
+          on_bytes, on_start) -> SealResult:  # fmt: skip
+    workers = opts.workers or default_workers()
     if on_start:
         on_start(sum(f.size for f in files))
+    reuse = _reusable(files, prev, store, workers, on_bytes) if prev and not keys else {}
+    jobs: list[_Job] = []
+    for i, f in enumerate(files):
+        if i in reuse:
+            continue
+        plan = chunking.plan(f.abspath, f.size, opts.chunk_size, name=f.path)
+        for j, p in enumerate(plan):
+            jobs.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1, len(jobs)))
 
-    written: list[str] = []
+    written: list[str] = []  # bundle files this seal wrote: removed if it fails
+    new_objects: list[int] = []  # sizes of pool objects it added (left to gc if it fails)
 
     def work(job: _Job, emit: Emit) -> dict:
         p = job.piece
@@ -157,9 +201,13 @@ def seal(
                 w.write(out)
             obj = s256.hexdigest()
             size = w.size
-            # inside the try: if submit refuses (an earlier commit failed), nothing else would
-            # ever commit or remove this object
-            finisher.submit(lambda: _commit_object(store, w, object_key(name, obj), written))
+            okey = pool_key(obj)
+            if store.size(okey) == size:
+                w.abort()  # the vault holds it already (another version, or another chunk)
+            else:
+                # inside the try: if submit refuses (an earlier commit failed), nothing else
+                # would ever commit or remove this object
+                finisher.submit(lambda: _commit_object(store, w, okey, new_objects))
         except BaseException:
             w.abort()
             raise
@@ -169,7 +217,6 @@ def seal(
         return {"chunk": chunk, "size": size, "file_sha256": h.hexdigest() if h else None}
 
     lane = FileDigests()
-    workers = opts.workers or default_workers()
     finisher = Finisher(workers, workers + 1)
     try:
         try:
@@ -179,11 +226,12 @@ def seal(
                 finisher.drain()  # the first error is the one to report
             raise
         finisher.drain()  # every object durable (or its error raised) before the manifest
-        doc = _manifest_doc(name, src, files, jobs, results, lane.done, opts)
+        doc = _manifest_doc(name, src, files, jobs, results, lane.done, opts, reuse, prev)
         record = [_store_record_file(store, name, *r, written) for r in opts.record]
         if opts.oms_key is not None:
             record.append(_model_signing(store, name, doc, opts.oms_key, written))
         doc["record"] = sorted(record, key=lambda r: r["path"])
+        doc["spec"] = store_spec(store, name, written)
         for i, f in enumerate(files):
             st = os.stat(f.abspath)
             if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
@@ -198,30 +246,16 @@ def seal(
                 )
         if keys:
             doc = keys.seal_manifest(doc, store, name, written)
-        manifest = Manifest.from_doc(doc)
-        signature = {
-            "format": "weightvault-signature",
-            "format_version": 1,
-            "payload_type": PAYLOAD_TYPE,
-            "payload_sha256": manifest.bundle_id,
-            "signatures": [key.sign(PAYLOAD_TYPE, manifest.raw)],
-        }
-        vault.commit(
-            name,
-            commit_files(
-                manifest,
-                signature,
-                bagging_date=doc["created"][:10],
-                organization=opts.organization,
-                description=opts.description,
-            ),
-        )
+        doc["bag_info"] = {"organization": opts.organization,
+                           "description": opts.description or describe_source(doc)}  # fmt: skip
+        manifest = sign_and_commit(vault, doc, key)
     except BaseException as e:
         with contextlib.suppress(BaseException):
             finisher.drain()  # so `written` is complete
         # Nothing was committed: remove what this run wrote, so no half bundle lingers. Not
-        # after a Conflict: another seal of this name is committing the same objects (content
-        # names them), and removing them would break its bundle; gc collects real orphans.
+        # after a Conflict: another seal of this name is committing the same files, and
+        # removing them would break its bundle; gc collects real orphans. Objects it added to
+        # the pool stay for gc: another seal may already name them (FORMAT.md section 2.2).
         if not isinstance(e, Conflict) and not vault.is_committed(name):
             for key in set(written):
                 with contextlib.suppress(Exception):
@@ -237,16 +271,77 @@ def seal(
         seconds=round(time.monotonic() - t0, 3),
         vault=store.url,
         notes=src.notes,
+        supersedes=prev.bundle_id if prev else None,
+        files_reused=len(reuse),
+        bytes_new=sum(new_objects),
     )
 
 
-def _commit_object(store: Store, w, key: str, written: list[str]) -> None:
+def sign_and_commit(vault: Vault, doc: dict, key: SigningKey) -> Manifest:
+    """Check, sign and commit a manifest whose objects and plain files are all stored."""
+    manifest = Manifest.from_doc(doc)
+    signature = {
+        "format": "weightvault-signature",
+        "format_version": 1,
+        "payload_type": PAYLOAD_TYPE,
+        "payload_sha256": manifest.bundle_id,
+        "signatures": [key.sign(PAYLOAD_TYPE, manifest.raw)],
+    }
+    vault.commit(manifest.name, commit_files(manifest, signature))
+    return manifest
+
+
+def store_spec(store: Store, name: str, written: list[str]) -> list[dict]:
+    """Write the specification copies into bundle `name`; their entries for `spec`."""
+    return [{"path": p, **_store_plain(store, name, p, [data], written)}
+            for p, data in spec_files()]  # fmt: skip
+
+
+def _reusable(files, prev: Bundle, store: Store, workers: int, on_bytes) -> dict[int, dict]:
+    """Files unchanged since the previous version, by index: every byte is read and hashed
+    (the new manifest vouches for them), but not encoded or stored again. A file counts as
+    unchanged when its path, size and SHA-256 equal the previous version's and every object
+    of its chunks is in this vault's pool at its listed size."""
+    m = prev.manifest
+    if not m.pooled or m.encryption is not None:
+        return {}
+    old = {f["path"]: f for f in m.files}
+    cands = [(i, f) for i, f in enumerate(files)
+             if f.size and f.path in old and old[f.path]["size"] == f.size]  # fmt: skip
+    if not cands:
+        return {}
+    pool = store.list(POOL)
+    objs = m.objects
+    cands = [(i, f) for i, f in cands
+             if all(pool.get(pool_key(c["object"])) == objs[c["object"]]["size"]
+                    for c in old[f.path]["chunks"])]  # fmt: skip
+
+    def digest(item, _emit) -> str:
+        _i, f = item
+        h = hashlib.sha256()
+        with open(f.abspath, "rb") as fh:
+            while buf := fh.read(codec.PIECE):
+                h.update(buf)
+                if on_bytes:
+                    on_bytes(len(buf))
+        return h.hexdigest()
+
+    got = run(cands, digest, workers=workers)
+    out = {}
+    for (i, f), d in zip(cands, got, strict=True):
+        if d == old[f.path]["sha256"] and (not f.expected_sha256 or f.expected_sha256 == d):
+            out[i] = {**old[f.path], "mode": f.mode & 0o777}
+    return out
+
+
+def _commit_object(store: Store, w, key: str, new_objects: list[int]) -> None:
     try:
-        w.commit(key)
+        created = w.commit(key, exclusive=True)  # an existing pooled object is never rewritten
     finally:
         w.abort()  # a no-op once committed; else the staged copy goes
-    written.append(key)
-    drop_cached(store, key)  # synced: recycle its memory
+    if created:
+        new_objects.append(w.size)
+        drop_cached(store, key)  # synced: recycle its memory
 
 
 def _store_record_file(store: Store, name: str, role: str, local: Path, path: str,
@@ -359,12 +454,18 @@ def _model_signing(store: Store, name: str, doc: dict, key, written: list[str]) 
                                   f"record/{oms.default_signature_name()}", written)  # fmt: skip
 
 
-def _manifest_doc(name, src, files, jobs, results, digests, opts) -> dict:
+def _manifest_doc(name, src, files, jobs, results, digests, opts, reuse, prev) -> dict:
     entries = [
+        reuse.get(i) or
         {"path": f.path, "size": f.size, "mode": f.mode & 0o777, "sha256": "", "chunks": []}
-        for f in files
+        for i, f in enumerate(files)
     ]
     objects: dict[str, dict] = {}
+    old_objects = prev.manifest.objects if reuse else {}
+    for e in reuse.values():
+        for c in e["chunks"]:
+            o = old_objects[c["object"]]
+            objects[o["name"]] = {"name": o["name"], "size": o["size"]}
     for job, r in zip(jobs, results, strict=True):
         e = entries[job.file]
         e["chunks"].append(r["chunk"])
@@ -395,4 +496,7 @@ def _manifest_doc(name, src, files, jobs, results, digests, opts) -> dict:
         "objects": [objects[k] for k in sorted(objects)],
         "encryption": None,
         "record": [],
+        "spec": [],
+        "supersedes": {"bundle": prev.bundle_id, "name": prev.name} if prev else None,
+        "bag_info": {},
     }

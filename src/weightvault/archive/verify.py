@@ -12,7 +12,7 @@ from weightvault.archive.restore import _Job, chunk_digest, chunk_jobs, file_dig
 from weightvault.errors import CorruptData, IntegrityError, StorageError
 from weightvault.format import bag
 from weightvault.format.keys import PublicKey
-from weightvault.format.manifest import MANIFEST_KEY
+from weightvault.format.manifest import MANIFEST_KEY, SIGNATURE_KEY
 from weightvault.storage.chunkio import Problem, check_object, decode_chunk
 from weightvault.storage.store import Store
 from weightvault.storage.vault import FORMAT_KEY, OBJECTS, Bundle, Vault, object_key, prefix
@@ -78,7 +78,7 @@ def verify(
 
         def work(job: _Job, emit: Emit) -> Problem | None:
             c = job.chunk
-            key = object_key(m.name, c["object"])
+            key = object_key(m, c["object"])
             try:
                 decode_chunk(store, key, objects[c["object"]], c, file_path=files[job.file]["path"],
                              emit=emit if job.multi else None, on_bytes=on_bytes,
@@ -101,7 +101,7 @@ def verify(
     else:
 
         def check(name: str, _emit: Emit) -> Problem | None:
-            key = object_key(m.name, name)
+            key = object_key(m, name)
             try:
                 check_object(store, key, objects[name])
                 if on_bytes:
@@ -142,6 +142,8 @@ def _unique(problems) -> list[Problem]:
 
 def check_bag(vault: Vault, b: Bundle) -> list[Problem]:
     """The BagIt side: tag files present and consistent with the signed manifest."""
+    if b.manifest.pooled:
+        return check_bag_fixed(vault, b)
     st, m = vault.store, b.manifest
     p = prefix(m.name)
     problems: list[Problem] = []
@@ -198,6 +200,10 @@ def check_bag(vault: Vault, b: Bundle) -> list[Problem]:
     expected[MANIFEST_KEY] = (len(m.raw), *bag.digests(m.raw, algs))
     if (got := digests(FORMAT_KEY)) is not None:
         expected[FORMAT_KEY] = got
+        if not known_format_text(got[1], m.version):
+            problems.append(Problem("damaged", where(FORMAT_KEY), "not a text of FORMAT.md that "
+                                    f"any weightvault wrote into a version {m.version} bundle "
+                                    "(FORMAT.md section 9.2)"))  # fmt: skip
     for i, alg in enumerate(algs):
         key = f"manifest-{alg}.txt"
         f = open_tag(key)
@@ -287,4 +293,50 @@ def check_bag(vault: Vault, b: Bundle) -> list[Problem]:
                       if "/" not in k[len(p) + 1 :] and "manifest-" in k):  # fmt: skip
         problems.append(Problem("extra", st.describe(key), "a BagIt manifest that format "
                                 f"version {m.doc['format_version']} does not have"))  # fmt: skip
+    return problems
+
+
+def known_format_text(sha256: str, version: int) -> bool:
+    """Bundles of format versions 1 to 3 carry a FORMAT.md that their signed manifest does not
+    name: it is proven by being one of the texts weightvault shipped for that version."""
+    from weightvault.format.known_spec import KNOWN_FORMAT_TEXTS
+
+    top = KNOWN_FORMAT_TEXTS.get(sha256)
+    return top is not None and version <= top
+
+
+def check_bag_fixed(vault: Vault, b: Bundle) -> list[Problem]:
+    """Format version 4 and later: every tag file is a function of the signed manifest and the
+    signature (FORMAT.md section 3), so each is compared byte for byte with what they fix,
+    and every payload file in the bag must be one the manifest names (plain files are hashed
+    by the caller, objects live in the pool)."""
+    from weightvault.storage.vault import MAX_SIG, commit_files
+
+    st, m = vault.store, b.manifest
+    p = prefix(m.name)
+    problems: list[Problem] = []
+    try:
+        sig_raw = st.read_bytes(f"{p}/{SIGNATURE_KEY}", MAX_SIG)
+    except (StorageError, CorruptData) as e:
+        return [Problem("tag", st.describe(f"{p}/{SIGNATURE_KEY}"), str(e).split(": ")[-1])]
+    fixed = dict(commit_files(m, sig_raw))
+    for key, want in fixed.items():
+        if key in (MANIFEST_KEY, SIGNATURE_KEY):
+            continue  # checked when the bundle was loaded
+        where = st.describe(f"{p}/{key}")
+        try:
+            got = st.read_bytes(f"{p}/{key}", len(want))
+        except CorruptData:
+            got = None
+        except StorageError as e:
+            problems.append(Problem("tag", where, "missing" if st.size(f"{p}/{key}") is None
+                                    else str(e).split(": ")[-1]))  # fmt: skip
+            continue
+        if got != want:
+            problems.append(Problem("tag", where, "differs from the bytes the signed manifest "
+                                    "fixes (FORMAT.md section 3)"))  # fmt: skip
+    ours = {f"{p}/{k}" for k in fixed} | {f"{p}/data/{r['path']}" for r in m.plain_files}
+    for key in sorted(set(st.list(p)) - ours):
+        problems.append(Problem("extra", st.describe(key), "file in the bag that the signed "
+                                "manifest does not name"))  # fmt: skip
     return problems

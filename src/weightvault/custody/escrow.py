@@ -163,7 +163,7 @@ def check(cfg: Config, name: str, steward: str, key: SigningKey,
         raise InputError(f"bundle {name!r}: no answered challenge to check (see escrow log)")
     ch = state.entry(resp.body["challenge"])
     ours = _holding(ReplicaSet(cfg), name, {sc.replica})
-    mismatches = custody.check_answers(ours[0][1], lambda o: object_key(name, o), ch, resp)
+    mismatches = custody.check_answers(ours[0][1], lambda o: object_key(b.manifest, o), ch, resp)
     entry = log.append(custody.result_event(challenge=ch.digest, response=resp.digest,
                                             mismatches=mismatches), key, trusted=trusted)  # fmt: skip
     res = _result(entry, b, log, result="fail" if mismatches else "pass",
@@ -263,7 +263,7 @@ def respond(cfg: Config, name: str, key: SigningKey, trusted: list[PublicKey], *
     ch = state.open_challenge
     if ch is None:
         return None  # nothing asked: a scheduled respond is quiet
-    answers = custody.answer(stores[0][1], lambda o: object_key(name, o), ch.body["nonce"],
+    answers = custody.answer(stores[0][1], lambda o: object_key(b.manifest, o), ch.body["nonce"],
                              ch.body["objects"])  # fmt: skip
     entry = log.append(custody.response_event(challenge=ch.digest, answers=answers), key,
                        trusted=trusted)  # fmt: skip

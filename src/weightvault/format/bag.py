@@ -22,6 +22,7 @@ PROFILE_IDS = {
     1: "urn:weightvault:bagit-profile:1",
     2: "urn:weightvault:bagit-profile:1",
     3: "urn:weightvault:bagit-profile:2",
+    4: "urn:weightvault:bagit-profile:3",
 }  # by format version
 ALGS_OLD = ("sha256", "sha512")  # format versions 1 and 2
 ALGS = ("sha256",)  # format version 3
@@ -72,10 +73,13 @@ def _decode_path(p: str) -> str:
 def bag_info(
     *, bundle_id: str, name: str, bagging_date: str, oxum_bytes: int, oxum_count: int,
     description: str, organization: str | None = None, format_version: int,
+    agent: str | None = None,
 ) -> bytes:  # fmt: skip
+    """`agent`: the Bag-Software-Agent (from format version 4 the manifest's `tool`, so that
+    the file follows from the signed manifest; before, the running weightvault)."""
     fields = [
         ("BagIt-Profile-Identifier", PROFILE_IDS[format_version]),
-        ("Bag-Software-Agent", f"weightvault {__version__}"),
+        ("Bag-Software-Agent", agent or f"weightvault {__version__}"),
         ("Bagging-Date", bagging_date),
         ("External-Identifier", f"weightvault:bundle:{bundle_id}"),
         ("External-Description", description),

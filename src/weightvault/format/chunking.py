@@ -78,8 +78,10 @@ def read_safetensors_header(path: Path, size: int) -> tuple[int, list[Tensor]]:
     return base, tensors
 
 
-def plan(path: Path, size: int, target: int = DEFAULT_TARGET) -> list[Piece]:
-    if path.suffix == ".safetensors" and size > 0:
+def plan(path: Path, size: int, target: int = DEFAULT_TARGET, name: str | None = None) -> list[Piece]:
+    """`name`: the file's path in the model directory. It decides, not `path`: a Hugging Face
+    cache snapshot links each file to a blob named by its digest, without the suffix."""
+    if (name or path.name).endswith(".safetensors") and size > 0:
         return _plan_safetensors(path, size, target)
     return _split(Piece(0, size), target) if size else []
 

@@ -17,10 +17,12 @@ PAYLOAD_TYPE = "application/vnd.weightvault.manifest+json; version=1"
 MANIFEST_KEY = "data/weightvault.json"
 SIGNATURE_KEY = "weightvault.sig"
 MAX_MANIFEST = canon.MAX_DOC
-# docs/FORMAT.md section 9. 3: SHA-256 only, clear or encrypted (written since 0.3);
-# 1: clear and 2: encrypted, both with SHA-512 digests and chunk digests (read only)
-FORMAT_VERSION = 3
-VERSIONS = (1, 2, 3)
+# docs/FORMAT.md section 9. 4: objects in the vault's shared pool, the spec copies and every
+# tag file proven by the signed manifest, lineage (written since 0.4); 3: SHA-256 only, clear
+# or encrypted; 1: clear and 2: encrypted, both with SHA-512 and chunk digests (read only)
+FORMAT_VERSION = 4
+VERSIONS = (1, 2, 3, 4)
+POOLED = 4  # the first version whose objects live in the vault's pool (objects/HEX)
 # zstd never expands input by more than this (frame header + block headers); RFC 8878 section 3.1.1.2
 _ZSTD_SLACK = 64
 _FSPLIT_SLACK = 64
@@ -64,12 +66,26 @@ class Manifest:
     def plain_files(self) -> list[dict]:
         """Every payload file stored as it is (not chunked): the retirement record and, in an
         encrypted bundle, the sealed private section and the key envelopes. Each has `path`
-        (under data/), `size`, `sha256` and, in format versions 1 and 2, `sha512`."""
-        out = list(self.doc["record"])
+        (under data/), `size`, `sha256` and, in format versions 1 and 2, `sha512`. From format
+        version 4 also the specification copies (`spec`: data/FORMAT.md and data/spec/...)."""
+        out = [*self.doc.get("spec", ()), *self.doc["record"]]
         enc = self.doc["encryption"]
         if enc:
             out += [enc["private"], *enc["envelopes"]]
         return out
+
+    @property
+    def version(self) -> int:
+        return self.doc["format_version"]
+
+    @property
+    def pooled(self) -> bool:
+        """Its objects live in the vault's shared pool (format version 4 and later)."""
+        return self.doc["format_version"] >= POOLED
+
+    @property
+    def supersedes(self) -> dict | None:
+        return self.doc.get("supersedes")
 
     @property
     def bytes_in(self) -> int:
@@ -108,7 +124,7 @@ class Manifest:
         if doc.get("format_version") not in VERSIONS:
             raise CorruptData(
                 f"{what}: format version {doc.get('format_version')!r} is not supported by this "
-                "weightvault (it reads versions 1, 2 and 3); see the FORMAT.md inside the bundle"
+                "weightvault (it reads versions 1 to 4); see the FORMAT.md inside the bundle"
             )
         _check_version(doc, what)  # before the schema: its message is the clearer one
         spec.validate(doc, schema(doc["format_version"]), what)
@@ -119,7 +135,7 @@ class Manifest:
 
 
 def schema(format_version: int) -> str:
-    return "manifest" if format_version >= 3 else "manifest-v1"
+    return {1: "manifest-v1", 2: "manifest-v1", 3: "manifest-v3"}.get(format_version, "manifest")
 
 
 def check(doc: dict, what: str, *, opened: bool = False) -> None:
@@ -180,6 +196,14 @@ def check(doc: dict, what: str, *, opened: bool = False) -> None:
     rpaths = [check_relpath(r["path"], what) for r in doc["record"]]
     if rpaths != sorted(rpaths):
         raise CorruptData(f"{what}: record files are not sorted by path")
+    if any(not p.startswith("record/") for p in rpaths):
+        raise CorruptData(f"{what}: a record file's path does not start with record/")
+    spaths = [check_relpath(s["path"], what) for s in doc.get("spec", ())]
+    if spaths != sorted(spaths):
+        raise CorruptData(f"{what}: spec files are not sorted by path")
+    if "spec" in doc and "FORMAT.md" not in spaths:
+        raise CorruptData(f"{what}: spec does not name FORMAT.md")
+    rpaths += spaths
     if enc is not None:
         epaths = [check_relpath(e["path"], what) for e in enc["envelopes"]]
         if epaths != sorted(epaths):

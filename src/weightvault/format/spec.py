@@ -64,3 +64,22 @@ def validate(doc: object, schema: str, what: str) -> None:
         where = "/".join(str(p) for p in err.absolute_path) or "(top)"
         msg = err.message if len(err.message) < 200 else err.message[:200] + "..."
         raise CorruptData(f"{what}: does not match the {schema} schema at {where}: {msg}")
+
+
+# What a reader of a format version 4 bundle needs besides FORMAT.md: the schemas FORMAT.md
+# calls normative where its prose is silent, and the BagIt profile (issue 20). Frozen schemas
+# of older versions stay out: a version 4 bundle never needs them.
+SPEC_COPIES = (
+    "audit-record.schema.json", "bagit-profile.json", "custody-record.schema.json",
+    "interview-turn.schema.json", "manifest.schema.json", "private.schema.json",
+    "record.schema.json", "signature.schema.json",
+)  # fmt: skip
+
+
+@functools.cache
+def spec_files() -> tuple[tuple[str, bytes], ...]:
+    """(path under a bundle's data/, bytes) of every specification copy a version 4 bundle
+    carries, sorted by path: FORMAT.md, then spec/NAME for each of SPEC_COPIES."""
+    out = [("FORMAT.md", format_md())]
+    out += [(f"spec/{n}", _path(n).read_bytes()) for n in SPEC_COPIES]
+    return tuple(sorted(out))

@@ -204,6 +204,14 @@ class Store:
         """Mutual exclusion between processes on this machine, where the backend allows it."""
         yield
 
+    @contextlib.contextmanager
+    def pool_lock(self, *, shared: bool) -> Iterator[None]:
+        """The object pool's readers-writer lock (FORMAT.md section 2.2): writers that may
+        reuse a pooled object (seal, amend, replicate) hold it shared from deciding to reuse
+        until they commit; gc holds it exclusive while it removes pool objects. Across
+        processes on this machine where the backend allows it (`process_lock`)."""
+        yield
+
     def describe(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
 
@@ -364,6 +372,17 @@ class LocalStore(Store):
             yield
         finally:
             path.unlink(missing_ok=True)
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            f.close()
+
+    @contextlib.contextmanager
+    def pool_lock(self, *, shared: bool) -> Iterator[None]:
+        path = self.root / TMP / "pool.lock"  # never removed: shared holders come and go
+        f = open(path, "a+b")  # noqa: SIM115 - kept open while the lock is held
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
             f.close()
 

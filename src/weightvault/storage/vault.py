@@ -1,7 +1,9 @@
 """Bundles in a vault: layout, listing, name resolution, trusted loading and the commit protocol.
 
-Layout (docs/FORMAT.md section 2): bundles/<name>/ is one BagIt bag; its stored chunk objects
-are data/objects/<sha256 of stored bytes>. A bundle exists once its commit marker
+Layout (docs/FORMAT.md section 2): bundles/<name>/ is one BagIt bag. Its stored chunk objects
+are named by the SHA-256 of their stored bytes: from format version 4 in the vault's shared
+pool, objects/<sha256>, stored once whichever bundles name them; in versions 1 to 3 inside
+the bag, bundles/<name>/data/objects/<sha256>. A bundle exists once its commit marker
 (tagmanifest-sha256.txt) exists; everything else is written before it.
 """
 
@@ -26,6 +28,7 @@ from weightvault.format.manifest import (
     MANIFEST_KEY,
     MAX_MANIFEST,
     PAYLOAD_TYPE,
+    POOLED,
     SIGNATURE_KEY,
     Manifest,
 )
@@ -33,6 +36,7 @@ from weightvault.format.paths import name_ok
 from weightvault.storage.store import Store
 
 BUNDLES = "bundles"
+POOL = "objects"  # format version 4: the vault's shared objects
 FORMAT_KEY = "data/FORMAT.md"
 OBJECTS = "data/objects"
 MAX_SIG = 64 << 10
@@ -42,7 +46,17 @@ def prefix(name: str) -> str:
     return f"{BUNDLES}/{name}"
 
 
-def object_key(name: str, obj: str) -> str:
+def pool_key(obj: str) -> str:
+    return f"{POOL}/{obj}"
+
+
+def object_key(name: str | Manifest, obj: str) -> str:
+    """Where object `obj` of a bundle is stored in a vault: given the bundle's manifest, in the
+    pool for format version 4 and later; given only a name, inside the bag (versions 1-3)."""
+    if isinstance(name, Manifest):
+        if name.pooled:
+            return pool_key(obj)
+        name = name.name
     return f"{prefix(name)}/{OBJECTS}/{obj}"
 
 
@@ -185,7 +199,8 @@ class Vault:
                 raise
 
     def read_commit_files(self, m: Manifest) -> list[tuple[str, bytes]]:
-        """The non-object files of committed bundle `m`, as stored, in commit order."""
+        """The non-object files of committed bundle `m`, as stored, in commit order. (From
+        format version 4, `commit_files` computes them from the manifest and signature.)"""
         p = prefix(m.name)
         return [(k, self.store.read_bytes(f"{p}/{k}", bag.MAX_TAG_FILE if k != MANIFEST_KEY
                                           else MAX_MANIFEST))
@@ -193,43 +208,62 @@ class Vault:
 
 
 def commit_order(format_version: int) -> tuple[str, ...]:
-    """FORMAT.md section 2.1: what a writer commits after the objects, in order."""
+    """FORMAT.md section 2.1: what a writer commits after the objects, in order. From
+    version 4, FORMAT.md is a plain payload file named by the manifest (written before it)."""
     algs = bag.algs(format_version)
-    return (MANIFEST_KEY, FORMAT_KEY, SIGNATURE_KEY, *(f"manifest-{a}.txt" for a in algs),
+    fmt = (FORMAT_KEY,) if format_version < 4 else ()
+    return (MANIFEST_KEY, *fmt, SIGNATURE_KEY, *(f"manifest-{a}.txt" for a in algs),
             "bagit.txt", "bag-info.txt", *(f"tagmanifest-{a}.txt" for a in algs[:0:-1]),
             bag.COMMIT_MARKER)  # fmt: skip
 
 
-def commit_files(manifest: Manifest, signature: dict, *, bagging_date: str,
-                 organization: str | None = None,
-                 description: str | None = None) -> list[tuple[str, bytes]]:  # fmt: skip
-    """Every file of a bundle but its objects and record files, in commit order."""
-    sig_bytes = canon.canonical(signature)
-    format_md = spec.format_md()
-    algs = bag.algs(manifest.doc["format_version"])
-    payload = [bag.Entry(f"{OBJECTS}/{o['name']}", o["size"], o["name"], o.get("sha512"))
-               for o in manifest.doc["objects"]]  # fmt: skip
-    payload += plain_entries(manifest)
-    payload += bag.tag_entries({MANIFEST_KEY: manifest.raw, FORMAT_KEY: format_md}, algs)
+def commit_files(manifest: Manifest, signature: dict | bytes, *, bagging_date: str | None = None,
+                 organization: str | None = None, description: str | None = None,
+                 standalone: bool = False) -> list[tuple[str, bytes]]:  # fmt: skip
+    """Every file of a bundle but its objects and plain payload files, in commit order.
+    From format version 4 they are a function of the signed manifest and the signature alone
+    (FORMAT.md section 3), so anyone holding those two can rebuild them byte for byte and
+    nothing else decides them; `standalone`: the exported form, whose bag holds the objects
+    under data/objects/ (the pooled form's bag does not)."""
+    sig_bytes = signature if isinstance(signature, bytes) else canon.canonical(signature)
+    version = manifest.doc["format_version"]
+    algs = bag.algs(version)
+    payload = plain_entries(manifest)
+    if version < POOLED or standalone:
+        payload += [bag.Entry(f"{OBJECTS}/{o['name']}", o["size"], o["name"], o.get("sha512"))
+                    for o in manifest.doc["objects"]]  # fmt: skip
+    payload += bag.tag_entries({MANIFEST_KEY: manifest.raw}, algs)
+    if version < POOLED:
+        format_md = spec.format_md()
+        payload += bag.tag_entries({FORMAT_KEY: format_md}, algs)
+        agent = None
+    else:
+        info = manifest.doc["bag_info"]
+        organization, description = info["organization"], info["description"]
+        bagging_date = manifest.doc["created"][:10]
+        agent = f"{manifest.doc['tool']['name']} {manifest.doc['tool']['version']}"
     tags = {
         "bagit.txt": bag.BAGIT_TXT,
         "bag-info.txt": bag.bag_info(
             bundle_id=manifest.bundle_id,
             name=manifest.name,
-            bagging_date=bagging_date,
+            bagging_date=bagging_date or manifest.doc["created"][:10],
             oxum_bytes=sum(e.size for e in payload),
             oxum_count=len(payload),
             description=description or describe_source(manifest.doc),
             organization=organization,
-            format_version=manifest.doc["format_version"],
+            format_version=version,
+            agent=agent,
         ),
         **{f"manifest-{a}.txt": bag.manifest_text(payload, a) for a in algs},
         SIGNATURE_KEY: sig_bytes,
     }
     entries = bag.tag_entries(tags, algs)
-    out = {MANIFEST_KEY: manifest.raw, FORMAT_KEY: format_md, **tags,
+    out = {MANIFEST_KEY: manifest.raw, **tags,
            **{f"tagmanifest-{a}.txt": bag.manifest_text(entries, a) for a in algs}}  # fmt: skip
-    return [(k, out[k]) for k in commit_order(manifest.doc["format_version"])]
+    if version < POOLED:
+        out[FORMAT_KEY] = format_md
+    return [(k, out[k]) for k in commit_order(version)]
 
 
 def plain_entries(manifest: Manifest) -> list[bag.Entry]:
