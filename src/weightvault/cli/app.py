@@ -180,13 +180,17 @@ def keygen(path: str) -> None:
 @click.option("--oms-key", metavar="EC.pem",
               help="ECDSA P-256/P-384 key: also write an OpenSSF model-signing signature into the "
                    "record (docs/MODEL-SIGNING.md).")  # fmt: skip
+@click.option("--supersedes", metavar="BUNDLE",
+              help="The previous version of this model (name or id prefix in the vault): "
+                   "recorded in the signed manifest; unchanged files are not stored again.")  # fmt: skip
+@trust_opt
 @workers_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
 def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, exclude, hf_cache,
          report, interviews, record_toml, attachments, encrypt_to, custodians, threshold,
-         oms_key, workers, as_json, quiet) -> None:  # fmt: skip
+         oms_key, supersedes, trust, workers, as_json, quiet) -> None:  # fmt: skip
     """Seal SOURCE (a directory, hf://ORG/NAME@REVISION, or a Hub cache snapshot) into every
     replica: the first reachable one is written, then the bundle is replicated to the rest."""
     from weightvault.archive.seal import SealOptions
@@ -210,7 +214,8 @@ def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, excl
                        description=_description(plan),
                        oms_key=_oms_key(oms_key), encrypt_to=recipients_from(encrypt_to),
                        custodians=load_custodians(Path(custodians)) if custodians else [],
-                       threshold=threshold)  # fmt: skip
+                       threshold=threshold, supersedes=supersedes,
+                       trusted=ctx.trusted(trust) if (trust or supersedes) else [])  # fmt: skip
     try:
         _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single=vault is not None)
     finally:
@@ -273,6 +278,9 @@ def _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single) -> None
     lines = [f"sealed {r.name} as bundle {r.bundle}",
              f"  {r.files} files, {_size(r.bytes_in)} -> {_size(r.bytes_stored)} stored "
              f"({ratio:.1%}) in {r.objects} objects, {r.seconds:.1f} s"]  # fmt: skip
+    if r.supersedes:
+        lines.append(f"  supersedes {r.supersedes}: {r.files_reused} files unchanged, "
+                     f"{_size(r.bytes_new)} of new objects")  # fmt: skip
     if len(order) > 1 or not single:
         lines += [f"  replica {n}: {states[n]}" for n in order]
     _emit(out, as_json, "\n".join(lines))
@@ -303,10 +311,13 @@ def list_(ctx: Ctx, vault, replica, as_json) -> None:
             try:
                 m = Manifest.parse(store.read_bytes(key, MAX_MANIFEST), v.describe(key))
                 enc = m.encryption is not None
+                sup = m.supersedes
                 rows.append({"name": n, "bundle": m.bundle_id, "created": m.doc["created"],
                              "encrypted": enc, "files": None if enc else len(m.files),
                              "bytes_in": None if enc else m.bytes_in,
-                             "bytes_stored": m.bytes_stored})  # fmt: skip
+                             "bytes_stored": m.bytes_stored,
+                             "supersedes": sup["bundle"] if sup else None,
+                             "supersedes_name": sup["name"] if sup else None})  # fmt: skip
             except WeightvaultError as e:
                 rows.append({"name": n, "error": str(e)})
         return rows
@@ -318,15 +329,16 @@ def list_(ctx: Ctx, vault, replica, as_json) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table("name", "bundle", "created", "files", "size", "stored")
+    t = Table("name", "bundle", "created", "files", "size", "stored", "supersedes")
     for r in rows:
         if "error" in r:
-            t.add_row(r["name"], "[red]unreadable[/red]", r["error"], "", "", "")
+            t.add_row(r["name"], "[red]unreadable[/red]", r["error"], "", "", "", "")
         else:
             enc = r["encrypted"]
+            sup = f"{r['supersedes_name']} ({r['supersedes'][:16]})" if r["supersedes"] else ""
             t.add_row(r["name"], r["bundle"][:16], r["created"],
                       "encrypted" if enc else str(r["files"]),
-                      "?" if enc else _size(r["bytes_in"]), _size(r["bytes_stored"]))  # fmt: skip
+                      "?" if enc else _size(r["bytes_in"]), _size(r["bytes_stored"]), sup)  # fmt: skip
     Console().print(t)
 
 
@@ -459,10 +471,19 @@ def show(ctx: Ctx, bundle, vault, replica, trust, html_path, as_json) -> None:
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(page, encoding="utf-8")
         tmp.replace(out)
+    from weightvault.archive.versions import lineage
+
+    lin = lineage(Vault(store), b, trusted)
     if as_json:
-        click.echo(json.dumps(summary_json(view, b, replicas, audits), indent=2, sort_keys=True))
+        click.echo(json.dumps({**summary_json(view, b, replicas, audits), "lineage": lin},
+                              indent=2, sort_keys=True))  # fmt: skip
     elif not html_path:
         Console().print(summary_text(view, b, replicas, audits))
+        for x in lin["supersedes"]:
+            state = "" if x["state"] == "ok" else f": {x['state']}"
+            click.echo(f"supersedes: {x['name']} ({x['bundle']}){state}")
+        for x in lin["superseded_by"]:
+            click.echo(f"superseded by: {x['name']} ({x['bundle']})")
     else:
         click.echo(f"wrote {html_path}: {b.name} ({b.bundle_id[:16]}) from {where}")
 
