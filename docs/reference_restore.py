@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference restorer for weightvault bundles, format versions 1, 2 and 3.
+"""Reference restorer for weightvault bundles, format versions 1 to 4.
 
 The proof that the format spec (docs/FORMAT.md with its fsplit appendix; every bundle carries
 a copy as data/FORMAT.md) is complete: written from the spec alone, sharing no code with
@@ -8,9 +8,13 @@ weightvault, and tested to restore bit-exact what weightvault seals. Read it in 
     python reference_restore.py BAG_DIR DEST [--trust PUBKEY.pem]
                                 [--data-key HEX | --data-key-file FILE]
 
-BAG_DIR is a bundle directory (a copy of VAULT/bundles/NAME/); DEST must not exist or be empty.
+BAG_DIR is a bundle directory: VAULT/bundles/NAME/ in a vault, or a standalone bag (an export,
+or a copy of a version 1-3 bundle directory); DEST must not exist or be empty. A version 4
+bundle's objects are read from BAG_DIR/data/objects/ if the bag holds them, else from the
+vault's shared pool, BAG_DIR/../../objects/ (section 2.2).
 Needs Python 3.11+, `zstandard`, `numpy` (fsplit-* chunks) and, with --trust, `cryptography`.
-Version 3 is the main text of the spec; versions 1 and 2 differ only as its section 9.1 lists
+Version 4 is the main text of the spec; version 3 differs as section 9.2 lists (no `spec`,
+`supersedes`, `bag_info`; objects inside the bag), versions 1 and 2 also as section 9.1 lists
 (SHA-512 digests, chunk digests, version 1 always clear, version 2 always encrypted).
 Encrypted bundles (section 10: version 2, or version 3 with `encryption`) need their data key:
 the 64 hex digits that `age -d -i IDENTITY data/keys/recipient-N.age` prints, given as
@@ -204,6 +208,11 @@ def bound(codec, length):
 
 def check_manifest(m):
     """Sections 4 and 7: members, types, invariants, paths. Returns {object name: size}."""
+    version = m.get("format_version") if isinstance(m, dict) else None
+    check(
+        is_uint(version) and version in (1, 2, 3, 4),
+        f"manifest: unknown format_version {version!r}",
+    )
     members(
         m,
         {
@@ -218,15 +227,11 @@ def check_manifest(m):
             "objects",
             "encryption",
             "record",
-        },
+        }
+        | ({"spec", "supersedes", "bag_info"} if version >= 4 else set()),
         what="manifest",
     )
     check(m["format"] == "weightvault-manifest", "manifest: not a weightvault manifest")
-    version = m["format_version"]
-    check(
-        is_uint(version) and version in (1, 2, 3),
-        f"manifest: unknown format_version {version!r}",
-    )
     check(version != 1 or m["encryption"] is None, "manifest: version 1 must not be encrypted")
     check(version != 2 or m["encryption"] is not None, "manifest: version 2 must be encrypted")
     encrypted = m["encryption"] is not None  # version 2, or version 3 with encryption
@@ -252,10 +257,28 @@ def check_manifest(m):
             and str(r["path"]).startswith("record/"),
             f"bad record {r['path']!r}",
         )
-    check_paths([r["path"] for r in m["record"]], "record")
+    plain = [r["path"] for r in m["record"]]
+    if version >= 4:  # sections 4.7 and 4.8
+        check(isinstance(m["spec"], list) and m["spec"], "manifest: spec must list files")
+        for s in m["spec"]:
+            members(s, {"path", "size", "sha256"}, what="manifest spec")
+            check(
+                is_uint(s["size"])
+                and is_hex(s["sha256"])
+                and re.fullmatch(r"FORMAT\.md|spec/[a-z0-9][a-z0-9.-]{0,63}\.json", str(s["path"])),
+                f"bad spec file {s['path']!r}",
+            )
+        check("FORMAT.md" in [s["path"] for s in m["spec"]], "manifest: spec lacks FORMAT.md")
+        plain += [s["path"] for s in m["spec"]]
+        sup = m["supersedes"]
+        if sup is not None:
+            members(sup, {"bundle", "name"}, what="manifest supersedes")
+            check(is_hex(sup["bundle"]), "manifest: supersedes.bundle is not a bundle id")
+        members(m["bag_info"], {"organization", "description"}, what="manifest bag_info")
+    check_paths(sorted(plain), "record")
     if encrypted:
         payload = check_encryption(m["encryption"], version)
-        check_paths(sorted(payload + [r["path"] for r in m["record"]]), "payload files")
+        check_paths(sorted(payload + plain), "payload files")
     sizes = {}
     for o in m["objects"]:
         members(o, {"name", "size"} | sha512s(version), what="manifest object")
@@ -587,9 +610,12 @@ def unfsplit(data, length, codec):
     return bytes(out)
 
 
-def read_object(bag, name, size):
-    """Section 7.1 step 3: the stored bytes, checked against size and name."""
+def read_object(bag, name, size, version):
+    """Section 7.1 step 3: the stored bytes, checked against size and name. Version 4: in the
+    bag if it holds the object (a standalone bag), else in the vault's pool (section 2.2)."""
     path = bag / "data" / "objects" / name
+    if version >= 4 and not path.is_file():
+        path = bag.parent.parent / "objects" / name
     check(path.is_file() and path.stat().st_size == size, f"object {name}: missing or wrong size")
     data = path.read_bytes()
     check(
@@ -649,7 +675,7 @@ def restore(bag, dest, trust, key=None):
             digest = hashlib.sha256()
             with open(target, "xb") as out:
                 for c in f["chunks"]:
-                    data, codec = read_object(bag, c["object"], sizes[c["object"]]), c["codec"]
+                    data, codec = read_object(bag, c["object"], sizes[c["object"]], version), c["codec"]
                     if opened is not None:
                         data = opened(data, index, c["object"])
                     index += 1
@@ -660,9 +686,9 @@ def restore(bag, dest, trust, key=None):
                         if codec == "zstd"
                         else unfsplit(data, c["length"], codec)
                     )
-                    check(  # versions 1 and 2: the chunk digest; 3 has only the file's
+                    check(  # versions 1 and 2: the chunk digest; 3 and 4 have only the file's
                         len(plain) == c["length"]
-                        and (version == 3 or hashlib.sha256(plain).hexdigest() == c["sha256"]),
+                        and (version >= 3 or hashlib.sha256(plain).hexdigest() == c["sha256"]),
                         f"{f['path']}: chunk at {c['offset']} (object {c['object']}) is damaged",
                     )
                     digest.update(plain)

@@ -49,7 +49,7 @@ def test_a_bag_claiming_another_profile_fails(sealed_minilm, tmp_path):
     b = tmp_path / "b"
     shutil.copytree(sealed_minilm / "bundles" / "minilm", b)
     info = b / "bag-info.txt"
-    info.write_text(info.read_text().replace("urn:weightvault:bagit-profile:2", "urn:other:1"))
+    info.write_text(info.read_text().replace("urn:weightvault:bagit-profile:3", "urn:other:1"))
     assert not profile().validate(bagit.Bag(str(b)))
 
 

@@ -144,6 +144,23 @@ def test_restores_synthetic_model_with_every_codec(tmp_path, key, synthetic):
     assert (tmp_path / "out" / "empty.txt").stat().st_size == 0
 
 
+def test_restores_an_exported_standalone_bag(tmp_path, key, synthetic):
+    """A version 4 bundle exported as one bag (objects inside it, no vault around it)
+    restores bit-exact, and the vault's copy is not used: the bag stands alone."""
+    src, bag = synthetic
+    out = tmp_path / "bag"
+    r = subprocess.run([sys.executable, "-m", "weightvault.cli", "export", "synthetic", str(out),
+                        "--vault", str(bag.parent.parent), "--trust", f"{key}.pub"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert not (out.parent / "objects").exists()
+    manifest = json.loads((out / "data" / "weightvault.json").read_bytes())
+    assert all((out / "data" / "objects" / o["name"]).is_file() for o in manifest["objects"])
+    proc = reference_restore(out, tmp_path / "out", "--trust", f"{key}.pub")
+    assert proc.returncode == 0, proc.stderr
+    assert_same_files(src, tmp_path / "out")
+
+
 def test_without_trust_warns_but_restores(tmp_path, synthetic):
     src, bag = synthetic
     proc = reference_restore(bag, tmp_path / "out")
@@ -153,11 +170,25 @@ def test_without_trust_warns_but_restores(tmp_path, synthetic):
 
 
 def copy_bag(bag: Path, tmp_path: Path) -> Path:
+    """A vault holding a copy of this one bundle (and, from format version 4, the objects it
+    names in the vault's pool)."""
     copy = tmp_path / "vault" / "bundles" / bag.name
     shutil.copytree(bag, copy)
-    for p in copy.rglob("*"):
+    manifest = json.loads((bag / "data" / "weightvault.json").read_bytes())
+    if manifest["format_version"] >= 4:
+        (tmp_path / "vault" / "objects").mkdir()
+        for o in manifest["objects"]:
+            shutil.copy(object_path(bag, o["name"]), object_path(copy, o["name"]))
+    for p in (tmp_path / "vault").rglob("*"):
         p.chmod(p.stat().st_mode | stat.S_IWUSR)
     return copy
+
+
+def object_path(bag: Path, name: str) -> Path:
+    """Where a bundle's object is: inside the bag (format versions 1-3, or a standalone
+    bag), else in the pool of the vault holding the bag (version 4, FORMAT.md section 2.2)."""
+    inside = bag / "data" / "objects" / name
+    return inside if inside.exists() else bag.parent.parent / "objects" / name
 
 
 def assert_refused(proc: subprocess.CompletedProcess, dest: Path, *words: str) -> None:
@@ -175,7 +206,7 @@ def test_flipped_byte_in_object_is_refused(tmp_path, key, synthetic):
     manifest = json.loads((bag / "data" / "weightvault.json").read_bytes())
     files = {f["path"]: f for f in manifest["files"]}
     victim = files["model.safetensors"]["chunks"][-1]["object"]  # late: some files already written
-    obj = bag / "data" / "objects" / victim
+    obj = object_path(bag, victim)
     data = bytearray(obj.read_bytes())
     data[len(data) // 2] ^= 0x01
     obj.write_bytes(bytes(data))
@@ -260,7 +291,7 @@ def data_key(bag: Path, identity: Path) -> str:
 def assert_encrypted(bag: Path) -> None:
     """The signed manifest shows neither file names nor the source (section 10.2)."""
     manifest = json.loads((bag / "data" / "weightvault.json").read_bytes())
-    assert manifest["format_version"] == 3 and manifest["encryption"]
+    assert manifest["format_version"] == 4 and manifest["encryption"]
     assert manifest["files"] == [] and manifest["source"] == {"kind": "encrypted"}
     assert (bag / "data" / "private" / "manifest.sealed").is_file()
 
@@ -319,7 +350,7 @@ def test_encrypted_flipped_byte_in_object_is_refused(tmp_path, key, encrypted_sy
     bag = copy_bag(bag, tmp_path)
     manifest = json.loads((bag / "data" / "weightvault.json").read_bytes())
     victim = max(manifest["objects"], key=lambda o: (o["size"], o["name"]))["name"]
-    obj = bag / "data" / "objects" / victim
+    obj = object_path(bag, victim)
     data = bytearray(obj.read_bytes())
     data[len(data) // 2] ^= 0x01
     obj.write_bytes(bytes(data))

@@ -27,6 +27,10 @@ def test_schema_is_valid(schema):
     ("manifest.json", "manifest"), ("signature.json", "signature"),
     ("manifest-encrypted.json", "manifest"), ("signature-encrypted.json", "signature"),
     ("private.json", "private"), ("audit-record.json", "audit-record"),
+    # version 3, as written until weightvault 0.4, against its frozen schema
+    ("v3/manifest.json", "manifest-v3"), ("v3/signature.json", "signature"),
+    ("v3/manifest-encrypted.json", "manifest-v3"), ("v3/signature-encrypted.json", "signature"),
+    ("v3/private.json", "private"),
     # versions 1 and 2, as written until weightvault 0.3, against their frozen schemas
     ("v1/manifest.json", "manifest-v1"), ("v1/signature.json", "signature"),
     ("v1/manifest-encrypted.json", "manifest-v1"), ("v1/signature-encrypted.json", "signature"),
@@ -38,7 +42,8 @@ def test_example_matches_schema(example, schema):
     jsonschema.validate(doc, json.loads((ROOT / f"{schema}.schema.json").read_text()))
 
 
-@pytest.mark.parametrize("which", ["", "-encrypted", "v1/", "v1/-encrypted"])
+@pytest.mark.parametrize("which", ["", "-encrypted", "v3/", "v3/-encrypted", "v1/",
+                                   "v1/-encrypted"])  # fmt: skip
 def test_example_signature_signs_example_manifest(which):
     sub, _, which = which.rpartition("/")
     sub = f"{sub}/" if sub else ""
@@ -52,7 +57,7 @@ def test_example_signature_signs_example_manifest(which):
     assert key.verify(PAYLOAD_TYPE, raw, base64.b64decode(s["sig"]))
 
 
-@pytest.mark.parametrize("sub", ["", "v1/"])
+@pytest.mark.parametrize("sub", ["", "v3/", "v1/"])
 def test_example_private_section_opens_into_the_example_manifest(sub):
     m = Manifest.parse(canon.canonical(json.loads((ROOT / f"examples/{sub}manifest-encrypted.json")
                                                   .read_text())), "example")  # fmt: skip
