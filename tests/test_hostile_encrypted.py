@@ -48,7 +48,8 @@ class Bundle:
                                                    1 << 26))  # fmt: skip
 
     def obj(self, name: str) -> Path:
-        return self.root / "data/objects" / name
+        # format version 4: the vault's pool (FORMAT.md section 2.2)
+        return self.root.parent.parent / "objects" / name
 
     def replace_object(self, old: str, data: bytes) -> str:
         """Store new bytes for an object, keeping every digest consistent (an attacker with
