@@ -88,7 +88,12 @@ def vault_copy(sealed_minilm, tmp_path) -> Path:
 
 
 def objects_of(vault: Path, name: str = "minilm") -> list[Path]:
-    return sorted((vault / "bundles" / name / "data" / "objects").iterdir())
+    """The stored objects a bundle names: in the vault's pool from format version 4
+    (FORMAT.md section 2.2), inside the bag before."""
+    m = json.loads((vault / "bundles" / name / "data" / "weightvault.json").read_bytes())
+    inside = vault / "bundles" / name / "data" / "objects"
+    where = inside if m["format_version"] < 4 else vault / "objects"
+    return sorted(where / o["name"] for o in m["objects"])
 
 
 def biggest_object(vault: Path, name: str = "minilm") -> Path:

@@ -52,6 +52,7 @@ def test_safetensors_header_length_past_end(tmp_path, lab_key):
     assert r.code == USAGE and "model.safetensors" in line and "runs past the end" in line
     assert bundles(tmp_path / "v") == []
     assert not list((tmp_path / "v").glob("bundles/*/data/objects/*"))
+    assert not list((tmp_path / "v").glob("objects/*"))
 
 
 def test_safetensors_header_malformed_json(tmp_path, lab_key):

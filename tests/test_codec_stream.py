@@ -195,7 +195,7 @@ def test_restore_names_the_damaged_object_of_a_multi_chunk_file(sealed) -> None:
 
     chunk = json.loads(doc)["files"][0]["chunks"][3]
     assert chunk["codec"] == "raw"
-    obj = store.local_path(f"bundles/m/data/objects/{chunk['object']}")
+    obj = store.local_path(f"objects/{chunk['object']}")
     data = bytearray(obj.read_bytes())
     data[100] ^= 1
     obj.write_bytes(bytes(data))  # its name no longer matches: restore does not look

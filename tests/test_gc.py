@@ -38,10 +38,20 @@ def backdate(paths, seconds: float) -> None:
 
 
 def uncommit(bundle_dir: Path) -> list[Path]:
-    """Take a bundle back to the state a seal killed before its commit leaves: its objects."""
+    """Take a bundle back to the state a seal killed before its commit leaves: its plain
+    files, and the objects it added to the vault's pool (FORMAT.md section 2.2): those no
+    other bundle in the vault names. Returns those files."""
+    vault = bundle_dir.parent.parent
+    mine = {o["name"] for o in json.loads((bundle_dir / "data/weightvault.json").read_bytes())
+            ["objects"]}  # fmt: skip
+    for other in (vault / "bundles").iterdir():
+        if other != bundle_dir and (other / "tagmanifest-sha256.txt").exists():
+            mine -= {o["name"] for o in json.loads((other / "data/weightvault.json")
+                                                    .read_bytes())["objects"]}  # fmt: skip
     for f in COMMIT_FILES:
-        (bundle_dir / f).unlink()
-    return sorted(p for p in bundle_dir.rglob("*") if p.is_file())
+        (bundle_dir / f).unlink(missing_ok=True)
+    pooled = [vault / "objects" / n for n in mine if (vault / "objects" / n).exists()]
+    return sorted([*(p for p in bundle_dir.rglob("*") if p.is_file()), *pooled])
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +171,7 @@ def test_grace_period_is_respected(tmp_path, tiny_model, lab_key):
     seal(v, tiny_model, lab_key, "tiny", "--chunk-size", "1")
     seal(v, tiny_model, lab_key, "half", "--chunk-size", "1")
     half = uncommit(v / "bundles/half")
-    extra = v / "bundles/tiny/data/objects" / hashlib.sha256(b"x").hexdigest()
+    extra = v / "objects" / hashlib.sha256(b"x").hexdigest()  # in the pool, named by nothing
     extra.write_bytes(b"x")
 
     def gc(*args):
@@ -192,7 +202,7 @@ def test_grace_period_is_respected(tmp_path, tiny_model, lab_key):
 def test_untrusted_manifest_keeps_its_bundle_whole(tmp_path, tiny_model, lab_key, other_key):
     v = tmp_path / "v"
     seal(v, tiny_model, lab_key, "tiny")
-    extra = v / "bundles/tiny/data/objects" / hashlib.sha256(b"x").hexdigest()
+    extra = v / "objects" / hashlib.sha256(b"x").hexdigest()  # in the pool, named by nothing
     extra.write_bytes(b"x")
     backdate([extra], DAY * 2)
     for trust in ((), ("--trust", f"{other_key}.pub")):
@@ -376,8 +386,8 @@ def test_a_seal_starting_while_gc_runs_keeps_its_bundle(tmp_path, tiny_model, la
 
     class Racing(LocalStore):
         def lock(self, name):
-            fresh = v / "bundles/half/data/objects" / ("f" * 64)
-            fresh.write_bytes(b"a new seal's first object")
+            fresh = v / "bundles/half/data/FORMAT.md"
+            fresh.write_bytes(b"a new seal's first file")
             return super().lock(name)
 
     r = gc("v", Racing(v), trusted=[load_public_key(Path(f"{lab_key}.pub"))], grace=3600)

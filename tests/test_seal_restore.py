@@ -72,14 +72,23 @@ def test_bag_validates_with_library_of_congress_bagit(sealed_minilm):
     assert b.version == "1.0"
 
 
-def test_bagit_cli_catches_a_flipped_bit(vault_copy):
-    obj = biggest_object(vault_copy)
+def test_export_is_a_standalone_bag_bagit_validates_and_catches_a_flipped_bit(
+        sealed_minilm, lab_key, tmp_path):  # fmt: skip
+    """The vault's bag holds no objects (they are in the pool); `export` writes one bag with
+    all of them, which the Library of Congress validator accepts and checks byte for byte."""
+    out = tmp_path / "bag"
+    r = wv("export", "minilm", out, "--vault", sealed_minilm, "--trust", f"{lab_key}.pub")
+    assert r.code == 0, r.err
+    m = json.loads((out / "data/weightvault.json").read_bytes())
+    assert sorted(p.name for p in (out / "data/objects").iterdir()) == \
+        sorted(o["name"] for o in m["objects"])  # fmt: skip
+    validate = ["bagit.py", "--validate", str(out)]
+    assert subprocess.run(validate, capture_output=True, text=True).returncode == 0
+    obj = max((out / "data/objects").iterdir(), key=lambda p: p.stat().st_size)
     data = bytearray(obj.read_bytes())
     data[len(data) // 2] ^= 0x01
     obj.write_bytes(bytes(data))
-    p = subprocess.run(["bagit.py", "--validate", str(vault_copy / "bundles/minilm")],
-                       capture_output=True, text=True)  # fmt: skip
-    assert p.returncode == 1
+    assert subprocess.run(validate, capture_output=True, text=True).returncode == 1
 
 
 def test_restore_by_id_prefix_and_name_resolution(vault_copy, lab_key, tmp_path):

@@ -257,6 +257,17 @@ def _gc(name: str, store: Store, *, trusted: list[PublicKey], grace: float, dry_
                     store.delete(o.key)
                 store.prune_dirs(prefix(bname))
             res.removed += found
+        gone = {o.key for o in res.removed}
+        if any(o.key.startswith(f"{POOL}/") for o in loose) and _bundles_moved(
+                store, {k: v for k, v in listing.items() if k not in gone}):  # fmt: skip
+            # a seal, amend or replicate this lock cannot see (another machine) may be about
+            # to name one of them: keep every pool object this run
+            why = "bundles were written to while gc ran; pool objects are removed by a later run"
+            res.notes.append(why)
+            for o in [o for o in loose if o.key.startswith(f"{POOL}/")]:
+                o.kept = why
+                res.kept.append(o)
+                loose.remove(o)
         for o in loose:
             store.delete(o.key)
             res.removed.append(o)
@@ -265,6 +276,13 @@ def _gc(name: str, store: Store, *, trusted: list[PublicKey], grace: float, dry_
     res.removed.sort(key=lambda o: o.key)
     res.kept.sort(key=lambda o: o.key)
     return res
+
+
+def _bundles_moved(store: Store, listing: dict) -> bool:
+    """Anything under bundles/ created, grown or removed since gc's listing?"""
+    again = store.list_times(BUNDLES)
+    return again.keys() != listing.keys() or any(
+        again[k][0] != listing[k][0] for k in again)  # fmt: skip
 
 
 class _PoolRefs:
