@@ -191,3 +191,58 @@ def _run_on_deep_tree(vault_copy: Path, lab_key: Path) -> None:
         assert "RecursionError" not in r.err and "Traceback" not in r.err, (args, r.err)
         assert r.code in (0, 1), (args, r.code, r.err)
         assert "nested deeper than 64 levels" in r.out + r.err, (args, r.out, r.err)
+
+
+# -- 4. an audit never counts what it did not check
+
+
+def test_s3_metadata_audit_counts_only_what_the_server_proved(tmp_path, s3_server, ssh_server,
+                                                              lab_key, minilm_dir):  # fmt: skip
+    from conftest import Lab
+
+    lab = Lab(tmp_path, s3_server, ssh_server, lab_key,
+              audit={"state_dir": str(tmp_path / "state")})  # fmt: skip
+    ok(lab.run("seal", minilm_dir, "--name", "m", "--quiet"))
+    objs = sorted(p.name for p in (tmp_path / "primary/bundles/m/data/objects").iterdir())
+    key = f"vault/bundles/m/data/objects/{objs[0]}"
+    body = (tmp_path / "primary/bundles/m/data/objects" / objs[0]).read_bytes()
+    lab.s3.client().put_object(Bucket=lab.bucket, Key=key, Body=body)  # same bytes, no checksum
+    prom = tmp_path / "wv.prom"
+    r = ok(lab.run("audit", "--level", "metadata", "--replica", "cloud", "--json",
+                   "--metrics-file", prom))  # fmt: skip
+    rec = r.json()["replicas"][0]["record"]
+    assert rec["objects_unverifiable"] == 1
+    assert rec["objects_checked"] == len(objs) - 1
+    assert 'weightvault_audit_unverifiable_objects{replica="cloud",level="metadata"} 1' in (
+        prom.read_text())
+    human = ok(lab.run("audit", "--level", "metadata", "--replica", "cloud"))
+    assert "1 objects not verifiable at this level" in human.out
+
+
+def test_escrow_check_never_blames_the_steward_for_our_damaged_copy(tmp_path, lab_key,
+                                                                    minilm_dir):  # fmt: skip
+    from test_escrow import World, handed_over
+
+    w = World(tmp_path, lab_key, str(tmp_path / "steward-vault"), None, None)
+    ok(w.seal(minilm_dir))
+    handed_over(w)
+    shutil.copytree(tmp_path / "lab-vault", tmp_path / "lab-mirror")
+    with open(w.lab_cfg, "a") as f:
+        f.write(f'\n[replicas.mirror]\nurl = "{tmp_path / "lab-mirror"}"\n')
+    ok(w.lab("escrow", "challenge", "minilm", "--steward", "steward", "-n", "4"))
+    ok(w.steward("escrow", "respond", "minilm"))
+    saved = tmp_path / "saved-objects"
+    shutil.copytree(tmp_path / "lab-mirror/bundles/minilm/data/objects", saved)
+    for v in ("lab-vault", "lab-mirror"):  # every copy of ours damaged
+        for o in objects_of(tmp_path / v):
+            data = bytearray(o.read_bytes())
+            data[0] ^= 1
+            o.write_bytes(bytes(data))
+    one_error(w.lab("escrow", "check", "minilm", "--steward", "steward"), 1, "cannot judge",
+              "nothing was recorded")  # fmt: skip
+    log = ok(w.lab("escrow", "log", "minilm", "--json")).json()
+    assert "challenge-result" not in [x["event"] for x in log["records"]]
+    shutil.rmtree(tmp_path / "lab-mirror/bundles/minilm/data/objects")
+    shutil.copytree(saved, tmp_path / "lab-mirror/bundles/minilm/data/objects")
+    r = ok(w.lab("escrow", "check", "minilm", "--steward", "steward", "--json"))
+    assert r.json()["detail"]["result"] == "pass"  # judged on the intact mirror copy

@@ -345,35 +345,41 @@ def _holds(store: Store, bname: str, trusted: list[PublicKey]) -> bool:
 
 
 class Known:
-    """Every bundle the local audit state has seen committed (signature verified), with the
-    replicas it was seen on: what a replica must hold does not come from that replica's own
-    listing, which whoever holds the storage can change (FORMAT.md section 2.1)."""
+    """Every bundle the local audit state has seen committed (signature verified) on each
+    replica, kept per replica URL: what a replica must hold does not come from that replica's
+    own listing, which whoever holds the storage can change (FORMAT.md section 2)."""
 
     def __init__(self, state: Path):
-        self.path = Path(state) / "bundles.json"
-        try:
-            raw = json.loads(self.path.read_text())
-            self.bundles: dict[str, dict] = raw if isinstance(raw, dict) else {}
-        except FileNotFoundError:
-            self.bundles = {}
-        except (ValueError, OSError) as e:
-            raise CorruptData(f"{self.path}: unreadable local audit state ({e}); it lists "
-                              "the bundles every replica must hold, so it is not ignored") from None  # fmt: skip
+        self.state = Path(state)
+        self._files: dict[str, dict[str, str]] = {}
 
-    def ids(self, url: str | None = None) -> dict[str, str]:
-        return {n: b["id"] for n, b in self.bundles.items()
-                if url is None or url in b.get("replicas", [])}  # fmt: skip
+    def _path(self, url: str) -> Path:
+        return replica_dir(self.state, url) / "bundles.json"
 
-    def saw(self, name: str, bundle_id: str, url: str) -> None:
-        b = self.bundles.setdefault(name, {"id": bundle_id, "replicas": []})
-        if url not in b["replicas"] and b["id"] == bundle_id:
-            b["replicas"].append(url)
+    def ids(self, url: str) -> dict[str, str]:
+        """name -> bundle id seen on the replica at `url`."""
+        if url not in self._files:
+            path = self._path(url)
+            try:
+                raw = json.loads(path.read_text())
+            except FileNotFoundError:
+                raw = {}
+            except (ValueError, OSError) as e:
+                raise CorruptData(f"{path}: unreadable local audit state ({e}); it lists the "
+                                  "bundles this replica must hold, so it is not ignored") from None
+            self._files[url] = {k: v for k, v in raw.items() if isinstance(v, str)} \
+                if isinstance(raw, dict) else {}  # fmt: skip
+        return self._files[url]
+
+    def saw(self, url: str, name: str, bundle_id: str) -> None:
+        self.ids(url).setdefault(name, bundle_id)
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.bundles, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        for url, ids in self._files.items():
+            path = self._path(url)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(ids, indent=1, sort_keys=True))
+            os.replace(tmp, path)
 
 
 HOLDS_ALL = ("primary", "mirror")  # roles that hold every bundle; an escrow replica holds some
@@ -395,15 +401,17 @@ def expected_holdings(stores: dict[str, tuple[str, Store]], trusted: list[Public
                       known: Known) -> dict[str, dict[str, str | None]]:  # fmt: skip
     """replica -> {bundle name: id} that it must hold: on a replica holding everything (role
     primary or mirror), every bundle committed on any reachable replica and every bundle the
-    local state has seen; on another (escrow), the bundles the local state has seen on it."""
-    seen: dict[str, str] = {}
+    local state has seen on any of them; on another (escrow), what the state saw on it."""
+    everything: dict[str, str | None] = {}
+    for _role, st in stores.values():
+        for n, bid in known.ids(st.url).items():
+            everything.setdefault(n, bid)
     for _role, st in stores.values():
         try:
             for n, bid in committed_names(st, trusted).items():
-                seen.setdefault(n, bid)
+                everything.setdefault(n, bid)
         except StorageError:
             continue  # reported when that replica itself is audited
-    everything: dict[str, str | None] = {**seen, **known.ids()}
     return {n: dict(everything) if role in HOLDS_ALL else dict(known.ids(st.url))
             for n, (role, st) in stores.items()}  # fmt: skip
 
@@ -412,7 +420,7 @@ def remember(known: Known, audits: list[ReplicaAudit]) -> None:
     for a in audits:
         for b in a.record.get("bundles", []):
             if b["bundle"] and b["state"] in ("intact", "damaged"):
-                known.saw(b["name"], b["bundle"], a.url)
+                known.saw(a.url, b["name"], b["bundle"])
     known.save()
 
 
@@ -464,6 +472,7 @@ def metrics(audits: list[ReplicaAudit], unreachable: dict[str, str]) -> str:
         "weightvault_audit_damaged_objects": "Objects found damaged by the last audit.",
         "weightvault_audit_missing_objects": "Objects found missing by the last audit.",
         "weightvault_audit_bytes_read": "Payload bytes read by the last audit.",
+        "weightvault_audit_unverifiable_objects": "Objects a metadata audit could not verify (no server SHA-256).",
         "weightvault_audit_coverage_ratio": "Share of objects fully hashed within the cycle.",
         "weightvault_audit_up": "1 if the replica could be audited, 0 if unreachable.",
     }  # fmt: skip
@@ -481,6 +490,8 @@ def metrics(audits: list[ReplicaAudit], unreachable: dict[str, str]) -> str:
         out["weightvault_audit_damaged_objects"].append(f"{{{lab}}} {dmg}")
         out["weightvault_audit_missing_objects"].append(f"{{{lab}}} {mis}")
         out["weightvault_audit_bytes_read"].append(f"{{{lab}}} {r['bytes_read']}")
+        out["weightvault_audit_unverifiable_objects"].append(
+            f"{{{lab}}} {r.get('objects_unverifiable', 0)}")
         cov = r["coverage"]
         ratio = cov["verified_within_cycle"] / cov["objects"] if cov["objects"] else 1.0
         out["weightvault_audit_coverage_ratio"].append(f"{{{lab}}} {ratio:.6f}")

@@ -720,6 +720,9 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
         lines += [f"  {f['kind']}: {f['object']}: expected {f['expected'][:64]}, found "
                   f"{f['found'][:80]}" for f in r["failures"]]  # fmt: skip
         lines += [f"  transient (passed on re-read): {f['object']}" for f in r["transient"]]
+        if r.get("objects_unverifiable"):
+            lines.append(f"  {r['objects_unverifiable']} objects not verifiable at this level "
+                         "(the store kept no SHA-256 of them): left to sample and full audits")
     lines += [f"{n}: UNREACHABLE: {e}" for n, e in unreachable.items()]
     lines += [f"CONFLICT: {c}" for c in conflicts]
     _emit(summary, as_json, "\n".join(lines))
