@@ -7,7 +7,7 @@ import json
 import subprocess
 
 import numpy as np
-from conftest import biggest_object, wv
+from conftest import wv
 from safetensors import safe_open
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from weightvault.errors import InputError, StorageError, WeightvaultError
 from weightvault.format import bag
 from weightvault.format.keys import PublicKey
-from weightvault.format.manifest import MANIFEST_KEY
+from weightvault.format.manifest import MANIFEST_KEY, SIGNATURE_KEY
 from weightvault.format.paths import name_ok
 from weightvault.progress import human_size as _size
 from weightvault.storage.store import TMP, Store
@@ -130,20 +130,22 @@ def gc(
     dry_run: bool = False,
     object_lock=None,
     now: float | None = None,
+    protect: set[str] = frozenset(),
 ) -> GcResult:
     """Find (and unless `dry_run`, remove) the orphans on one replica. `object_lock` is the
-    replica's configured config.ObjectLock, if any."""
+    replica's configured config.ObjectLock, if any. `protect`: bundle names known to be
+    committed (on another replica, or by the local audit state): never debris here."""
     if grace < 0:
         raise InputError("the grace period cannot be negative")
     # exclusive: no seal, amend or replicate that may reuse a pooled object is between
     # deciding to reuse it and committing (FORMAT.md section 2.2)
     with store.pool_lock(shared=False):
         return _gc(name, store, trusted=trusted, grace=grace, dry_run=dry_run,
-                   object_lock=object_lock, now=now)  # fmt: skip
+                   object_lock=object_lock, now=now, protect=protect)  # fmt: skip
 
 
 def _gc(name: str, store: Store, *, trusted: list[PublicKey], grace: float, dry_run: bool,
-        object_lock, now: float | None) -> GcResult:  # fmt: skip
+        object_lock, now: float | None, protect: set[str]) -> GcResult:  # fmt: skip
     t = time.time() if now is None else now
     res = GcResult(name, store.url, dry_run, grace)
     vault = _Listed(store)
@@ -170,6 +172,9 @@ def _gc(name: str, store: Store, *, trusted: list[PublicKey], grace: float, dry_
                     if name_ok(n) and (f"{prefix(n)}/{bag.COMMIT_MARKER}" in fs
                                        or f"{prefix(n)}/{MANIFEST_KEY}" in fs)]  # fmt: skip
     pool = _PoolRefs()
+    for bname in sorted(set(protect) - set(by_name)):
+        # lost here, so what it names is unknown here: its objects may be all that is left
+        pool.block(f"bundle {bname} is committed elsewhere but absent here")
     for bname, files in sorted(by_name.items()):
         p = prefix(bname)
         if not name_ok(bname):
@@ -178,6 +183,18 @@ def _gc(name: str, store: Store, *, trusted: list[PublicKey], grace: float, dry_
             continue
         if f"{p}/{MANIFEST_KEY}" in files:
             pool.count(vault, bname, trusted)
+        elif bname in protect:
+            pool.block(f"bundle {bname} is committed elsewhere but its manifest is not here")
+        signed = f"{p}/{SIGNATURE_KEY}" in files
+        if f"{p}/{bag.COMMIT_MARKER}" not in files and (signed or bname in protect):
+            # The writer signs only after every object is stored, and a signature (or a
+            # bundle known committed elsewhere) outweighs a missing marker: whoever holds the
+            # storage can delete a tag file. Left whole; audit reports it, repair completes it.
+            why = ("its manifest is signed" if signed else
+                   "it is committed on another replica or known to the local audit state")
+            res.notes.append(f"bundle {bname}: commit marker missing but {why}; nothing in it "
+                             "is removed (run `weightvault audit` and `weightvault repair`)")
+            continue
         if f"{p}/{bag.COMMIT_MARKER}" not in files:
             found = [Orphan(k, s, f"interrupted seal or replicate of {bname!r} (never committed)",
                             age(m)) for k, (s, m) in sorted(files.items())]  # fmt: skip
@@ -299,7 +316,7 @@ class _PoolRefs:
 
     def count(self, vault: Vault, bname: str, trusted: list[PublicKey]) -> None:
         try:
-            m = vault.load(bname, trusted).manifest
+            m = vault.load_exact(bname, trusted).manifest
         except (WeightvaultError, OSError) as e:
             self.block(f"bundle {bname}: its manifest cannot be read and verified ({e})")
             return
