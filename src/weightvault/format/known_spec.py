@@ -4,6 +4,7 @@ A bundle of version N may carry a text describing N or later (up to 3)."""
 
 KNOWN_FORMAT_TEXTS: dict[str, int] = {
     "0838952b37bcda24e81417afa0d58b74df74f7f5dba24ed0ed4b1af2d28e4701": 2,
+    "0c7de5df2173e4aeb583c1f8ad3c02590963c05eeeeadb284150884e63a971a2": 3,
     "0da0cd44a03c10a63b75a4dbcdee0802773d539f228099162cf91ee7f8024957": 1,
     "19e700020ca8c217c525e34a656aea28157551ebdd9489b5d541e4439389b380": 1,
     "1d6514c528b20b069617ecaf8ff1c4082f93838e578cf9dac817c892401882d0": 1,

@@ -46,7 +46,7 @@ class Counters:
 
 
 def is_payload(key: str) -> bool:
-    return "/data/objects/" in key or "/data/record/" in key
+    return key.startswith("objects/") or "/data/objects/" in key or "/data/record/" in key
 
 
 class _CountingReader(io.RawIOBase):

@@ -1,0 +1,442 @@
+"""Versions that share storage (issue 17) and every file proven by the signature (issue 15
+item 5, format version 4): the object pool, `seal --supersedes`, `amend`, `diff`, `export`,
+lineage in list/show, gc's reference counting, and the bad input of each."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ok, one_error, write_config, wv
+
+from weightvault.format import bag, canon
+from weightvault.format.keys import load_public_key, load_signing_key
+from weightvault.format.manifest import PAYLOAD_TYPE
+
+MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shards(d: Path, seed: int = 0, n: int = 4, tensors: int = 4, elems: int = 256 << 10,
+           change: tuple[int, int] | None = None) -> Path:  # fmt: skip
+    """A model of `n` bf16 safetensors shards of `tensors` tensors each (512 KiB a tensor);
+    `change` = (shard, tensor) flips that one tensor's values."""
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for s in range(n):
+        header, blobs, off = {}, [], 0
+        for t in range(tensors):
+            w = (rng.normal(0, 0.02, elems).astype(np.float32).view(np.uint32) >> 16)
+            if change == (s, t):
+                w = w ^ 1
+            b = w.astype("<u2").tobytes()
+            header[f"layer{s}.t{t}"] = {"dtype": "BF16", "shape": [elems],
+                                        "data_offsets": [off, off + len(b)]}  # fmt: skip
+            blobs.append(b)
+            off += len(b)
+        h = json.dumps(header).encode()
+        h += b" " * (-len(h) % 8)
+        (d / f"model-{s:05d}-of-{n:05d}.safetensors").write_bytes(
+            struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    (d / "config.json").write_text('{"model_type": "tiny"}')
+    return d
+
+
+def pool_bytes(vault: Path) -> int:
+    return sum(p.stat().st_size for p in (vault / "objects").iterdir())
+
+
+def manifest(vault: Path, name: str) -> dict:
+    return json.loads((vault / "bundles" / name / "data/weightvault.json").read_bytes())
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    fa = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    fb = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return fa == fb and all((a / p).read_bytes() == (b / p).read_bytes() for p in fa)
+
+
+def reference_restore(bag_dir: Path, dest: Path, key: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "docs/reference_restore.py"), str(bag_dir),
+                           str(dest), "--trust", f"{key}.pub"], capture_output=True, text=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lineage(tmp_path_factory, lab_key) -> tuple[Path, Path, Path, dict]:
+    """A vault with v1 of a 4-shard model and v2 (one tensor changed) sealed --supersedes v1;
+    (vault, v1 source, v2 source, v2's seal summary)."""
+    base = tmp_path_factory.mktemp("lineage")
+    v1, v2 = shards(base / "v1"), shards(base / "v2", change=(2, 1))
+    vault = base / "vault"
+    ok(wv("seal", v1, "--vault", vault, "--key", lab_key, "--name", "m", "--chunk-size", "1",
+          "--quiet"))  # fmt: skip
+    before = pool_bytes(vault)
+    r = ok(wv("seal", v2, "--vault", vault, "--key", lab_key, "--name", "m.2", "--chunk-size",
+              "1", "--supersedes", "m", "--json"))  # fmt: skip
+    s = r.json()
+    s["pool_growth"] = pool_bytes(vault) - before
+    return vault, v1, v2, s
+
+
+def test_a_new_version_stores_only_the_changed_chunks(lineage, lab_key):
+    vault, _v1, _v2, s = lineage
+    m1, m2 = manifest(vault, "m"), manifest(vault, "m.2")
+    assert m2["format_version"] == 4
+    assert m2["supersedes"] == {"bundle": hashlib.sha256(
+        (vault / "bundles/m/data/weightvault.json").read_bytes()).hexdigest(), "name": "m"}  # fmt: skip
+    new = {o["name"]: o["size"] for o in m2["objects"]} .items() - \
+        {o["name"]: o["size"] for o in m1["objects"]}.items()  # fmt: skip
+    assert len(new) == 1, new  # one tensor, tensor-aligned 1 MiB chunks: one new object
+    assert s["pool_growth"] == sum(size for _n, size in new) == s["bytes_new"]
+    assert s["files_reused"] == 4  # three unchanged shards and config.json, not re-encoded
+    assert not (vault / "bundles/m.2/data/objects").exists()
+    # the pool holds each object once, and nothing any bundle does not name
+    names = {o["name"] for o in m1["objects"]} | {o["name"] for o in m2["objects"]}
+    assert {p.name for p in (vault / "objects").iterdir()} == names
+
+
+def test_every_version_restores_bit_exact_with_weightvault_and_the_reference(lineage, lab_key,
+                                                                             tmp_path):  # fmt: skip
+    vault, v1, v2, _ = lineage
+    for name, src in (("m", v1), ("m.2", v2)):
+        ok(wv("verify", name, "--vault", vault, "--trust", f"{lab_key}.pub", "--deep"))
+        ok(wv("restore", name, tmp_path / name, "--vault", vault, "--trust", f"{lab_key}.pub"))
+        assert same_tree(src, tmp_path / name)
+        p = reference_restore(vault / "bundles" / name, tmp_path / f"ref-{name}", lab_key)
+        assert p.returncode == 0, p.stderr
+        assert same_tree(src, tmp_path / f"ref-{name}")
+
+
+def test_list_show_and_diff_show_the_lineage(lineage, lab_key):
+    vault, *_ = lineage
+    rows = {r["name"]: r for r in ok(wv("list", "--vault", vault, "--json")).json()}
+    assert rows["m.2"]["supersedes"] == rows["m"]["bundle"] and rows["m"]["supersedes"] is None
+    show = ok(wv("show", "m.2", "--vault", vault, "--trust", f"{lab_key}.pub", "--json")).json()
+    assert show["lineage"]["supersedes"] == [{"name": "m", "bundle": rows["m"]["bundle"],
+                                              "state": "ok"}]  # fmt: skip
+    back = ok(wv("show", "m", "--vault", vault, "--trust", f"{lab_key}.pub", "--json")).json()
+    assert back["lineage"]["superseded_by"] == [{"name": "m.2", "bundle": rows["m.2"]["bundle"]}]
+    d = ok(wv("diff", "m", "m.2", "--vault", vault, "--trust", f"{lab_key}.pub", "--json")).json()
+    assert not d["added"] and not d["removed"] and d["same"] == 4
+    (changed,) = d["changed"]
+    assert changed["path"] == "model-00002-of-00004.safetensors"
+    assert changed["tensors"]["changed"] == [{"name": "layer2.t1", "dtype": "BF16",
+                                              "shape": [256 << 10], "bytes": 512 << 10}]  # fmt: skip
+    human = ok(wv("diff", "m", "m.2", "--vault", vault, "--trust", f"{lab_key}.pub")).out
+    assert "~ layer2.t1 BF16" in human
+
+
+def test_export_is_standalone_and_validates(lineage, lab_key, tmp_path):
+    vault, _v1, v2, _ = lineage
+    out = tmp_path / "export"
+    ok(wv("export", "m.2", out, "--vault", vault, "--trust", f"{lab_key}.pub"))
+    p = subprocess.run(["bagit.py", "--validate", str(out)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert not (tmp_path / "objects").exists()
+    r = reference_restore(out, tmp_path / "restored", lab_key)
+    assert r.returncode == 0, r.stderr
+    assert same_tree(v2, tmp_path / "restored")
+    # the vault's own bag (pooled form) is a valid bag as well: of its metadata
+    p = subprocess.run(["bagit.py", "--validate", str(vault / "bundles/m.2")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+
+
+def test_superseding_a_missing_or_untrusted_bundle_is_refused(lineage, lab_key, other_key,
+                                                              tmp_path):  # fmt: skip
+    vault, v1, _v2, _ = lineage
+    v = tmp_path / "v"
+    shutil.copytree(vault, v)
+    r = wv("seal", v1, "--vault", v, "--key", lab_key, "--name", "x", "--supersedes", "nope")
+    one_error(r, 2, "--supersedes nope", "no such bundle")
+    # sealed by a key the sealer does not trust: the lineage link would vouch for it
+    ok(wv("seal", v1, "--vault", v, "--key", other_key, "--name", "theirs", "--quiet"))
+    r = wv("seal", v1, "--vault", v, "--key", lab_key, "--name", "x", "--supersedes", "theirs")
+    one_error(r, 4, "--supersedes theirs", "not trusted")
+    assert not (v / "bundles/x").exists()
+
+
+def test_amend_adds_record_files_without_reading_the_weights(lineage, lab_key, tmp_path):
+    from weightvault.archive.versions import amend
+    from weightvault.storage.store import LocalStore
+
+    vault, _v1, v2, _ = lineage
+    v = tmp_path / "v"
+    shutil.copytree(vault, v)
+    later = tmp_path / "later.jsonl"
+    later.write_text('{"role": "interviewer", "content": "Anything else?", '
+                     '"time": "2026-01-05T10:00:00Z"}\n'
+                     '{"role": "model", "content": "No.", "time": "2026-01-05T10:01:00Z"}\n')  # fmt: skip
+    store = LocalStore(v)
+    pool_before = pool_bytes(v)
+    r = amend(store, "m.2", load_signing_key(lab_key), [load_public_key(Path(f"{lab_key}.pub"))],
+              [("interview", later, "record/interviews/later.jsonl")])  # fmt: skip
+    assert store.counters.payload_read == 0, "amend read stored objects"
+    assert r.name == "m.3" and pool_bytes(v) == pool_before
+    m2, m3 = manifest(v, "m.2"), manifest(v, "m.3")
+    assert m3["files"] == m2["files"] and m3["objects"] == m2["objects"]
+    assert [e["path"] for e in m3["record"]] == ["record/interviews/later.jsonl"]
+    assert m3["supersedes"]["name"] == "m.2"
+    # growth: the record file plus metadata (manifest, spec copies, tag files) only
+    added = sum(p.stat().st_size for p in (v / "bundles/m.3").rglob("*") if p.is_file())
+    assert r.bytes_added == added and added < later.stat().st_size + 256 * 1024
+    ok(wv("verify", "m.3", "--vault", v, "--trust", f"{lab_key}.pub", "--deep"))
+    ok(wv("restore", "m.3", tmp_path / "out", "--vault", v, "--trust", f"{lab_key}.pub"))
+    assert same_tree(v2, tmp_path / "out")
+    # the CLI, with a report, named explicitly
+    report = tmp_path / "report.md"
+    report.write_text("# Report\n")
+    ok(wv("amend", "m.3", "--vault", v, "--key", lab_key, "--report", report, "--name", "final"))
+    assert {e["path"] for e in manifest(v, "final")["record"]} == {
+        "record/interviews/later.jsonl", "record/report.md"}  # fmt: skip
+
+
+def test_amend_with_a_record_failing_its_schema_is_refused(lineage, lab_key, tmp_path):
+    vault, *_ = lineage
+    v = tmp_path / "v"
+    shutil.copytree(vault, v)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"role": "model", "time": "2026-01-05T10:01:00Z"}\n')
+    before = sorted(p.relative_to(v) for p in v.rglob("*"))
+    r = wv("amend", "m.2", "--vault", v, "--key", lab_key, "--interview", bad)
+    one_error(r, 2, "bad.jsonl", "line 1", "content")
+    assert sorted(p.relative_to(v) for p in v.rglob("*")) == before, "amend left files behind"
+
+
+def test_a_manifest_claiming_another_size_for_a_shared_object(lineage, lab_key, tmp_path):
+    """Bundle `liar` (validly signed) names one of m's pool objects with another size: it is
+    damaged and cannot be copied, and nothing of m is touched or lost."""
+    vault, *_ = lineage
+    v, mirror = tmp_path / "v", tmp_path / "mirror"
+    shutil.copytree(vault, v)
+    trust = ("--trust", f"{lab_key}.pub")
+    ok(wv("replicate", "m", "--from", v, "--to", mirror, *trust, "--quiet"))
+    doc = manifest(v, "m")
+    victim = max(doc["objects"], key=lambda o: o["size"])
+    victim["size"] += 1
+    doc["name"] = "liar"
+    doc["supersedes"] = None
+    raw = canon.canonical(doc)
+    sk = load_signing_key(lab_key)
+    sig = {"format": "weightvault-signature", "format_version": 1, "payload_type": PAYLOAD_TYPE,
+           "payload_sha256": hashlib.sha256(raw).hexdigest(),
+           "signatures": [sk.sign(PAYLOAD_TYPE, raw)]}  # fmt: skip
+    from weightvault.format.manifest import Manifest
+    from weightvault.storage.vault import commit_files
+
+    b = v / "bundles/liar"
+    for e in manifest(v, "m")["spec"]:
+        (b / "data" / e["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(v / "bundles/m/data" / e["path"], b / "data" / e["path"])
+    for k, data in commit_files(Manifest.parse(raw, "liar"), canon.canonical(sig)):
+        (b / k).write_bytes(data)
+    r = wv("verify", "liar", "--vault", v, *trust)
+    assert r.code == 1 and f"objects/{victim['name']}" in r.out and "expected" in r.out, r.out
+    r = wv("replicate", "liar", "--from", v, "--to", mirror, *trust, "--quiet")
+    assert r.code == 1 and victim["name"] in r.err, r.err
+    for where in (v, mirror):
+        ok(wv("verify", "m", "--vault", where, *trust, "--deep"))
+    r = ok(wv("gc", "--vault", v, *trust, "--grace", "0", "--json"))
+    assert not r.json()["replicas"][0]["removed"]
+    assert (v / "objects" / victim["name"]).stat().st_size == victim["size"] - 1
+
+
+def test_gc_never_removes_a_pool_object_any_signed_manifest_names(lineage, lab_key, other_key,
+                                                                  tmp_path):  # fmt: skip
+    vault, *_ = lineage
+    v = tmp_path / "v"
+    shutil.copytree(vault, v)
+    trust = ("--trust", f"{lab_key}.pub")
+    stray = v / "objects" / hashlib.sha256(b"stray").hexdigest()
+    stray.write_bytes(b"stray")
+    old = time.time() - 3 * 86400
+    for p in (v / "objects").iterdir():
+        os.utime(p, (old, old))
+    # a bundle whose manifest cannot be verified: no pool object goes, the stray neither
+    shutil.copytree(v / "bundles/m", v / "bundles/odd")
+    (v / "bundles/odd/data/weightvault.json").write_text("{}")
+    rep = ok(wv("gc", "--vault", v, *trust, "--grace", "0", "--json")).json()["replicas"][0]
+    assert stray.exists() and not any(o["key"].startswith("objects/") for o in rep["removed"])
+    assert any("no pool object removed" in n for n in rep["notes"]), rep["notes"]
+    shutil.rmtree(v / "bundles/odd")
+    # untrusted signer: the same
+    rep = ok(wv("gc", "--vault", v, "--trust", f"{other_key}.pub", "--grace", "0",
+                "--json")).json()["replicas"][0]  # fmt: skip
+    assert stray.exists() and not rep["removed"]
+    # everything readable: only the stray goes; v1 and v2 verify deep
+    rep = ok(wv("gc", "--vault", v, *trust, "--grace", "0", "--json")).json()["replicas"][0]
+    assert [o["key"] for o in rep["removed"]] == [f"objects/{stray.name}"]
+    for name in ("m", "m.2"):
+        ok(wv("verify", name, "--vault", v, *trust, "--deep"))
+    # retiring v1 (its bundle gone) frees only what v2 does not share
+    m1 = {o["name"] for o in manifest(v, "m")["objects"]}
+    m2 = {o["name"] for o in manifest(v, "m.2")["objects"]}
+    shutil.rmtree(v / "bundles/m")
+    rep = ok(wv("gc", "--vault", v, *trust, "--grace", "0", "--json")).json()["replicas"][0]
+    assert {o["key"] for o in rep["removed"]} == {f"objects/{n}" for n in m1 - m2}
+    ok(wv("verify", "m.2", "--vault", v, *trust, "--deep"))
+
+
+def test_gc_racing_a_seal_that_reuses_an_object(tmp_path, lab_key):
+    """An orphaned pool object (its bundle retired) is reused by a seal in progress: gc waits
+    for the seal's commit (the pool lock), then counts the object as named and keeps it."""
+    import weightvault.archive.seal as sealmod
+    from weightvault.archive.gc import gc
+    from weightvault.archive.seal import SealOptions, seal
+    from weightvault.storage.store import LocalStore
+
+    src = shards(tmp_path / "src", n=1, tensors=2)
+    v = tmp_path / "v"
+    ok(wv("seal", src, "--vault", v, "--key", lab_key, "--name", "old", "--chunk-size", "1",
+          "--quiet"))  # fmt: skip
+    shutil.rmtree(v / "bundles/old")  # retired: its objects are orphans now
+    old = time.time() - 3 * 86400
+    for p in (v / "objects").iterdir():
+        os.utime(p, (old, old))
+    reused = {p.name for p in (v / "objects").iterdir()}
+    key, pub = load_signing_key(lab_key), load_public_key(Path(f"{lab_key}.pub"))
+    at_commit, go_on = threading.Event(), threading.Event()
+    real = sealmod.sign_and_commit
+
+    def slow_commit(*a, **kw):
+        at_commit.set()
+        go_on.wait(30)
+        return real(*a, **kw)
+
+    results: dict = {}
+    sealmod.sign_and_commit = slow_commit
+    try:
+        t = threading.Thread(target=lambda: results.update(seal=seal(
+            str(src), LocalStore(v), key, SealOptions(name="new", chunk_size=MiB))))  # fmt: skip
+        t.start()
+        assert at_commit.wait(60)
+        g = threading.Thread(target=lambda: results.update(gc=gc("v", LocalStore(v),
+                                                                 trusted=[pub], grace=0)))
+        g.start()
+        g.join(1.0)
+        assert g.is_alive(), "gc did not wait for the seal holding the pool"
+        go_on.set()
+        t.join(60)
+        g.join(60)
+    finally:
+        sealmod.sign_and_commit = real
+        go_on.set()
+    assert results["seal"].bytes_new == 0  # every object was reused
+    assert not results["gc"].removed
+    assert {p.name for p in (v / "objects").iterdir()} == reused
+    ok(wv("verify", "new", "--vault", v, "--trust", f"{lab_key}.pub", "--deep"))
+
+
+# -- issue 15 item 5: every file proven by the signed manifest
+
+
+def _forge_format_md(bundle: Path) -> None:
+    """Rewrite data/FORMAT.md and update every bag digest, as someone with write access to
+    the replica could: BagIt tools see a consistent bag."""
+    fmt = bundle / "data/FORMAT.md"
+    fmt.write_bytes(fmt.read_bytes().replace(b"MUST", b"MAY "))  # same length: Oxum holds
+    algs = ("sha256", "sha512") if (bundle / "manifest-sha512.txt").exists() else ("sha256",)
+    for alg in algs:
+        p = bundle / f"manifest-{alg}.txt"
+        lines = bag.parse_manifest(p.read_bytes(), "m")
+        lines["data/FORMAT.md"] = hashlib.new(alg, fmt.read_bytes()).hexdigest()
+        p.write_bytes("".join(f"{d}  {k}\n" for k, d in sorted(lines.items())).encode())
+    for alg in algs:
+        p = bundle / f"tagmanifest-{alg}.txt"
+        lines = bag.parse_manifest(p.read_bytes(), "t")
+        for k in lines:
+            lines[k] = hashlib.new(alg, (bundle / k).read_bytes()).hexdigest()
+        p.write_bytes("".join(f"{d}  {k}\n" for k, d in sorted(lines.items())).encode())
+
+
+@pytest.mark.parametrize("which", ["v4", "golden-v1"])
+def test_a_rewritten_format_md_is_damage_and_never_copied(which, lineage, lab_key, tmp_path):
+    if which == "v4":
+        vault, name, trust = lineage[0], "m", f"{lab_key}.pub"
+    else:
+        vault, name = ROOT / "tests/golden/v1", "golden"
+        trust = ROOT / "tests/golden/keys/golden.key.pub"
+    v, mirror = tmp_path / "v", tmp_path / "mirror"
+    shutil.copytree(vault, v)
+    (v / "tmp").mkdir(exist_ok=True)
+    for p in v.rglob("*"):
+        p.chmod(p.stat().st_mode | 0o200)
+    ok(wv("replicate", name, "--from", v, "--to", mirror, "--trust", trust, "--quiet"))
+    healthy = (mirror / "bundles" / name / "data/FORMAT.md").read_bytes()
+    _forge_format_md(v / "bundles" / name)
+    p = subprocess.run(["bagit.py", "--validate", str(v / "bundles" / name)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 0, "the forgery is not a consistent bag: the test proves nothing"
+    for deep in ((), ("--deep",)):
+        r = wv("verify", name, "--vault", v, "--trust", trust, *deep)
+        assert r.code == 1 and "FORMAT.md" in r.out, r.out + r.err
+    state = tmp_path / "state"
+    akey = tmp_path / "audit.key"
+    ok(wv("keygen", akey))
+    cfg = write_config(tmp_path / "wv.toml", lab_key,
+                       {"main": {"url": str(v)}, "mirror": {"url": str(mirror)}})  # fmt: skip
+    r = wv("-c", cfg, "audit", "--level", "full", "--replica", "main", "--trust", trust,
+           "--key", akey, "--state-dir", state)  # fmt: skip
+    assert r.code == 1 and "FORMAT.md" in r.out + r.err, r.out + r.err
+    # the mirror is never overwritten with the forgery, by replicate or repair
+    wv("replicate", name, "--from", v, "--to", mirror, "--trust", trust, "--quiet")
+    wv("-c", cfg, "repair", "--trust", trust, "--key", akey, "--state-dir", state)
+    assert (mirror / "bundles" / name / "data/FORMAT.md").read_bytes() == healthy
+
+
+def test_full_audit_of_ten_versions_reads_each_shared_object_once(tmp_path, lab_key):
+    src = shards(tmp_path / "src", n=2, tensors=2)
+    v = tmp_path / "v"
+    ok(wv("seal", src, "--vault", v, "--key", lab_key, "--name", "r", "--chunk-size", "1",
+          "--quiet"))  # fmt: skip
+    report = tmp_path / "report.md"
+    prev = "r"
+    for i in range(2, 11):
+        report.write_text(f"# Report, revision {i}\n")
+        ok(wv("amend", prev, "--vault", v, "--key", lab_key, "--report", report, "--name",
+              f"r.{i}"))  # fmt: skip
+        prev = f"r.{i}"
+    assert len(list((v / "bundles").iterdir())) == 10
+    akey = tmp_path / "audit.key"
+    ok(wv("keygen", akey))
+    r = ok(wv("audit", "--vault", v, "--level", "full", "--trust", f"{lab_key}.pub", "--key",
+              akey, "--state-dir", tmp_path / "state", "--json"))  # fmt: skip
+    (rec,) = [x["record"] for x in r.json()["replicas"]]
+    plain = sum(p.stat().st_size for p in (v / "bundles").rglob("data/*") if p.is_file()) + \
+        sum(p.stat().st_size for p in (v / "bundles").rglob("data/*/*") if p.is_file())  # fmt: skip
+    assert pool_bytes(v) <= rec["bytes_read"] <= pool_bytes(v) + plain
+    assert rec["objects_checked"] < 2 * len(list((v / "objects").iterdir())) + 10 * 12
+
+
+def test_hf_cache_blob_without_suffix_gets_tensor_chunks_and_the_weight_codec(tmp_path, lab_key,
+                                                                               minilm_dir):  # fmt: skip
+    """A Hub cache snapshot links model.safetensors to a blob named by its digest: the plan
+    and codec are decided by the snapshot's file name, not the blob's (issue 17)."""
+    repo = tmp_path / "hub/models--org--tiny"
+    blobs, snap = repo / "blobs", repo / "snapshots" / ("c" * 40)
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs/main").write_text("c" * 40)
+    for f in ("model.safetensors", "config.json"):
+        data = (minilm_dir / f).read_bytes()
+        blob = blobs / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / f).symlink_to(os.path.relpath(blob, snap))
+    v = tmp_path / "v"
+    ok(wv("seal", snap, "--vault", v, "--key", lab_key, "--name", "tiny", "--quiet"))
+    m = manifest(v, "tiny")
+    assert m["source"]["kind"] == "hf-cache"
+    st = next(f for f in m["files"] if f["path"] == "model.safetensors")
+    assert {c["codec"] for c in st["chunks"]} >= {"fsplit-f32"}
+    assert len(st["chunks"]) > 1 and st["chunks"][0]["length"] < 64 * 1024  # the header alone
