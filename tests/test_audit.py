@@ -14,9 +14,8 @@ def lab(tmp_path, s3_server, ssh_server, lab_key, minilm_dir):
         tmp_path, s3_server, ssh_server, lab_key, audit={"state_dir": str(tmp_path / "state")}
     )
     ok(lab.run("seal", minilm_dir, "--name", "minilm", "--quiet"))
-    lab.objects = sorted(
-        p.name for p in (tmp_path / "primary/bundles/minilm/data/objects").iterdir()
-    )
+    m = json.loads((tmp_path / "primary/bundles/minilm/data/weightvault.json").read_bytes())
+    lab.objects = sorted(o["name"] for o in m["objects"])  # in the pool (FORMAT.md 2.2)
     return lab
 
 
@@ -34,14 +33,14 @@ def test_full_audit_finds_exactly_the_damage_and_repair_fixes_it(lab):
     a, b, c = lab.objects[2], lab.objects[5], lab.objects[9]
     # S3: overwrite one object through the S3 API with one byte flipped
     s3 = lab.s3.client()
-    key = f"vault/bundles/minilm/data/objects/{a}"
+    key = f"vault/objects/{a}"
     data = bytearray(s3.get_object(Bucket=lab.bucket, Key=key)["Body"].read())
     data[len(data) // 2] ^= 0x01
     s3.put_object(Bucket=lab.bucket, Key=key, Body=bytes(data))
     # SFTP: truncate one; local: delete one
-    p = lab.sftp_root / "bundles/minilm/data/objects" / b
+    p = lab.sftp_root / "objects" / b
     p.write_bytes(p.read_bytes()[:100])
-    (lab.dir / "primary/bundles/minilm/data/objects" / c).unlink()
+    (lab.dir / "primary/objects" / c).unlink()
 
     r = lab.run("audit", "--level", "full", "--json", "--metrics-file", lab.dir / "wv.prom")
     assert r.code == 1, r.err
@@ -88,7 +87,7 @@ def test_metadata_audit_on_s3_reads_no_payload(lab):
     rec = r.json()["replicas"][0]["record"]
     assert rec["bytes_read"] == 0 and rec["objects_checked"] == len(lab.objects)
     lab.s3.client().delete_object(
-        Bucket=lab.bucket, Key=f"vault/bundles/minilm/data/objects/{lab.objects[0]}"
+        Bucket=lab.bucket, Key=f"vault/objects/{lab.objects[0]}"
     )
     r = lab.run("audit", "--level", "metadata", "--replica", "cloud", "--json")
     assert r.code == 1
@@ -126,9 +125,9 @@ def test_no_healthy_copy_is_reported_loudly(lab):
     m = json.loads((lab.dir / "primary/bundles/minilm/data/weightvault.json").read_bytes())
     st = next(f for f in m["files"] if f["path"] == "model.safetensors")
     obj = st["chunks"][-1]["object"]
-    (lab.dir / "primary/bundles/minilm/data/objects" / obj).unlink()
-    (lab.sftp_root / "bundles/minilm/data/objects" / obj).unlink()
-    lab.s3.client().delete_object(Bucket=lab.bucket, Key=f"vault/bundles/minilm/data/objects/{obj}")
+    (lab.dir / "primary/objects" / obj).unlink()
+    (lab.sftp_root / "objects" / obj).unlink()
+    lab.s3.client().delete_object(Bucket=lab.bucket, Key=f"vault/objects/{obj}")
     assert lab.run("audit", "--level", "metadata").code == 1
     r = lab.run("repair")
     assert r.code == 1

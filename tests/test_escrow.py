@@ -308,7 +308,7 @@ def test_handover_to_an_unreachable_steward(world, tmp_path):
 
 def test_flipped_byte_in_an_encrypted_chunk(world, tmp_path):
     handed_over(world)
-    objs = sorted((tmp_path / "steward-vault/bundles/minilm/data/objects").iterdir(),
+    objs = sorted((tmp_path / "steward-vault/objects").iterdir(),  # the pool (FORMAT.md 2.2)
                   key=lambda p: p.stat().st_size)  # fmt: skip
     victim = objs[-1]
     data = bytearray(victim.read_bytes())

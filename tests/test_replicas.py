@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import subprocess
 import sys
 import time
@@ -23,10 +24,18 @@ def lab(tmp_path, s3_server, ssh_server, lab_key):
     return Lab(tmp_path, s3_server, ssh_server, lab_key)
 
 
-def objects_in_bucket(lab, name="minilm"):
+def objects_in_bucket(lab, name="minilm", source=None):
+    """The keys of bundle `name`'s objects in the bucket's pool (FORMAT.md section 2.2); its
+    manifest is read from the bucket, or from the local vault `source`."""
     c = lab.s3.client()
-    resp = c.list_objects_v2(Bucket=lab.bucket, Prefix=f"vault/bundles/{name}/data/objects/")
-    return [o["Key"] for o in resp.get("Contents", [])]
+    if source is not None:
+        m = json.loads((source / "bundles" / name / "data/weightvault.json").read_bytes())
+    else:
+        m = json.loads(c.get_object(Bucket=lab.bucket, Key=f"vault/bundles/{name}/data/"
+                                    "weightvault.json")["Body"].read())  # fmt: skip
+    resp = c.list_objects_v2(Bucket=lab.bucket, Prefix="vault/objects/")
+    mine = {f"vault/objects/{o['name']}" for o in m["objects"]}
+    return [o["Key"] for o in resp.get("Contents", []) if o["Key"] in mine]
 
 
 def test_seal_lands_on_every_replica_and_status_is_complete(lab, minilm_dir, tmp_path):
@@ -80,7 +89,7 @@ def test_wrong_bytes_on_target_are_replaced_and_reported(lab, minilm_dir):
     assert ev["action"] == "replaced" and key.endswith(ev["key"].rsplit("/")[-1])
     ok(lab.run("verify", "minilm", "--replica", "cloud"))
     # SFTP: a flipped byte of the same size is found with --verify-existing
-    obj = sorted((lab.sftp_root / "bundles/minilm/data/objects").iterdir())[0]
+    obj = sorted((lab.sftp_root / "objects").iterdir())[0]
     data = bytearray(obj.read_bytes())
     data[7] ^= 0xFF
     obj.write_bytes(bytes(data))
@@ -139,7 +148,7 @@ def test_s3_killed_mid_replicate_then_resumed(lab, minilm_dir, tmp_path, lab_key
         cmd, env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(objects_in_bucket(lab, "m")) < 10:
+    while time.monotonic() < deadline and len(objects_in_bucket(lab, "m", v)) < 10:
         time.sleep(0.05)
     lab.s3.kill()
     try:
@@ -224,7 +233,7 @@ def test_object_lock_refused_on_bucket_without_it_and_applied_with_it(lab, minil
     r = wv("-c", cfg, "seal", minilm_dir, "--name", "m", "--quiet", env=lab.env)
     assert r.code == 0, r.err
     c = lab.s3.client()
-    key = c.list_objects_v2(Bucket=locked, Prefix="v/bundles/m/data/objects/")["Contents"][0]["Key"]
+    key = c.list_objects_v2(Bucket=locked, Prefix="v/objects/")["Contents"][0]["Key"]
     head = c.head_object(Bucket=locked, Key=key)
     assert head["ObjectLockMode"] == "COMPLIANCE"
     vid = head["VersionId"]

@@ -181,8 +181,11 @@ def _gc(name: str, store: Store, *, trusted: list[PublicKey], grace: float, dry_
             res.notes.append(f"{store.describe(p)}: not a valid bundle name; left alone")
             pool.block(f"{store.describe(p)} is not a bundle gc can read")
             continue
-        if f"{p}/{MANIFEST_KEY}" in files:
+        if f"{p}/{MANIFEST_KEY}" in files and (f"{p}/{SIGNATURE_KEY}" in files
+                                               or bname in protect):
             pool.count(vault, bname, trusted)
+        elif f"{p}/{MANIFEST_KEY}" in files:
+            pool.unsigned(store, bname)
         elif bname in protect:
             pool.block(f"bundle {bname} is committed elsewhere but its manifest is not here")
         signed = f"{p}/{SIGNATURE_KEY}" in files
@@ -228,8 +231,14 @@ def _gc(name: str, store: Store, *, trusted: list[PublicKey], grace: float, dry_
                 res.kept.append(o)
             else:
                 loose.append(o)
+    pool.settle(uncommitted)
     for key, (size, mtime) in store.list_times(POOL).items():
         if key in pool.named or not _HEX64.match(key.rsplit("/", 1)[-1]):
+            continue
+        if key in pool.held:
+            res.kept.append(Orphan(key, size, "in the object pool, named by no signed manifest",
+                                   age(mtime), kept="named by the unsigned manifest of an "
+                                   "interrupted seal that is kept"))  # fmt: skip
             continue
         if pool.blocked:
             res.kept.append(Orphan(key, size, "in the object pool, named by no signed manifest "
@@ -310,6 +319,29 @@ class _PoolRefs:
     def __init__(self) -> None:
         self.named: set[str] = set()
         self.blocked: list[str] = []
+        self.soft: dict[str, set[str]] = {}  # unsigned manifests of interrupted seals
+
+    def unsigned(self, store: Store, bname: str) -> None:
+        """An interrupted seal's manifest, never signed: it commits nothing, but a seal that is
+        still running may be about to sign it, so what it names is kept unless this run
+        removes the bundle itself (`settle`). Unparseable: nothing is removed."""
+        from weightvault.format.manifest import MAX_MANIFEST, Manifest
+
+        key = f"{prefix(bname)}/{MANIFEST_KEY}"
+        try:
+            m = Manifest.parse(store.read_bytes(key, MAX_MANIFEST), store.describe(key))
+        except (WeightvaultError, OSError) as e:
+            self.block(f"bundle {bname}: its unsigned manifest cannot be read ({e})")
+            return
+        self.soft[bname] = {object_key(m, o["name"]) for o in m.doc["objects"]} if m.pooled \
+            else set()  # fmt: skip
+
+    def settle(self, removed: dict) -> None:
+        """What the unsigned manifests of bundles this run does not remove name is kept."""
+        self.held = set()
+        for bname, names in self.soft.items():
+            if bname not in removed:
+                self.held |= names
 
     def block(self, why: str) -> None:
         self.blocked.append(why)
