@@ -158,7 +158,10 @@ def test_s3_killed_mid_replicate_then_resumed(lab, minilm_dir, tmp_path, lab_key
     finally:
         lab.s3.restart()
     s = lab.run("status", "--json")
-    assert s.json()["m"]["cloud"]["state"] in ("uncommitted", "absent")
+    # killed among the objects it may not have reached the bundle's own files yet (the
+    # objects go to the pool first): then the bundle is absent from every listing
+    assert s.json().get("m", {}).get("cloud", {"state": "absent"})["state"] in (
+        "uncommitted", "absent")
     r = lab.run("replicate", "m", "--from", str(v), "--to", "cloud", "--json")
     assert r.code == 0, r.err
     assert r.json()["present"] >= 10 and r.json()["committed_now"]
