@@ -84,6 +84,9 @@ class Catalog:
     with one log line saying why)."""
 
     def __init__(self, store: Store, trusted, keys=None, *, fetchers=None):
+        if not trusted:
+            raise InputError("no trusted public key given: pass --trust KEY.pub (unsigned or "
+                             "unverified bundles are never served)")  # fmt: skip
         self.store = store
         self.repos: dict[str, Repo] = {}
         self.skipped: dict[str, str] = {}

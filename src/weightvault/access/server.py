@@ -86,6 +86,9 @@ class HubServer:
     def serve_forever(self) -> None:
         self._httpd.serve_forever(poll_interval=0.25)
 
+    def close(self) -> None:
+        self._httpd.server_close()
+
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
