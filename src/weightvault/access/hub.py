@@ -127,6 +127,9 @@ def write_hf_cache(reader: BundleReader, cache_dir: Path, *,
     temporary name and renamed only once its whole-file digest matched; blobs already present
     are kept (named by their digest, they hold the same bytes). A snapshot that exists already
     is refused, so nothing of an existing cache is overwritten."""
+    from weightvault.archive.pipeline import keep_freed_memory
+
+    keep_freed_memory()
     hn = hub_name(reader)
     cache_dir = Path(cache_dir).absolute()
     repo_dir = cache_dir / f"models--{hn.repo_id.replace('/', '--')}"

@@ -408,7 +408,10 @@ def _truthy(value: str | None) -> bool:
 def serve(store, trusted, keys=None, *, host: str = "127.0.0.1", port: int = 0,
           allow_non_loopback: bool = False) -> HubServer:  # fmt: skip
     """A HubServer (not started) over every trusted bundle of `store`."""
+    from weightvault.archive.pipeline import keep_freed_memory
+
     check_bind(host, allow_non_loopback)
+    keep_freed_memory()  # piece buffers are recycled, not faulted in afresh for every piece
     fetchers = ThreadPoolExecutor(2, thread_name_prefix="weightvault-fetch")
     catalog = Catalog(store, trusted, keys, fetchers=fetchers)
     return HubServer(catalog, host, port, allow_non_loopback=allow_non_loopback)
