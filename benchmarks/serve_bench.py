@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"snapshot_download through serve {float(secs):.2f} s (server {server_cpu:.2f} "
                   f"+ client {c['cpu_s']:.2f} CPU s), load {os.getloadavg()[0]:.1f}",
                   file=sys.stderr)  # fmt: skip
+        # the client alone: the same file from a plain HTTP server that only reads it
+        # (tests/support/hubserver.py), the ceiling any server can reach with this client
+        plain = plain_http_rounds(src, env, work, want, args.rounds)
         # one tensor over HTTP: time to first byte of its range
         ttfb_http = http_tensor_ttfb(url, vault, pub)
         server_rss = vm_hwm_mib(server.pid)
@@ -157,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         "serve_download_s": best_s,
         "serve_MBps": round(weights.stat().st_size / best_s / 1e6, 1),
         "ratio_serve_vs_restore": round(best_r / best_s, 3),
+        "plain_http_rounds": plain,
+        "plain_http_download_s": min(x["download_s"] for x in plain),
+        "ratio_plain_http_vs_restore": round(best_r / min(x["download_s"] for x in plain), 3),
         "server_peak_rss_mib": server_rss,
         "restore_peak_rss_mib": min(x["restore_rss_mib"] for x in rounds),
         "restore_cpu_s": min(x["restore_cpu_s"] for x in rounds),
@@ -167,6 +173,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
+
+
+def plain_http_rounds(src: Path, env: dict, work: Path, want: str, rounds: int) -> list[dict]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from support.hubserver import HubServer
+
+    out = []
+    with HubServer(src, "weightvault/bench") as hub:
+        for _ in range(rounds):
+            warm(src)
+            cache = work / "hf-cache-plain"
+            shutil.rmtree(cache, ignore_errors=True)
+            c = measure([sys.executable, "-c", CLIENT, "weightvault/bench", cache],
+                        env={**env, "HF_ENDPOINT": hub.url})  # fmt: skip
+            assert c["rc"] == 0, c["stderr"]
+            secs, snap = c["stdout"].split()
+            assert sha256_file(Path(snap) / "model.safetensors") == want
+            shutil.rmtree(cache)
+            out.append({"download_s": round(float(secs), 4), "client_cpu_s": c["cpu_s"]})
+    return out
 
 
 def _tensor_range(vault: Path, pub: Path):

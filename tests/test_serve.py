@@ -537,3 +537,14 @@ def test_whole_file_digest_is_proved_before_the_last_piece(sealed_minilm, lab_ke
     assert originals[path].startswith(bytes(got))
     # a range that is not the whole file is not held to the file's digest
     assert r.read(path, 1, 100) == originals[path][1:100]
+
+
+def test_hostile_paths_cannot_split_headers_or_escape(hub):
+    """Control characters in a path (as %0d%0a) reach neither a header nor the log raw, and a
+    path is only ever a key of the signed manifest: ../ finds nothing."""
+    status, h, _ = http(f"{hub.url}/{REPO}/resolve/main/x%0d%0aSet-Cookie:%20a=b", "HEAD")
+    assert status == 404 and "Set-Cookie" not in h
+    assert "\r" not in h["X-Error-Message"] and "\n" not in h["X-Error-Message"]
+    for path in ("../../tmp", "%2e%2e/%2e%2e/bagit.txt", "data/weightvault.json"):
+        status, h, _ = http(f"{hub.url}/{REPO}/resolve/main/{path}", "HEAD")
+        assert status == 404 and h["X-Error-Code"] == "EntryNotFound"

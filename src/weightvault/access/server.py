@@ -159,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.hub  # type: ignore[attr-defined]
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.address_string(), format % args)
+        log.info("%s %s", self.address_string(), _printable(format % args, 2000))
 
     def do_HEAD(self) -> None:
         self._dispatch(head=True)
@@ -366,7 +366,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         if err.code:
             self.send_header("X-Error-Code", err.code)
-            self.send_header("X-Error-Message", str(err))
+            # the message quotes the request's path: no control character may split the header
+            self.send_header("X-Error-Message", _printable(str(err), 300))
         if err.commit:
             self.send_header("X-Repo-Commit", err.commit)  # lets the client cache the miss
         if err.status == 416 and err.size is not None:
@@ -399,6 +400,11 @@ def _parse_range(spec: str, size: int) -> tuple[int, int]:
         raise HubError("", f"Range {spec[:100]!r} starts past the end ({size} bytes)",
                        status=416, size=size)  # fmt: skip
     return start, end
+
+
+def _printable(text: str, limit: int) -> str:
+    """`text` safe for a header or a log line: no control characters, ASCII, bounded."""
+    return "".join(c if " " <= c < "\x7f" else "?" for c in text[:limit])
 
 
 def _truthy(value: str | None) -> bool:
