@@ -548,3 +548,18 @@ def test_hostile_paths_cannot_split_headers_or_escape(hub):
     for path in ("../../tmp", "%2e%2e/%2e%2e/bagit.txt", "data/weightvault.json"):
         status, h, _ = http(f"{hub.url}/{REPO}/resolve/main/{path}", "HEAD")
         assert status == 404 and h["X-Error-Code"] == "EntryNotFound"
+
+
+def test_block_reads_fetch_each_object_once(sealed_minilm, lab_key, originals):
+    """Reads in blocks (as HfFileSystem makes them) within one chunk fetch and prove its
+    object once: the reader keeps the last few verified copies."""
+    r = open_bundle(sealed_minilm, "minilm", trust=[f"{lab_key}.pub"])
+    f = next(f for f in r.manifest.files if f["path"] == WEIGHTS)
+    c = max(f["chunks"], key=lambda c: c["length"])
+    size = r.manifest.objects[c["object"]]["size"]
+    before = r.store.counters.payload_read
+    for k in range(4):
+        a = c["offset"] + k * 5_000_000
+        assert r.read(WEIGHTS, a, a + 1_000_000) == originals[WEIGHTS][a : a + 1_000_000]
+    assert r.store.counters.payload_read - before == size
+    r.close()

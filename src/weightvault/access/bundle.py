@@ -14,6 +14,7 @@ import hashlib
 import io
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ from weightvault.storage.vault import Bundle, Vault, object_key
 
 # How far a streaming read decodes ahead of its consumer, in pieces of at most 4 MiB.
 AHEAD = 4
+# Verified object copies kept for the next read (unlinked temporary files, so the page cache
+# holds them, not the process; objects up to 1 MiB in memory).
+KEEP_OBJECTS = 4
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class BundleReader:
         # the stored bytes, and every read still proves each object against its name: a later
         # full read of the same file yields the same proved bytes, so it skips the rehash.
         self._proved: set[str] = set()
+        self._kept: OrderedDict[str, VerifiedObject] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- what the bundle holds
@@ -151,8 +156,29 @@ class BundleReader:
                 pending.add_done_callback(_close_result)
 
     def _fetch(self, c: dict) -> VerifiedObject:
-        return VerifiedObject(self.store, object_key(self.name, c["object"]),
-                              self._objects[c["object"]])  # fmt: skip
+        """A verified private copy of the object holding chunk `c` (the caller closes it).
+        The last few are kept: a client reading a tensor in blocks (HfFileSystem asks for a few
+        MiB at a time) then fetches and hashes each object once, not once per block."""
+        name = c["object"]
+        with self._lock:
+            got = self._kept.get(name)
+            if got is not None:
+                self._kept.move_to_end(name)
+                return got.share()
+        obj = VerifiedObject(self.store, object_key(self.name, name), self._objects[name])
+        evicted = []
+        with self._lock:
+            if name in self._kept:  # another reader fetched it meanwhile
+                evicted.append(obj)
+                obj = self._kept[name]
+            else:
+                self._kept[name] = obj
+                while len(self._kept) > KEEP_OBJECTS:
+                    evicted.append(self._kept.popitem(last=False)[1])
+            obj.share()
+        for old in evicted:
+            old.close()
+        return obj
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -162,6 +188,10 @@ class BundleReader:
             return self._fetchers
 
     def close(self) -> None:
+        with self._lock:
+            kept, self._kept = list(self._kept.values()), OrderedDict()
+        for obj in kept:
+            obj.close()
         if self._own_fetchers and self._fetchers is not None:
             self._fetchers.shutdown(wait=True)
             self._fetchers = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -237,7 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
         blobs = _truthy(query.get("blobs"))
         siblings = [_file_entry(f, tree=False) if blobs else {"rfilename": f.path}
                     for f in r.files()]  # fmt: skip
-        created = r.manifest.doc["created"]
+        created = _hub_time(r.manifest.doc["created"])
         body = {"_id": commit[:24], "id": repo_id, "modelId": repo_id, "sha": commit,
                 "private": False, "gated": False, "disabled": False, "downloads": 0,
                 "likes": 0, "tags": ["weightvault"], "createdAt": created,
@@ -400,6 +401,16 @@ def _parse_range(spec: str, size: int) -> tuple[int, int]:
         raise HubError("", f"Range {spec[:100]!r} starts past the end ({size} bytes)",
                        status=416, size=size)  # fmt: skip
     return start, end
+
+
+def _hub_time(created: object) -> str:
+    """The Hub's timestamp form, milliseconds included: huggingface_hub 0.24 parses only
+    that (`%Y-%m-%dT%H:%M:%S.%fZ`) and fails the whole snapshot_download otherwise."""
+    text = str(created)
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z", text)
+    if not m:
+        return "1970-01-01T00:00:00.000Z"
+    return f"{m.group(1)}{(m.group(2) or '.000')[:4].ljust(4, '0')}Z"
 
 
 def _printable(text: str, limit: int) -> str:

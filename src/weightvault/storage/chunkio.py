@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -142,6 +143,8 @@ class VerifiedObject:
         self.size = obj["size"]
         self._mem: bytes | None = None
         self._fd: int | None = None
+        self._refs = 1  # close() releases one; the copy goes with the last
+        self._lock = threading.Lock()
         f = _open(store, key, obj)
         fix = Fixity.like(obj)
         with f:
@@ -182,11 +185,23 @@ class VerifiedObject:
 
         return read
 
+    def share(self) -> VerifiedObject:
+        """One more holder of this copy (each calls close() once)."""
+        with self._lock:
+            if self._refs <= 0:
+                raise ValueError(f"{self.where}: the verified copy was released")
+            self._refs += 1
+        return self
+
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._mem = None
+        with self._lock:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._mem = None
 
     def __enter__(self) -> VerifiedObject:
         return self
