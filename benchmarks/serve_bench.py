@@ -143,9 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         # the client alone: the same file from a plain HTTP server that only reads it
         # (tests/support/hubserver.py), the ceiling any server can reach with this client
         plain = plain_http_rounds(src, env, work, want, args.rounds)
-        # one tensor over HTTP: time to first byte of its range
-        ttfb_http = http_tensor_ttfb(url, vault, pub)
         server_rss = vm_hwm_mib(server.pid)
+    finally:
+        server.terminate()
+        server.wait(30)
+    # one tensor over HTTP, from a fresh server (nothing fetched yet): first byte of its range
+    server, url = start_server(vault, pub)
+    try:
+        ttfb_http = http_tensor_ttfb(url, vault, pub)
     finally:
         server.terminate()
         server.wait(30)
