@@ -563,3 +563,22 @@ def test_block_reads_fetch_each_object_once(sealed_minilm, lab_key, originals):
         assert r.read(WEIGHTS, a, a + 1_000_000) == originals[WEIGHTS][a : a + 1_000_000]
     assert r.store.counters.payload_read - before == size
     r.close()
+
+
+def test_bf16_tensor_comes_back_exactly(tmp_path, lab_key):
+    """numpy has no bfloat16: with ml_dtypes the tensor keeps it, without it comes back as
+    float32 holding every value exactly."""
+    import numpy as np
+
+    x = (np.arange(-24, 24, dtype=np.float32) / 7).reshape(6, 8)
+    bits = (x.view(np.uint32) >> 16).astype("<u2")
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [6, 8],
+                               "data_offsets": [0, bits.nbytes]}}).encode()  # fmt: skip
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / WEIGHTS).write_bytes(len(header).to_bytes(8, "little") + header + bits.tobytes())
+    ok(wv("seal", src, "--vault", tmp_path / "v", "--key", lab_key, "--name", "b", "--quiet"))
+    r = open_bundle(tmp_path / "v", "b", trust=[f"{lab_key}.pub"])
+    got = r.tensor(WEIGHTS, "w")
+    want = (bits.astype("<u4") << 16).view("<f4")
+    assert got.shape == (6, 8) and np.array_equal(got.astype(np.float32), want)
