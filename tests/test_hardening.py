@@ -294,3 +294,26 @@ def test_a_forked_audit_chain_is_refused(vault_copy, lab_key):
            "--key", lab_key, "--state-dir", state)  # fmt: skip
     one_error(r, 1, "00000001.json", "forked")
     assert sorted(p.name for p in chain.iterdir()) == before
+
+
+def test_custody_records_cut_from_the_log_are_named(tmp_path, lab_key, minilm_dir):
+    """Deleting the steward's release record used to leave 'chain verified' on both sides."""
+    from test_escrow import World, handed_over
+
+    w = World(tmp_path, lab_key, str(tmp_path / "steward-vault"), None, None)
+    ok(w.seal(minilm_dir))
+    handed_over(w)
+    ok(w.steward("escrow", "release", "minilm", tmp_path / "out", "--share", w.share("alice"),
+                 "--share", w.share("bob"), "--quiet"))  # fmt: skip
+    log = ok(w.lab("escrow", "log", "minilm", "--json")).json()  # the lab sees the release
+    assert [x["event"] for x in log["records"]][-1] == "release"
+    assert (tmp_path / "lab-vault/custody/minilm/00000003.json").is_file()  # copied to ours
+    # the steward cuts the release from its replica: its own log names the missing record
+    (tmp_path / "steward-vault/custody/minilm/00000003.json").unlink()
+    one_error(w.steward("escrow", "log", "minilm"), 1, "record 3", "missing")
+    # the lab still holds its copy and says the steward's replica lacks it
+    r = ok(w.lab("escrow", "log", "minilm", "--json")).json()
+    assert r["missing"] == {"steward": [3]}, r
+    # and cut from the lab's replica too: the lab's state names it
+    (tmp_path / "lab-vault/custody/minilm/00000003.json").unlink()
+    one_error(w.lab("escrow", "log", "minilm"), 1, "record 3", "missing")
