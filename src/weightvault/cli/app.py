@@ -406,23 +406,32 @@ def verify(
 
 @cli.command()
 @click.argument("bundle")
-@click.argument("dest", type=click.Path(file_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False), required=False)
 @vault_opt
 @replica_opt
 @trust_opt
 @insecure_opt
 @identity_opt
 @share_opt
+@click.option("--hf-cache", metavar="DIR", help="Instead of DEST: write a Hugging Face cache "
+              "(blobs, snapshots, refs) that offline huggingface_hub loads find (docs/ACCESS.md).")  # fmt: skip
 @workers_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
 def restore(ctx: Ctx, bundle, dest, vault, replica, trust, insecure, identities, shares,
-            workers, as_json, quiet) -> None:  # fmt: skip
-    """Restore BUNDLE bit-exact into DEST (a new or empty directory)."""
+            hf_cache, workers, as_json, quiet) -> None:  # fmt: skip
+    """Restore BUNDLE bit-exact into DEST (a new or empty directory), or into --hf-cache DIR."""
     from weightvault.archive.restore import restore as do_restore
 
+    if (dest is None) == (hf_cache is None):
+        raise click.UsageError("give DEST or --hf-cache DIR (one of them)")
     rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
+    if hf_cache:
+        from weightvault.cli.serve import restore_hf_cache
+
+        return restore_hf_cache(rs, bundle, hf_cache, trusted, insecure, replica,
+                                _keys(identities, shares), as_json, quiet)  # fmt: skip
     with _work("restoring", not (quiet or as_json)) as cb:
         where, r = rs.first(lambda _n, store: do_restore(
             store, bundle, Path(dest), trusted, insecure=insecure, workers=workers,
