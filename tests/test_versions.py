@@ -119,7 +119,8 @@ def test_every_version_restores_bit_exact_with_weightvault_and_the_reference(lin
 
 def test_list_show_and_diff_show_the_lineage(lineage, lab_key):
     vault, *_ = lineage
-    rows = {r["name"]: r for r in ok(wv("list", "--vault", vault, "--json")).json()}
+    rows = {r["name"]: r for r in ok(wv("list", "--vault", vault, "--trust", f"{lab_key}.pub",
+                                         "--json")).json()}
     assert rows["m.2"]["supersedes"] == rows["m"]["bundle"] and rows["m"]["supersedes"] is None
     show = ok(wv("show", "m.2", "--vault", vault, "--trust", f"{lab_key}.pub", "--json")).json()
     assert show["lineage"]["supersedes"] == [{"name": "m", "bundle": rows["m"]["bundle"],
