@@ -104,6 +104,14 @@ def objects_of(vault: Path, name: str = "minilm") -> list[Path]:
     return sorted(where / o["name"] for o in m["objects"])
 
 
+def plain_count(vault: Path, name: str = "minilm") -> int:
+    """How many plain payload files (spec copies, record, private section, envelopes) the
+    bundle's manifest names: an audit checks them like objects."""
+    m = json.loads((vault / "bundles" / name / "data" / "weightvault.json").read_bytes())
+    enc = m.get("encryption") or {}
+    return len(m.get("spec", [])) + len(m["record"]) + (1 + len(enc["envelopes"]) if enc else 0)
+
+
 def biggest_object(vault: Path, name: str = "minilm") -> Path:
     return max(objects_of(vault, name), key=lambda p: p.stat().st_size)
 

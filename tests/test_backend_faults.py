@@ -125,7 +125,7 @@ def test_sshd_stopped_mid_replicate_then_rerun_completes(tmp_path, own_sshd, lab
           "--chunk-size", "1", "--quiet"))  # fmt: skip
 
     def objects() -> int:
-        return sum(1 for k in tree(root) if k.startswith("bundles/m/data/objects/"))
+        return sum(1 for k in tree(root) if k.startswith(("bundles/m/data/objects/", "objects/")))
 
     with Stepper(cli("-c", cfg, "replicate", "m", "--to", "steward", "--workers", "2",
                      "--quiet"), env=env) as r:  # fmt: skip
@@ -181,7 +181,7 @@ def assert_nothing_half_visible(vault: Path, trust: Path) -> None:
         (vault / "bundles").glob("*/data/weightvault.json") if (vault / "bundles").exists() else []
     ):
         doc = json.loads(m.read_bytes())
-        objs = m.parent / "objects"
+        objs = m.parent / "objects" if doc["format_version"] < 4 else vault / "objects"
         missing = [o["name"] for o in doc["objects"] if not (objs / o["name"]).exists()]
         assert not missing, f"{m} names absent objects {missing[:3]}"
 
@@ -245,7 +245,7 @@ def small_model(tmp_path, minilm_dir, lab_key):
     ok(wv("seal", model, "--vault", ref, "--key", lab_key, "--name", "m", "--chunk-size", "1",
           "--quiet"))  # fmt: skip
     pages = {k: -(-s // 4096) * 4096 for k, s in tree(ref).items() if not k.endswith(".lock")}
-    objs = sum(v for k, v in pages.items() if "/data/objects/" in k)
+    objs = sum(v for k, v in pages.items() if "/data/objects/" in k or k.startswith("objects/"))
     return model, ref, objs, sum(pages.values()) - objs
 
 

@@ -106,12 +106,13 @@ def test_seal_racing_a_full_audit(tmp_path, minilm_dir, lab_key):
     cfg = write_config(tmp_path / "wv.toml", lab_key, {"primary": {"url": str(v)}},
                        audit={"state_dir": str(tmp_path / "state")})  # fmt: skip
     ok(wv("-c", cfg, "seal", minilm_dir, "--name", "old", "--quiet"))
+    old_objects = sum(1 for k in tree(v) if k.startswith("objects/"))  # the pool (FORMAT.md 2.2)
     seal = cli("-c", cfg, "seal", minilm_dir, "--name", "m", "--chunk-size", "1", "--quiet")
     seen = []
     # audits taken at fixed points of a seal: never "m" half-way, never damage
     with Stepper(seal) as s:
         points = [
-            lambda: sum(1 for k in tree(v) if k.startswith("bundles/m/data/objects/")) >= 30,
+            lambda: sum(1 for k in tree(v) if k.startswith("objects/")) >= 30 + old_objects,
             lambda: "bundles/m/data/weightvault.json" in tree(v),
         ]
         for reached in points:
@@ -188,5 +189,5 @@ def test_many_seals_of_one_name_one_commit(tmp_path, minilm_dir, lab_key, n):
     assert sorted(r.code for r in results) == [0] + [5] * (n - 1), [r.err for r in results]
     ok(wv("verify", "m", "--vault", v, "--trust", f"{lab_key}.pub", "--deep"))
     m = json.loads((v / "bundles/m/data/weightvault.json").read_bytes())
-    assert sorted(p.name for p in (v / "bundles/m/data/objects").iterdir()) == sorted(
+    assert sorted(p.name for p in (v / "objects").iterdir()) == sorted(
         o["name"] for o in m["objects"])  # fmt: skip

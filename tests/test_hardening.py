@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from conftest import objects_of, ok, one_error, write_config, wv
+from conftest import objects_of, ok, one_error, plain_count, write_config, wv
 
 from weightvault.errors import StorageError
 
@@ -124,7 +124,7 @@ def test_one_unreadable_bundle_does_not_stop_the_others(tmp_path, lab_key, minil
     assert a.outcome == "fail"
     states = {b["name"]: b["state"] for b in a.record["bundles"]}
     assert states == {"a": "unreadable", "b": "intact"}
-    assert a.record["objects_checked"] == len(objects_of(v, "b"))
+    assert a.record["objects_checked"] == len(objects_of(v, "b")) + plain_count(v, "b")
     assert {f["bundle"] for f in a.record["failures"]} == {"a"}
 
 
@@ -165,6 +165,8 @@ def test_audit_key_is_not_trusted_as_a_bundle_signer(tmp_path, minilm_dir, lab_k
 def test_deep_directory_tree_does_not_crash_listing(vault_copy, lab_key):
     import os
 
+    # inside the bag's data/ (format 4 keeps its objects in the vault's pool)
+    (vault_copy / "bundles" / "minilm" / "data" / "objects").mkdir(exist_ok=True)
     fd = os.open(vault_copy / "bundles" / "minilm" / "data" / "objects", os.O_RDONLY)
     for _ in range(1200):  # deeper than PATH_MAX allows to name: built one level at a time
         os.mkdir("d", dir_fd=fd)
@@ -203,16 +205,16 @@ def test_s3_metadata_audit_counts_only_what_the_server_proved(tmp_path, s3_serve
     lab = Lab(tmp_path, s3_server, ssh_server, lab_key,
               audit={"state_dir": str(tmp_path / "state")})  # fmt: skip
     ok(lab.run("seal", minilm_dir, "--name", "m", "--quiet"))
-    objs = sorted(p.name for p in (tmp_path / "primary/bundles/m/data/objects").iterdir())
-    key = f"vault/bundles/m/data/objects/{objs[0]}"
-    body = (tmp_path / "primary/bundles/m/data/objects" / objs[0]).read_bytes()
+    objs = sorted(p.name for p in objects_of(tmp_path / "primary", "m"))
+    key = f"vault/objects/{objs[0]}"  # the pool (FORMAT.md 2.2)
+    body = (tmp_path / "primary/objects" / objs[0]).read_bytes()
     lab.s3.client().put_object(Bucket=lab.bucket, Key=key, Body=body)  # same bytes, no checksum
     prom = tmp_path / "wv.prom"
     r = ok(lab.run("audit", "--level", "metadata", "--replica", "cloud", "--json",
                    "--metrics-file", prom))  # fmt: skip
     rec = r.json()["replicas"][0]["record"]
     assert rec["objects_unverifiable"] == 1
-    assert rec["objects_checked"] == len(objs) - 1
+    assert rec["objects_checked"] == len(objs) + plain_count(tmp_path / "primary", "m") - 1
     assert 'weightvault_audit_unverifiable_objects{replica="cloud",level="metadata"} 1' in (
         prom.read_text())
     human = ok(lab.run("audit", "--level", "metadata", "--replica", "cloud"))
@@ -232,7 +234,7 @@ def test_escrow_check_never_blames_the_steward_for_our_damaged_copy(tmp_path, la
     ok(w.lab("escrow", "challenge", "minilm", "--steward", "steward", "-n", "4"))
     ok(w.steward("escrow", "respond", "minilm"))
     saved = tmp_path / "saved-objects"
-    shutil.copytree(tmp_path / "lab-mirror/bundles/minilm/data/objects", saved)
+    shutil.copytree(tmp_path / "lab-mirror/objects", saved)  # the pool (FORMAT.md 2.2)
     for v in ("lab-vault", "lab-mirror"):  # every copy of ours damaged
         for o in objects_of(tmp_path / v):
             data = bytearray(o.read_bytes())
@@ -242,8 +244,8 @@ def test_escrow_check_never_blames_the_steward_for_our_damaged_copy(tmp_path, la
               "nothing was recorded")  # fmt: skip
     log = ok(w.lab("escrow", "log", "minilm", "--json")).json()
     assert "challenge-result" not in [x["event"] for x in log["records"]]
-    shutil.rmtree(tmp_path / "lab-mirror/bundles/minilm/data/objects")
-    shutil.copytree(saved, tmp_path / "lab-mirror/bundles/minilm/data/objects")
+    shutil.rmtree(tmp_path / "lab-mirror/objects")
+    shutil.copytree(saved, tmp_path / "lab-mirror/objects")
     r = ok(w.lab("escrow", "check", "minilm", "--steward", "steward", "--json"))
     assert r.json()["detail"]["result"] == "pass"  # judged on the intact mirror copy
 

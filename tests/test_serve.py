@@ -222,7 +222,7 @@ def test_concurrent_clients(client, originals, tmp_path):
 def weights_chunk_objects(vault: Path, name: str = "minilm") -> list[tuple[dict, Path]]:
     doc = json.loads((vault / "bundles" / name / "data" / "weightvault.json").read_bytes())
     f = next(f for f in doc["files"] if f["path"] == WEIGHTS)
-    objs = vault / "bundles" / name / "data" / "objects"
+    objs = vault / "objects"  # the vault's pool (FORMAT.md 2.2)
     return [(c, objs / c["object"]) for c in f["chunks"]]
 
 

@@ -22,6 +22,7 @@ from weightvault.format.spec import spec_files
 from weightvault.storage.chunkio import drop_cached
 from weightvault.storage.store import Store
 from weightvault.storage.vault import (
+    BUNDLES,
     POOL,
     Bundle,
     Vault,
@@ -129,9 +130,42 @@ def seal(
     if keys and opts.oms_key is not None:
         raise InputError("--oms-key cannot be combined with encryption: the model-signing "
                          "signature would publish the file names and digests")  # fmt: skip
-    with store.pool_lock(shared=True):  # gc removes no pool object until this seal commits
-        return _seal(spec, src, name, files, prev, keys, vault, store, key, opts, t0,
-                     on_bytes=on_bytes, on_start=on_start)  # fmt: skip
+    created: list[tuple[str, int]] = []  # pool objects this seal added (key, size)
+    try:
+        with store.pool_lock(shared=True):  # gc removes no pool object until this seal commits
+            return _seal(spec, src, name, files, prev, keys, vault, store, key, opts, t0,
+                         created, on_bytes=on_bytes, on_start=on_start)  # fmt: skip
+    except BaseException as e:
+        if created and not isinstance(e, Conflict) and not vault.is_committed(name):
+            with contextlib.suppress(Exception):
+                remove_unclaimed(store, [k for k, _ in created])
+        raise
+
+
+def remove_unclaimed(store: Store, keys: list[str]) -> list[str]:
+    """Remove the pool objects a failed seal added, except any that a manifest in the vault
+    names (another seal may have reused one meanwhile). Only where the store's pool lock
+    excludes other processes: under it, exclusive, no seal is between reusing an object and
+    committing. Elsewhere they are left to gc (FORMAT.md section 2.2). Any manifest, signed
+    or not, counts, and one that cannot be read stops the removal: keeping is never wrong."""
+    from weightvault.format.manifest import MANIFEST_KEY, MAX_MANIFEST
+
+    if not store.process_lock:
+        return []
+    with store.pool_lock(shared=False):
+        named: set[str] = set()
+        for key in store.list(BUNDLES):
+            if key.count("/") == 3 and key.endswith("/" + MANIFEST_KEY):
+                try:
+                    m = Manifest.parse(store.read_bytes(key, MAX_MANIFEST), store.describe(key))
+                except Exception:  # noqa: BLE001 - unreadable: it may name any of them
+                    return []
+                if m.pooled:
+                    named |= {pool_key(o["name"]) for o in m.doc["objects"]}
+        gone = [k for k in keys if k not in named]
+        for k in gone:
+            store.delete(k)
+        return gone
 
 
 def previous_version(vault: Vault, ref: str | None, trusted: list[PublicKey]) -> Bundle | None:
@@ -148,8 +182,8 @@ def previous_version(vault: Vault, ref: str | None, trusted: list[PublicKey]) ->
 
 
 def _seal(spec_: str, src, name: str, files, prev: Bundle | None, keys, vault: Vault,
-          store: Store, key: SigningKey, opts: SealOptions, t0: float, *,
-          on_bytes, on_start) -> SealResult:  # fmt: skip
+          store: Store, key: SigningKey, opts: SealOptions, t0: float,
+          new_objects: list[tuple[str, int]], *, on_bytes, on_start) -> SealResult:  # fmt: skip
     workers = opts.workers or default_workers()
     if on_start:
         on_start(sum(f.size for f in files))
@@ -163,7 +197,6 @@ def _seal(spec_: str, src, name: str, files, prev: Bundle | None, keys, vault: V
             jobs.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1, len(jobs)))
 
     written: list[str] = []  # bundle files this seal wrote: removed if it fails
-    new_objects: list[int] = []  # sizes of pool objects it added (left to gc if it fails)
 
     def work(job: _Job, emit: Emit) -> dict:
         p = job.piece
@@ -257,7 +290,7 @@ def _seal(spec_: str, src, name: str, files, prev: Bundle | None, keys, vault: V
         # Nothing was committed: remove what this run wrote, so no half bundle lingers. Not
         # after a Conflict: another seal of this name is committing the same files, and
         # removing them would break its bundle; gc collects real orphans. Objects it added to
-        # the pool stay for gc: another seal may already name them (FORMAT.md section 2.2).
+        # the pool are removed by seal() once no seal can be reusing them (remove_unclaimed).
         if not isinstance(e, Conflict) and not vault.is_committed(name):
             for key in set(written):
                 with contextlib.suppress(Exception):
@@ -275,7 +308,7 @@ def _seal(spec_: str, src, name: str, files, prev: Bundle | None, keys, vault: V
         notes=src.notes,
         supersedes=prev.bundle_id if prev else None,
         files_reused=len(reuse),
-        bytes_new=sum(new_objects),
+        bytes_new=sum(size for _k, size in new_objects),
     )
 
 
@@ -336,13 +369,13 @@ def _reusable(files, prev: Bundle, store: Store, workers: int, on_bytes) -> dict
     return out
 
 
-def _commit_object(store: Store, w, key: str, new_objects: list[int]) -> None:
+def _commit_object(store: Store, w, key: str, new_objects: list[tuple[str, int]]) -> None:
     try:
         created = w.commit(key, exclusive=True)  # an existing pooled object is never rewritten
     finally:
         w.abort()  # a no-op once committed; else the staged copy goes
     if created:
-        new_objects.append(w.size)
+        new_objects.append((key, w.size))
         drop_cached(store, key)  # synced: recycle its memory
 
 

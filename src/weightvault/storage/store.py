@@ -422,12 +422,32 @@ class LocalStore(Store):
 
     @contextlib.contextmanager
     def pool_lock(self, *, shared: bool) -> Iterator[None]:
-        path = self.root / TMP / "pool.lock"  # never removed: shared holders come and go
-        f = open(path, "a+b")  # noqa: SIM115 - kept open while the lock is held
+        # As lock(): whoever finds itself the last holder removes the file (so none is left
+        # behind), and a waiter that then gets the lock of a removed file tries again.
+        path = self.root / TMP / "pool.lock"
+        while True:
+            f = open(path, "a+b")  # noqa: SIM115 - kept open while the lock is held
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+                try:
+                    now = os.stat(path)
+                except FileNotFoundError:
+                    now = None
+                mine = os.fstat(f.fileno())
+            except BaseException:
+                f.close()
+                raise
+            if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                break
+            f.close()
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
         finally:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else holds it
+                path.unlink(missing_ok=True)
+            except BlockingIOError:
+                pass
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
             f.close()
 
