@@ -228,6 +228,11 @@ class LocalStore(Store):
             self.ensure_created()
 
     def ensure_created(self) -> None:
+        if (self.root.is_dir() and not (self.root / TMP).is_dir()
+                and not (self.root / "bundles").is_dir() and any(self.root.iterdir())):
+            # a typo'd or wrong path must not turn someone's directory into a vault
+            raise StorageError(f"{self.root}: not empty and not a weightvault vault; refusing "
+                               "to create a vault inside it")  # fmt: skip
         try:
             (self.root / TMP).mkdir(parents=True, exist_ok=True)
         except OSError as e:
