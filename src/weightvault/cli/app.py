@@ -558,7 +558,7 @@ def show(ctx: Ctx, bundle, vault, replica, trust, insecure, html_path, as_json) 
     for n, a in audits.items():
         replicas.setdefault(n, {}).update(a)
     if html_path:
-        page = html_page(view, b, replicas, audits)
+        page = html_page(view, b, replicas)  # each replica's row carries its last audit
         out = Path(html_path)
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(page, encoding="utf-8")
@@ -566,8 +566,7 @@ def show(ctx: Ctx, bundle, vault, replica, trust, insecure, html_path, as_json) 
     if as_json:
         click.echo(json.dumps(summary_json(view, b, replicas, audits), indent=2, sort_keys=True))
     elif not html_path:
-        Console(width=None if sys.stdout.isatty() else 120).print(summary_text(view, b, replicas,
-                                                                              audits))  # fmt: skip
+        Console(width=None if sys.stdout.isatty() else 120).print(summary_text(view, b, replicas))
     else:
         click.echo(f"wrote {html_path}: {b.name} ({b.bundle_id[:16]}) from {where}")
 
@@ -786,7 +785,8 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
     in the last --cycle-days. A sample audit hashes the least recently hashed objects, enough
     that at this schedule every object is hashed once per cycle: the count climbs run by run
     and reaches 23/23 within one cycle. A full audit hashes all of them now."""
-    from weightvault.archive.audit import audit_replica, cross_check, metrics, write_metrics
+    from weightvault.archive import metrics as metricsmod
+    from weightvault.archive.audit import audit_replica, cross_check
 
     rs = ctx.replicas(vault)
     key = _auditor_key(ctx, key_path)
@@ -800,7 +800,9 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
     conflicts = cross_check({a.replica: {b["name"]: b["bundle"] for b in a.record["bundles"]}
                              for a in done})  # fmt: skip
     if metrics_file:
-        write_metrics(Path(metrics_file), metrics(done, unreachable))
+        covered = {n: rs.replica(n).url for n in _selected(rs, replicas)}
+        up = {n: n not in unreachable for n in covered}
+        metricsmod.write(Path(metrics_file), metricsmod.render(covered, up, state))
     summary = {"level": level, "replicas": [a.as_dict() for a in done],
                "unreachable": unreachable, "conflicts": conflicts}  # fmt: skip
     lines = []

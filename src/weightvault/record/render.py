@@ -310,16 +310,17 @@ def summary_text(view: RecordView, bundle: Bundle, replicas_status: Any = None,
             t.add_row(_t(w["path"]), _t(_size(w["size"])), _t(", ".join(w["dtypes"])),
                       _t(_params(w["parameters"])))  # fmt: skip
         parts.append(t)
-    # the last audit is a column of the replica it audited: one table, not two
-    status = replicas_status if replicas_status is not None else audit_status
-    rows_ = _rows(status)
-    if rows_:
-        cols = list(dict.fromkeys(k for r in rows_ for k in r))
-        t = Table(*(_header(c) for c in cols), box=box.SIMPLE_HEAD, title="Replicas",
-                  title_justify="left")  # fmt: skip
-        for r in rows_:
-            t.add_row(*(_t(_cell(r.get(c))) for c in cols))
-        parts.append(t)
+    # `show` passes each replica's last audit as columns of its row (one table); a caller that
+    # passes the audit apart gets a second table
+    for label, status in (("Replicas", replicas_status), ("Last audit", audit_status)):
+        rows_ = _rows(status)
+        if rows_:
+            cols = list(dict.fromkeys(k for r in rows_ for k in r))
+            t = Table(*(_header(c) for c in cols), box=box.SIMPLE_HEAD, title=label,
+                      title_justify="left")  # fmt: skip
+            for r in rows_:
+                t.add_row(*(_t(_cell(r.get(c))) for c in cols))
+            parts.append(t)
     if warn := replica_shortfall(view, replicas_status):
         parts.append(_t("WARNING: " + warn, "bold red"))
     prefs = rec.get("preferences", [])
@@ -554,6 +555,8 @@ def _digest(hexdigest: str) -> str:
     """A digest that wraps only between groups of 8 hex digits (<wbr> adds no characters, so a
     copied digest is whole), never at an arbitrary character inside a group."""
     s = _e(hexdigest)
+    if len(s) <= 32:
+        return s
     return '<span class="digest">' + "<wbr>".join(s[i:i + 8] for i in range(0, len(s), 8)) + "</span>"
 
 
@@ -656,12 +659,16 @@ def html_page(view: RecordView, bundle: Bundle, replicas_status: Any = None,
         )  # fmt: skip
         nav.append(("weights", "Weights"))
 
-    # Replicas, each with its last audit: one table
-    status = replicas_status if replicas_status is not None else audit_status
-    if status is not None:
-        warn = replica_shortfall(view, replicas_status)
-        body = (_status_table(status) or '<p class="empty">No replicas reported.</p>') + (
-            f'<p class="bad"><strong>Warning:</strong> {_e(warn)}</p>' if warn else "")  # fmt: skip
+    # Replicas: `show` passes each replica's last audit as columns of its row (one table)
+    if replicas_status is not None or audit_status is not None:
+        body = ""
+        if replicas_status is not None:
+            body += _status_table(replicas_status) or '<p class="empty">No replicas reported.</p>'
+        if warn := replica_shortfall(view, replicas_status):
+            body += f'<p class="bad"><strong>Warning:</strong> {_e(warn)}</p>'
+        if audit_status is not None:
+            body += "<h3>Last audit</h3>" + (_status_table(audit_status) or
+                                             '<p class="empty">No audit reported.</p>')  # fmt: skip
         sections.append(f'<section id="status"><h2>Replicas and last audit</h2>{body}</section>')
         nav.append(("status", "Replicas"))
 
