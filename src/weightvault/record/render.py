@@ -88,8 +88,10 @@ def _identity(view: RecordView, bundle: Bundle) -> list[tuple[str, str]]:
 def _source_line(src: dict) -> str:
     # never the local path: it names a sealing machine's directories, not the model
     kind = src.get("kind", "?")
-    what = src.get("repo_id") or ("a local directory" if kind == "local" else "")
-    parts = [f"{kind}: {what}" if what else kind]
+    if kind == "local":
+        parts = ["a local directory"]
+    else:
+        parts = [f"{kind}: {src['repo_id']}" if src.get("repo_id") else kind]
     if src.get("commit"):
         parts.append(f"commit {src['commit']}")
     if src.get("revision"):
@@ -149,7 +151,8 @@ def replica_shortfall(view: RecordView, replicas_status: Any) -> str | None:
     if held >= promised:
         return None
     return (f"The record promises {promised} replicas; {held} of the {len(replicas_status)} "
-            "configured hold this bundle complete.")  # fmt: skip
+            f"configured replica{'s' if len(replicas_status) != 1 else ''} "
+            f"{'holds' if held == 1 else 'hold'} this bundle complete.")  # fmt: skip
 
 
 _STATUS_HEADERS = {"name": "Replica", "state": "Bundle state", "last_audit": "Last audit",
@@ -510,8 +513,7 @@ table{border-collapse:collapse;width:100%;margin:.6rem 0;font-size:.93rem}
 th,td{border-bottom:1px solid var(--line);padding:.45rem .55rem;text-align:left;vertical-align:top}
 th{font-size:.8rem;text-transform:uppercase;letter-spacing:.05em;color:var(--muted);
 border-bottom:2px solid var(--line)}
-td{overflow-wrap:anywhere}
-td.mono{overflow-wrap:normal}
+td{overflow-wrap:break-word}
 blockquote{margin:.6rem 0;padding:.1rem 1rem;border-left:3px solid var(--line);color:#333}
 .quote{font-style:italic}
 .badge{display:inline-block;font-size:.75rem;font-weight:600;padding:.1rem .5rem;
@@ -558,6 +560,11 @@ def _digest(hexdigest: str) -> str:
     if len(s) <= 32:
         return s
     return '<span class="digest">' + "<wbr>".join(s[i:i + 8] for i in range(0, len(s), 8)) + "</span>"
+
+
+def _path(p: str) -> str:
+    """A path that may wrap after each '/' (and nowhere else unless it must)."""
+    return "/<wbr>".join(_e(x) for x in p.split("/"))
 
 
 def _dl(rows: list[tuple[str, str]], mono: tuple[str, ...] = ()) -> str:
@@ -645,7 +652,7 @@ def html_page(view: RecordView, bundle: Bundle, replicas_status: Any = None,
     if wl := weights(bundle):
         total = sum(w["parameters"] or 0 for w in wl)
         trs = "".join(
-            f'<tr><td class="mono">data/{_e(w["path"])}</td><td>{_e(_size(w["size"]))}</td>'
+            f'<tr><td class="mono">{_path("data/" + w["path"])}</td><td>{_e(_size(w["size"]))}</td>'
             f'<td>{_e(", ".join(f"{d}: {_params(n)}" for d, n in w["dtypes"].items()))}</td>'
             f'<td>{_e(_params(w["parameters"]))}</td></tr>'
             for w in wl
@@ -753,7 +760,7 @@ def html_page(view: RecordView, bundle: Bundle, replicas_status: Any = None,
     # Files
     if view.entries:
         trs = "".join(
-            f'<tr><td class="mono">data/{_e(e["path"])}</td><td>{_e(e["role"])}</td>'
+            f'<tr><td class="mono">{_path("data/" + e["path"])}</td><td>{_e(e["role"])}</td>'
             f'<td>{_e(_size(e["size"]))}</td><td class="mono">{_digest(e["sha256"])}</td></tr>'
             for e in view.entries
         )
@@ -774,7 +781,7 @@ def html_page(view: RecordView, bundle: Bundle, replicas_status: Any = None,
                         f"deprecated {model['deprecation_date']}" if "deprecation_date" in model
                         else None) if x
     )  # fmt: skip
-    navhtml = "".join(f'<a href="#{a}">{_e(label)}</a>' for a, label in nav)
+    navhtml = " ".join(f'<a href="#{a}">{_e(label)}</a>' for a, label in nav)  # may wrap
     gen = f", {_e(generated)}" if generated else ""
     return (
         "<!DOCTYPE html>\n"
