@@ -350,3 +350,19 @@ def test_show_insecure_reads_an_unsigned_bundle(tmp_path, lab_key):
     (v / "bundles/tiny/weightvault.sig").unlink()
     one_error(wv("show", "tiny", "--vault", v, "--trust", f"{lab_key}.pub"), 4, "--insecure")
     assert "NOT VERIFIED" in ok(wv("show", "tiny", "--vault", v, "--insecure")).out
+
+
+def test_a_damage_line_prints_whole_digests(tmp_path, lab_key):
+    v = tmp_path / "v"
+    seal(tiny_model(tmp_path / "tiny"), v, lab_key)
+    obj = max((v / "bundles/tiny/data/objects").iterdir(), key=lambda p: p.stat().st_size)
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 1
+    obj.write_bytes(bytes(data))
+    r = wv("audit", "--vault", v, "--level", "full", "--key", lab_key, "--state-dir",
+           tmp_path / "state")  # fmt: skip
+    assert r.code == 1, r.out + r.err
+    line = next(ln for ln in r.out.splitlines() if ln.strip().startswith("damaged:"))
+    assert f"expected {obj.name}, found " in line and "..." not in line
+    assert re.search(r"found .*\b[0-9a-f]{64}\b", line), line
+    assert "read again to rule out a transient error" in r.out

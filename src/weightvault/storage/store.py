@@ -386,8 +386,8 @@ def _check_readback(path, sha256: str, what: str, discard, opener=open) -> None:
     if h.hexdigest() != sha256:
         with contextlib.suppress(Exception):
             discard()
-        raise IntegrityError(f"{what}: copy read back as sha256 {h.hexdigest()[:16]}..., "
-                             f"expected {sha256[:16]}...; not committed")  # fmt: skip
+        raise IntegrityError(f"{what}: copy read back as sha256 {h.hexdigest()}, "
+                             f"expected {sha256}; not committed")  # fmt: skip
 
 
 def _fsync_dir(path: Path) -> None:

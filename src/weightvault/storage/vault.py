@@ -129,8 +129,8 @@ class Vault:
         digest = hashlib.sha256(raw).hexdigest()
         if sig is not None and digest != sig["payload_sha256"]:
             raise IntegrityError(
-                f"{what}: manifest digest {digest[:16]} differs from the signed "
-                f"{sig['payload_sha256'][:16]} (the manifest was altered after signing)"
+                f"{what}: manifest digest {digest} differs from the signed "
+                f"{sig['payload_sha256']} (the manifest was altered after signing)"
             )
         signer = None
         if not insecure:
