@@ -359,8 +359,8 @@ def test_a_damage_line_prints_whole_digests(tmp_path, lab_key):
     data = bytearray(obj.read_bytes())
     data[len(data) // 2] ^= 1
     obj.write_bytes(bytes(data))
-    r = wv("audit", "--vault", v, "--level", "full", "--key", lab_key, "--state-dir",
-           tmp_path / "state")  # fmt: skip
+    r = wv("audit", "--vault", v, "--level", "full", "--key", lab_key, "--trust",
+           f"{lab_key}.pub", "--state-dir", tmp_path / "state")  # fmt: skip
     assert r.code == 1, r.out + r.err
     line = next(ln for ln in r.out.splitlines() if ln.strip().startswith("damaged:"))
     assert f"expected {obj.name}, found " in line and "..." not in line

@@ -25,6 +25,7 @@ SERIES = {
     "weightvault_audit_damaged_objects": "Objects found damaged by the last audit at this level.",
     "weightvault_audit_missing_objects": "Objects found missing by the last audit at this level.",
     "weightvault_audit_bytes_read": "Payload bytes read by the last audit at this level.",
+    "weightvault_audit_unverifiable_objects": "Objects a metadata audit could not verify (no server SHA-256).",
     "weightvault_audit_coverage_ratio": "Share of objects hashed by an audit within the cycle.",
     "weightvault_audit_up": "1 if the replica could be audited by the last run, 0 if unreachable.",
 }  # fmt: skip
@@ -78,6 +79,7 @@ def render(replicas: dict[str, str], up: dict[str, bool], state: Path) -> str:
             put("weightvault_audit_missing_objects",
                 sum(1 for f in r["failures"] if f["kind"] == "missing"))  # fmt: skip
             put("weightvault_audit_bytes_read", r["bytes_read"])
+            put("weightvault_audit_unverifiable_objects", r.get("objects_unverifiable", 0))
             cov = r["coverage"]
             ratio = cov["verified_within_cycle"] / cov["objects"] if cov["objects"] else 1.0
             put("weightvault_audit_coverage_ratio", f"{ratio:.6f}")

@@ -43,3 +43,12 @@ def unwritten(url: str) -> bool:
         return not path.exists() or (path.is_dir() and not any(path.iterdir()))
     except OSError:
         return False
+
+
+def store_url(url: str) -> str:
+    """The URL a store opened from `url` reports as its own (`Store.url`), without opening it:
+    the key of the replica's local audit state, also while the replica is unreachable."""
+    if is_local(url):
+        parsed = urlparse(url)
+        return str(Path(parsed.path if parsed.scheme == "file" else url).absolute())
+    return url.rstrip("/")
