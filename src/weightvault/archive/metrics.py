@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from weightvault.archive.auditlog import Chain, parse, replica_dir
+from weightvault.archive.auditlog import parse, replica_dir
 from weightvault.errors import WeightvaultError
 
 LEVELS = ("metadata", "sample", "full")
@@ -36,17 +36,21 @@ def _epoch(stamp: str) -> int:
 
 
 def latest(state: Path, url: str) -> dict[str, dict]:
-    """level -> {"last": newest record, "success": end of the newest passing one or None}, read
-    newest first from the replica's local chain and stopping once every level is settled."""
-    chain = Chain(replica_dir(state, url), None)
-    out: dict[str, dict] = {}
-    for seq, raw in reversed(chain._local_entries()):
-        if all(lv in out and out[lv]["success"] is not None for lv in LEVELS):
-            break
+    """level -> {"last": newest record, "success": end of the newest passing one or None}, from
+    every audit chain of the replica in the local state (one per signer, and the legacy one:
+    FORMAT.md section 8), newest first."""
+    root = replica_dir(state, url) / "audits"
+    records = []
+    for path in root.rglob("*.json"):
+        if not path.stem.isdigit():
+            continue
         try:
-            rec = parse(raw, f"audit record {seq}")["record"]
-        except WeightvaultError:
+            rec = parse(path.read_bytes(), str(path))["record"]
+        except (OSError, WeightvaultError):
             continue  # audit-log verify reports it; the metrics still show the others
+        records.append(rec)
+    out: dict[str, dict] = {}
+    for rec in sorted(records, key=lambda r: r["ended"], reverse=True):
         lv = rec.get("level")
         if lv not in LEVELS:
             continue  # repairs
