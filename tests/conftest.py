@@ -51,6 +51,20 @@ def one_error(r: Result, code: int, *needles: str) -> str:
     return lines[0]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_state_dir(tmp_path_factory):
+    """Audit state (default ~/.local/state/weightvault) of this session's own: shared across
+    runs, a replica URL a test reuses (a fixed bucket name) carried the bundles an earlier run
+    saw there into this one. Subprocesses inherit it through the environment."""
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     return ensure_minilm()
