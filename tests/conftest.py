@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,12 @@ import pytest
 from support.model import ensure_minilm
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# The suite never reads or writes the user's own config and audit state: both default to
+# directories under $HOME, which would carry what one run saw (and trusted) into the next.
+_HOME_DIRS = tempfile.mkdtemp(prefix="weightvault-test-home-")
+os.environ["XDG_STATE_HOME"] = os.path.join(_HOME_DIRS, "state")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_HOME_DIRS, "config")
+atexit.register(shutil.rmtree, _HOME_DIRS, True)
 
 
 @dataclass
@@ -49,20 +57,6 @@ def one_error(r: Result, code: int, *needles: str) -> str:
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _own_state_dir(tmp_path_factory):
-    """Audit state (default ~/.local/state/weightvault) of this session's own: shared across
-    runs, a replica URL a test reuses (a fixed bucket name) carried the bundles an earlier run
-    saw there into this one. Subprocesses inherit it through the environment."""
-    old = os.environ.get("XDG_STATE_HOME")
-    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
-    yield
-    if old is None:
-        os.environ.pop("XDG_STATE_HOME", None)
-    else:
-        os.environ["XDG_STATE_HOME"] = old
 
 
 @pytest.fixture(scope="session")
