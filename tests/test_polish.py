@@ -203,13 +203,16 @@ def test_list_never_cuts_ids_or_names_and_shows_the_source(tmp_path, lab_key):
     long = "a-model-with-a-rather-long-name-that-would-not-fit-in-a-narrow-table-v2"
     seal(tiny_model(tmp_path / "m1"), v, lab_key, "--name", long)
     seal(tiny_model(tmp_path / "m2", " "), v, lab_key, "--name", "b")
-    rows = ok(wv("list", "--vault", v, "--json")).json()
-    out = ok(wv("list", "--vault", v)).out  # piped, as in a script
+    trust = ("--trust", f"{lab_key}.pub")
+    rows = ok(wv("list", "--vault", v, *trust, "--json")).json()
+    out = ok(wv("list", "--vault", v, *trust)).out  # piped, as in a script
     assert long in out  # whole, not cut to fit 80 columns
     assert "local directory" in out and str(tmp_path) not in out
     for r in rows:
         assert r["bundle"][:12] in out
     assert "\u2026" not in out
+    unverified = ok(wv("list", "--vault", v)).out  # no key: names and claimed ids, whole
+    assert long in unverified and "not verified" in unverified and "\u2026" not in unverified
 
 
 def test_unique_prefixes_keep_two_ids_apart():
