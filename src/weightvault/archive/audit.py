@@ -205,12 +205,15 @@ def audit_replica(
     else:
         to_hash = []
     results = run(to_hash, lambda t, _e: _hash_check(store, t), workers=workers)
+    reread = 0
     for t, f in zip(to_hash, results, strict=True):
         checked += 1
         if f is None:
             verified.mark(t.key, t0)
             continue
+        mark = store.counters.payload_read
         again = _hash_check(store, t)  # a transient bad read is not rot
+        reread += store.counters.payload_read - mark  # not counted: the replica is read once
         if again is None:
             transient.append(f)
             verified.mark(t.key, t0)
@@ -237,7 +240,7 @@ def audit_replica(
         "eventOutcome": "fail" if failures else "pass",
         "replica": {"name": name, "url": store.url}, "level": level,
         "agent": {"tool": tool(), "key": key.public.key_id},
-        "objects_checked": checked, "bytes_read": store.counters.payload_read - before,
+        "objects_checked": checked, "bytes_read": store.counters.payload_read - before - reread,
         "objects_unverifiable": unverifiable,
         "bundles": bundles, "failures": failures, "transient": transient, "repairs": [],
         "coverage": coverage,

@@ -891,7 +891,7 @@ def _audit_lines(a, cycle: int) -> list[str]:
     else:
         did = f"{r['objects_checked']} objects hashed, {_size(r['bytes_read'])} read"
         if any(f["kind"] == "damaged" for f in fails) or r["transient"]:
-            did += " (each bad read is read again to rule out a transient error)"
+            did += " (each bad read was read again to rule out a transient error; not counted)"
     out = [f"{a.replica}: {a.outcome.upper()} ({a.level}) {did}; {cov['verified_within_cycle']}/"
            f"{cov['objects']} objects hashed by an audit within the last {cycle} days"]  # fmt: skip
     out += [f"  {f['kind']}: {f['object']}: expected {f['expected']}, found {f['found']}"
