@@ -148,3 +148,33 @@ def test_reference_restorer_reads_the_golden_bundles(golden, tmp_path):
                            "--data-key", dk], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert restored(tmp_path / "out2") == expected_files()
+
+
+# -- format version 3 (sealed by weightvault at commit 0cf0683, the last to write version 3)
+
+
+def test_v3_golden_reads_verifies_replicates_and_restores(golden, tmp_path, lab_key):
+    """Version 3 keeps its objects inside the bag and a FORMAT.md the manifest does not name
+    (FORMAT.md 9.2): it verifies deep, audits full, replicates as version 3 byte for byte, and
+    both restorers give back the model."""
+    vault = golden("v3")
+    t3 = ["--trust", str(KEYS / "golden-v3.key.pub")]
+    bag = vault / "bundles" / "golden-v3"
+    assert json.loads((bag / "data/weightvault.json").read_bytes())["format_version"] == 3
+    ok(wv("verify", "golden-v3", "--vault", vault, *t3, "--deep"))
+    r = ok(wv("audit", "--vault", vault, "--level", "full", *t3, "--key", lab_key,
+              "--state-dir", tmp_path / "state", "--json"))  # fmt: skip
+    assert r.json()["replicas"][0]["record"]["failures"] == []
+    mirror = tmp_path / "mirror"
+    ok(wv("replicate", "golden-v3", "--from", vault, "--to", mirror, *t3))
+    for rel in ("data/weightvault.json", "data/FORMAT.md", "weightvault.sig", "bag-info.txt"):
+        assert (mirror / "bundles/golden-v3" / rel).read_bytes() == (bag / rel).read_bytes()
+    assert not (mirror / "objects").exists()  # a version 3 bundle's objects stay in its bag
+    ok(wv("restore", "golden-v3", tmp_path / "out", "--vault", mirror, *t3, "--quiet"))
+    assert restored(tmp_path / "out") == expected_files()
+    proc = subprocess.run([sys.executable, RESTORER, bag, tmp_path / "ref", *t3],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert restored(tmp_path / "ref") == expected_files()
+    p = subprocess.run(["bagit.py", "--validate", str(bag)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
