@@ -138,7 +138,9 @@ def test_sshd_stopped_mid_replicate_then_rerun_completes(tmp_path, own_sshd, lab
     assert s.code == 3 and s.json()["m"]["steward"]["state"] == "unreachable"
     ssh.restart()
     s = wv("-c", cfg, "status", "--json", env=env)
-    assert s.json()["m"]["steward"]["state"] == "uncommitted", s.out
+    # killed among the objects, which go to the pool first: the bundle's own files may not
+    # be there yet (absent) or partly (uncommitted)
+    assert s.json()["m"]["steward"]["state"] in ("uncommitted", "absent"), s.out
     r = ok(wv("-c", cfg, "replicate", "m", "--to", "steward", "--json", env=env))
     assert r.json()["present"] >= 4 and r.json()["committed_now"]
     ok(wv("-c", cfg, "verify", "m", "--replica", "steward", "--deep", env=env))
@@ -196,7 +198,8 @@ def test_seal_into_a_full_filesystem(small_fs, minilm_dir, lab_key):
     assert not [k for k in tree(vault) if not k.endswith(".lock")], tree(vault)
     g = ok(wv("gc", "--vault", vault, "--trust", trust, "--grace", "0", "--json"))
     assert not g.json()["replicas"][0]["removed"]  # the seal removed its own objects
-    assert not list((vault / "bundles").iterdir()), "gc leaves no empty bundle directory"
+    assert not (vault / "bundles").exists() or not list((vault / "bundles").iterdir()), \
+        "gc leaves no empty bundle directory"  # fmt: skip
     # space is back: a bundle that fits seals and verifies
     small = small_fs.parent / "small"
     small.mkdir()

@@ -122,7 +122,9 @@ def test_seal_racing_a_full_audit(tmp_path, minilm_dir, lab_key):
         assert s.finish().code == 0
     assert len(seen) == len(points)
     for states, m in seen:
-        assert states == {"old": "intact", "m": m}, (states, m)
+        # among the objects (written to the pool first) m may have no file of its own yet
+        assert {k: v for k, v in states.items() if k != "m"} == {"old": "intact"}, states
+        assert states.get("m", "uncommitted") == m, (states, m)
     # and truly at the same time: the audit sees m2 whole or not at all
     p = Stepper(cli("-c", cfg, "seal", minilm_dir, "--name", "m2", "--chunk-size", "1",
                     "--quiet"))  # fmt: skip

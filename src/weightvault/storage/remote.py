@@ -205,7 +205,7 @@ class SftpStore(RetryingFsspecStore):
         # an existing target (OpenSSH's server links, then unlinks), which makes it the atomic
         # create-if-absent an exclusive put needs; fsspec's mv is copy-then-delete
         if not exclusive:
-            self._guard(lambda: self.fs.ftp.posix_rename(src, dst), dst)
+            self._guard(lambda: self.fs.ftp.posix_rename(src, dst), self._where(dst))
             return True
 
         def rename() -> bool:
@@ -220,7 +220,7 @@ class SftpStore(RetryingFsspecStore):
                 raise refused from None  # not because of the target: a real failure, retried
             return False  # another writer got there first
 
-        return self._guard(rename, dst)
+        return self._guard(rename, self._where(dst))
 
 
 class PinnedHostKey(paramiko.MissingHostKeyPolicy):

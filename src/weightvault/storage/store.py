@@ -427,10 +427,12 @@ class LocalStore(Store):
 
     @contextlib.contextmanager
     def pool_lock(self, *, shared: bool) -> Iterator[None]:
-        # As lock(): whoever finds itself the last holder removes the file (so none is left
-        # behind), and a waiter that then gets the lock of a removed file tries again.
+        # As lock(): a holder that created the file and finds itself the last holder removes
+        # it (so a seal leaves none behind, and gc's dry run changes nothing), and a waiter
+        # that then gets the lock of a removed file tries again.
         path = self.root / TMP / "pool.lock"
         while True:
+            created = not path.exists()
             f = open(path, "a+b")  # noqa: SIM115 - kept open while the lock is held
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
@@ -449,8 +451,9 @@ class LocalStore(Store):
             yield
         finally:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else holds it
-                path.unlink(missing_ok=True)
+                if created:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else holds it
+                    path.unlink(missing_ok=True)
             except BlockingIOError:
                 pass
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
@@ -506,6 +509,11 @@ class FsspecStore(Store):
 
     def _p(self, key: str) -> str:
         return f"{self.root}/{key}"
+
+    def _where(self, path: str) -> str:
+        """A remote path as the store's URL names it (for messages)."""
+        root = f"{self.root}/"
+        return self.describe(path[len(root):]) if path.startswith(root) else path
 
     def _guard(self, fn, what: str):
         try:
@@ -615,7 +623,7 @@ class FsspecStore(Store):
         """Move a finished copy into place; False if `exclusive` and `dst` exists. Here that
         is only the exists check _finish made before uploading: a subclass whose protocol can
         refuse an existing target does better."""
-        self._guard(lambda: self.fs.mv(src, dst), dst)
+        self._guard(lambda: self.fs.mv(src, dst), self._where(dst))
         return True
 
     def _makedirs(self, path: str) -> None:
@@ -636,7 +644,7 @@ class FsspecStore(Store):
                         raise
                 self._dirs.add(level)
 
-        self._guard(mk, path)
+        self._guard(mk, self._where(path))
         self._dirs.add(path)
 
     def _readback_opener(self):

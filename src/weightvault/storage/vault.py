@@ -227,10 +227,15 @@ class Vault:
 
 def commit_order(format_version: int) -> tuple[str, ...]:
     """FORMAT.md section 2.1: what a writer commits after the objects, in order. From
-    version 4, FORMAT.md is a plain payload file named by the manifest (written before it)."""
+    version 4, FORMAT.md is a plain payload file named by the manifest (written before it),
+    and the signature comes after the tag files that do not depend on it."""
     algs = bag.algs(format_version)
-    fmt = (FORMAT_KEY,) if format_version < 4 else ()
-    return (MANIFEST_KEY, *fmt, SIGNATURE_KEY, *(f"manifest-{a}.txt" for a in algs),
+    if format_version >= 4:
+        # the signature commits the bundle (section 2): every file that does not depend on it
+        # goes first, so a signed bundle lacks at most its tag manifest
+        return (MANIFEST_KEY, "manifest-sha256.txt", "bagit.txt", "bag-info.txt", SIGNATURE_KEY,
+                bag.COMMIT_MARKER)  # fmt: skip
+    return (MANIFEST_KEY, FORMAT_KEY, SIGNATURE_KEY, *(f"manifest-{a}.txt" for a in algs),
             "bagit.txt", "bag-info.txt", *(f"tagmanifest-{a}.txt" for a in algs[:0:-1]),
             bag.COMMIT_MARKER)  # fmt: skip
 
