@@ -1,0 +1,301 @@
+"""`weightvault log ...`: the preservation log (C2SP transparency log) from the command line,
+and `record()`, the one call other commands make to append their statements."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import click
+
+from weightvault.cli.app import Ctx, _emit, _state, cli, json_opt, vault_opt
+from weightvault.errors import InputError, StorageError, WeightvaultError
+
+
+def _pub(path: str):
+    from weightvault.format import keys
+
+    return keys.load_public_key(Path(path)).raw
+
+
+def _open_url(url: str, *, create: bool = False):
+    """A log copy anywhere: a vault, a published directory (no tmp/ needed to read), a URL."""
+    from weightvault.storage.opener import is_local, open_store
+    from weightvault.storage.store import LocalStore
+
+    if is_local(url) and not create:
+        p = Path(url.removeprefix("file://"))
+        if not p.is_dir():
+            raise InputError(f"{url}: no such directory")
+        return LocalStore(p)
+    return open_store(url, create=create)
+
+
+def _plog(ctx: Ctx, vault, log_key: str | None, *, key=None, state_dir=None):
+    from weightvault.log.archive import PreservationLog
+
+    rs = ctx.replicas(vault)
+    if log_key:
+        public = _pub(log_key)
+    elif key is not None:
+        public = key.public.raw
+    elif ctx.config.signing_key:
+        public = ctx.signing_key(None).public.raw
+    else:
+        raise InputError("no log key: pass --log-key LAB.pub (or set signing_key in the config)")
+    return PreservationLog(rs, public, key=key, state_dir=state_dir)
+
+
+def record(ctx: Ctx, rs, *entries: bytes, key=None, mirror_to: list[str] | None = None) -> None:
+    """Append statements to the lab's preservation log (the lab's signing key: `key`, else the
+    config's signing_key). Without a signing key the log is left alone, said on stderr; a
+    replica whose copy could not be updated is named (it catches up at the next append)."""
+    from weightvault.log.archive import PreservationLog
+
+    if key is None:
+        if not ctx.config.signing_key:
+            click.echo("weightvault: note: preservation log not updated (no signing_key in the "
+                       "config)", err=True)  # fmt: skip
+            return
+        key = ctx.signing_key(None)
+    state = _state(ctx, None)
+    plog = PreservationLog(rs, key.public.raw, key=key, state_dir=state)
+    plog.append(*entries, mirror_to=mirror_to)
+    for name, why in plog.errors.items():
+        click.echo(f"weightvault: note: replica {name}: log copy not updated ({why})", err=True)
+
+
+@cli.group("log")
+def log_group() -> None:
+    """The preservation log: a witnessed, append-only record of every preservation event."""
+
+
+key_pub_opt = click.option("--key", "key_pub", required=True, metavar="LAB.pub",
+                           help="The log's public key (the lab's signing key).")  # fmt: skip
+witness_opt = click.option("--witness", "witnesses", multiple=True, metavar="PUB",
+                           help="A witness (steward) public key whose cosignatures to check (repeatable).")  # fmt: skip
+log_key_opt = click.option("--log-key", metavar="LAB.pub",
+                           help="The log's public key [default: the config's signing_key].")  # fmt: skip
+
+
+def _witnesses(paths) -> tuple:
+    from weightvault.log.store import witness_verifier
+
+    return tuple(witness_verifier(_pub(p)) for p in paths)
+
+
+@log_group.command("verify")
+@click.argument("url", required=False)
+@vault_opt
+@key_pub_opt
+@witness_opt
+@click.option("--since", metavar="CHECKPOINT", type=click.Path(dir_okay=False),
+              help="A checkpoint seen before: the log must extend it (else exit 1, naming both sizes).")  # fmt: skip
+@click.option("--require-witness", is_flag=True,
+              help="Fail unless every --witness has cosigned some checkpoint.")  # fmt: skip
+@json_opt
+@click.pass_obj
+def log_verify(ctx: Ctx, url, vault, key_pub, witnesses, since, require_witness,
+               as_json) -> None:  # fmt: skip
+    """Check a whole log copy (URL, directory, or the vault): every entry, tile, checkpoint
+    signature and cosignature. Exit 1: damage or rollback; 4: wrong or unknown key."""
+    from weightvault.errors import TrustError
+    from weightvault.log import check, statements
+    from weightvault.log.store import LogStore, log_verifier
+
+    if url:
+        store = _open_url(url)
+    else:
+        rs = ctx.replicas(vault)
+        store = rs.store(rs.names[0])
+    log = LogStore(store, log_verifier(_pub(key_pub)))
+    ws = _witnesses(witnesses)
+
+    def entry(i: int, e: bytes) -> None:
+        statements.parse(e, log.describe(f"log entry {i}"))
+
+    trusted = None
+    if since:
+        from weightvault.log.store import open_note
+
+        try:
+            data = Path(since).read_bytes()[:1 << 16]
+        except OSError as e:
+            raise InputError(f"{since}: cannot read ({e.strerror})") from None
+        trusted = open_note(data, since, log.verifier)[0]
+    rep = check.verify(log, ws, trusted=trusted, check_entry=entry)
+    if require_witness:
+        missing = [w.name for w in ws if w.name not in rep.cosignatures]
+        if missing:
+            raise TrustError(f"{log.describe('log')}: no cosignature by {', '.join(missing)}")
+    cos = ", ".join(f"{n} at size {s}" for n, s in rep.cosignatures.items()) or "none"
+    _emit(rep.as_dict(), as_json,
+          f"log {rep.origin}: {rep.size} entries, root {rep.root}, {rep.tiles} tiles and "
+          f"{rep.checkpoints} checkpoints checked; cosigned: {cos}")  # fmt: skip
+
+
+def _find(stmts, bundle: str) -> list[tuple[int, dict]]:
+    ref = bundle.lower()
+    hits = [(i, d) for i, d in stmts if "bundle" in d and (d.get("name") == bundle or (
+        len(ref) >= 4 and d["bundle"].startswith(ref)))]  # fmt: skip
+    ids = {d["bundle"] for _, d in hits}
+    if not hits:
+        raise InputError(f"{bundle}: no statement about this bundle in the preservation log")
+    if len(ids) > 1:
+        raise InputError(f"{bundle}: names {len(ids)} bundles in the log; give more of the id")
+    return hits
+
+
+@log_group.command("prove")
+@click.argument("bundle")
+@click.option("-o", "--output", required=True, metavar="FILE", help="Where to write the proof.")
+@click.option("--kind", default="sealed", show_default=True,
+              type=click.Choice(["sealed", "replicated", "audited", "repaired", "custody",
+                                 "retired"]),
+              help="Prove the latest statement of this kind about the bundle.")  # fmt: skip
+@vault_opt
+@log_key_opt
+@witness_opt
+@json_opt
+@click.pass_obj
+def log_prove(ctx: Ctx, bundle, output, kind, vault, log_key, witnesses, as_json) -> None:
+    """Write a tlog-proof (c2sp.org/tlog-proof@v1) of one statement about BUNDLE: checkable
+    offline with `log check`, carrying the witnesses' cosignatures where they have any."""
+    from weightvault.log import check
+
+    plog = _plog(ctx, vault, log_key)
+    src = plog.source()
+    head = src.head()
+    stmts = plog.statements()
+    hits = [h for h in _find(stmts, bundle) if h[1]["kind"] == kind]
+    if not hits:
+        raise InputError(f"{bundle}: no {kind} statement about this bundle in the log")
+    index, doc = hits[-1]
+    entry = next(e for i, e in enumerate(src.read_all(head.size)) if i == index)
+    cp = check.best_checkpoint(src, index, head, _witnesses(witnesses))
+    data = check.make_proof(src, index, entry, cp)
+    out = Path(output)
+    if out.exists():
+        raise InputError(f"{out}: already exists")
+    out.write_bytes(data)
+    _emit({"index": index, "size": cp.size, "statement": doc, "proof": str(out)}, as_json,
+          f"{out}: proof of entry {index} ({kind}) in the tree of size {cp.size}")  # fmt: skip
+
+
+@log_group.command("check")
+@click.argument("proof", type=click.Path(dir_okay=False))
+@key_pub_opt
+@witness_opt
+@json_opt
+def log_check(proof, key_pub, witnesses, as_json) -> None:
+    """Verify a tlog-proof offline with only public keys; print the statement it proves."""
+    from weightvault.errors import TrustError
+    from weightvault.log import check, statements
+    from weightvault.log.store import log_verifier
+
+    p = Path(proof)
+    try:
+        data = p.read_bytes()[: check.MAX_PROOF + 1]
+    except OSError as e:
+        raise InputError(f"{p}: cannot read ({e.strerror})") from None
+    ws = _witnesses(witnesses)
+    res = check.check_proof(data, str(p), log_verifier(_pub(key_pub)), ws)
+    missing = [w.name for w in ws if w not in res.witnesses]
+    if missing:
+        raise TrustError(f"{p}: not cosigned by {', '.join(missing)}")
+    doc = statements.parse(res.entry, f"{p}: statement")
+    _emit({"index": res.index, "size": res.head.size, "statement": doc,
+           "cosigned_by": sorted(w.name for w in res.witnesses)}, as_json,
+          f"{p}: OK: entry {res.index} of {res.head.checkpoint.origin} at tree size "
+          f"{res.head.size}: {doc['kind']} {doc.get('name', doc.get('replica', ''))}")  # fmt: skip
+
+
+@log_group.command("cosign")
+@click.argument("url")
+@click.option("--log-key", required=True, metavar="LAB.pub", help="The lab's log public key.")
+@click.option("--key", "key_path", required=True, metavar="FILE", help="The steward's signing key.")
+@click.option("--state-dir", metavar="DIR", help="The steward's state [default: as audit].")
+@json_opt
+@click.pass_obj
+def log_cosign(ctx: Ctx, url, log_key, key_path, state_dir, as_json) -> None:
+    """As a steward (witness): check the log on your replica URL against its tiles and the last
+    checkpoint you cosigned, then write your cosignature there."""
+    from weightvault.format import keys
+    from weightvault.log import check
+    from weightvault.log.store import LogStore, State, log_verifier, witness_name
+
+    key = keys.load_signing_key(Path(key_path))
+    log = LogStore(_open_url(url, create=True), log_verifier(_pub(log_key)))
+    name = witness_name(key.public.raw)
+    state = State.load(_state(ctx, state_dir), f"{name}@{log.verifier.name}")
+    head = check.cosign(log, key, state)
+    _emit({"witness": name, "size": head.size,
+           "root": base64.b64encode(head.root).decode()}, as_json,
+          f"cosigned {head.checkpoint.origin} at tree size {head.size} as {name}")  # fmt: skip
+
+
+@log_group.command("publish")
+@click.argument("url")
+@vault_opt
+@log_key_opt
+@json_opt
+@click.pass_obj
+def log_publish(ctx: Ctx, url, vault, log_key, as_json) -> None:
+    """Copy the log (tiles, entry bundles, checkpoints, cosignatures; nothing else) to URL, a
+    place the lab makes public."""
+    import shutil
+
+    from weightvault.log.archive import mirror
+    from weightvault.log.store import COSIGNED, LogStore
+    from weightvault.storage.store import TMP, LocalStore
+
+    plog = _plog(ctx, vault, log_key)
+    src = plog.source()
+    dst = LogStore(_open_url(url, create=True), src.verifier)
+    head = mirror(src, dst)
+    if head is None:
+        raise InputError("the preservation log is empty: nothing to publish")
+    copied = 0
+    for n in plog.replicas.names:
+        try:
+            store = plog.replicas.store(n)
+            for key in store.list(COSIGNED):
+                if dst.put_once(key, store.read_bytes(key, 1 << 16)):
+                    copied += 1
+        except StorageError:
+            continue
+    if isinstance(dst.store, LocalStore):
+        shutil.rmtree(dst.store.root / TMP, ignore_errors=True)
+    _emit({"url": url, "size": head.size, "cosignatures": copied}, as_json,
+          f"published the log at tree size {head.size} to {url}")
+
+
+@log_group.command("show")
+@click.argument("bundle", required=False)
+@vault_opt
+@log_key_opt
+@json_opt
+@click.pass_obj
+def log_show(ctx: Ctx, bundle, vault, log_key, as_json) -> None:
+    """The latest statement of each kind per bundle (and each replica's latest audit)."""
+    from weightvault.log.archive import latest_of
+
+    plog = _plog(ctx, vault, log_key)
+    stmts = plog.statements()
+    if bundle:
+        stmts = _find(stmts, bundle)
+    latest = latest_of(stmts)
+    if as_json:
+        _emit(latest, True, "")
+        return
+    lines = []
+    for bid, kinds in latest.items():
+        title = "audits" if bid == "*" else f"{next(iter(kinds.values())).get('name')} {bid[:12]}"
+        lines.append(title)
+        for k, d in sorted(kinds.items()):
+            extra = d.get("result") or d.get("event") or ""
+            lines.append(f"  {k:<24} {d['time']}  entry {d['index']}  {extra}".rstrip())
+    click.echo("\n".join(lines) or "the preservation log is empty")
+
+
+__all__ = ["record", "log_group", "WeightvaultError"]
