@@ -497,3 +497,66 @@ def test_cli_cosign_publish_and_verify_with_witness(cli_log, tmp_path):
 def test_conflict_and_trust_errors_are_typed():
     assert Conflict.exit_code == 5 and TrustError.exit_code == 4
     assert CHECKPOINT == "log/checkpoint"
+
+
+# -- end to end with the real model
+
+
+def test_seal_replicate_audit_append_and_the_log_alone_proves_loss(tmp_path, minilm_dir, lab_key):
+    """Seal to two replicas, audit: the log holds sealed, replicated and audited statements,
+    both verifiers accept it. Then every copy of the bundle and all local state are lost: the
+    log alone makes the next audit report LOSS (exit 1) on both replicas."""
+    import shutil
+
+    from conftest import write_config
+
+    state = tmp_path / "state"
+    env = {**os.environ, "XDG_STATE_HOME": str(state)}
+    cfg = write_config(tmp_path / "wv.toml", lab_key, {
+        "a": {"url": str(tmp_path / "a"), "role": "primary"}, "b": {"url": str(tmp_path / "b")}})
+    ok(wv("-c", cfg, "seal", minilm_dir, "--name", "minilm", "-q", env=env))
+    ok(wv("-c", cfg, "audit", "--level", "metadata", env=env))
+    shown = ok(wv("-c", cfg, "log", "show", "--json", env=env)).json()
+    (bid,) = [b for b in shown if b != "*"]
+    assert set(shown[bid]) == {"sealed", "replicated/a", "replicated/b"}
+    assert {k: v["result"] for k, v in shown["*"].items()} == {"audited/a": "ok", "audited/b": "ok"}
+    pub = f"{lab_key}.pub"
+    for r in ("a", "b"):
+        assert ok(wv("log", "verify", tmp_path / r, "--key", pub, "--json")).json()["size"] == 5
+        k = keys.load_public_key(Path(pub)).raw
+        assert tlog_verify.verify_log(str(tmp_path / r / "log"), origin_for(k), k)[0] == 5
+    proof = tmp_path / "minilm.tlog-proof"
+    ok(wv("-c", cfg, "log", "prove", "minilm", "-o", proof, env=env))
+    doc = ok(wv("log", "check", proof, "--key", pub, "--json")).json()["statement"]
+    assert doc["kind"] == "sealed" and doc["bundle"] == bid
+    for r in ("a", "b"):
+        shutil.rmtree(tmp_path / r / "bundles" / "minilm")
+    shutil.rmtree(state / "weightvault" / "replicas", ignore_errors=True)
+    for f in (state / "weightvault").glob("known*"):
+        f.unlink()
+    r = wv("-c", cfg, "audit", "--level", "metadata", env=env)
+    assert r.code == 1, r.out + r.err
+    assert r.out.count("lost: bundles/minilm") == 2
+
+
+def test_replicas_without_the_log_catch_up_and_publish(tmp_path, lab_key):
+    """A replica that was down misses appends; the next append mirrors everything to it."""
+    from conftest import write_config
+
+    from weightvault.config import load
+    from weightvault.log.archive import PreservationLog
+    from weightvault.storage.replicas import ReplicaSet
+
+    cfg = write_config(tmp_path / "wv.toml", lab_key, {
+        "a": {"url": str(tmp_path / "a")}, "b": {"url": str(tmp_path / "b")}})
+    for r in ("a", "b"):
+        LocalStore(tmp_path / r, create=True)
+    k = keys.load_signing_key(lab_key)
+    plog = PreservationLog(ReplicaSet(load(cfg)), k.public.raw, key=k, state_dir=tmp_path / "s")
+    plog.append(*_statements(3), mirror_to=["a"])  # b was down
+    assert not (tmp_path / "b/log").exists()
+    plog.append(*_statements(300, 3))
+    assert plog.errors == {}
+    for r in ("a", "b"):
+        assert check.verify(plog.copy(r)).entries == 303
+    assert plog.inventory("vault") and plog.inventory("a", prefer="b") == {}

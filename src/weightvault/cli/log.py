@@ -54,8 +54,11 @@ def record(ctx: Ctx, rs, *entries: bytes, key=None, mirror_to: list[str] | None 
 
     if key is None:
         if not ctx.config.signing_key:
-            click.echo("weightvault: note: preservation log not updated (no signing_key in the "
-                       "config)", err=True)  # fmt: skip
+            from weightvault.log.store import CHECKPOINT
+
+            if any((s := rs.try_store(n)) is not None and s.exists(CHECKPOINT) for n in rs.names):
+                click.echo("weightvault: note: preservation log not updated (no signing_key in "
+                           "the config)", err=True)  # fmt: skip
             return
         key = ctx.signing_key(None)
     state = _state(ctx, None)
@@ -63,6 +66,120 @@ def record(ctx: Ctx, rs, *entries: bytes, key=None, mirror_to: list[str] | None 
     plog.append(*entries, mirror_to=mirror_to)
     for name, why in plog.errors.items():
         click.echo(f"weightvault: note: replica {name}: log copy not updated ({why})", err=True)
+
+
+def _quietly(what: str, fn) -> None:
+    """The operation itself is done: a log that cannot be appended to is said, not fatal."""
+    try:
+        fn()
+    except WeightvaultError as e:
+        click.echo(f"weightvault: note: preservation log not updated after {what}: {e}", err=True)
+
+
+def log_seal(ctx: Ctx, rs, r, key, encrypted: bool, held: list[str]) -> None:
+    from weightvault.format.manifest import FORMAT_VERSION
+    from weightvault.log import statements as st
+
+    def go() -> None:
+        stmts = [st.sealed(r.bundle, r.name, r.bytes_stored, key.public.key_id, FORMAT_VERSION,
+                           encrypted)]  # fmt: skip
+        stmts += [st.replicated(r.bundle, r.name, n) for n in held]
+        record(ctx, rs, *stmts, key=key)
+
+    _quietly("seal", go)
+
+
+def log_replicated(ctx: Ctx, rs, bundle: str, name: str, replica: str) -> None:
+    from weightvault.log import statements as st
+
+    if replica in rs.names:
+        _quietly("replicate", lambda: record(ctx, rs, st.replicated(bundle, name, replica)))
+
+
+def _record_digest(rec: dict) -> str | None:
+    import hashlib
+
+    from weightvault.format import canon
+
+    return hashlib.sha256(canon.canonical(rec)).hexdigest() if rec else None
+
+
+def log_audits(ctx: Ctx, rs, level: str, done, unreachable: dict) -> None:
+    """One `audited` statement per replica audited (or unreachable), naming the digest of the
+    signed audit record, so deleting or editing that record shows against the log."""
+    from weightvault.log import statements as st
+
+    def go() -> None:
+        stmts = []
+        for a in done:
+            r = a.record
+            fails = r.get("failures", [])
+            result = "ok" if a.outcome == "pass" else (
+                "lost" if any("missing" in f.get("kind", "") or "loss" in f.get("kind", "")
+                              for f in fails) else "damaged")  # fmt: skip
+            stmts.append(st.audited(a.replica, level, result, len(r.get("bundles", [])),
+                                    r.get("objects_checked", 0), r.get("bytes_read", 0),
+                                    len(fails), _record_digest(r)))  # fmt: skip
+        for n in unreachable:
+            stmts.append(st.audited(n, level, "unreachable", 0, 0, 0, 0, None))
+        if stmts:
+            record(ctx, rs, *stmts)
+
+    _quietly("audit", go)
+
+
+def log_repairs(ctx: Ctx, rs, results) -> None:
+    from weightvault.log import statements as st
+    from weightvault.storage.vault import Vault
+
+    def go() -> None:
+        stmts = []
+        for r in results:
+            counts: dict[str, int] = {}
+            for x in (r.record or {}).get("repairs", []):
+                if x.get("outcome") == "repaired":
+                    counts[x["bundle"]] = counts.get(x["bundle"], 0) + 1
+            for name, n in counts.items():
+                bid = Vault(rs.store(r.replica)).bundle_id_of(name)
+                stmts.append(st.repaired(bid, name, r.replica, n))
+        if stmts:
+            record(ctx, rs, *stmts)
+
+    _quietly("repair", go)
+
+
+def log_custody(ctx: Ctx, r, key) -> None:
+    """A custody event the lab signed (handover, transfer, challenge, result), anchored by the
+    digest of its custody record."""
+    from weightvault.log import statements as st
+    from weightvault.storage.replicas import ReplicaSet
+
+    event = st.CHAIN_EVENTS.get(r.event)
+    if event is None:
+        return
+    steward = str((r.detail or {}).get("steward", "")) or "steward"
+
+    def go() -> None:
+        record(ctx, ReplicaSet(ctx.config), st.custody(event, r.bundle, r.name, steward[:200],
+                                                       r.digest), key=key)  # fmt: skip
+
+    _quietly(f"escrow {event}", go)
+
+
+def inventory(ctx: Ctx, rs) -> dict[str, dict[str, str]]:
+    """{replica: {bundle name: bundle id}} the preservation log says each replica must hold;
+    {} where there is no log (or no key to name it)."""
+    from weightvault.log.archive import PreservationLog, inventory_of
+
+    if not ctx.config.signing_key:
+        return {}
+    try:
+        plog = PreservationLog(rs, ctx.signing_key(None).public.raw)
+        stmts = plog.statements()
+    except WeightvaultError as e:
+        click.echo(f"weightvault: note: preservation log not read ({e})", err=True)
+        return {}
+    return {n: {name: bid for bid, name in inventory_of(stmts, n).items()} for n in rs.names}
 
 
 @cli.group("log")
@@ -165,6 +282,8 @@ def log_prove(ctx: Ctx, bundle, output, kind, vault, log_key, witnesses, as_json
 
     plog = _plog(ctx, vault, log_key)
     src = plog.source()
+    if src is None:
+        raise InputError("the preservation log is empty")
     head = src.head()
     stmts = plog.statements()
     hits = [h for h in _find(stmts, bundle) if h[1]["kind"] == kind]
@@ -227,7 +346,10 @@ def log_cosign(ctx: Ctx, url, log_key, key_path, state_dir, as_json) -> None:
     key = keys.load_signing_key(Path(key_path))
     log = LogStore(_open_url(url, create=True), log_verifier(_pub(log_key)))
     name = witness_name(key.public.raw)
-    state = State.load(_state(ctx, state_dir), f"{name}@{log.verifier.name}")
+    import hashlib
+
+    tag = hashlib.sha256(url.encode()).hexdigest()[:16]
+    state = State.load(_state(ctx, state_dir), f"{name}@{log.verifier.name}@{tag}")
     head = check.cosign(log, key, state)
     _emit({"witness": name, "size": head.size,
            "root": base64.b64encode(head.root).decode()}, as_json,
@@ -251,6 +373,8 @@ def log_publish(ctx: Ctx, url, vault, log_key, as_json) -> None:
 
     plog = _plog(ctx, vault, log_key)
     src = plog.source()
+    if src is None:
+        raise InputError("the preservation log is empty: nothing to publish")
     dst = LogStore(_open_url(url, create=True), src.verifier)
     head = mirror(src, dst)
     if head is None:

@@ -12,6 +12,7 @@ append, replicate or audit. Readers verify everything they read against the log'
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,8 +101,11 @@ class PreservationLog:
         in `errors` and catches up later."""
         if self.key is None:
             raise WeightvaultError("the preservation log needs the lab's signing key to append")
-        state = State.load(self.state_dir, self.origin) if self.state_dir else None
         primary = self.copy(self.primary, create=True)
+        # one writer state per (key, archive): the same key may write the logs of two archives
+        url = self.replicas.replica(self.primary).url
+        tag = hashlib.sha256(url.encode()).hexdigest()[:16]
+        state = State.load(self.state_dir, f"{self.origin}@{tag}") if self.state_dir else None
         head = append(primary, self.key, list(entries), state)
         for n in mirror_to if mirror_to is not None else self.replicas.names:
             if n != self.primary:
@@ -115,8 +119,9 @@ class PreservationLog:
             self.errors[name] = str(e)
             return None
 
-    def source(self, prefer: str | None = None) -> LogStore:
-        """The first copy that answers, preferring `prefer`, then the primary."""
+    def source(self, prefer: str | None = None) -> LogStore | None:
+        """The first copy that holds the log, preferring `prefer`, then the primary; None if
+        every replica answers and none holds a log yet."""
         order = [n for n in ([prefer] if prefer else []) + [self.primary] + self.replicas.names]
         seen, failures = set(), []
         for n in order:
@@ -129,15 +134,16 @@ class PreservationLog:
                     return copy
             except StorageError as e:
                 failures.append(f"{n}: {e}")
-        raise StorageError("no replica holds the preservation log" +
-                           (": " + "; ".join(failures) if failures else ""))  # fmt: skip
+        if failures:
+            raise StorageError("no replica holds the preservation log: " + "; ".join(failures))
+        return None
 
     def statements(self, prefer: str | None = None) -> list[tuple[int, dict]]:
         """Every statement, verified: each entry against the tiles, the tiles against the
         signed checkpoint."""
         src = self.source(prefer)
-        head = src.head()
-        if head is None:
+        head = src.head() if src else None
+        if src is None or head is None:
             return []
         src.check_root(head)
         out = []

@@ -12,7 +12,11 @@ from weightvault.format import canon, spec
 
 SCHEMA = "log-statement"
 KINDS = ("sealed", "replicated", "audited", "repaired", "custody", "retired")
-CUSTODY_EVENTS = ("handover", "accept", "challenge", "result", "release", "transfer")
+CUSTODY_EVENTS = ("handover", "accept", "challenge", "response", "result", "release", "transfer")
+# the custody chain's event names (custody/chain.py) -> the log's
+CHAIN_EVENTS = {"handover": "handover", "transfer": "transfer", "receipt": "accept",
+                "challenge": "challenge", "response": "response", "challenge-result": "result",
+                "release": "release"}  # fmt: skip
 MAX = 4096  # bytes of one statement; the entry bundle format would allow 65,535
 
 
