@@ -28,6 +28,7 @@ from weightvault.log.store import (
     append,
     log_verifier,
     origin_for,
+    prune_partials,
 )
 
 
@@ -69,6 +70,10 @@ def mirror(src: LogStore, dst: LogStore) -> Head | None:
             if data is not None:
                 dst.put_once(f"{CHECKPOINTS}/{s}", data)
     dst.store.put_bytes(CHECKPOINT, head.raw)
+    prune_partials(dst, [tlog.tile_path(lv, n) for lv, n, w in tlog.tiles_for(head.size)
+                         if w == tlog.WIDTH and (lv, n, w) not in before] +
+                   [tlog.tile_path(-1, n) for lv, n, w in tlog.tiles_for(head.size)
+                    if lv == 0 and w == tlog.WIDTH and (lv, n, w) not in before])  # fmt: skip
     return head
 
 

@@ -178,11 +178,14 @@ class LogStore:
 
     def entries(self, index: int, width: int) -> list[bytes]:
         key = f"{ROOT}/{tlog.tile_path(-1, index, width)}"
-        data = self._read(key, MAX_BUNDLE)
+        data, count = self._read(key, MAX_BUNDLE), width
+        if data is None and width < tlog.WIDTH:  # pruned: the full bundle's first entries
+            key = f"{ROOT}/{tlog.tile_path(-1, index)}"
+            data, count = self._read(key, MAX_BUNDLE), tlog.WIDTH
         if data is None:
             raise IntegrityError(f"{self.describe(key)}: entry bundle missing")
         try:
-            out = tlog.decode_bundle(data, width)
+            out = tlog.decode_bundle(data, count)[:width]
         except tlog.TreeError as e:
             raise IntegrityError(f"{self.describe(key)}: {e}") from None
         for i, e in enumerate(out):
@@ -378,4 +381,20 @@ def _append_once(log, sign_raw, public, entries, state) -> Head | None:
     if state is not None:
         state.save(raw)
     log.store.put_bytes(CHECKPOINT, raw)
+    prune_partials(log, [p for p in objects if ".p/" not in p])
     return new
+
+
+def prune_partials(log: LogStore, full: list[str]) -> None:
+    """Delete the partial tiles and entry bundles that a full one now holds (tlog-tiles
+    allows it; a proof against an older checkpoint reads the full tile's prefix). Without
+    this, a log appended one statement at a time stores each 256-entry bundle about 128 times.
+    Best effort: a store that refuses deletes (Object Lock) just keeps them."""
+    for path in full:
+        prefix = f"{ROOT}/{path}.p"
+        try:
+            for key in log.store.list(prefix):
+                log.store.delete(key)
+            log.store.prune_dirs(prefix)
+        except (StorageError, OSError, FileNotFoundError):
+            continue
