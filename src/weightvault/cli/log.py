@@ -291,7 +291,13 @@ def log_prove(ctx: Ctx, bundle, output, kind, vault, log_key, witnesses, as_json
         raise InputError(f"{bundle}: no {kind} statement about this bundle in the log")
     index, doc = hits[-1]
     entry = next(e for i, e in enumerate(src.read_all(head.size)) if i == index)
-    cp = check.best_checkpoint(src, index, head, _witnesses(witnesses))
+    copies = []
+    for n in plog.replicas.names:
+        try:
+            copies.append(plog.copy(n))
+        except StorageError:
+            continue
+    cp = check.best_checkpoint(src, index, head, _witnesses(witnesses), tuple(copies))
     data = check.make_proof(src, index, entry, cp)
     out = Path(output)
     if out.exists():

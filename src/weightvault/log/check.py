@@ -7,7 +7,7 @@ import binascii
 import time
 from dataclasses import dataclass, field
 
-from weightvault.errors import CorruptData, IntegrityError, TrustError
+from weightvault.errors import CorruptData, IntegrityError, StorageError, TrustError
 from weightvault.log import note, tlog
 from weightvault.log.store import (
     COSIGNED,
@@ -204,19 +204,26 @@ def cosign(log: LogStore, key, state: State, now: int | None = None) -> Head:
 
 
 def best_checkpoint(log: LogStore, index: int, head: Head,
-                    witnesses: tuple[note.Verifier, ...]) -> Head:  # fmt: skip
+                    witnesses: tuple[note.Verifier, ...],
+                    copies: tuple[LogStore, ...] = ()) -> Head:  # fmt: skip
     """The newest checkpoint covering `index` that carries cosignatures by these witnesses
-    (merged into one note), else the log's newest checkpoint."""
+    (merged into one note), found in `log` or in other `copies` (a steward cosigns on its own
+    replica), else the log's newest checkpoint."""
     best: Head | None = None
     lines: list[note.Signature] = []
     for w in witnesses:
-        sizes = []
-        for key in log.store.list(f"{COSIGNED}/{w.id.hex()}"):
-            tail = key.rsplit("/", 1)[-1]
-            if tail.isdigit() and index < int(tail) <= head.size:
-                sizes.append(int(tail))
-        for s in sorted(sizes, reverse=True):
-            data = log._read(f"{COSIGNED}/{w.id.hex()}/{s}", note.MAX_NOTE)
+        found: dict[int, LogStore] = {}
+        for copy in (log, *copies):
+            try:
+                keys = copy.store.list(f"{COSIGNED}/{w.id.hex()}")
+            except (StorageError, FileNotFoundError):
+                continue
+            for key in keys:
+                tail = key.rsplit("/", 1)[-1]
+                if tail.isdigit() and index < int(tail) <= head.size:
+                    found.setdefault(int(tail), copy)
+        for s in sorted(found, reverse=True):
+            data = found[s]._read(f"{COSIGNED}/{w.id.hex()}/{s}", note.MAX_NOTE)
             try:
                 cp, ok = open_note(data or b"", f"cosignature {s}", log.verifier, (w,))
             except (CorruptData, TrustError):
