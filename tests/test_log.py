@@ -560,3 +560,36 @@ def test_replicas_without_the_log_catch_up_and_publish(tmp_path, lab_key):
     for r in ("a", "b"):
         assert check.verify(plog.copy(r)).entries == 303
     assert plog.inventory("vault") and plog.inventory("a", prefer="b") == {}
+
+
+@pytest.mark.slow
+def test_log_on_local_s3_and_sftp_replicas_with_a_witness(tmp_path, s3_server, ssh_server,
+                                                           lab_key, minilm_dir):  # fmt: skip
+    """The real model sealed to a local disk, SeaweedFS and sshd: every replica holds the
+    same log, the steward cosigns on its SFTP replica, the published copy and a proof carrying
+    the cosignature pass the independent verifier."""
+    from conftest import Lab
+
+    lab = Lab(tmp_path, s3_server, ssh_server, lab_key)
+    ok(lab.run("seal", minilm_dir, "--name", "minilm", "-q"))
+    ok(lab.run("audit", "--level", "metadata"))
+    pub = f"{lab_key}.pub"
+    roots = {ok(lab.run("log", "verify", r, "--key", pub, "--json")).json()["root"]
+             for r in ("primary", "cloud", "steward")}  # fmt: skip
+    assert len(roots) == 1
+    sk = tmp_path / "steward.key"
+    ok(wv("keygen", sk))
+    ok(lab.run("log", "cosign", "steward", "--log-key", pub, "--key", sk,
+               "--state-dir", tmp_path / "sstate"))  # fmt: skip
+    ok(lab.run("log", "publish", tmp_path / "public"))
+    k = keys.load_public_key(Path(pub)).raw
+    w = keys.load_public_key(Path(f"{sk}.pub")).raw
+    ws = {witness_name(w): w}
+    size, entries, seen = tlog_verify.verify_log(str(tmp_path / "public/log"), origin_for(k), k, ws)
+    assert size == 7 and seen == set(ws)
+    kinds = sorted(st.parse(e, "e")["kind"] for e in entries)
+    assert kinds == ["audited"] * 3 + ["replicated"] * 3 + ["sealed"]
+    proof = tmp_path / "p.tlog-proof"
+    ok(lab.run("log", "prove", "minilm", "-o", proof, "--witness", f"{sk}.pub"))
+    assert tlog_verify.verify_proof(proof.read_bytes(), origin_for(k), k, ws)[3] == set(ws)
+    ok(wv("log", "check", proof, "--key", pub, "--witness", f"{sk}.pub"))

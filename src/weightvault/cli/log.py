@@ -18,11 +18,14 @@ def _pub(path: str):
     return keys.load_public_key(Path(path)).raw
 
 
-def _open_url(url: str, *, create: bool = False):
-    """A log copy anywhere: a vault, a published directory (no tmp/ needed to read), a URL."""
+def _open_url(url: str, *, create: bool = False, ctx: Ctx | None = None):
+    """A log copy anywhere: a replica named in the config (with its storage options), a
+    vault, a published directory (no tmp/ needed to read), a URL."""
     from weightvault.storage.opener import is_local, open_store
     from weightvault.storage.store import LocalStore
 
+    if ctx is not None and "/" not in url and url in ctx.config.replicas:
+        return ctx.config.replica(url).open(create=create)
     if is_local(url) and not create:
         p = Path(url.removeprefix("file://"))
         if not p.is_dir():
@@ -202,7 +205,7 @@ def _witnesses(paths) -> tuple:
 
 
 @log_group.command("verify")
-@click.argument("url", required=False)
+@click.argument("url", required=False, metavar="[URL|DIR|REPLICA]")
 @vault_opt
 @key_pub_opt
 @witness_opt
@@ -221,7 +224,7 @@ def log_verify(ctx: Ctx, url, vault, key_pub, witnesses, since, require_witness,
     from weightvault.log.store import LogStore, log_verifier
 
     if url:
-        store = _open_url(url)
+        store = _open_url(url, ctx=ctx)
     else:
         rs = ctx.replicas(vault)
         store = rs.store(rs.names[0])
@@ -336,7 +339,7 @@ def log_check(proof, key_pub, witnesses, as_json) -> None:
 
 
 @log_group.command("cosign")
-@click.argument("url")
+@click.argument("url", metavar="URL|DIR|REPLICA")
 @click.option("--log-key", required=True, metavar="LAB.pub", help="The lab's log public key.")
 @click.option("--key", "key_path", required=True, metavar="FILE", help="The steward's signing key.")
 @click.option("--state-dir", metavar="DIR", help="The steward's state [default: as audit].")
@@ -350,7 +353,7 @@ def log_cosign(ctx: Ctx, url, log_key, key_path, state_dir, as_json) -> None:
     from weightvault.log.store import LogStore, State, log_verifier, witness_name
 
     key = keys.load_signing_key(Path(key_path))
-    log = LogStore(_open_url(url, create=True), log_verifier(_pub(log_key)))
+    log = LogStore(_open_url(url, create=True, ctx=ctx), log_verifier(_pub(log_key)))
     name = witness_name(key.public.raw)
     import hashlib
 
