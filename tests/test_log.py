@@ -593,3 +593,32 @@ def test_log_on_local_s3_and_sftp_replicas_with_a_witness(tmp_path, s3_server, s
     ok(lab.run("log", "prove", "minilm", "-o", proof, "--witness", f"{sk}.pub"))
     assert tlog_verify.verify_proof(proof.read_bytes(), origin_for(k), k, ws)[3] == set(ws)
     ok(wv("log", "check", proof, "--key", pub, "--witness", f"{sk}.pub"))
+
+
+def test_escrow_round_appends_custody_statements(tmp_path, lab_key, minilm_dir):
+    """handover, challenge and the depositor's check each append a custody statement naming
+    the digest of the custody record; the steward cosigns the log on its replica."""
+    from test_escrow import World
+
+    w = World(tmp_path, lab_key, str(tmp_path / "steward-vault"), None, None)
+    ok(w.seal(minilm_dir))
+    h = ok(w.lab("escrow", "handover", "minilm", "--steward", "steward", "--conditions",
+                 w.conditions, "--json", "--quiet")).json()  # fmt: skip
+    ok(w.steward("escrow", "accept", "minilm", "--identity", w.ids["steward"][0], "--quiet"))
+    c = ok(w.lab("escrow", "challenge", "minilm", "--steward", "steward", "-n", "2",
+                 "--json")).json()  # fmt: skip
+    ok(w.steward("escrow", "respond", "minilm"))
+    r = ok(w.lab("escrow", "check", "minilm", "--steward", "steward", "--json")).json()
+    shown = ok(w.lab("log", "show", "minilm", "--json")).json()
+    (kinds,) = shown.values()
+    assert kinds["custody/handover"]["record"] == h["digest"]
+    assert kinds["custody/challenge"]["record"] == c["digest"]
+    assert kinds["custody/result"]["record"] == r["digest"]
+    assert kinds["sealed"]["encrypted"] is True
+    pub = f"{lab_key}.pub"
+    for v in ("lab-vault", "steward-vault"):
+        ok(wv("log", "verify", tmp_path / v, "--key", pub))
+    ok(wv("log", "cosign", tmp_path / "steward-vault", "--log-key", pub, "--key",
+          w.steward_key, "--state-dir", tmp_path / "sstate"))  # fmt: skip
+    ok(wv("log", "verify", tmp_path / "steward-vault", "--key", pub, "--witness",
+          f"{w.steward_key}.pub", "--require-witness"))  # fmt: skip

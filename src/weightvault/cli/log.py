@@ -66,6 +66,8 @@ def record(ctx: Ctx, rs, *entries: bytes, key=None, mirror_to: list[str] | None 
         key = ctx.signing_key(None)
     state = _state(ctx, None)
     plog = PreservationLog(rs, key.public.raw, key=key, state_dir=state)
+    if _foreign(plog):
+        return  # a steward's replica holds its depositor's log: not ours to append to
     plog.append(*entries, mirror_to=mirror_to)
     for name, why in plog.errors.items():
         click.echo(f"weightvault: note: replica {name}: log copy not updated ({why})", err=True)
@@ -169,16 +171,53 @@ def log_custody(ctx: Ctx, r, key) -> None:
     _quietly(f"escrow {event}", go)
 
 
+def _foreign(plog) -> bool:
+    """Does the primary hold a log of another key (origin)?"""
+    from weightvault.log import note
+    from weightvault.log.store import CHECKPOINT
+
+    store = plog.replicas.try_store(plog.primary)
+    if store is None or not store.exists(CHECKPOINT):
+        return False
+    try:
+        origin = note.parse(store.read_bytes(CHECKPOINT, note.MAX_NOTE)).text.split(b"\n")[0]
+    except (note.NoteError, WeightvaultError):
+        return False  # damaged: let the append say so
+    return origin != plog.origin.encode()
+
+
+def _log_public(ctx: Ctx, rs) -> bytes | None:
+    """The key of the log the replicas hold, if it is ours or one we trust (a steward's
+    config trusts the depositor's key: its audits then take the depositor's log's word)."""
+    from weightvault.log import note
+    from weightvault.log.store import CHECKPOINT, origin_for
+
+    keys_ = [ctx.signing_key(None).public.raw] if ctx.config.signing_key else []
+    keys_ += [k.raw for k in ctx.trusted(())]
+    for n in rs.names:
+        store = rs.try_store(n)
+        if store is None or not store.exists(CHECKPOINT):
+            continue
+        try:
+            origin = note.parse(store.read_bytes(CHECKPOINT, note.MAX_NOTE)).text.split(b"\n")[0]
+        except (note.NoteError, WeightvaultError):
+            continue
+        for k in keys_:
+            if origin_for(k).encode() == origin:
+                return k
+    return None
+
+
 def inventory(ctx: Ctx, rs) -> dict[str, dict[str, str]]:
     """{replica: {bundle name: bundle id}} the preservation log says each replica must hold;
     {} where there is no log (or no key to name it)."""
     from weightvault.log.archive import PreservationLog, inventory_of
 
-    if not ctx.config.signing_key:
-        return {}
     try:
-        plog = PreservationLog(rs, ctx.signing_key(None).public.raw)
-        stmts = plog.statements()
+        public = _log_public(ctx, rs)
+        if public is None:
+            return {}
+        stmts = PreservationLog(rs, public).statements()
     except WeightvaultError as e:
         click.echo(f"weightvault: note: preservation log not read ({e})", err=True)
         return {}
