@@ -76,7 +76,7 @@ def bench_million(d: Path, key, n: int, proofs: int) -> dict:
         p.write_bytes(b"".join(h))
     ver = log_verifier(key.public.raw)
     cp = note.Checkpoint(ver.name, n, root)
-    sig = note.sign(cp.text(), cp.origin, key.public.raw, key._key.sign)
+    sig = note.sign(cp.text(), cp.origin, key.public.raw, key.sign_raw)
     (vault / "log/checkpoint").write_bytes(note.Note(cp.text(), (sig,)).encode())
     tiles_bytes = du(vault / "log")
     rnd = random.Random(1)

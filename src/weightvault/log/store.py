@@ -53,14 +53,10 @@ def witness_verifier(public: bytes) -> note.Verifier:
 
 
 def raw_signer(key) -> Callable[[bytes], bytes]:
-    """Raw Ed25519 signing over a message (signed notes are not DSSE): `sign_raw` where the
-    key type offers it (files, tokens), else the file key's own Ed25519 key."""
+    """Raw Ed25519 signing over a message (signed notes are not DSSE): the key's `sign_raw`."""
     fn = getattr(key, "sign_raw", None)
     if fn is not None:
         return fn
-    inner = getattr(key, "_key", None)
-    if inner is not None and hasattr(inner, "sign"):
-        return inner.sign
     raise TrustError(f"{getattr(key, 'source', 'key')}: this kind of key cannot sign log "
                      "checkpoints (no raw Ed25519 signing)")  # fmt: skip
 
