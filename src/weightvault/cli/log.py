@@ -208,6 +208,29 @@ def _log_public(ctx: Ctx, rs) -> bytes | None:
     return None
 
 
+def check_custody_anchors(ctx: Ctx, bundle_id: str | None, digests: set[str]) -> None:
+    """Every custody record the preservation log names for this bundle must still be in its
+    chain: a chain cut short on every replica (its tail deleted) is exit 1, naming the record."""
+    from weightvault.errors import IntegrityError
+    from weightvault.log.archive import PreservationLog
+    from weightvault.storage.replicas import ReplicaSet
+
+    if not bundle_id:
+        return
+    rs = ReplicaSet(ctx.config)
+    try:
+        public = _log_public(ctx, rs)
+        stmts = PreservationLog(rs, public).statements() if public else []
+    except WeightvaultError as e:
+        click.echo(f"weightvault: note: preservation log not read ({e})", err=True)
+        return
+    for i, d in stmts:
+        if d["kind"] == "custody" and d["bundle"] == bundle_id and d["record"] not in digests:
+            raise IntegrityError(f"custody log of {d['name']}: the {d['event']} record "
+                                 f"{d['record'][:16]} named by preservation log entry {i} is "
+                                 "missing (the chain was cut or rewritten)")  # fmt: skip
+
+
 def inventory(ctx: Ctx, rs) -> dict[str, dict[str, str]]:
     """{replica: {bundle name: bundle id}} the preservation log says each replica must hold;
     {} where there is no log (or no key to name it)."""
