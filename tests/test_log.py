@@ -597,7 +597,8 @@ def test_log_on_local_s3_and_sftp_replicas_with_a_witness(tmp_path, s3_server, s
 
 def test_escrow_round_appends_custody_statements(tmp_path, lab_key, minilm_dir):
     """handover, challenge and the depositor's check each append a custody statement naming
-    the digest of the custody record; the steward cosigns the log on its replica."""
+    the digest of the custody record; the steward cosigns the log on its replica; with the
+    custody log's tail deleted everywhere and the local state lost, the log still shows it."""
     from test_escrow import World
 
     w = World(tmp_path, lab_key, str(tmp_path / "steward-vault"), None, None)
@@ -627,5 +628,7 @@ def test_escrow_round_appends_custody_statements(tmp_path, lab_key, minilm_dir):
     for v in ("lab-vault", "steward-vault"):
         records = sorted((tmp_path / v / "custody" / "minilm").rglob("*.json"))
         records[-1].unlink()
-    one_error(w.lab("escrow", "log", "minilm"), 1, "custody log of minilm", "result record",
-              r["digest"][:16], "missing")  # fmt: skip
+    one_error(w.lab("escrow", "log", "minilm"), 1, "minilm", "missing")  # the local state saw it
+    fresh = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "new-machine")}  # state lost too
+    one_error(wv("-c", w.lab_cfg, "escrow", "log", "minilm", env=fresh), 1,
+              "custody log of minilm", "result record", r["digest"][:16], "missing")  # fmt: skip
