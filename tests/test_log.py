@@ -632,3 +632,11 @@ def test_escrow_round_appends_custody_statements(tmp_path, lab_key, minilm_dir):
     fresh = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "new-machine")}  # state lost too
     one_error(wv("-c", w.lab_cfg, "escrow", "log", "minilm", env=fresh), 1,
               "custody log of minilm", "result record", r["digest"][:16], "missing")  # fmt: skip
+
+
+def test_schema_examples_are_valid_canonical_statements():
+    root = Path(__file__).resolve().parent.parent / "manifests/examples/log-statements.jsonl"
+    kinds = set()
+    for i, line in enumerate(root.read_bytes().splitlines()):
+        kinds.add(st.parse(line, f"example {i}")["kind"])
+    assert kinds == set(st.KINDS)
