@@ -640,3 +640,25 @@ def test_schema_examples_are_valid_canonical_statements():
     for i, line in enumerate(root.read_bytes().splitlines()):
         kinds.add(st.parse(line, f"example {i}")["kind"])
     assert kinds == set(st.KINDS)
+
+
+def test_deleted_audit_trail_is_found_from_the_log_when_local_state_is_lost(tmp_path, lab_key,
+                                                                             minilm_dir):  # fmt: skip
+    import shutil
+
+    from conftest import write_config
+
+    cfg = write_config(tmp_path / "wv.toml", lab_key, {
+        "a": {"url": str(tmp_path / "a"), "role": "primary"}, "b": {"url": str(tmp_path / "b")}})
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    ok(wv("-c", cfg, "seal", minilm_dir, "--name", "minilm", "-q", env=env))
+    ok(wv("-c", cfg, "audit", "--level", "metadata", env=env))
+    ok(wv("-c", cfg, "audit-log", "verify", env=env))
+    shutil.rmtree(tmp_path / "b" / "audits")
+    fresh = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "new-machine")}
+    r = wv("-c", cfg, "audit-log", "verify", "--json", env=fresh)
+    assert r.code == 1, r.out + r.err
+    out = r.json()
+    assert not [p for p in out["a"]["problems"] if "preservation log" in p]
+    (p,) = [p for p in out["b"]["problems"] if "preservation log" in p]
+    assert "missing from the replica" in p

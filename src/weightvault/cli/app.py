@@ -889,6 +889,9 @@ def audit_log_verify(ctx: Ctx, vault, replicas, trust, key_path, state_dir, as_j
         store = rs.try_store(n)
         url = store.url if store else rs.replica(n).url
         count, problems = Chain(replica_dir(state, url), store).verify(trusted)
+        from weightvault.cli.log import check_audit_anchors
+
+        problems += check_audit_anchors(ctx, rs, n, store)
         if store is None:
             problems.append(f"replica unreachable, its copy not compared: {rs.errors[n]}")
         out[n] = {"records": count, "problems": problems}

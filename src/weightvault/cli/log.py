@@ -231,6 +231,42 @@ def check_custody_anchors(ctx: Ctx, bundle_id: str | None, digests: set[str]) ->
                                  "missing (the chain was cut or rewritten)")  # fmt: skip
 
 
+def check_audit_anchors(ctx: Ctx, rs, replica: str, store) -> list[str]:
+    """Problems: audit records of `replica` that the preservation log names (by the digest of
+    the record's canonical body) and that the replica no longer holds. Catches a trail whose
+    tail, or whole, was deleted even when the local state went with it."""
+    import hashlib
+
+    from weightvault.archive.auditlog import MAX_RECORD, parse
+    from weightvault.format import canon
+    from weightvault.log.archive import PreservationLog
+
+    if store is None:
+        return []
+    try:
+        public = _log_public(ctx, rs)
+        stmts = PreservationLog(rs, public).statements() if public else []
+    except WeightvaultError as e:
+        return [f"preservation log not read ({e})"]
+    named = [(i, d) for i, d in stmts if d["kind"] == "audited" and d["replica"] == replica
+             and d["record"]]  # fmt: skip
+    if not named:
+        return []
+    held = set()
+    try:
+        listing = store.list("audits")
+    except (StorageError, FileNotFoundError):
+        listing = {}
+    for key in listing:
+        try:
+            env = parse(store.read_bytes(key, MAX_RECORD), store.describe(key))
+            held.add(hashlib.sha256(canon.canonical(env["record"])).hexdigest())
+        except (WeightvaultError, KeyError, TypeError):
+            continue  # the chain check names damaged records
+    return [f"audit record {d['record'][:16]} of {d['time']} named by preservation log entry "
+            f"{i} is missing from the replica" for i, d in named if d["record"] not in held]  # fmt: skip
+
+
 def inventory(ctx: Ctx, rs) -> dict[str, dict[str, str]]:
     """{replica: {bundle name: bundle id}} the preservation log says each replica must hold;
     {} where there is no log (or no key to name it)."""
