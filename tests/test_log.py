@@ -374,6 +374,22 @@ def test_inventory_from_statements():
     assert inventory_of(stmts, "disk") == {a: "ma", b: "mb"}
 
 
+def test_summary_of_a_bundle():
+    from weightvault.log.archive import summary_of
+
+    a = "a" * 64
+    stmts = list(enumerate(st.parse(x, "x") for x in [
+        st.sealed(a, "ma", 10, "c" * 64, 3, False), st.replicated(a, "ma", "s3"),
+        st.replicated(a, "ma", "disk"),
+        st.make("audited", time="2026-12-01T00:00:00Z", replica="s3", level="full", result="ok",
+                bundles=1, objects=3, bytes=10, damage=0, record=None),
+        st.retired(a, "ma", "disk", "moved"),
+    ]))  # fmt: skip
+    s = summary_of(stmts, a)
+    assert s["held_on"] == ["s3"] and s["last_full_audit"] == "2026-12-01T00:00:00Z"
+    assert s["retired"]["replica"] == "disk"
+
+
 def test_statements_are_bounded_and_validated():
     with pytest.raises(CorruptData):
         st.replicated("nothex", "m", "r")

@@ -509,17 +509,24 @@ def log_publish(ctx: Ctx, url, vault, log_key, as_json) -> None:
 @click.pass_obj
 def log_show(ctx: Ctx, bundle, vault, log_key, as_json) -> None:
     """The latest statement of each kind per bundle (and each replica's latest audit)."""
-    from weightvault.log.archive import latest_of
+    from weightvault.log.archive import latest_of, summary_of
 
     plog = _plog(ctx, vault, log_key)
-    stmts = plog.statements()
-    if bundle:
-        stmts = _find(stmts, bundle)
+    everything = plog.statements()
+    stmts = _find(everything, bundle) if bundle else everything
     latest = latest_of(stmts)
     if as_json:
         _emit(latest, True, "")
         return
     lines = []
+    if bundle:
+        s = summary_of(everything, stmts[0][1]["bundle"])
+        line = f"held on {len(s['held_on'])} replicas ({', '.join(s['held_on']) or 'none'})"
+        if s["last_full_audit"]:
+            line += f", last full audit {s['last_full_audit'][:10]}"
+        if s["retired"]:
+            line += f", retired {s['retired']['time'][:10]}"
+        lines.append(line)
     for bid, kinds in latest.items():
         title = "audits" if bid == "*" else f"{next(iter(kinds.values())).get('name')} {bid[:12]}"
         lines.append(title)

@@ -190,3 +190,32 @@ def latest_of(stmts: list[tuple[int, dict]]) -> dict[str, dict[str, dict]]:
                "repaired": d.get("replica")}.get(kind)  # fmt: skip
         out.setdefault(d["bundle"], {})[f"{kind}/{sub}" if sub else kind] = {**d, "index": i}
     return out
+
+
+def summary_of(stmts: list[tuple[int, dict]], bundle: str) -> dict:
+    """What the log says of one bundle, for people: where it must be held, the latest audit of
+    each of those replicas, the custody events, whether it was retired."""
+    held = sorted(r for r, bids in _holders(stmts).items() if bundle in bids)
+    audits: dict[str, dict] = {}
+    custody, retired, sealed = [], None, None
+    for i, d in stmts:
+        if d["kind"] == "audited" and d["replica"] in held:
+            audits[d["replica"]] = {"time": d["time"], "level": d["level"],
+                                    "result": d["result"], "index": i}  # fmt: skip
+        elif d.get("bundle") == bundle:
+            if d["kind"] == "sealed":
+                sealed = {"time": d["time"], "index": i}
+            elif d["kind"] == "custody":
+                custody.append({"event": d["event"], "steward": d["steward"], "time": d["time"],
+                                "index": i})  # fmt: skip
+            elif d["kind"] == "retired":
+                retired = {"time": d["time"], "replica": d["replica"], "reason": d["reason"]}
+    full = [a["time"] for a in audits.values() if a["level"] == "full" and a["result"] == "ok"]
+    return {"bundle": bundle, "sealed": sealed, "held_on": held, "audits": audits,
+            "last_full_audit": max(full) if full else None, "custody": custody,
+            "retired": retired}  # fmt: skip
+
+
+def _holders(stmts: list[tuple[int, dict]]) -> dict[str, set[str]]:
+    replicas = {d["replica"] for _, d in stmts if d["kind"] in ("replicated", "repaired")}
+    return {r: set(inventory_of(stmts, r)) for r in replicas}
