@@ -327,7 +327,8 @@ class _KeyPlan:
             for (cname, r), sh in zip(self.opts.custodians, split, strict=True):
                 envelopes.append(self._envelope(
                     store, name, f"keys/share-{cname}.age", "share", cname, r,
-                    sh.text.encode() + b"\n", crypt.share_digest(self.salt, sh.text), written))  # fmt: skip
+                    crypt.share_plaintext(sh.text, doc["format_version"]),
+                    crypt.share_digest(self.salt, sh.text), written))  # fmt: skip
             shares = {"scheme": "slip39", "threshold": self.opts.threshold,
                       "count": len(split), "identifier": split[0].identifier}  # fmt: skip
         return {**doc, "source": {"kind": "encrypted"}, "files": [],
