@@ -171,38 +171,37 @@ def log_custody(ctx: Ctx, r, key) -> None:
     _quietly(f"escrow {event}", go)
 
 
-def _foreign(plog) -> bool:
-    """Does the primary hold a log of another key (origin)?"""
+def _origin_on(store) -> bytes | None:
+    """The origin line of the log checkpoint a store holds (unverified: only to pick the key
+    that will verify it), or None."""
     from weightvault.log import note
     from weightvault.log.store import CHECKPOINT
 
-    store = plog.replicas.try_store(plog.primary)
     if store is None or not store.exists(CHECKPOINT):
-        return False
+        return None
     try:
-        origin = note.parse(store.read_bytes(CHECKPOINT, note.MAX_NOTE)).text.split(b"\n")[0]
+        return note.parse(store.read_bytes(CHECKPOINT, note.MAX_NOTE)).text.split(b"\n")[0]
     except (note.NoteError, WeightvaultError):
-        return False  # damaged: let the append say so
-    return origin != plog.origin.encode()
+        return None
+
+
+def _foreign(plog) -> bool:
+    """Does the primary hold a log of another key (origin)? (A damaged one: let the append
+    say so.)"""
+    origin = _origin_on(plog.replicas.try_store(plog.primary))
+    return origin is not None and origin != plog.origin.encode()
 
 
 def _log_public(ctx: Ctx, rs) -> bytes | None:
     """The key of the log the replicas hold, if it is ours or one we trust (a steward's
     config trusts the depositor's key: its audits then take the depositor's log's word)."""
-    from weightvault.log import note
-    from weightvault.log.store import CHECKPOINT, origin_for
+    from weightvault.log.store import origin_for
 
     keys_ = [ctx.signing_key(None).public.raw] if ctx.config.signing_key else []
     keys_ += [k.raw for k in ctx.trusted(())]
     for n in rs.names:
-        store = rs.try_store(n)
-        if store is None or not store.exists(CHECKPOINT):
-            continue
-        try:
-            origin = note.parse(store.read_bytes(CHECKPOINT, note.MAX_NOTE)).text.split(b"\n")[0]
-        except (note.NoteError, WeightvaultError):
-            continue
-        for k in keys_:
+        origin = _origin_on(rs.try_store(n))
+        for k in keys_ if origin else ():
             if origin_for(k).encode() == origin:
                 return k
     return None
