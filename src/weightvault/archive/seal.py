@@ -83,7 +83,7 @@ def default_name(spec: str, src: sources.Source) -> str:
 
 
 def seal(
-    spec: str,
+    spec: str | sources.Source,
     store: Store,
     key: SigningKey,
     opts: SealOptions | None = None,
@@ -100,8 +100,11 @@ def seal(
     if not 4096 <= opts.chunk_size <= chunking.MAX_TARGET:
         raise InputError(f"chunk size {opts.chunk_size} is out of range 4 KiB..1 GiB")
     vault = Vault(store)
-    src = sources.resolve(spec, excludes=opts.excludes, cache_dir=opts.hf_cache_dir,
-                          external_links=opts.external_links)
+    if isinstance(spec, sources.Source):  # resolved by the caller before any vault was touched
+        src, spec = spec, str(spec.root)
+    else:
+        src = sources.resolve(spec, excludes=opts.excludes, cache_dir=opts.hf_cache_dir,
+                              external_links=opts.external_links)
     name = check_name(opts.name or default_name(spec, src))
     for v in (vault, *map(Vault, replicas)):
         if v.is_committed(name):
