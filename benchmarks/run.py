@@ -742,7 +742,7 @@ def scale_child(chunks: int, out: Path) -> None:
     objects.sort(key=lambda o: o["name"])
     doc = {
         "format": "weightvault-manifest",
-        "format_version": 3,
+        "format_version": 4,
         "name": "scale-1tb",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tool": {"name": "weightvault", "version": __version__},
@@ -753,6 +753,10 @@ def scale_child(chunks: int, out: Path) -> None:
         "objects": objects,
         "encryption": None,
         "record": [],
+        "spec": [{"path": "FORMAT.md", "size": 100000,
+                  "sha256": hashlib.sha256(b"format").hexdigest()}],
+        "supersedes": None,
+        "bag_info": {"organization": None, "description": "scale test"},
     }  # fmt: skip
     res["build_doc_s"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ok, one_error, write_config, wv
+from conftest import objects_of, ok, one_error, write_config, wv
 from safetensors.numpy import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -358,7 +358,7 @@ def test_show_insecure_reads_an_unsigned_bundle(tmp_path, lab_key):
 def test_a_damage_line_prints_whole_digests(tmp_path, lab_key):
     v = tmp_path / "v"
     seal(tiny_model(tmp_path / "tiny"), v, lab_key)
-    obj = max((v / "bundles/tiny/data/objects").iterdir(), key=lambda p: p.stat().st_size)
+    obj = max(objects_of(v, "tiny"), key=lambda p: p.stat().st_size)  # in the pool
     data = bytearray(obj.read_bytes())
     data[len(data) // 2] ^= 1
     obj.write_bytes(bytes(data))
