@@ -83,6 +83,7 @@ def audit_replica(
     interval_days: float | None = None,
     workers: int | None = None,
     clock: float | None = None,
+    executor=None,
 ) -> ReplicaAudit:
     started, t0 = now(), clock or time.time()
     local = replica_dir(state, store.url)
@@ -146,7 +147,12 @@ def audit_replica(
                           chain.head())  # fmt: skip
     else:
         to_hash = []
-    results = run(to_hash, lambda t, _e: _hash_check(store, t), workers=workers)
+    if executor is not None and executor.distributed and to_hash:
+        from weightvault.archive.distributed import hash_on_cluster
+
+        results = hash_on_cluster(executor, store, to_hash, workers)
+    else:
+        results = run(to_hash, lambda t, _e: _hash_check(store, t), workers=workers)
     for t, f in zip(to_hash, results, strict=True):
         checked += 1
         if f is None:

@@ -101,6 +101,7 @@ json_opt = click.option(
 )
 quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 workers_opt = click.option("--workers", type=click.IntRange(1, 64), help="Worker threads (default: cores).")  # fmt: skip
+executor_opt = click.option("--executor", metavar="SPEC", envvar="WEIGHTVAULT_EXECUTOR", help="threads (default), local-cluster:N, or dask://HOST:PORT (docs/OPERATIONS.md).")  # fmt: skip
 identity_opt = click.option("--identity", "identities", multiple=True, metavar="FILE",
                             help="age identity or SSH private key (may be passphrase-protected: age -p) for an encrypted bundle.")  # fmt: skip
 share_opt = click.option("--share", "shares", multiple=True, metavar="FILE",
@@ -160,6 +161,8 @@ def keygen(path: str) -> None:
 @click.option("--exclude", multiple=True, metavar="PATH",
               help="Relative path to leave out (default: .git and .cache/huggingface).")  # fmt: skip
 @click.option("--hf-cache", metavar="DIR", help="Hugging Face cache for hf:// sources.")
+@click.option("--source-option", "source_options", multiple=True, metavar="KEY=VALUE",
+              help="fsspec storage option of an s3:// (or other URL) source, e.g. endpoint_url=...")  # fmt: skip
 @click.option(
     "--report", metavar="FILE.md", help="Post-deployment report (Markdown), sealed as is."
 )
@@ -181,12 +184,13 @@ def keygen(path: str) -> None:
               help="ECDSA P-256/P-384 key: also write an OpenSSF model-signing signature into the "
                    "record (docs/MODEL-SIGNING.md).")  # fmt: skip
 @workers_opt
+@executor_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
 def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, exclude, hf_cache,
-         report, interviews, record_toml, attachments, encrypt_to, custodians, threshold,
-         oms_key, workers, as_json, quiet) -> None:  # fmt: skip
+         source_options, report, interviews, record_toml, attachments, encrypt_to, custodians,
+         threshold, oms_key, workers, executor, as_json, quiet) -> None:  # fmt: skip
     """Seal SOURCE (a directory, hf://ORG/NAME@REVISION, or a Hub cache snapshot) into every
     replica: the first reachable one is written, then the bundle is replicated to the rest."""
     from weightvault.archive.seal import SealOptions
@@ -211,8 +215,13 @@ def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, excl
                        oms_key=_oms_key(oms_key), encrypt_to=recipients_from(encrypt_to),
                        custodians=load_custodians(Path(custodians)) if custodians else [],
                        threshold=threshold)  # fmt: skip
+    from weightvault.cli.cluster import executor_of, running, source_options_of
+
+    opts.source_options = source_options_of(source_options)
+    opts.executor = executor_of(executor)
     try:
-        _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single=vault is not None)
+        with running(opts.executor):
+            _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single=vault is not None)
     finally:
         if plan:
             plan.close()
@@ -654,10 +663,11 @@ akey_opt = click.option("--key", "key_path", metavar="FILE",
 @state_opt
 @click.option("--metrics-file", metavar="PATH", help="Write Prometheus textfile metrics here.")
 @workers_opt
+@executor_opt
 @json_opt
 @click.pass_obj
 def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, key_path, state_dir,
-          metrics_file, workers, as_json) -> None:  # fmt: skip
+          metrics_file, workers, executor, as_json) -> None:  # fmt: skip
     """Prove every replica still holds every byte. Exit 0 healthy, 1 damage or loss found,
     3 a replica could not be reached (the others are still audited)."""
     from weightvault.archive.audit import audit_replica, cross_check, metrics, write_metrics
@@ -668,9 +678,13 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
     level = level or ctx.config.audit.get("level", "sample")
     cycle = cycle_days or ctx.config.audit.get("cycle_days") or 90
     state = _state(ctx, state_dir)
-    done, unreachable = _each_replica(rs, replicas, lambda n, store: audit_replica(
-        n, store, level=level, trusted=trusted, key=key, state=state, cycle_days=cycle,
-        interval_days=interval_days, workers=workers or ctx.config.workers))  # fmt: skip
+    from weightvault.cli.cluster import executor_of, running
+
+    ex = executor_of(executor)
+    with running(ex):
+        done, unreachable = _each_replica(rs, replicas, lambda n, store: audit_replica(
+            n, store, level=level, trusted=trusted, key=key, state=state, cycle_days=cycle,
+            interval_days=interval_days, workers=workers or ctx.config.workers, executor=ex))  # fmt: skip
     conflicts = cross_check({a.replica: {b["name"]: b["bundle"] for b in a.record["bundles"]}
                              for a in done})  # fmt: skip
     if metrics_file:

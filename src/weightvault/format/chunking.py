@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from weightvault.errors import InputError
 
@@ -39,19 +40,35 @@ class Tensor:
     end: int
 
 
-def read_safetensors_header(path: Path, size: int) -> tuple[int, list[Tensor]]:
-    """Return (data buffer offset, tensors sorted by offset); InputError names what is wrong."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise InputError(f"{path}: safetensors file shorter than its 8-byte header length")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER or 8 + n > size:
-            raise InputError(
-                f"{path}: safetensors header length {n} runs past the end of the file "
-                f"({size} bytes)"
-            )
-        raw = f.read(n)
+ReadAt = Callable[[int, int], bytes]  # (offset, length) -> bytes: how a plan reads a header
+
+
+def _local_reader(path: Path) -> ReadAt:
+    def read_at(offset: int, n: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(n)
+
+    return read_at
+
+
+def read_safetensors_header(path: Path | str, size: int,
+                            read_at: ReadAt | None = None) -> tuple[int, list[Tensor]]:  # fmt: skip
+    """Return (data buffer offset, tensors sorted by offset); InputError names what is wrong.
+    `read_at` reads the two ranges a header takes (a remote source: two range requests)."""
+    read_at = read_at or _local_reader(Path(path))
+    head = read_at(0, 8)
+    if len(head) < 8:
+        raise InputError(f"{path}: safetensors file shorter than its 8-byte header length")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER or 8 + n > size:
+        raise InputError(
+            f"{path}: safetensors header length {n} runs past the end of the file "
+            f"({size} bytes)"
+        )
+    raw = read_at(8, n)
+    if len(raw) != n:
+        raise InputError(f"{path}: safetensors header shorter than its stated {n} bytes")
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as e:
@@ -78,14 +95,16 @@ def read_safetensors_header(path: Path, size: int) -> tuple[int, list[Tensor]]:
     return base, tensors
 
 
-def plan(path: Path, size: int, target: int = DEFAULT_TARGET) -> list[Piece]:
-    if path.suffix == ".safetensors" and size > 0:
-        return _plan_safetensors(path, size, target)
+def plan(path: Path | str, size: int, target: int = DEFAULT_TARGET,
+         read_at: ReadAt | None = None) -> list[Piece]:  # fmt: skip
+    if PurePosixPath(str(path)).suffix == ".safetensors" and size > 0:
+        return _plan_safetensors(path, size, target, read_at)
     return _split(Piece(0, size), target) if size else []
 
 
-def _plan_safetensors(path: Path, size: int, target: int) -> list[Piece]:
-    base, tensors = read_safetensors_header(path, size)
+def _plan_safetensors(path: Path | str, size: int, target: int,
+                      read_at: ReadAt | None) -> list[Piece]:  # fmt: skip
+    base, tensors = read_safetensors_header(path, size, read_at)
     regions: list[Piece] = [Piece(0, base)]
     pos = base
     for t in tensors:
