@@ -23,7 +23,10 @@ from weightvault.errors import InputError, StorageError
 
 THREADS = "threads"
 TASK_BYTES = 2 << 30  # one task's share of chunks (the brief: 1-4 GiB)
-RETRIES = 3  # a task whose worker died is run again this many times
+# A task whose worker dies is run again by the scheduler (distributed.scheduler.allowed-failures,
+# default 3); a task that raises is not retried: the error (bad credentials, a source that
+# changed) is an answer, and our storage layer already retried what was transient.
+RETRIES = 3
 
 
 @dataclass
@@ -79,12 +82,12 @@ class Executor:
     def map(self, fn: Callable, items: Iterable, *, label: str = "task",
             on_done: Callable[[int, Any], None] | None = None) -> list:  # fmt: skip
         """Run fn(*item) for every item on the cluster; results in item order. A task whose
-        worker died is retried (RETRIES); a task that raised raises here, the first one."""
+        worker died is run again elsewhere; the first task that raised raises here."""
         from distributed import as_completed
 
         items = list(items)
         with self.cluster() as client:
-            futs = [client.submit(fn, *it, pure=False, retries=RETRIES, key=f"{label}-{i}-"
+            futs = [client.submit(fn, *it, pure=False, key=f"{label}-{i}-"
                                   f"{_token()}") for i, it in enumerate(items)]  # fmt: skip
             index = {f.key: i for i, f in enumerate(futs)}
             out: list = [None] * len(futs)

@@ -85,7 +85,7 @@ class FsspecFiles:
 
     def read_at(self, f: sources.SourceFile):
         def read(offset: int, n: int) -> bytes:
-            return _guard(lambda: self.fs.cat_file(str(f.abspath), offset, offset + n),
+            return _guard(lambda: self.fs.cat_file(str(f.abspath), start=offset, end=offset + n),
                           self.describe(f))  # fmt: skip
 
         return read
@@ -116,7 +116,7 @@ class _RemoteHandle:
         if not (self.start <= offset and end <= self.start + len(self.buf)):
             want = max(n, min(READ_BLOCK, self.f.size - offset))
             path = str(self.f.abspath)
-            self.buf = _guard(lambda: self.files.fs.cat_file(path, offset, offset + want),
+            self.buf = _guard(lambda: self.files.fs.cat_file(path, start=offset, end=offset + want),
                               self.what)  # fmt: skip
             self.start = offset
         i = offset - self.start
