@@ -149,6 +149,14 @@ def test_cluster_seal_is_byte_identical_and_audits(tmp_path, minilm_dir, lab_key
     assert rec["eventOutcome"] == "pass" and rec["objects_checked"] == 21 + 0
     assert rec["bytes_read"] == sum(len(v) for k, v in tree(tmp_path / "dask").items()
                                     if "/data/objects/" in k)  # fmt: skip
+    small = {**os.environ, "WEIGHTVAULT_TASK_BYTES": str(32 << 20)}
+    r = ok(wv("verify", "m", "--vault", tmp_path / "dask", "--trust", f"{lab_key}.pub",
+              "--deep", "--executor", "local-cluster:2", "--json", env=small))  # fmt: skip
+    # the split file is read twice: by its chunk tasks and, in order, by its hashing task
+    assert r.json()["ok"] and r.json()["bytes_checked"] >= rec["bytes_read"]
+    ok(wv("replicate", "m", "--from", tmp_path / "dask", "--to", tmp_path / "copy", "--trust",
+          f"{lab_key}.pub", "--executor", "local-cluster:2", env=small))  # fmt: skip
+    assert tree(tmp_path / "copy") == tree(tmp_path / "one")
     # damage is found by the workers and confirmed by the driver's re-read
     victim = max((tmp_path / "dask/bundles/m/data/objects").iterdir(),
                  key=lambda p: p.stat().st_size)  # fmt: skip
@@ -160,6 +168,10 @@ def test_cluster_seal_is_byte_identical_and_audits(tmp_path, minilm_dir, lab_key
     assert r.code == 1, r.err
     fails = r.json()["replicas"][0]["record"]["failures"]
     assert [f["object"].rsplit("/", 1)[-1] for f in fails] == [victim.name]
+    r = wv("verify", "m", "--vault", tmp_path / "dask", "--trust", f"{lab_key}.pub", "--deep",
+           "--executor", "local-cluster:2", "--json", env=small)  # fmt: skip
+    assert r.code == 1 and [p["where"].rsplit("/", 1)[-1] for p in r.json()["problems"]
+                            if p["kind"] == "damaged"] == [victim.name]  # fmt: skip
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ class SealResult:
         return self.__dict__.copy()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # 10 TB: 163,840 of them in the driver
 class _Job:
     file: int
     src: sources.SourceFile
@@ -157,6 +157,7 @@ def seal(
             digests = lane.done
         finisher.drain()  # every object durable (or its error raised) before the manifest
         doc = _manifest_doc(name, src, files, jobs, results, digests, opts)
+        del jobs, results, digests  # the manifest holds what it needs (10 TB: 163,840 chunks)
         record = [_store_record_file(store, name, *r, written) for r in opts.record]
         if opts.oms_key is not None:
             record.append(_model_signing(store, name, doc, opts.oms_key, written))

@@ -349,6 +349,7 @@ def list_(ctx: Ctx, vault, replica, as_json) -> None:
 @identity_opt
 @share_opt
 @workers_opt
+@executor_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
@@ -363,18 +364,21 @@ def verify(
     identities,
     shares,
     workers,
+    executor,
     as_json,
     quiet,
 ) -> None:
     """Check a bundle's signature, bag and every stored digest. Exit 1 if anything is wrong."""
     from weightvault.archive.verify import verify as do_verify
+    from weightvault.cli.cluster import executor_of, running
 
     rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
-    with _work("verifying", not (quiet or as_json)) as cb:
+    ex = executor_of(executor)
+    with running(ex), _work("verifying", not (quiet or as_json)) as cb:
         where, r = rs.first(lambda _n, store: do_verify(
             store, bundle, trusted, insecure=insecure, deep=deep, workers=workers,
-            on_bytes=cb.on_bytes, on_start=cb.on_start, keys=_keys(identities, shares)),
-            replica)  # fmt: skip
+            on_bytes=cb.on_bytes, on_start=cb.on_start, keys=_keys(identities, shares),
+            executor=ex), replica)  # fmt: skip
     signer = f"signed by {r.signer[:16]}" if r.signer else "signature NOT checked (--insecure)"
     lines = [f"{'OK' if r.ok else 'DAMAGED'}: bundle {r.name} ({r.bundle[:16]}) on {where}, "
              f"{signer}, {r.objects} objects{', deep' if deep else ''}, "
@@ -520,11 +524,12 @@ def _target(ctx: Ctx, rs, spec: str, *, create: bool):
 @click.option("--verify-existing", is_flag=True,
               help="Re-hash objects already on the target (S3 targets always compare checksums).")  # fmt: skip
 @workers_opt
+@executor_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
-def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, workers, as_json,
-              quiet) -> None:  # fmt: skip
+def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, workers, executor,
+              as_json, quiet) -> None:  # fmt: skip
     """Copy what is missing of BUNDLE to a replica, check every copy, then commit it there."""
     from weightvault.archive.replicate import replicate as do_replicate
     from weightvault.storage.replicas import ReplicaSet
@@ -553,10 +558,13 @@ def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, wor
     if lead is None:
         raise InputError(f"{bundle!r}: no source replica holds this bundle")
     sources = [lead] + [s for s in sources if s is not lead]
-    with _work(f"replicating to {to_name}", not (quiet or as_json)) as cb:
+    from weightvault.cli.cluster import executor_of, running
+
+    ex = executor_of(executor)
+    with running(ex), _work(f"replicating to {to_name}", not (quiet or as_json)) as cb:
         r = do_replicate(sources, dst, bundle, trusted, insecure=insecure,
                          verify_existing=verify_existing, workers=workers,
-                         on_bytes=cb.on_bytes)  # fmt: skip
+                         on_bytes=cb.on_bytes, executor=ex)  # fmt: skip
     lines = [f"{r.name} ({r.bundle[:16]}) on {to_name}: {r.present} objects already there, "
              f"{r.copied} copied ({_size(r.bytes_copied)})"
              f"{', committed' if r.committed_now else ', was already committed'}"]  # fmt: skip

@@ -25,7 +25,7 @@ ITEMSIZE = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # 10 TB: 163,840 of them in the driver
 class Piece:
     offset: int
     length: int
