@@ -41,7 +41,7 @@ class RemoteFile(sources.SourceFile):
 class LocalFiles:
     """Files on a local disk (the default source)."""
 
-    def open(self, f: sources.SourceFile) -> _LocalHandle:
+    def open(self, f: sources.SourceFile, start: int = 0, end: int | None = None) -> _LocalHandle:
         return _LocalHandle(f.abspath)
 
     def read_at(self, f: sources.SourceFile):
@@ -80,8 +80,8 @@ class FsspecFiles:
             self._fs = _filesystem(self.url, self.options)[0]
         return self._fs
 
-    def open(self, f: sources.SourceFile) -> _RemoteHandle:
-        return _RemoteHandle(self, f)
+    def open(self, f: sources.SourceFile, start: int = 0, end: int | None = None) -> _RemoteHandle:
+        return _RemoteHandle(self, f, start, end)
 
     def read_at(self, f: sources.SourceFile):
         def read(offset: int, n: int) -> bytes:
@@ -104,26 +104,53 @@ class FsspecFiles:
 
 
 class _RemoteHandle:
-    """Range reads of one object: a chunk is read as a few large range requests."""
+    """Range reads of one byte range of an object: READ_BLOCK-sized range requests, the next
+    one fetched on a helper thread while the caller encodes the current one (network and CPU
+    overlap), served as views (no copy per piece)."""
 
-    def __init__(self, files: FsspecFiles, f: sources.SourceFile):
+    def __init__(self, files: FsspecFiles, f: sources.SourceFile, start: int = 0,
+                 end: int | None = None):  # fmt: skip
         self.files, self.f = files, f
         self.what = files.describe(f)
-        self.buf, self.start = b"", 0
+        self.end = f.size if end is None else end
+        self.buf, self.start = memoryview(b""), start
+        self._next = None  # (offset, future) of the block being prefetched
+        self._pool = None
 
-    def pread(self, n: int, offset: int) -> bytes:
+    def _fetch(self, offset: int) -> bytes:
+        want = min(READ_BLOCK, max(self.end, offset + 1) - offset)
+        path = str(self.f.abspath)
+        return _guard(lambda: self.files.fs.cat_file(path, start=offset, end=offset + want),
+                      self.what)  # fmt: skip
+
+    def _prefetch(self, offset: int) -> None:
+        if offset >= self.end:
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="weightvault-prefetch")
+        self._next = (offset, self._pool.submit(self._fetch, offset))
+
+    def pread(self, n: int, offset: int):
         end = offset + n
         if not (self.start <= offset and end <= self.start + len(self.buf)):
-            want = max(n, min(READ_BLOCK, self.f.size - offset))
-            path = str(self.f.abspath)
-            self.buf = _guard(lambda: self.files.fs.cat_file(path, start=offset, end=offset + want),
-                              self.what)  # fmt: skip
-            self.start = offset
+            if self._next is not None and self._next[0] == offset:
+                data = self._next[1].result()
+            else:
+                data = self._fetch(offset)
+            self._next = None
+            if len(data) < n:  # a piece across two blocks (a caller reading unaligned)
+                data += self._fetch(offset + len(data))[: n - len(data)]
+            self.buf, self.start = memoryview(data), offset
+            self._prefetch(offset + len(data))
         i = offset - self.start
         return self.buf[i : i + n]
 
     def close(self) -> None:
-        self.buf = b""
+        self.buf = memoryview(b"")
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _guard(fn, what: str):

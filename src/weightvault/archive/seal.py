@@ -228,7 +228,7 @@ def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: 
     sealer = keys.encryptor("chunk", job.index) if keys else None
     w = store.new_object()
     try:
-        fh = files_io.open(job.src)
+        fh = files_io.open(job.src, p.offset, p.offset + p.length)
         try:
             for off, n in pieces(p.length, codec.PIECE):
                 buf = fh.pread(n, p.offset + off)
