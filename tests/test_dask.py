@@ -134,7 +134,7 @@ def test_encrypted_seal_on_a_cluster_is_refused(tmp_path, minilm_dir, lab_key):
 # -- a real LocalCluster (processes)
 
 
-def test_cluster_seal_is_byte_identical_and_audits(tmp_path, minilm_dir, lab_key):
+def test_cluster_seal_is_byte_identical_and_audits(tmp_path, minilm_dir, lab_key, other_key):
     env = {**os.environ, **EPOCH}
     ok(wv("seal", minilm_dir, "--vault", tmp_path / "one", "--key", lab_key, "--name", "m",
           "--chunk-size", "16", env=env))  # fmt: skip
@@ -143,8 +143,9 @@ def test_cluster_seal_is_byte_identical_and_audits(tmp_path, minilm_dir, lab_key
           "--chunk-size", "16", "--executor", "local-cluster:2",
           env={**env, "WEIGHTVAULT_TASK_BYTES": str(32 << 20)}))  # fmt: skip
     assert tree(tmp_path / "one") == tree(tmp_path / "dask")
-    r = ok(wv("audit", "--vault", tmp_path / "dask", "--level", "full", "--key", lab_key,
-              "--state-dir", tmp_path / "state", "--executor", "local-cluster:2", "--json"))  # fmt: skip
+    audit = ("audit", "--vault", tmp_path / "dask", "--level", "full", "--key", other_key,
+             "--trust", f"{lab_key}.pub", "--state-dir", tmp_path / "state", "--json")
+    r = ok(wv(*audit, "--executor", "local-cluster:2"))
     rec = r.json()["replicas"][0]["record"]
     assert rec["eventOutcome"] == "pass" and rec["objects_checked"] == 21 + 0
     assert rec["bytes_read"] == sum(len(v) for k, v in tree(tmp_path / "dask").items()
@@ -163,8 +164,7 @@ def test_cluster_seal_is_byte_identical_and_audits(tmp_path, minilm_dir, lab_key
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 1
     victim.write_bytes(bytes(data))
-    r = wv("audit", "--vault", tmp_path / "dask", "--level", "full", "--key", lab_key,
-           "--state-dir", tmp_path / "state", "--executor", "local-cluster:1", "--json")  # fmt: skip
+    r = wv(*audit, "--executor", "local-cluster:1")
     assert r.code == 1, r.err
     fails = r.json()["replicas"][0]["record"]["failures"]
     assert [f["object"].rsplit("/", 1)[-1] for f in fails] == [victim.name]
