@@ -87,6 +87,9 @@ def overhead(args) -> dict:
     key = work / "bench.key"
     if not key.exists():
         subprocess.run(wv("keygen", key), check=True, capture_output=True)
+    akey = work / "audit.key"  # an audit key is never a bundle signer
+    if not akey.exists():
+        subprocess.run(wv("keygen", akey), check=True, capture_output=True)
     out: dict = {"size": args.size, "seal": {}, "audit": {}}
     for rep in range(args.reps):
         for ex in ("threads", "local-cluster:2"):
@@ -96,7 +99,8 @@ def overhead(args) -> dict:
                          "--executor", ex))  # fmt: skip
             out["seal"].setdefault(ex, []).append(r)
             warm(v)
-            r = timed(wv("audit", "--vault", v, "--level", "full", "--key", key, "--json",
+            r = timed(wv("audit", "--vault", v, "--level", "full", "--key", akey, "--trust",
+                         f"{key}.pub", "--json",
                          "--state-dir", work / f"state-{ex}-{rep}", "--executor", ex))  # fmt: skip
             out["audit"].setdefault(ex, []).append(r)
             subprocess.run(["rm", "-rf", str(v), str(work / f"state-{ex}-{rep}")], check=True)

@@ -115,8 +115,8 @@ def seal(
             raise already_sealed(v, name)
     files = sorted(src.files, key=lambda f: f.path)
     jobs: list[_Job] = []
-    for i, f in enumerate(files):
-        plan = chunking.plan(f.abspath, f.size, opts.chunk_size, files_io.read_at(f))
+    for i, (f, plan) in enumerate(zip(files, remote_source.plans(files, files_io,
+                                                                opts.chunk_size), strict=True)):
         for j, p in enumerate(plan):
             jobs.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1, len(jobs)))
     keys = _KeyPlan.new(opts) if opts.encrypted else None
