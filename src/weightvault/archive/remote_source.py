@@ -21,7 +21,7 @@ from weightvault.errors import CorruptData, InputError, StorageError
 from weightvault.format.paths import check_relpath, check_unique
 
 DEFAULT_MODE = 0o644  # an object has no mode; what a plain file would have
-READ_BLOCK = 16 << 20  # one range request per this many bytes of a chunk
+READ_BLOCK = 8 << 20  # one range request per this many bytes (two in memory per thread)
 
 
 HEADER_READERS = 16  # safetensors headers read at once (two small range requests each)
