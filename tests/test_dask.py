@@ -155,9 +155,18 @@ def test_cluster_seal_is_byte_identical_and_audits(tmp_path, minilm_dir, lab_key
               "--deep", "--executor", "local-cluster:2", "--json", env=small))  # fmt: skip
     # the split file is read twice: by its chunk tasks and, in order, by its hashing task
     assert r.json()["ok"] and r.json()["bytes_checked"] >= rec["bytes_read"]
+
+
+@pytest.mark.slow
+def test_cluster_replicates_and_finds_damage(tmp_path, minilm_dir, lab_key, other_key):
+    ok(wv("seal", minilm_dir, "--vault", tmp_path / "dask", "--key", lab_key, "--name", "m",
+          "--chunk-size", "16"))  # fmt: skip
+    small = {**os.environ, "WEIGHTVAULT_TASK_BYTES": str(32 << 20)}
     ok(wv("replicate", "m", "--from", tmp_path / "dask", "--to", tmp_path / "copy", "--trust",
           f"{lab_key}.pub", "--executor", "local-cluster:2", env=small))  # fmt: skip
-    assert tree(tmp_path / "copy") == tree(tmp_path / "one")
+    assert tree(tmp_path / "copy") == tree(tmp_path / "dask")
+    audit = ("audit", "--vault", tmp_path / "dask", "--level", "full", "--key", other_key,
+             "--trust", f"{lab_key}.pub", "--state-dir", tmp_path / "state", "--json")
     # damage is found by the workers and confirmed by the driver's re-read
     victim = max((tmp_path / "dask/bundles/m/data/objects").iterdir(),
                  key=lambda p: p.stat().st_size)  # fmt: skip
@@ -385,3 +394,32 @@ def test_driver_killed_mid_seal_leaves_only_what_gc_collects(tmp_path, minilm_di
     assert left == [], left
     r = ok(wv("list", "--vault", vault, "--json"))
     assert "\"m\"" not in r.out
+
+
+def test_cluster_audit_and_deep_verify_find_damage_in_process(vault_copy, lab_key, tmp_path):
+    """The cluster code paths of audit and verify --deep (tasks pickled and run as a worker
+    would, stores reopened from their spec), without the cost of starting a cluster."""
+    from weightvault.archive.audit import audit_replica
+    from weightvault.archive.verify import verify
+
+    store = LocalStore(vault_copy)
+    pk = keys.load_public_key(Path(f"{lab_key}.pub"))
+    auditor = keys.generate(tmp_path / "audit.key")
+    ex = InProcess()
+    ex.task_bytes = 16 << 20  # several tasks; the model's big file split over them
+    a = audit_replica("v", store, level="full", trusted=[pk], key=auditor,
+                      state=tmp_path / "state", executor=ex)  # fmt: skip
+    assert a.outcome == "pass" and a.record["bytes_read"] > 80 << 20
+    assert verify(store, "minilm", [pk], deep=True, executor=ex).ok
+    victim = max((vault_copy / "bundles/minilm/data/objects").iterdir(),
+                 key=lambda p: p.stat().st_size)  # fmt: skip
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 3] ^= 1
+    victim.write_bytes(bytes(data))
+    a = audit_replica("v", LocalStore(vault_copy), level="full", trusted=[pk], key=auditor,
+                      state=tmp_path / "state", executor=ex)  # fmt: skip
+    assert [f["object"].rsplit("/", 1)[-1] for f in a.record["failures"]] == [victim.name]
+    r = verify(LocalStore(vault_copy), "minilm", [pk], deep=True, executor=ex)
+    assert [p.where.rsplit("/", 1)[-1] for p in r.problems if p.kind == "damaged"] == \
+        [victim.name]
+    assert {it[0] for it in ex.sent} >= {"check", "verify", "vhash"}

@@ -211,8 +211,20 @@ def _tag(info: dict) -> tuple:
             int(info.get("size") or 0), None if etag else t)  # fmt: skip
 
 
-def resolve(url: str, options: dict, *, excludes: tuple[str, ...] = ()) -> tuple:
-    """(Source, FsspecFiles) for every object under `url` (a prefix ending in / or not)."""
+@dataclass
+class RemoteSource(sources.Source):
+    """A source in object storage, with how its files are read (`files_io`)."""
+
+    files_io: FsspecFiles | None = None
+
+
+def files_of(src: sources.Source):
+    """How seal reads a source's files: range requests for an object store, else pread."""
+    return getattr(src, "files_io", None) or LocalFiles()
+
+
+def resolve(url: str, options: dict, *, excludes: tuple[str, ...] = ()) -> RemoteSource:
+    """Every object under `url` (a prefix, with or without its final /) as a source."""
     fs, root = _filesystem(url, options)
     root = root.rstrip("/")
 
@@ -247,5 +259,5 @@ def resolve(url: str, options: dict, *, excludes: tuple[str, ...] = ()) -> tuple
     except CorruptData as e:
         raise InputError(str(e)) from None
     shown = url if url.endswith("/") else url + "/"
-    src = sources.Source(out, {"kind": "local", "path": shown}, Path(root))
-    return src, FsspecFiles(url, options)
+    return RemoteSource(out, {"kind": "local", "path": shown}, Path(root),
+                        files_io=FsspecFiles(url, options))

@@ -105,10 +105,10 @@ def seal(
     vault = Vault(store)
     executor = opts.executor
     if remote_source.is_url(spec):
-        src, files_io = remote_source.resolve(spec, opts.source_options, excludes=opts.excludes)
+        src = remote_source.resolve(spec, opts.source_options, excludes=opts.excludes)
     else:
         src = sources.resolve(spec, excludes=opts.excludes, cache_dir=opts.hf_cache_dir)
-        files_io = remote_source.LocalFiles()
+    files_io = remote_source.files_of(src)
     name = check_name(opts.name or default_name(spec, src))
     for v in (vault, *map(Vault, replicas)):
         if v.is_committed(name):
