@@ -87,7 +87,7 @@ def test_s3_killed_mid_audit_is_unreachable_not_damage(tmp_path, s3_server, lab_
     assert "cloud: UNREACHABLE:" in r.out and url in r.out, r.out
     assert "FAIL" not in r.out and "damaged" not in r.out and "missing" not in r.out, r.out
     assert "Traceback" not in r.err, r.err
-    records = list((tmp_path / "state").glob("replicas/*/audits/*.json"))
+    records = list((tmp_path / "state").glob("replicas/*/audits/*/*.json"))
     assert not records, "an audit that could not finish left a record"
     readable(s3_server, bucket)
     # the server is back: the same audit passes
@@ -173,7 +173,7 @@ def assert_nothing_half_visible(vault: Path, trust: Path) -> None:
     r = ok(wv("list", "--vault", vault, "--json"))
     for row in r.json():
         ok(wv("verify", row["name"], "--vault", vault, "--trust", trust))
-    s = wv("status", "--vault", vault, "--json")
+    s = wv("status", "--vault", vault, "--json", "--trust", trust)
     for name, row in json.loads(s.out or "{}").items():
         assert row["vault"]["state"] in ("complete", "uncommitted", "absent"), (name, row)
     # never a manifest that names an absent object, committed or not

@@ -168,7 +168,7 @@ def audit_replica(
     check'."""
     started, t0 = now(), clock or time.time()
     local = replica_dir(state, store.url)
-    chain = Chain(local, store)
+    chain = Chain(local, store, key.public.key_id)
     verified = Verified(local)
     before = store.counters.payload_read
     vault = Vault(store)
@@ -211,12 +211,15 @@ def audit_replica(
         results = hash_on_cluster(executor, store, to_hash, workers)
     else:
         results = run(to_hash, lambda t, _e: _hash_check(store, t), workers=workers)
+    reread = 0
     for t, f in zip(to_hash, results, strict=True):
         checked += 1
         if f is None:
             verified.mark(t.key, t0)
             continue
+        mark = store.counters.payload_read
         again = _hash_check(store, t)  # a transient bad read is not rot
+        reread += store.counters.payload_read - mark  # not counted: the replica is read once
         if again is None:
             transient.append(f)
             verified.mark(t.key, t0)
@@ -243,7 +246,7 @@ def audit_replica(
         "eventOutcome": "fail" if failures else "pass",
         "replica": {"name": name, "url": store.url}, "level": level,
         "agent": {"tool": tool(), "key": key.public.key_id},
-        "objects_checked": checked, "bytes_read": store.counters.payload_read - before,
+        "objects_checked": checked, "bytes_read": store.counters.payload_read - before - reread,
         "objects_unverifiable": unverifiable,
         "bundles": bundles, "failures": failures, "transient": transient, "repairs": [],
         "coverage": coverage,
@@ -296,7 +299,7 @@ def repair_replica(
     """Fix what the latest audit of this replica found, from replicas where it verifies."""
     started = now()
     local = replica_dir(state, store.url)
-    chain = Chain(local, store)
+    chain = Chain(local, store, key.public.key_id)
     head = chain.head()
     fixity = head.record if head and head.record["eventType"] == "fixity check" else None
     if fixity is None or not fixity["failures"]:
@@ -351,35 +354,41 @@ def _holds(store: Store, bname: str, trusted: list[PublicKey]) -> bool:
 
 
 class Known:
-    """Every bundle the local audit state has seen committed (signature verified), with the
-    replicas it was seen on: what a replica must hold does not come from that replica's own
-    listing, which whoever holds the storage can change (FORMAT.md section 2.1)."""
+    """Every bundle the local audit state has seen committed (signature verified) on each
+    replica, kept per replica URL: what a replica must hold does not come from that replica's
+    own listing, which whoever holds the storage can change (FORMAT.md section 2)."""
 
     def __init__(self, state: Path):
-        self.path = Path(state) / "bundles.json"
-        try:
-            raw = json.loads(self.path.read_text())
-            self.bundles: dict[str, dict] = raw if isinstance(raw, dict) else {}
-        except FileNotFoundError:
-            self.bundles = {}
-        except (ValueError, OSError) as e:
-            raise CorruptData(f"{self.path}: unreadable local audit state ({e}); it lists "
-                              "the bundles every replica must hold, so it is not ignored") from None  # fmt: skip
+        self.state = Path(state)
+        self._files: dict[str, dict[str, str]] = {}
 
-    def ids(self, url: str | None = None) -> dict[str, str]:
-        return {n: b["id"] for n, b in self.bundles.items()
-                if url is None or url in b.get("replicas", [])}  # fmt: skip
+    def _path(self, url: str) -> Path:
+        return replica_dir(self.state, url) / "bundles.json"
 
-    def saw(self, name: str, bundle_id: str, url: str) -> None:
-        b = self.bundles.setdefault(name, {"id": bundle_id, "replicas": []})
-        if url not in b["replicas"] and b["id"] == bundle_id:
-            b["replicas"].append(url)
+    def ids(self, url: str) -> dict[str, str]:
+        """name -> bundle id seen on the replica at `url`."""
+        if url not in self._files:
+            path = self._path(url)
+            try:
+                raw = json.loads(path.read_text())
+            except FileNotFoundError:
+                raw = {}
+            except (ValueError, OSError) as e:
+                raise CorruptData(f"{path}: unreadable local audit state ({e}); it lists the "
+                                  "bundles this replica must hold, so it is not ignored") from None
+            self._files[url] = {k: v for k, v in raw.items() if isinstance(v, str)} \
+                if isinstance(raw, dict) else {}  # fmt: skip
+        return self._files[url]
+
+    def saw(self, url: str, name: str, bundle_id: str) -> None:
+        self.ids(url).setdefault(name, bundle_id)
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.bundles, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        for url, ids in self._files.items():
+            path = self._path(url)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(ids, indent=1, sort_keys=True))
+            os.replace(tmp, path)
 
 
 HOLDS_ALL = ("primary", "mirror")  # roles that hold every bundle; an escrow replica holds some
@@ -401,15 +410,17 @@ def expected_holdings(stores: dict[str, tuple[str, Store]], trusted: list[Public
                       known: Known) -> dict[str, dict[str, str | None]]:  # fmt: skip
     """replica -> {bundle name: id} that it must hold: on a replica holding everything (role
     primary or mirror), every bundle committed on any reachable replica and every bundle the
-    local state has seen; on another (escrow), the bundles the local state has seen on it."""
-    seen: dict[str, str] = {}
+    local state has seen on any of them; on another (escrow), what the state saw on it."""
+    everything: dict[str, str | None] = {}
+    for _role, st in stores.values():
+        for n, bid in known.ids(st.url).items():
+            everything.setdefault(n, bid)
     for _role, st in stores.values():
         try:
             for n, bid in committed_names(st, trusted).items():
-                seen.setdefault(n, bid)
+                everything.setdefault(n, bid)
         except StorageError:
             continue  # reported when that replica itself is audited
-    everything: dict[str, str | None] = {**seen, **known.ids()}
     return {n: dict(everything) if role in HOLDS_ALL else dict(known.ids(st.url))
             for n, (role, st) in stores.items()}  # fmt: skip
 
@@ -418,7 +429,7 @@ def remember(known: Known, audits: list[ReplicaAudit]) -> None:
     for a in audits:
         for b in a.record.get("bundles", []):
             if b["bundle"] and b["state"] in ("intact", "damaged"):
-                known.saw(b["name"], b["bundle"], a.url)
+                known.saw(a.url, b["name"], b["bundle"])
     known.save()
 
 
@@ -457,50 +468,3 @@ def cross_check(results: dict[str, dict[str, str | None]]) -> list[str]:
                     problems.append(f"replica {r} holds a different manifest for bundle {n} "
                                     f"({v[:16]}, the others hold {majority[:16]})")  # fmt: skip
     return problems
-
-
-def metrics(audits: list[ReplicaAudit], unreachable: dict[str, str]) -> str:
-    lines = [
-        "# HELP weightvault_audit_last_run_timestamp_seconds End of the last audit of a replica.",
-        "# TYPE weightvault_audit_last_run_timestamp_seconds gauge",
-    ]
-    series = {
-        "weightvault_audit_last_success_timestamp_seconds": "End of the last audit that found nothing wrong.",
-        "weightvault_audit_objects_checked": "Objects checked by the last audit.",
-        "weightvault_audit_damaged_objects": "Objects found damaged by the last audit.",
-        "weightvault_audit_missing_objects": "Objects found missing by the last audit.",
-        "weightvault_audit_bytes_read": "Payload bytes read by the last audit.",
-        "weightvault_audit_coverage_ratio": "Share of objects fully hashed within the cycle.",
-        "weightvault_audit_up": "1 if the replica could be audited, 0 if unreachable.",
-    }  # fmt: skip
-    out: dict[str, list[str]] = {k: [] for k in series}
-    ts = int(time.time())
-    for a in audits:
-        r = a.record
-        lab = f'replica="{a.replica}",level="{a.level}"'
-        lines.append(f"weightvault_audit_last_run_timestamp_seconds{{{lab}}} {ts}")
-        if a.outcome == "pass":
-            out["weightvault_audit_last_success_timestamp_seconds"].append(f"{{{lab}}} {ts}")
-        out["weightvault_audit_objects_checked"].append(f"{{{lab}}} {r['objects_checked']}")
-        dmg = sum(1 for f in r["failures"] if f["kind"] != "missing")
-        mis = sum(1 for f in r["failures"] if f["kind"] == "missing")
-        out["weightvault_audit_damaged_objects"].append(f"{{{lab}}} {dmg}")
-        out["weightvault_audit_missing_objects"].append(f"{{{lab}}} {mis}")
-        out["weightvault_audit_bytes_read"].append(f"{{{lab}}} {r['bytes_read']}")
-        cov = r["coverage"]
-        ratio = cov["verified_within_cycle"] / cov["objects"] if cov["objects"] else 1.0
-        out["weightvault_audit_coverage_ratio"].append(f"{{{lab}}} {ratio:.6f}")
-        out["weightvault_audit_up"].append(f'{{replica="{a.replica}"}} 1')
-    for n in unreachable:
-        out["weightvault_audit_up"].append(f'{{replica="{n}"}} 0')
-    for k, help_ in series.items():
-        lines += [f"# HELP {k} {help_}", f"# TYPE {k} gauge"]
-        lines += [f"{k}{v}" for v in out[k]]
-    return "\n".join(lines) + "\n"
-
-
-def write_metrics(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # node_exporter must never read half a file

@@ -38,6 +38,7 @@ class SealOptions:
     organization: str | None = None  # bag-info Source-Organization
     description: str | None = None  # bag-info External-Description (default: from the source)
     oms_key: object | None = None  # ECDSA key: also write an OpenSSF model-signing signature
+    external_links: bool = False  # seal the bytes of links pointing outside the source
     # Encryption (FORMAT.md section 10): age recipients of the data key, and custodians
     # (name, age recipient) who each get one SLIP-39 share of it, `threshold` needed to open.
     encrypt_to: list[str] = field(default_factory=list)
@@ -86,7 +87,7 @@ def default_name(spec: str, src: sources.Source) -> str:
 
 
 def seal(
-    spec: str,
+    spec: str | sources.Source,
     store: Store,
     key: SigningKey,
     opts: SealOptions | None = None,
@@ -104,10 +105,13 @@ def seal(
         raise InputError(f"chunk size {opts.chunk_size} is out of range 4 KiB..1 GiB")
     vault = Vault(store)
     executor = opts.executor
-    if remote_source.is_url(spec):
+    if isinstance(spec, sources.Source):  # resolved by the caller before any vault was touched
+        src, spec = spec, str(spec.root)
+    elif remote_source.is_url(spec):
         src = remote_source.resolve(spec, opts.source_options, excludes=opts.excludes)
     else:
-        src = sources.resolve(spec, excludes=opts.excludes, cache_dir=opts.hf_cache_dir)
+        src = sources.resolve(spec, excludes=opts.excludes, cache_dir=opts.hf_cache_dir,
+                              external_links=opts.external_links)
     files_io = remote_source.files_of(src)
     name = check_name(opts.name or default_name(spec, src))
     for v in (vault, *map(Vault, replicas)):
@@ -358,7 +362,8 @@ class _KeyPlan:
             for (cname, r), sh in zip(self.opts.custodians, split, strict=True):
                 envelopes.append(self._envelope(
                     store, name, f"keys/share-{cname}.age", "share", cname, r,
-                    sh.text.encode() + b"\n", crypt.share_digest(self.salt, sh.text), written))  # fmt: skip
+                    crypt.share_plaintext(sh.text, doc["format_version"]),
+                    crypt.share_digest(self.salt, sh.text), written))  # fmt: skip
             shares = {"scheme": "slip39", "threshold": self.opts.threshold,
                       "count": len(split), "identifier": split[0].identifier}  # fmt: skip
         return {**doc, "source": {"kind": "encrypted"}, "files": [],
