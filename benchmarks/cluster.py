@@ -162,7 +162,9 @@ def s3_source(args) -> dict:
         c = s3.client()
         for p in src.rglob("*"):
             if p.is_file():
-                c.upload_file(str(p), bucket, f"m/{p.relative_to(src).as_posix()}")
+                with open(p, "rb") as body:
+                    c.put_object(Bucket=bucket, Key=f"m/{p.relative_to(src).as_posix()}",
+                                 Body=body)  # fmt: skip
         env = {**os.environ, "AWS_ACCESS_KEY_ID": s3.access_key,
                "AWS_SECRET_ACCESS_KEY": s3.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
         for rep in range(args.reps):
