@@ -426,3 +426,14 @@ def test_cluster_audit_and_deep_verify_find_damage_in_process(vault_copy, lab_ke
     assert [p.where.rsplit("/", 1)[-1] for p in r.problems if p.kind == "damaged"] == \
         [victim.name]
     assert {it[0] for it in ex.sent} >= {"check", "verify", "vhash"}
+
+
+def test_source_version_tag_compares_what_both_sides_have():
+    from weightvault.archive.remote_source import _same as same
+
+    # a listing without the version id that a HEAD of a versioned bucket returns: unchanged
+    assert same(('"e"', "v1", 5, None), ('"e"', None, 5, None))
+    assert not same(('"e2"', "v1", 5, None), ('"e"', "v1", 5, None))  # overwritten
+    assert not same(('"e"', "v2", 5, None), ('"e"', "v1", 5, None))  # new version, same bytes
+    assert not same((None, None, 6, 1.0), (None, None, 5, 1.0))  # no ETag: size and mtime
+    assert not same((None, None, 5, 2.0), (None, None, 5, 1.0))
