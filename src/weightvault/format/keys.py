@@ -70,6 +70,11 @@ class SigningKey:
             "sig": base64.b64encode(sig).decode(),
         }
 
+    def sign_raw(self, message: bytes) -> bytes:
+        """Plain Ed25519 over `message`, for formats that define their own framing (C2SP
+        signed notes and cosignatures, FORMAT.md 12.2); every other signature uses sign()."""
+        return self._key.sign(message)
+
     def __repr__(self) -> str:  # never let a key reach a log through repr()
         return f"SigningKey(key_id={self.public.key_id[:16]}, source={self.source!r})"
 
