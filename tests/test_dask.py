@@ -351,12 +351,15 @@ def test_worker_killed_mid_seal_is_retried_with_identical_result(tmp_path, minil
         objects = tmp_path / "dask/bundles/m/data/objects"
         victim = procs.workers[0]
         killed = threading.Event()
+        before_commit: list[bool] = []
 
         def killer():
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not killed.is_set():
                 if objects.is_dir() and any(objects.iterdir()):
                     victim.send_signal(signal.SIGKILL)
+                    # killed before the driver committed: the seal was still under way
+                    before_commit.append(not (objects.parent / "weightvault.json").exists())
                     killed.set()
                     return
                 time.sleep(0.005)
@@ -367,7 +370,8 @@ def test_worker_killed_mid_seal_is_retried_with_identical_result(tmp_path, minil
               "m", "--chunk-size", "2", "--executor", f"dask://127.0.0.1:{procs.port}",
               env={**env, "WEIGHTVAULT_TASK_BYTES": str(4 << 20)}))  # fmt: skip
         t.join()
-        assert killed.is_set() and victim.wait(10) == -signal.SIGKILL
+        assert killed.is_set() and before_commit == [True]
+        assert victim.wait(10) == -signal.SIGKILL
         assert tree(tmp_path / "one") == tree(tmp_path / "dask")
     finally:
         procs.close()
