@@ -536,3 +536,47 @@ def log_show(ctx: Ctx, bundle, vault, log_key, as_json) -> None:
 
 
 __all__ = ["record", "log_group", "WeightvaultError"]
+
+
+def log_summary(ctx: Ctx, rs, bundle_id: str) -> dict | None:
+    """What the preservation log says of one bundle, for `show` and its card: summary_of plus
+    the checkpoint it was read at and the configured stewards whose cosignatures of a tree at
+    least that far along verify. None when there is no log (or no key to name it)."""
+    import base64
+
+    from weightvault.format import keys as keysmod
+    from weightvault.log.archive import PreservationLog, summary_of
+    from weightvault.log.store import COSIGNED, open_note, witness_verifier
+
+    try:
+        public = _log_public(ctx, rs)
+        if public is None:
+            return None
+        plog = PreservationLog(rs, public)
+        src = plog.source()
+        head = src.head() if src else None
+        if src is None or head is None:
+            return None
+        out = summary_of(plog.statements(), bundle_id)
+    except WeightvaultError as e:
+        click.echo(f"weightvault: note: preservation log not read ({e})", err=True)
+        return None
+    cosigners = []
+    for sc in ctx.config.stewards.values():
+        try:
+            w = witness_verifier(keysmod.load_public_key(sc.public_key).raw)
+            st = rs.try_store(sc.replica)
+            sizes = [int(k.rsplit("/", 1)[1]) for k in (st.list(f"{COSIGNED}/{w.id.hex()}")
+                     if st else {}) if k.rsplit("/", 1)[1].isdigit()]  # fmt: skip
+            best = max((s for s in sizes if s <= head.size), default=None)
+            if best is None:
+                continue
+            key = f"{COSIGNED}/{w.id.hex()}/{best}"
+            _, ok = open_note(st.read_bytes(key, 1 << 16), st.describe(key), src.verifier, (w,))
+            if w in ok:
+                cosigners.append(f"{sc.display} (tree size {best})")
+        except (WeightvaultError, OSError, ValueError):
+            continue
+    out["checkpoint"] = {"size": head.size, "root": base64.b64encode(head.root).decode(),
+                         "cosigners": cosigners}  # fmt: skip
+    return out
