@@ -699,3 +699,25 @@ def test_show_and_the_card_say_what_the_log_holds(tmp_path, lab_key, minilm_dir)
     ok(wv("-c", cfg, "show", "m", "--html", card))
     page = card.read_text()
     assert "Preservation log" in page and "2 replicas: mirror, primary" in page
+
+
+def test_the_stewards_custody_events_reach_the_labs_log(tmp_path, lab_key, minilm_dir):
+    """The steward never writes the lab's log; the lab anchors the steward's accept, response
+    and release records in it when it reads the custody log."""
+    from test_escrow import World
+
+    w = World(tmp_path, lab_key, str(tmp_path / "steward-vault"), None, None)
+    ok(w.seal(minilm_dir))
+    ok(w.lab("escrow", "handover", "minilm", "--steward", "steward", "--conditions",
+             w.conditions, "--quiet"))  # fmt: skip
+    ok(w.steward("escrow", "accept", "minilm", "--identity", w.ids["steward"][0], "--quiet"))
+    ok(w.steward("escrow", "release", "minilm", tmp_path / "out", "--share", w.share("alice"),
+                 "--share", w.share("bob"), "--quiet"))  # fmt: skip
+    ok(w.lab("escrow", "log", "minilm"))
+    (kinds,) = ok(w.lab("log", "show", "minilm", "--json")).json().values()
+    assert {"custody/handover", "custody/accept", "custody/release"} <= set(kinds), kinds
+    release = sorted((tmp_path / "lab-vault/custody/minilm").glob("*.json"))[-1].read_bytes()
+    assert kinds["custody/release"]["record"] == hashlib.sha256(release).hexdigest()
+    ok(w.lab("escrow", "log", "minilm"))  # anchored once: nothing new to append
+    (again,) = ok(w.lab("log", "show", "minilm", "--json")).json().values()
+    assert again == kinds

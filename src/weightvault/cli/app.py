@@ -1136,9 +1136,10 @@ def escrow_log(ctx: Ctx, bundle, trust, replica, as_json) -> None:
     # only keys trusted as depositors (trusted_keys, --trust): on a steward's machine its own
     # signing key must not vouch for record 1
     state = log_state(ctx.config, bundle, ctx.trusted(trust), replica=replica)
-    from weightvault.cli.log import check_custody_anchors
+    from weightvault.cli.log import anchor_custody, check_custody_anchors
 
     check_custody_anchors(ctx, state.bundle_id, {e.digest for e in state.entries})
+    anchor_custody(ctx, state)
     rows = format_log(state)
     if as_json:
         click.echo(json.dumps({"bundle": state.bundle_id, "name": bundle, "verified": True,

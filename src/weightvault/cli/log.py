@@ -580,3 +580,34 @@ def log_summary(ctx: Ctx, rs, bundle_id: str) -> dict | None:
     out["checkpoint"] = {"size": head.size, "root": base64.b64encode(head.root).decode(),
                          "cosigners": cosigners}  # fmt: skip
     return out
+
+
+def anchor_custody(ctx: Ctx, state) -> None:
+    """The lab anchors in its log every custody record it sees that the log does not name yet,
+    the steward's too (accept, response, release): the steward never writes the lab's log, so
+    this is how its events get there. A steward's config (whose replica holds its depositor's
+    log) appends nothing."""
+    from weightvault.log import statements as st
+    from weightvault.log.archive import PreservationLog
+    from weightvault.storage.replicas import ReplicaSet
+
+    if not ctx.config.signing_key or not state.bundle_id:
+        return
+
+    def go() -> None:
+        rs = ReplicaSet(ctx.config)
+        key = ctx.signing_key(None)
+        plog = PreservationLog(rs, key.public.raw)
+        if _foreign(plog):
+            return
+        named = {d["record"] for _, d in plog.statements()
+                 if d["kind"] == "custody" and d["bundle"] == state.bundle_id}  # fmt: skip
+        steward = state.steward.name if state.steward else "steward"
+        stmts = [st.custody(st.CHAIN_EVENTS[e.event], state.bundle_id, state.bundle_name,
+                            steward[:200], e.digest)
+                 for e in state.entries
+                 if e.digest not in named and e.event in st.CHAIN_EVENTS]  # fmt: skip
+        if stmts:
+            record(ctx, rs, *stmts, key=key)
+
+    _quietly("escrow log", go)
