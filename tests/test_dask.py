@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ok, one_error, s3_env, write_config, wv
+from conftest import ok, one_error, plain_count, s3_env, write_config, wv
 
 from weightvault.archive import distributed
 from weightvault.archive.seal import SealOptions, seal
@@ -149,9 +149,10 @@ def test_cluster_seal_is_byte_identical_and_audits(tmp_path, minilm_dir, lab_key
              "--trust", f"{lab_key}.pub", "--state-dir", tmp_path / "state", "--json")
     r = ok(wv(*audit, "--executor", "local-cluster:2"))
     rec = r.json()["replicas"][0]["record"]
-    assert rec["eventOutcome"] == "pass" and rec["objects_checked"] == 21 + 0
+    assert rec["eventOutcome"] == "pass"
+    assert rec["objects_checked"] == 21 + plain_count(tmp_path / "dask", "m")  # + spec copies
     assert rec["bytes_read"] == sum(len(v) for k, v in tree(tmp_path / "dask").items()
-                                    if "/data/objects/" in k)  # fmt: skip
+                                    if k.startswith("objects/"))  # the pool (FORMAT.md 2.2)
     small = {**os.environ, "WEIGHTVAULT_TASK_BYTES": str(32 << 20)}
     r = ok(wv("verify", "m", "--vault", tmp_path / "dask", "--trust", f"{lab_key}.pub",
               "--deep", "--executor", "local-cluster:2", "--json", env=small))  # fmt: skip
@@ -170,7 +171,7 @@ def test_cluster_replicates_and_finds_damage(tmp_path, minilm_dir, lab_key, othe
     audit = ("audit", "--vault", tmp_path / "dask", "--level", "full", "--key", other_key,
              "--trust", f"{lab_key}.pub", "--state-dir", tmp_path / "state", "--json")
     # damage is found by the workers and confirmed by the driver's re-read
-    victim = max((tmp_path / "dask/bundles/m/data/objects").iterdir(),
+    victim = max((tmp_path / "dask/objects").iterdir(),
                  key=lambda p: p.stat().st_size)  # fmt: skip
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 1
@@ -217,7 +218,7 @@ def test_seal_s3_source_to_s3_replica_on_cluster_equals_one_process(tmp_path, we
         return out
 
     one, dask = bundle("one"), bundle("dask")
-    assert one == dask and len([k for k in one if "/data/objects/" in k]) >= 5
+    assert one == dask and len([k for k in one if k.startswith("objects/")]) >= 5
     # and it restores to the same bytes as the bucket held
     cfg = tmp_path / "dask.toml"
     ok(wv("-c", cfg, "restore", "m", tmp_path / "out", env=env))
@@ -348,7 +349,7 @@ def test_worker_killed_mid_seal_is_retried_with_identical_result(tmp_path, minil
           "--chunk-size", "2", env=env))  # fmt: skip
     procs = DaskProcs(tmp_path, 2)
     try:
-        objects = tmp_path / "dask/bundles/m/data/objects"
+        objects = tmp_path / "dask/objects"
         victim = procs.workers[0]
         killed = threading.Event()
         before_commit: list[bool] = []
@@ -385,7 +386,7 @@ def test_driver_killed_mid_seal_leaves_only_what_gc_collects(tmp_path, minilm_di
            "--executor", "local-cluster:2"]  # fmt: skip
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env={**os.environ, "WEIGHTVAULT_TASK_BYTES": str(4 << 20)})  # fmt: skip
-    objects = vault / "bundles/m/data/objects"
+    objects = vault / "objects"  # the pool (FORMAT.md 2.2)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (objects.is_dir() and any(objects.iterdir())):
         assert p.poll() is None, "the seal finished before it could be killed"
@@ -415,10 +416,10 @@ def test_cluster_audit_and_deep_verify_find_damage_in_process(vault_copy, lab_ke
     ex.task_bytes = 16 << 20  # several tasks; the model's big file split over them
     a = audit_replica("v", store, level="full", trusted=[pk], key=auditor,
                       state=tmp_path / "state", executor=ex)  # fmt: skip
-    stored = sum(p.stat().st_size for p in (vault_copy / "bundles/minilm/data/objects").iterdir())
+    stored = sum(p.stat().st_size for p in (vault_copy / "objects").iterdir())
     assert a.outcome == "pass" and a.record["bytes_read"] == stored  # counted from the workers
     assert verify(store, "minilm", [pk], deep=True, executor=ex).ok
-    victim = max((vault_copy / "bundles/minilm/data/objects").iterdir(),
+    victim = max((vault_copy / "objects").iterdir(),
                  key=lambda p: p.stat().st_size)  # fmt: skip
     data = bytearray(victim.read_bytes())
     data[len(data) // 3] ^= 1

@@ -245,13 +245,12 @@ def _verify_task(spec: StoreSpec, name: str, jobs: list, lane_files: set[int],
                  threads: int) -> tuple:  # fmt: skip
     from weightvault.archive.verify import _problem
     from weightvault.storage.chunkio import decode_chunk
-    from weightvault.storage.vault import pool_key
 
     store = spec.open()
     lane = FileDigests()
 
     def work(j: VJob, emit):
-        key = pool_key(j.chunk["object"])
+        key = _okey(name, j.chunk["object"])
         try:
             decode_chunk(store, key, j.obj, j.chunk, file_path=j.path,
                          emit=emit if j.file in lane_files else None, expect=j.expect)  # fmt: skip
@@ -267,23 +266,29 @@ def _vhash_task(spec: StoreSpec, name: str, index: int, jobs: list) -> tuple:
     """A split file's SHA-256, decoding its chunks in order (a damaged chunk: no digest; the
     chunk's own task reports the damage)."""
     from weightvault.storage.chunkio import decode_chunk
-    from weightvault.storage.vault import pool_key
 
     store = spec.open()
     h = hashlib.sha256()
     try:
         for j in jobs:
-            decode_chunk(store, pool_key(j.chunk["object"]), j.obj, j.chunk,
+            decode_chunk(store, _okey(name, j.chunk["object"]), j.obj, j.chunk,
                          file_path=j.path, emit=h.update)  # fmt: skip
     except IntegrityError:
         return ("vhash", index, None, store.counters.bytes_read)
     return ("vhash", index, h.hexdigest(), store.counters.bytes_read)
 
 
+def _okey(name: str | None, obj: str) -> str:
+    from weightvault.storage.vault import object_key, pool_key
+
+    return pool_key(obj) if name is None else object_key(name, obj)
+
+
 def verify_on_cluster(ex: Executor, store, name: str, files: list[dict], objects: dict,
                       workers: int | None, on_bytes: Callable[[int], None] | None) -> tuple:  # fmt: skip
     """verify --deep's chunk decoding on the cluster: (problems or None per chunk, {file index:
-    sha256} of multi-chunk files), as the one-process pipeline returns them."""
+    sha256} of multi-chunk files), as the one-process pipeline returns them. `name`: the
+    bundle whose bag holds the objects (format versions 1-3), None for the vault's pool."""
     from weightvault.archive.restore import chunk_digest
 
     jobs = []

@@ -97,7 +97,8 @@ def verify(
                                  "deeply: workers would need the data key")  # fmt: skip
             from weightvault.archive.distributed import verify_on_cluster
 
-            found, lane.done = verify_on_cluster(executor, store, m.name, files, objects,
+            found, lane.done = verify_on_cluster(executor, store,
+                                                 None if m.pooled else m.name, files, objects,
                                                  workers, on_bytes)  # fmt: skip
         else:
             found = run(chunk_jobs(files), work, lane=lane, needs_lane=lambda j: j.multi,
