@@ -31,9 +31,10 @@ EPOCH = {"SOURCE_DATE_EPOCH": "1700000000"}
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every file of a vault's bundles, by relative path."""
+    """Every file of a vault's bundles and of its object pool, by relative path."""
     return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted((root / "bundles").rglob("*")) if p.is_file()}  # fmt: skip
+            for d in ("bundles", "objects") for p in sorted((root / d).rglob("*"))
+            if p.is_file()}  # fmt: skip
 
 
 def upload(s3, bucket: str, prefix: str, src: Path) -> None:
@@ -210,8 +211,10 @@ def test_seal_s3_source_to_s3_replica_on_cluster_equals_one_process(tmp_path, we
 
     def bundle(prefix):
         out = {}
-        for page in c.get_paginator("list_objects_v2").paginate(Bucket=dst_bucket,
-                                                                Prefix=f"{prefix}/bundles/"):  # fmt: skip
+        pages = [page for sub in ("bundles", "objects")
+                 for page in c.get_paginator("list_objects_v2").paginate(
+                     Bucket=dst_bucket, Prefix=f"{prefix}/{sub}/")]  # fmt: skip
+        for page in pages:
             for o in page.get("Contents", []):
                 body = c.get_object(Bucket=dst_bucket, Key=o["Key"])["Body"].read()
                 out[o["Key"].split("/", 1)[1]] = body
