@@ -8,6 +8,7 @@ need_apt=()
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v age >/dev/null 2>&1 || need_apt+=(age)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from weightvault.archive import sources
 from weightvault.archive.pipeline import Emit, FileDigests, Finisher, default_workers, pieces, run
 from weightvault.errors import Conflict, InputError, IntegrityError
 from weightvault.format import canon, chunking, codec, crypt
-from weightvault.format.keys import SigningKey
+from weightvault.format.keys import SigningKey, sign_all
 from weightvault.format.manifest import FORMAT_VERSION, PAYLOAD_TYPE, Manifest
 from weightvault.format.paths import check_name, check_relpath
 from weightvault.storage.chunkio import drop_cached
@@ -84,7 +84,7 @@ def default_name(spec: str, src: sources.Source) -> str:
 def seal(
     spec: str,
     store: Store,
-    key: SigningKey,
+    key: SigningKey | Sequence[SigningKey],
     opts: SealOptions | None = None,
     *,
     on_bytes: Callable[[int], None] | None = None,
@@ -204,7 +204,7 @@ def seal(
             "format_version": 1,
             "payload_type": PAYLOAD_TYPE,
             "payload_sha256": manifest.bundle_id,
-            "signatures": [key.sign(PAYLOAD_TYPE, manifest.raw)],
+            "signatures": sign_all(key, PAYLOAD_TYPE, manifest.raw),
         }
         vault.commit(
             name,
