@@ -183,6 +183,8 @@ def load(uri: str, pin: Callable[[str], str] | None = None):
                              "with that object/id")  # fmt: skip
         if len(priv) > 1:
             raise InputError(f"{u.shown}: {len(priv)} private keys match; add id=... to pick one")
+        if not hasattr(priv[0], "sign"):  # python-pkcs11 offers sign() only when CKA_SIGN
+            raise InputError(f"{u.shown}: the token refused to sign: the key's CKA_SIGN is false")
         raw = _public_raw(session, priv[0], attrs, u)
         key = TokenKey(session, priv[0], raw, u.shown)
         try:
