@@ -83,6 +83,11 @@ class SigningKey:
             "sig": base64.b64encode(sig).decode(),
         }
 
+    def sign_raw(self, message: bytes) -> bytes:
+        """Plain Ed25519 over `message`, for formats with their own domain separation (C2SP
+        signed notes); everything of weightvault's own goes through sign() and PAE."""
+        return self._key.sign(message)
+
     def __repr__(self) -> str:  # never let a key reach a log through repr()
         return f"SigningKey(key_id={self.public.key_id[:16]}, source={self.source!r})"
 

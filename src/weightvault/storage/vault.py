@@ -140,7 +140,8 @@ class Vault:
             from weightvault.format.trust import as_policy
 
             signers = as_policy(trusted).verify(
-                PAYLOAD_TYPE, raw, sig["signatures"], self.describe(f"{prefix(name)}/{SIGNATURE_KEY}")
+                PAYLOAD_TYPE, raw, sig["signatures"],
+                self.describe(f"{prefix(name)}/{SIGNATURE_KEY}"), subject=sig["payload_sha256"],
             )
         manifest = Manifest.parse(raw, what)
         if manifest.name != name:
