@@ -1,0 +1,167 @@
+"""`weightvault key ...`: a signing key's id and public key, rotation and revocation
+(docs/KEYS.md). Statements are signed documents (format/keystatement.py); where they are kept
+and how readers apply them is docs/FORMAT.md section 13."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from weightvault.cli.app import Ctx, _emit, cli, json_opt, load_key, trust_opt, vault_opt
+from weightvault.errors import InputError, TrustError
+from weightvault.format import keys
+
+
+@cli.group("key")
+def key_group() -> None:
+    """Signing keys: ids, public keys, rotation and revocation (docs/KEYS.md)."""
+
+
+def _public_of(spec: str) -> keys.PublicKey:
+    """A public key from a .pub file, or from a private key file or pkcs11: URI."""
+    if not keys.is_token_uri(spec):
+        data = Path(spec).read_bytes()[: keys.MAX_KEY_FILE] if Path(spec).is_file() else b""
+        if b"PUBLIC KEY" in data:
+            return keys.load_public_key(Path(spec))
+    return load_key(spec).public
+
+
+@key_group.command("id")
+@click.argument("key", metavar="KEY.pub|KEY|pkcs11:URI")
+def key_id(key: str) -> None:
+    """Print a key's id (hex SHA-256 of its raw public key), as signatures name it."""
+    click.echo(_public_of(key).key_id)
+
+
+@key_group.command("export")
+@click.argument("key", metavar="KEY|pkcs11:URI")
+@click.argument("out", type=click.Path(dir_okay=False))
+def key_export(key: str, out: str) -> None:
+    """Write the public key of a private key file or a token's key to OUT (a .pub file that
+    --trust and trusted_keys take)."""
+    pub = load_key(key).public
+    _write_new(Path(out), pub.pem(), 0o644)
+    click.echo(f"wrote {out}; key id {pub.key_id}")
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create `path` with `data`, never over an existing file, durable before it is named."""
+    if path.exists():
+        raise InputError(f"{path}: already exists; refusing to overwrite it")
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: no such directory")
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)  # fails if `path` appeared meanwhile
+    except FileExistsError:
+        raise InputError(f"{path}: already exists; refusing to overwrite it") from None
+    finally:
+        tmp.unlink()
+
+
+def _current(policy):
+    """{key id: window} of the keys the policy trusts today (the log's history applied)."""
+    from weightvault.format.trust import Window
+
+    h = policy.history
+    if h is None:
+        return {k.key_id: Window(k, k.key_id) for k in policy}
+    return {i: w for i, w in h.windows.items() if w.end is None and w.revoked is None}
+
+
+out_opt = click.option("--out", metavar="FILE", help="Also write the signed statement here.")
+reason_opt = click.option("--reason", default="", help="Why (kept in the statement, public).")
+
+
+@key_group.command("rotate")
+@click.option("--old", required=True, metavar="KEY|pkcs11:URI", help="The key being retired.")
+@click.option("--new", required=True, metavar="KEY|pkcs11:URI", help="Its successor.")
+@reason_opt
+@out_opt
+@vault_opt
+@trust_opt
+@json_opt
+@click.pass_obj
+def key_rotate(ctx: Ctx, old, new, reason, out, vault, trust, as_json) -> None:
+    """Record, signed by both keys, that NEW succeeds OLD: readers that trust OLD accept
+    bundles NEW signs after this point, without re-sealing anything."""
+    from weightvault.format import keystatement
+
+    old_k = load_key(old)
+    new_k = load_key(new)
+    live = _current(ctx.trusted(trust))
+    if old_k.public.key_id not in live:
+        raise TrustError(f"{old_k.source}: key {old_k.public.key_id[:16]} is not trusted now "
+                         "(not in --trust/trusted_keys, or rotated or revoked in the log); "
+                         "only a trusted key can name its successor")  # fmt: skip
+    raw = keystatement.rotation(old_k, new_k, reason=reason)
+    _record(ctx, vault, raw, out, as_json,
+            f"{old_k.public.key_id[:16]} -> {new_k.public.key_id[:16]}")  # fmt: skip
+
+
+@key_group.command("revoke")
+@click.argument("key", metavar="KEY.pub")
+@click.option("--since", required=True, metavar="TIME",
+              help="From when the key must not be trusted (ISO 8601, e.g. 2026-12-01T00:00:00Z "
+                   "or 2026-12-01); bundles the log shows sealed before stay trusted.")  # fmt: skip
+@click.option("--key", "signers", multiple=True, required=True, metavar="KEY|pkcs11:URI",
+              help="Who signs the revocation: the revoked key itself, or trusted keys (as many "
+                   "as the threshold). Repeatable.")  # fmt: skip
+@reason_opt
+@out_opt
+@vault_opt
+@trust_opt
+@json_opt
+@click.pass_obj
+def key_revoke(ctx: Ctx, key, since, signers, reason, out, vault, trust, as_json) -> None:
+    """Record that KEY must not be trusted for anything signed from --since on."""
+    from weightvault.format import keystatement
+
+    target = _public_of(key)
+    sks = [load_key(s) for s in signers]
+    policy = ctx.trusted(trust)
+    live = _current(policy)
+    ids = {k.public.key_id for k in sks}
+    if target.key_id not in ids:
+        slots = {live[i].slot for i in ids if i in live}
+        if len(slots) < policy.threshold:
+            who = ", ".join(f"{k.source} ({k.public.key_id[:16]})" for k in sks
+                            if k.public.key_id not in live)  # fmt: skip
+            raise TrustError(f"revocation of {target.key_id[:16]} signed by "
+                             f"{who or f'{len(slots)} trusted key(s)'}: "
+                             f"{'not a trusted key' if who else 'too few'}; a revocation is "
+                             f"signed by the key itself or by {policy.threshold} trusted "
+                             "key(s)")  # fmt: skip
+    raw = keystatement.revocation(target, since, sks, reason=reason)
+    _record(ctx, vault, raw, out, as_json, f"{target.key_id[:16]} revoked since "
+                                           f"{keystatement.parse_time(since)}")  # fmt: skip
+
+
+def _record(ctx: Ctx, vault, raw: bytes, out: str | None, as_json: bool, what: str) -> None:
+    """Write the statement where readers find it: the preservation log (FORMAT.md section 13)
+    and, with --out, a file to publish beside the lab's public keys."""
+    import json
+
+    from weightvault.format import keystatement
+
+    st = keystatement.parse(raw, "the new statement")
+    where = _append_to_log(ctx, vault, raw)
+    if out:
+        _write_new(Path(out), raw, 0o644)
+        where.append(out)
+    if not where:
+        raise InputError("nowhere to record the statement: configure replicas (the "
+                         "preservation log) or pass --out FILE")  # fmt: skip
+    _emit({"statement": json.loads(raw), "recorded": where}, as_json,
+          f"{st.kind}: {what}; recorded in {', '.join(where)}")
+
+
+def _append_to_log(ctx: Ctx, vault, raw: bytes) -> list[str]:
+    return []  # the preservation log is not on this branch yet
