@@ -251,3 +251,52 @@ def test_a_policy_plus_a_key_keeps_its_threshold(tmp_path):
     assert isinstance(p, TrustPolicy) and p.threshold == 2 and len(p) == 3
     with pytest.raises(InputError, match="same trusted key"):
         TrustPolicy([a, a])
+
+
+# -- key statements from the command line
+
+
+@pytest.fixture
+def three(tmp_path):
+    for n in ("a", "b", "t"):
+        ok(wv("keygen", tmp_path / f"{n}.key"))
+    return tmp_path
+
+
+def test_key_rotate_writes_a_statement_signed_by_both(three):
+    d = three
+    r = ok(wv("key", "rotate", "--old", d / "a.key", "--new", d / "b.key", "--trust",
+              d / "a.key.pub", "--reason", "yearly", "--out", d / "rot.json", "--json"))  # fmt: skip
+    from weightvault.format import keystatement
+
+    st = keystatement.parse((d / "rot.json").read_bytes(), "rot.json")
+    assert st.kind == "rotate" and st.reason == "yearly"
+    assert st.key.key_id == ok(wv("key", "id", d / "a.key.pub")).out.strip()
+    assert st.successor.key_id == ok(wv("key", "id", d / "b.key")).out.strip()
+    assert r.json()["recorded"] == [str(d / "rot.json")]
+
+
+def test_key_rotate_by_an_untrusted_key_or_without_the_new_private_key_writes_nothing(three):
+    d = three
+    one_error(wv("key", "rotate", "--old", d / "t.key", "--new", d / "b.key", "--trust",
+                 d / "a.key.pub", "--out", d / "rot.json"), 4, "t.key", "not trusted now")  # fmt: skip
+    # the successor must sign too: its public key alone cannot
+    one_error(wv("key", "rotate", "--old", d / "a.key", "--new", d / "b.key.pub", "--trust",
+                 d / "a.key.pub", "--out", d / "rot.json"), 2, "b.key.pub")  # fmt: skip
+    assert not (d / "rot.json").exists()
+
+
+def test_key_revoke_by_an_untrusted_key_is_refused(three):
+    d = three
+    one_error(wv("key", "revoke", d / "a.key.pub", "--since", "2026-01-01", "--key", d / "t.key",
+                 "--trust", d / "a.key.pub", "--out", d / "rev.json"), 4,
+              "not a trusted key", "t.key")  # fmt: skip
+    assert not (d / "rev.json").exists()
+    one_error(wv("key", "revoke", d / "a.key.pub", "--since", "yesterday", "--key", d / "a.key",
+                 "--trust", d / "a.key.pub", "--out", d / "rev.json"), 2, "not an ISO 8601 time")  # fmt: skip
+    ok(wv("key", "revoke", d / "a.key.pub", "--since", "2026-01-01", "--key", d / "a.key",
+          "--trust", d / "a.key.pub", "--out", d / "rev.json"))  # fmt: skip
+    from weightvault.format import keystatement
+
+    st = keystatement.parse((d / "rev.json").read_bytes(), "rev.json")
+    assert st.kind == "revoke" and st.since == "2026-01-01T00:00:00Z"

@@ -184,3 +184,11 @@ def test_uri_parsing():
                      ("pkcs11:object", "has no value")):  # fmt: skip
         with pytest.raises(InputError, match=why):
             pkcs11.parse(bad)
+
+
+def test_key_export_writes_the_tokens_public_key(token, tmp_path):
+    out = tmp_path / "exported.pub"
+    ok(token.run("key", "export", token.uri, out))
+    assert out.read_bytes() == token.pub.read_bytes()
+    assert ok(token.run("key", "id", token.uri)).out.strip() == keys.load_public_key(
+        token.pub).key_id  # fmt: skip
