@@ -280,7 +280,7 @@ def _oms_key(path: str | None):
         return None
     from weightvault.record.oms import load_ec_key
 
-    return load_ec_key(Path(path))
+    return load_ec_key(Path(path), _passphrase)
 
 
 def _organization(plan) -> str | None:
