@@ -159,6 +159,10 @@ def test_pin_source_file(token, tmp_path):
     sig = sk.sign("t", b"body")
     assert keys.verify_signatures("t", b"body", [sig], [sk.public], "doc") == sk.public
     assert PIN not in repr(sk)
+    # raw Ed25519 (for C2SP signed notes: log checkpoints) from the same token key
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    Ed25519PublicKey.from_public_bytes(sk.public.raw).verify(sk.sign_raw(b"note"), b"note")
 
 
 def test_token_key_in_the_config(token, tmp_path):
