@@ -168,6 +168,22 @@ def test_two_of_two_accepts_a_bundle_both_signed(two_signers, tmp_path, minilm_d
     assert all(i[:16] in text.replace("\n", "") for i in ids) or all(i in text for i in ids)
 
 
+def test_a_two_signer_bundle_restores_with_the_reference_restorer_trusting_either(two_signers,
+                                                                                 tmp_path):  # fmt: skip
+    """The signature file is unchanged (format version 1 allowed 1..16 signatures): a reader
+    written from FORMAT.md that trusts one key finds its signature among several."""
+    import sys
+    from pathlib import Path
+
+    d, a, b = two_signers
+    restorer = Path(__file__).resolve().parents[1] / "docs" / "reference_restore.py"
+    for k in (a, b):
+        p = subprocess.run([sys.executable, restorer, d / "vault/bundles/both", tmp_path / k.name,
+                            "--trust", f"{k}.pub"], capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert p.returncode == 0, p.stderr
+    assert (tmp_path / "b.key/model.safetensors").stat().st_size == 90_868_376
+
+
 def test_k_minus_one_of_k_is_refused_everywhere(two_signers, tmp_path):
     d, a, b = two_signers
     trust = ("--trust", f"{a}.pub", "--trust", f"{b}.pub", "--threshold", "2")
