@@ -240,9 +240,11 @@ def test_bad_bundle_name(tmp_path, minilm_dir, lab_key):
 
 
 def test_interrupted_seal_is_invisible_and_resealable(vault_copy, minilm_dir, lab_key):
-    """A bag without its commit marker is not a bundle; sealing that name again completes."""
+    """A bag whose seal stopped before it was signed (no signature, no commit marker) is not
+    a bundle; sealing that name again completes. (Signed but unmarked: test_hardening.)"""
     bag = vault_copy / "bundles" / "minilm"
-    (bag / "tagmanifest-sha256.txt").unlink()
+    for f in ("tagmanifest-sha256.txt", "weightvault.sig"):
+        (bag / f).unlink()
     assert bundles(vault_copy) == []
     r = wv("seal", minilm_dir, "--vault", vault_copy, "--key", lab_key, "--name", "minilm")
     assert r.code == 0, r.err

@@ -1,6 +1,9 @@
 """weightvault.toml: signing key, trusted keys and replicas, described once per lab.
 
-Found as -c/--config, else $WEIGHTVAULT_CONFIG, else ./weightvault.toml. Relative paths in it
+Found as -c/--config, else $WEIGHTVAULT_CONFIG, else the user's config directory
+($XDG_CONFIG_HOME/weightvault/config.toml, by default ~/.config/weightvault/config.toml). Never
+from the current directory: a config adds trusted keys and replicas, and a directory someone
+hands you (a vault, a copy of a replica) must not be able to add either. Relative paths in it
 are relative to the file. Credentials are not kept here: S3 reads the usual AWS variables and
 profiles, SFTP the ssh keys and agent (an `identity` file may be named).
 """
@@ -17,7 +20,6 @@ from weightvault.errors import InputError
 from weightvault.format.paths import name_ok
 
 ENV = "WEIGHTVAULT_CONFIG"
-DEFAULT_FILE = "weightvault.toml"
 TOP_KEYS = {"signing_key", "trusted_keys", "threshold", "replicas", "organization", "audit",
             "workers", "stewards"}  # fmt: skip
 STEWARD_KEYS = {"replica", "public_key", "name", "recipient"}
@@ -102,8 +104,22 @@ def locate(explicit: str | None) -> Path | None:
         if not p.is_file():
             raise InputError(f"{p}: config file not found (from ${ENV})")
         return p
-    p = Path(DEFAULT_FILE)
+    p = user_config()
     return p if p.is_file() else None
+
+
+def user_config() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return Path(base) / "weightvault" / "config.toml"
+
+
+def _inside_vault(path: Path) -> Path | None:
+    """The vault or replica directory that holds `path`, if any: a config found there could
+    have been planted by whoever wrote that storage."""
+    for d in path.absolute().parents:
+        if (d / "bundles").is_dir() and (d / "tmp").is_dir():
+            return d
+    return None
 
 
 def single(url: str, storage_options: dict | None = None) -> Config:
@@ -113,6 +129,9 @@ def single(url: str, storage_options: dict | None = None) -> Config:
 
 def load(path: Path) -> Config:
     path = Path(path)
+    if (vault := _inside_vault(path)) is not None:
+        raise InputError(f"{path}: refusing a config that lies inside the vault {vault} (anyone "
+                         "who can write the vault could have put it there)")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:

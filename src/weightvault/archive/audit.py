@@ -8,6 +8,7 @@ tag file, every signature). A failing object is read again before it is called d
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,11 +18,19 @@ from weightvault.archive.auditlog import Chain, Verified, now, replica_dir, tool
 from weightvault.archive.pipeline import run
 from weightvault.archive.replicate import ReplicateResult, replicate
 from weightvault.archive.verify import check_bag
-from weightvault.errors import CorruptData, IntegrityError, TrustError, WeightvaultError
+from weightvault.errors import (
+    CorruptData,
+    IntegrityError,
+    StorageError,
+    TrustError,
+    WeightvaultError,
+)
 from weightvault.format.keys import PublicKey, SigningKey
+from weightvault.format.manifest import MANIFEST_KEY
+from weightvault.format.paths import name_ok
 from weightvault.storage.chunkio import check_object
 from weightvault.storage.store import Store
-from weightvault.storage.vault import Vault, object_key, prefix
+from weightvault.storage.vault import BUNDLES, Vault, commit_order, object_key, prefix
 
 LEVELS = ("metadata", "sample", "full")
 DAY = 86400.0
@@ -37,6 +46,73 @@ class Target:
     size: int
     sha512: str | None
     bundle: str
+    # metadata level on a store with server checksums: True when the server returned a SHA-256
+    # equal to the name, False when it returned none usable, None when not asked
+    server_verified: bool | None = None
+
+
+def _inventory(vault: Vault, bname: str, must: bool, want: str | None,
+               trusted: list[PublicKey], level: str,
+               failures: list[dict]) -> tuple[list[Target], str, str | None]:  # fmt: skip
+    """Check one bundle's files against its signed manifest without reading payload (full
+    level: tag file bytes too). Appends what is wrong to `failures`; returns the objects to
+    hash, the bundle's state and its id."""
+    store, p = vault.store, prefix(bname)
+    listing = store.list(p)
+    if not listing:
+        if not must:
+            return [], "absent", None
+        failures.append(_failure(None, "lost", want or "the bundle",
+                                 "no file of this bundle is on the replica", obj=p,
+                                 bundle=bname))  # fmt: skip
+        return [], "lost", want
+    if not must and not vault.is_committed(bname):
+        return [], "uncommitted", None
+    try:
+        b = vault.load_exact(bname, trusted)
+    except (CorruptData, IntegrityError, TrustError) as e:
+        failures.append(_failure(None, "manifest", "a manifest signed by a trusted key",
+                                 str(e), obj=f"{p}/{MANIFEST_KEY}", bundle=bname))  # fmt: skip
+        return [], "unreadable", want
+    m = b.manifest
+    if want is not None and m.bundle_id != want:
+        failures.append(_failure(None, "conflict", want, f"bundle {m.bundle_id}",
+                                 obj=f"{p}/{MANIFEST_KEY}", bundle=bname))  # fmt: skip
+    mine = [Target(object_key(bname, o["name"]), o["name"], o["size"], o.get("sha512"), bname)
+            for o in m.doc["objects"]]  # fmt: skip
+    mine += [Target(f"{p}/data/{r['path']}", r["sha256"], r["size"], r.get("sha512"), bname)
+             for r in m.plain_files]  # fmt: skip
+    for t in mine:
+        if t.key not in listing:
+            failures.append(_failure(t, "missing", t.sha256, "missing"))
+        elif listing[t.key] != t.size:
+            failures.append(_failure(t, "size", str(t.size), str(listing[t.key])))
+    # every level: a tag file gone is damage (its absence never demotes the bundle)
+    for k in commit_order(m.doc["format_version"]):
+        if f"{p}/{k}" not in listing:
+            failures.append(_failure(None, "tag", "present", "missing", obj=f"{p}/{k}",
+                                     bundle=bname))  # fmt: skip
+    checksum = getattr(store, "checksum", None)
+    if checksum is not None and level == "metadata":
+        bad = {f["object"] for f in failures}
+        for t in mine:
+            if t.key in bad:
+                continue
+            have = checksum(t.key)
+            # only a full SHA-256 equal to the name proves the bytes; none (or a composite
+            # multipart one) proves nothing, and is left to sample and full audits
+            t.server_verified = have is not None and have == t.sha256
+            if have is not None and have != t.sha256:
+                t.server_verified = None
+                failures.append(_failure(t, "damaged", t.sha256, f"server sha256 {have}"))
+    if level == "full":
+        missing_tags = {f["object"] for f in failures if f["kind"] == "tag"}
+        for pr in check_bag(vault, b):  # tag files, extra files: never object bytes
+            kind = pr.kind if pr.kind in ("tag", "extra") else "tag"
+            if not any(pr.where.endswith(k) for k in missing_tags):
+                failures.append(_failure(None, kind, "as the signed manifest says", pr.detail,
+                                         obj=pr.where, bundle=bname))  # fmt: skip
+    return mine, "intact", m.bundle_id
 
 
 @dataclass
@@ -83,7 +159,12 @@ def audit_replica(
     interval_days: float | None = None,
     workers: int | None = None,
     clock: float | None = None,
+    expected: dict[str, str | None] | None = None,
 ) -> ReplicaAudit:
+    """`expected`: bundle name -> id (None: not known) of every bundle this replica must hold,
+    learnt from somewhere other than this replica's listing (the other replicas, the local
+    audit state: expected_holdings()); one of them absent here is LOSS, not 'nothing to
+    check'."""
     started, t0 = now(), clock or time.time()
     local = replica_dir(state, store.url)
     chain = Chain(local, store)
@@ -95,49 +176,26 @@ def audit_replica(
     bundles: list[dict] = []
     targets: list[Target] = []
     checked = 0
-    for bname in store.list_dirs("bundles"):
-        if not vault.is_committed(bname):
-            bundles.append({"name": bname, "bundle": None, "state": "uncommitted"})
-            continue
-        try:
-            b = vault.load(bname, trusted)
-        except (CorruptData, IntegrityError, TrustError) as e:
-            bundles.append({"name": bname, "bundle": None, "state": "unreadable"})
-            failures.append(_failure(None, "manifest", "a manifest signed by a trusted key",
-                                     str(e), obj=f"{prefix(bname)}/data/weightvault.json",
-                                     bundle=bname))  # fmt: skip
-            continue
-        m = b.manifest
-        mine = [Target(object_key(bname, o["name"]), o["name"], o["size"], o.get("sha512"), bname)
-                for o in m.doc["objects"]]  # fmt: skip
-        mine += [Target(f"{prefix(bname)}/data/{r['path']}", r["sha256"], r["size"],
-                        r.get("sha512"), bname) for r in m.plain_files]  # fmt: skip
-        listing = store.list(prefix(bname))
+    unverifiable = 0  # metadata level: objects the server kept no usable checksum of
+    listed = set(store.list_dirs(BUNDLES))  # fails only when the replica cannot be listed
+    expected = dict(expected or {})
+    for bname in sorted(listed | set(expected)):
         before_n = len(failures)
-        for t in mine:
-            if t.key not in listing:
-                failures.append(_failure(t, "missing", t.sha256, "missing"))
-            elif listing[t.key] != t.size:
-                failures.append(_failure(t, "size", str(t.size), str(listing[t.key])))
-        checksum = getattr(store, "checksum", None)
-        if checksum is not None and level == "metadata":
-            bad = {f["object"] for f in failures}
-            for t in mine:
-                if t.key in bad:
-                    continue
-                have = checksum(t.key)
-                checked += 1
-                if have is not None and have != t.sha256:
-                    failures.append(_failure(t, "damaged", t.sha256, f"server sha256 {have}"))
-        if level == "full":
-            for p in check_bag(vault, b):  # tag files, extra files: never object bytes
-                kind = p.kind if p.kind in ("tag", "extra") else "tag"
-                failures.append(_failure(None, kind, "as the signed manifest says", p.detail,
-                                         obj=p.where, bundle=bname))  # fmt: skip
+        try:
+            mine, state, bid = _inventory(vault, bname, bname in expected, expected.get(bname),
+                                          trusted, level, failures)  # fmt: skip
+        except StorageError as e:
+            store.list_dirs(BUNDLES)  # the replica itself gone: unreachable, not damage
+            mine, state, bid = [], "unreadable", expected.get(bname)
+            failures.append(_failure(None, "unreadable", "readable files", str(e),
+                                     obj=prefix(bname), bundle=bname))  # fmt: skip
+        checked += sum(1 for t in mine if t.server_verified)
+        unverifiable += sum(1 for t in mine if t.server_verified is False)
         bad = {f["object"] for f in failures[before_n:]}
         targets += [t for t in mine if t.key not in bad]
-        bundles.append({"name": bname, "bundle": m.bundle_id,
-                        "state": "damaged" if len(failures) > before_n else "intact"})  # fmt: skip
+        if state == "intact" and len(failures) > before_n:
+            state = "damaged"
+        bundles.append({"name": bname, "bundle": bid, "state": state})
     # choose what to hash
     if level == "full":
         to_hash = targets
@@ -180,6 +238,7 @@ def audit_replica(
         "replica": {"name": name, "url": store.url}, "level": level,
         "agent": {"tool": tool(), "key": key.public.key_id},
         "objects_checked": checked, "bytes_read": store.counters.payload_read - before,
+        "objects_unverifiable": unverifiable,
         "bundles": bundles, "failures": failures, "transient": transient, "repairs": [],
         "coverage": coverage,
     }  # fmt: skip
@@ -241,7 +300,7 @@ def repair_replica(
         by_bundle.setdefault(f["bundle"], set()).add(f["object"])
     repairs, lost = [], []
     for bname, suspects in sorted(by_bundle.items()):
-        ok_sources = [s for n, s in sources if Vault(s).is_committed(bname)]
+        ok_sources = [s for _n, s in sources if _holds(s, bname, trusted)]
         try:
             if not ok_sources:
                 raise IntegrityError(f"no other replica holds bundle {bname}")
@@ -275,6 +334,94 @@ def repair_replica(
     }  # fmt: skip
     entry = chain.append(record, key)
     return ReplicaAudit(name, store.url, "repair", record["eventOutcome"], entry.record), lost
+
+
+def _holds(store: Store, bname: str, trusted: list[PublicKey]) -> bool:
+    try:
+        Vault(store).load_exact(bname, trusted)
+        return True
+    except WeightvaultError:
+        return False
+
+
+class Known:
+    """Every bundle the local audit state has seen committed (signature verified) on each
+    replica, kept per replica URL: what a replica must hold does not come from that replica's
+    own listing, which whoever holds the storage can change (FORMAT.md section 2)."""
+
+    def __init__(self, state: Path):
+        self.state = Path(state)
+        self._files: dict[str, dict[str, str]] = {}
+
+    def _path(self, url: str) -> Path:
+        return replica_dir(self.state, url) / "bundles.json"
+
+    def ids(self, url: str) -> dict[str, str]:
+        """name -> bundle id seen on the replica at `url`."""
+        if url not in self._files:
+            path = self._path(url)
+            try:
+                raw = json.loads(path.read_text())
+            except FileNotFoundError:
+                raw = {}
+            except (ValueError, OSError) as e:
+                raise CorruptData(f"{path}: unreadable local audit state ({e}); it lists the "
+                                  "bundles this replica must hold, so it is not ignored") from None
+            self._files[url] = {k: v for k, v in raw.items() if isinstance(v, str)} \
+                if isinstance(raw, dict) else {}  # fmt: skip
+        return self._files[url]
+
+    def saw(self, url: str, name: str, bundle_id: str) -> None:
+        self.ids(url).setdefault(name, bundle_id)
+
+    def save(self) -> None:
+        for url, ids in self._files.items():
+            path = self._path(url)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(ids, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+
+
+HOLDS_ALL = ("primary", "mirror")  # roles that hold every bundle; an escrow replica holds some
+
+
+def committed_names(store: Store, trusted: list[PublicKey]) -> dict[str, str]:
+    """name -> id of the bundles on a replica whose manifests verify against `trusted`."""
+    v, out = Vault(store), {}
+    for n in store.list_dirs(BUNDLES):
+        if name_ok(n) and v.is_committed(n):
+            try:
+                out[n] = v.load_exact(n, trusted).bundle_id
+            except WeightvaultError:
+                continue
+    return out
+
+
+def expected_holdings(stores: dict[str, tuple[str, Store]], trusted: list[PublicKey],
+                      known: Known) -> dict[str, dict[str, str | None]]:  # fmt: skip
+    """replica -> {bundle name: id} that it must hold: on a replica holding everything (role
+    primary or mirror), every bundle committed on any reachable replica and every bundle the
+    local state has seen on any of them; on another (escrow), what the state saw on it."""
+    everything: dict[str, str | None] = {}
+    for _role, st in stores.values():
+        for n, bid in known.ids(st.url).items():
+            everything.setdefault(n, bid)
+    for _role, st in stores.values():
+        try:
+            for n, bid in committed_names(st, trusted).items():
+                everything.setdefault(n, bid)
+        except StorageError:
+            continue  # reported when that replica itself is audited
+    return {n: dict(everything) if role in HOLDS_ALL else dict(known.ids(st.url))
+            for n, (role, st) in stores.items()}  # fmt: skip
+
+
+def remember(known: Known, audits: list[ReplicaAudit]) -> None:
+    for a in audits:
+        for b in a.record.get("bundles", []):
+            if b["bundle"] and b["state"] in ("intact", "damaged"):
+                known.saw(a.url, b["name"], b["bundle"])
+    known.save()
 
 
 def _key(obj: str, store: Store) -> str:
@@ -325,6 +472,7 @@ def metrics(audits: list[ReplicaAudit], unreachable: dict[str, str]) -> str:
         "weightvault_audit_damaged_objects": "Objects found damaged by the last audit.",
         "weightvault_audit_missing_objects": "Objects found missing by the last audit.",
         "weightvault_audit_bytes_read": "Payload bytes read by the last audit.",
+        "weightvault_audit_unverifiable_objects": "Objects a metadata audit could not verify (no server SHA-256).",
         "weightvault_audit_coverage_ratio": "Share of objects fully hashed within the cycle.",
         "weightvault_audit_up": "1 if the replica could be audited, 0 if unreachable.",
     }  # fmt: skip
@@ -342,6 +490,8 @@ def metrics(audits: list[ReplicaAudit], unreachable: dict[str, str]) -> str:
         out["weightvault_audit_damaged_objects"].append(f"{{{lab}}} {dmg}")
         out["weightvault_audit_missing_objects"].append(f"{{{lab}}} {mis}")
         out["weightvault_audit_bytes_read"].append(f"{{{lab}}} {r['bytes_read']}")
+        out["weightvault_audit_unverifiable_objects"].append(
+            f"{{{lab}}} {r.get('objects_unverifiable', 0)}")
         cov = r["coverage"]
         ratio = cov["verified_within_cycle"] / cov["objects"] if cov["objects"] else 1.0
         out["weightvault_audit_coverage_ratio"].append(f"{{{lab}}} {ratio:.6f}")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from weightvault.errors import InputError, StorageError, WeightvaultError
 from weightvault.format import bag
 from weightvault.format.keys import PublicKey
+from weightvault.format.manifest import SIGNATURE_KEY
 from weightvault.format.paths import name_ok
 from weightvault.progress import human_size as _size
 from weightvault.storage.store import TMP, Store
@@ -128,9 +129,11 @@ def gc(
     dry_run: bool = False,
     object_lock=None,
     now: float | None = None,
+    protect: set[str] = frozenset(),
 ) -> GcResult:
     """Find (and unless `dry_run`, remove) the orphans on one replica. `object_lock` is the
-    replica's configured config.ObjectLock, if any."""
+    replica's configured config.ObjectLock, if any. `protect`: bundle names known to be
+    committed (on another replica, or by the local audit state): never debris here."""
     if grace < 0:
         raise InputError("the grace period cannot be negative")
     t = time.time() if now is None else now
@@ -161,6 +164,16 @@ def gc(
         p = prefix(bname)
         if not name_ok(bname):
             res.notes.append(f"{store.describe(p)}: not a valid bundle name; left alone")
+            continue
+        signed = f"{p}/{SIGNATURE_KEY}" in files
+        if f"{p}/{bag.COMMIT_MARKER}" not in files and (signed or bname in protect):
+            # The writer signs only after every object is stored, and a signature (or a
+            # bundle known committed elsewhere) outweighs a missing marker: whoever holds the
+            # storage can delete a tag file. Left whole; audit reports it, repair completes it.
+            why = ("its manifest is signed" if signed else
+                   "it is committed on another replica or known to the local audit state")
+            res.notes.append(f"bundle {bname}: commit marker missing but {why}; nothing in it "
+                             "is removed (run `weightvault audit` and `weightvault repair`)")
             continue
         if f"{p}/{bag.COMMIT_MARKER}" not in files:
             found = [Orphan(k, s, f"interrupted seal or replicate of {bname!r} (never committed)",

@@ -17,7 +17,7 @@ from weightvault.errors import Conflict, IntegrityError, StorageError
 from weightvault.format import bag
 from weightvault.format.fixity import Fixity
 from weightvault.format.keys import PublicKey
-from weightvault.format.manifest import MAX_MANIFEST
+from weightvault.format.manifest import MANIFEST_KEY, MAX_MANIFEST, SIGNATURE_KEY
 from weightvault.storage.store import Store
 from weightvault.storage.vault import Bundle, Vault, object_key, prefix
 
@@ -106,9 +106,10 @@ def replicate(
         raise IntegrityError(f"{sources[0].describe(prefix(name))}: manifest changed while reading")
     dv = Vault(dst)
     result = ReplicateResult(m.bundle_id, name, dst.url, objects=len(m.doc["objects"]))
-    committed = dv.is_committed(name)
-    if committed:
-        theirs = dst.read_bytes(f"{prefix(name)}/data/weightvault.json", MAX_MANIFEST)
+    committed = dv.has_marker(name)
+    mkey = f"{prefix(name)}/{MANIFEST_KEY}"
+    if dv.is_committed(name) and dst.exists(mkey):
+        theirs = dst.read_bytes(mkey, MAX_MANIFEST)
         if theirs != m.raw:
             their_id = hashlib.sha256(theirs).hexdigest()
             raise Conflict(f"{dst.describe(prefix(name))}: holds a different bundle under the "
@@ -197,6 +198,10 @@ def bundle_state(store: Store, name: str, bundle_id: str | None = None) -> Bundl
     if not listing:
         return BundleState("absent")
     if f"{p}/{bag.COMMIT_MARKER}" not in listing:
+        if f"{p}/{SIGNATURE_KEY}" in listing:
+            # signed after every object was stored: committed, its tag files lost since
+            return BundleState("incomplete", detail="signed manifest present but tag files "
+                               "missing (run `weightvault audit`, then `weightvault repair`)")
         return BundleState("uncommitted", detail="an interrupted seal or replicate")
     key = f"{p}/data/weightvault.json"
     try:

@@ -728,20 +728,25 @@ def _nonce(nonce_hex: str) -> bytes:
     return bytes.fromhex(nonce_hex)
 
 
-def _keyed_digest(store: Store, key: str, nonce: bytes) -> str | None:
+def _keyed_digest(store: Store, key: str, nonce: bytes, *, plain: bool = False):
+    """SHA-256(nonce || stored bytes), or None if missing or not a regular file; with `plain`,
+    (that, SHA-256(stored bytes)) from the same single read."""
     h = hashlib.sha256(nonce)
+    p = hashlib.sha256() if plain else None
     try:
         f = store.open_read(key)
     except CorruptData:
-        return None  # not a regular file: cannot be the object
+        return (None, None) if plain else None  # not a regular file: cannot be the object
     except StorageError:
         if store.size(key) is None:
-            return None
+            return (None, None) if plain else None
         raise
     with f:
         while data := f.read(READ_SIZE):
             h.update(data)
-    return h.hexdigest()
+            if p is not None:
+                p.update(data)
+    return (h.hexdigest(), p.hexdigest()) if p is not None else h.hexdigest()
 
 
 def answer(store: Store, key_for_object: Callable[[str], str], nonce_hex: str,
@@ -767,22 +772,32 @@ def _body(x: Entry | dict, event: str) -> dict:
     return x  # already the body
 
 
-def check_answers(store: Store, key_for_object: Callable[[str], str], challenge: Entry | dict,
-                  response: Entry | dict) -> list[str]:  # fmt: skip
-    """The challenged objects whose answers differ from this store's own bytes (empty: pass).
-    `challenge`, `response`: entries, records or their bodies. This store must hold every
-    challenged object intact: one it lacks raises IntegrityError (repair it, then check)."""
+def check_answers(stores: Store | list[Store], key_for_object: Callable[[str], str],
+                  challenge: Entry | dict, response: Entry | dict) -> list[str]:  # fmt: skip
+    """The challenged objects whose answers differ from our own bytes (empty: pass).
+    `challenge`, `response`: entries, records or their bodies. Each object is judged against
+    the first of `stores` whose copy still hashes to the object's name: a damaged copy of ours
+    must never turn into a failure recorded against an honest steward. When none of ours is
+    intact, IntegrityError (cannot judge: repair, then check) and nothing is recorded."""
+    stores = [stores] if isinstance(stores, Store) else stores
     ch, resp = _body(challenge, "challenge"), _body(response, "response")
     nonce = _nonce(ch["nonce"])
     given = {a["object"]: a["sha256"] for a in resp["answers"]}
     out = []
     for o in ch["objects"]:
         key = key_for_object(o)
-        want = _keyed_digest(store, key, nonce)
+        want, tried = None, []
+        for store in stores:
+            keyed, plain = _keyed_digest(store, key, nonce, plain=True)
+            if keyed is not None and plain == o:
+                want = keyed
+                break
+            tried.append(f"{store.describe(key)}: "
+                         + ("missing or unreadable" if keyed is None else "damaged"))
         if want is None:
-            raise IntegrityError(f"{store.describe(key)}: missing or unreadable here, so the "
-                                 f"steward's answer for {o} cannot be checked; repair this "
-                                 "replica first")  # fmt: skip
+            raise IntegrityError(f"cannot judge the steward's answer for {o}: no intact copy of "
+                                 f"ours ({'; '.join(tried)}); repair our replicas first, "
+                                 "nothing was recorded")  # fmt: skip
         got = given.get(o)
         if not isinstance(got, str) or not hmac.compare_digest(got, want):
             out.append(o)

@@ -163,7 +163,8 @@ def check(cfg: Config, name: str, steward: str, key: SigningKey,
         raise InputError(f"bundle {name!r}: no answered challenge to check (see escrow log)")
     ch = state.entry(resp.body["challenge"])
     ours = _holding(ReplicaSet(cfg), name, {sc.replica})
-    mismatches = custody.check_answers(ours[0][1], lambda o: object_key(name, o), ch, resp)
+    mismatches = custody.check_answers([s for _n, s in ours], lambda o: object_key(name, o),
+                                       ch, resp)  # fmt: skip
     entry = log.append(custody.result_event(challenge=ch.digest, response=resp.digest,
                                             mismatches=mismatches), key, trusted=trusted)  # fmt: skip
     res = _result(entry, b, log, result="fail" if mismatches else "pass",

@@ -23,6 +23,8 @@ from typing import BinaryIO
 from weightvault.errors import CorruptData, InputError, IntegrityError, StorageError
 
 TMP = "tmp"  # vault-level scratch: outside every bag, so a crash never leaves a file in a bag
+MAX_DEPTH = 64  # directory levels below a listed prefix; the layout needs fewer than 10
+NOTED: list[str] = []  # every store's notes in this process, for the CLI to print once
 
 
 class Counters:
@@ -149,6 +151,13 @@ class Store:
 
     def __init__(self) -> None:
         self.counters = Counters()
+        self.notes: list[str] = []  # oddities met while listing, each said once
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+        if text not in NOTED:
+            NOTED.append(text)
 
     # -- reading
     def open_read(self, key: str) -> BinaryIO:
@@ -268,13 +277,49 @@ class LocalStore(Store):
             raise StorageError(f"{self._path(key)}: cannot stat ({e.strerror})") from None
         return st.st_size
 
+    def _walk(self, prefix: str, *, bottom_up: bool = False) -> Iterator[tuple[str, list]]:
+        """(directory, its non-directory entries) under `prefix`, with an explicit stack: a
+        tree thousands of levels deep planted in a vault must not exhaust Python's recursion
+        (os.walk recurses on 3.11). Deeper than MAX_DEPTH is not a layout this tool writes:
+        it is skipped and noted once."""
+        start = self._path(prefix)
+        stack = [(str(start), 0)]
+        seen: list[str] = []
+        while stack:
+            d, depth = stack.pop()
+            try:
+                with os.scandir(d) as it:
+                    entries = list(it)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as e:
+                raise StorageError(f"{d}: cannot list ({e.strerror})") from None
+            files = []
+            for e in entries:
+                if e.is_symlink() and e.is_dir():
+                    continue  # as os.walk: neither a file nor followed (a vault has neither)
+                if e.is_dir(follow_symlinks=False):
+                    if depth + 1 > MAX_DEPTH:
+                        self.note(f"{e.path}: directories nested deeper than {MAX_DEPTH} "
+                                  "levels; not a weightvault layout, skipped")
+                    else:
+                        stack.append((e.path, depth + 1))
+                else:
+                    files.append(e)
+            if bottom_up:
+                seen.append(d)
+            else:
+                yield d, files
+        for d in reversed(seen):
+            yield d, []
+
     def list(self, prefix: str) -> dict[str, int]:
         out = {}
-        for dirpath, _dirs, files in os.walk(self._path(prefix)):
+        for dirpath, files in self._walk(prefix):
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for f in files:
                 with contextlib.suppress(FileNotFoundError):
-                    out[f"{rel}/{f}"] = os.lstat(os.path.join(dirpath, f)).st_size
+                    out[f"{rel}/{f.name}"] = f.stat(follow_symlinks=False).st_size
         return dict(sorted(out.items()))
 
     def list_dirs(self, prefix: str) -> list[str]:
@@ -285,16 +330,16 @@ class LocalStore(Store):
 
     def list_times(self, prefix: str) -> dict[str, tuple[int, float | None]]:
         out = {}
-        for dirpath, _dirs, files in os.walk(self._path(prefix)):
+        for dirpath, files in self._walk(prefix):
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for f in files:
                 with contextlib.suppress(FileNotFoundError):
-                    st = os.lstat(os.path.join(dirpath, f))
-                    out[f"{rel}/{f}"] = (st.st_size, st.st_mtime)
+                    st = f.stat(follow_symlinks=False)
+                    out[f"{rel}/{f.name}"] = (st.st_size, st.st_mtime)
         return dict(sorted(out.items()))
 
     def prune_dirs(self, prefix: str) -> None:
-        for dirpath, _dirs, _files in os.walk(self._path(prefix), topdown=False):
+        for dirpath, _files in self._walk(prefix, bottom_up=True):
             with contextlib.suppress(OSError):  # not empty (or gone): leave it
                 os.rmdir(dirpath)
 

@@ -1,8 +1,11 @@
 """Bundles in a vault: layout, listing, name resolution, trusted loading and the commit protocol.
 
 Layout (docs/FORMAT.md section 2): bundles/<name>/ is one BagIt bag; its stored chunk objects
-are data/objects/<sha256 of stored bytes>. A bundle exists once its commit marker
-(tagmanifest-sha256.txt) exists; everything else is written before it.
+are data/objects/<sha256 of stored bytes>. A writer commits by writing the commit marker
+(tagmanifest-sha256.txt) last, but a reader never takes the marker's absence as proof that a
+bundle was not committed: whoever holds the storage can delete a file. A bundle whose manifest
+carries a valid signature by a trusted key is committed whatever its tag files say, and a
+missing tag file of such a bundle is damage (FORMAT.md section 2.1).
 """
 
 from __future__ import annotations
@@ -73,8 +76,15 @@ class Vault:
     def names(self) -> list[str]:
         return [n for n in self.store.list_dirs(BUNDLES) if name_ok(n) and self.is_committed(n)]
 
-    def is_committed(self, name: str) -> bool:
+    def has_marker(self, name: str) -> bool:
+        """The writer finished: every file of the bundle was written."""
         return self.store.exists(f"{prefix(name)}/{bag.COMMIT_MARKER}")
+
+    def is_committed(self, name: str) -> bool:
+        """May be committed: the marker, or the signature that a writer puts down only after
+        every object, is there. Whether it is, is settled by load()'s signature check; only a
+        bundle with neither is an interrupted write."""
+        return self.has_marker(name) or self.store.exists(f"{prefix(name)}/{SIGNATURE_KEY}")
 
     def read_signature(self, name: str) -> dict:
         key = f"{prefix(name)}/{SIGNATURE_KEY}"
@@ -114,7 +124,10 @@ class Vault:
 
     def load(self, ref: str, trusted: list[PublicKey], *, insecure: bool = False) -> Bundle:
         """Read a bundle's manifest, checking its digest and signature before parsing it."""
-        name = self.resolve(ref)
+        return self.load_exact(self.resolve(ref), trusted, insecure=insecure)
+
+    def load_exact(self, name: str, trusted: list[PublicKey], *, insecure: bool = False) -> Bundle:
+        """load() of a name taken as it is (no listing to resolve it against)."""
         mkey = f"{prefix(name)}/{MANIFEST_KEY}"
         try:
             sig = self.read_signature(name)
@@ -122,8 +135,10 @@ class Vault:
             if not insecure:
                 raise
             sig = None
-        raw = self.store.read_bytes(mkey, MAX_MANIFEST)
         what = self.describe(mkey)
+        if not self.store.exists(mkey):
+            raise IntegrityError(f"{what}: missing")
+        raw = self.store.read_bytes(mkey, MAX_MANIFEST)
         digest = hashlib.sha256(raw).hexdigest()
         if sig is not None and digest != sig["payload_sha256"]:
             raise IntegrityError(
@@ -157,7 +172,7 @@ class Vault:
         assert files[0][0] == MANIFEST_KEY and files[-1][0] == bag.COMMIT_MARKER
         manifest_raw = files[0][1]
         with st.lock(f"commit-{name}"):
-            if self.is_committed(name):
+            if self.has_marker(name):
                 raise already_sealed(self, name)
             mkey = f"{p}/{MANIFEST_KEY}"
             ours = True  # this commit wrote the manifest (no other writer shares these files)

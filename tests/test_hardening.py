@@ -1,0 +1,248 @@
+"""Issue 15: a storage holder, a planted file or a careless operator cannot make loss look like
+health. Each case was reproduced against the code before the fix (docs/THREAT-MODEL.md)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from conftest import objects_of, ok, one_error, write_config, wv
+
+from weightvault.errors import StorageError
+
+
+def _two(tmp_path: Path, lab_key: Path, minilm_dir: Path, name: str = "m") -> Path:
+    cfg = write_config(tmp_path / "lab.toml", lab_key, {
+        "primary": {"url": str(tmp_path / "vault")},
+        "mirror": {"url": str(tmp_path / "mirror")},
+    }, audit={"state_dir": str(tmp_path / "state")})  # fmt: skip
+    ok(wv("-c", cfg, "seal", minilm_dir, "--name", name, "--quiet"))
+    return cfg
+
+
+def _files(d: Path) -> set[str]:
+    return {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()}
+
+
+# -- 1. a committed bundle is never mistaken for an interrupted one
+
+
+def test_missing_tag_manifest_is_damage_not_an_interrupted_seal(vault_copy, lab_key):
+    b = vault_copy / "bundles" / "minilm"
+    (b / "tagmanifest-sha256.txt").unlink()
+    before = _files(b)
+    state = vault_copy.parent / "state"
+    r = wv("audit", "--vault", vault_copy, "--level", "full", "--trust", f"{lab_key}.pub",
+           "--key", lab_key, "--state-dir", state)  # fmt: skip
+    assert r.code == 1, r.out + r.err
+    assert "tagmanifest-sha256.txt" in r.out and "FAIL" in r.out
+    st = wv("status", "--vault", vault_copy)
+    assert st.code == 1 and "uncommitted" not in st.out + st.err, st.out + st.err
+    for grace in ("0", "24h"):
+        g = wv("gc", "--vault", vault_copy, "--grace", grace, "--trust", f"{lab_key}.pub",
+               "--state-dir", state)  # fmt: skip
+        assert g.code == 0, g.err
+        assert "commit marker missing but its manifest is signed" in g.out
+    assert _files(b) == before  # gc removed nothing: manifest, signature, objects all there
+    v = wv("verify", "minilm", "--vault", vault_copy, "--trust", f"{lab_key}.pub")
+    assert v.code == 1 and "tagmanifest-sha256.txt" in v.out + v.err, v.out + v.err
+
+
+def test_missing_signature_and_marker_known_to_state_is_kept_and_reported(vault_copy, lab_key):
+    """Deleting the signature too leaves no signed proof on the replica; the local audit state
+    still knows the bundle was committed, so the audit reports it and gc keeps it."""
+    state = vault_copy.parent / "state"
+    audit = ("audit", "--vault", vault_copy, "--level", "metadata", "--trust",
+             f"{lab_key}.pub", "--key", lab_key, "--state-dir", state)  # fmt: skip
+    ok(wv(*audit))
+    b = vault_copy / "bundles" / "minilm"
+    (b / "tagmanifest-sha256.txt").unlink()
+    (b / "weightvault.sig").unlink()
+    r = wv(*audit)
+    assert r.code == 1 and "minilm" in r.out, r.out + r.err
+    g = wv("gc", "--vault", vault_copy, "--grace", "0", "--trust", f"{lab_key}.pub",
+           "--state-dir", state)  # fmt: skip
+    assert g.code == 0 and "known to the local audit state" in g.out, g.out + g.err
+    assert objects_of(vault_copy)  # nothing removed
+
+
+def test_bundle_removed_from_mirror_is_loss_and_repair_brings_it_back(tmp_path, lab_key,
+                                                                      minilm_dir):  # fmt: skip
+    cfg = _two(tmp_path, lab_key, minilm_dir)
+    shutil.rmtree(tmp_path / "mirror" / "bundles" / "m")
+    r = wv("-c", cfg, "audit", "--level", "metadata")
+    assert r.code == 1, r.out + r.err
+    assert "lost" in r.out and "bundles/m" in r.out and "mirror: FAIL" in r.out
+    ok(wv("-c", cfg, "repair"))
+    assert _files(tmp_path / "mirror" / "bundles" / "m") == _files(tmp_path / "vault" / "bundles"
+                                                                   / "m")  # fmt: skip
+    ok(wv("-c", cfg, "audit", "--level", "full"))
+
+
+def test_bundle_gone_from_its_only_replica_is_loss_once_an_audit_saw_it(vault_copy, lab_key):
+    state = vault_copy.parent / "state"
+    audit = ("audit", "--vault", vault_copy, "--level", "metadata", "--trust",
+             f"{lab_key}.pub", "--key", lab_key, "--state-dir", state)  # fmt: skip
+    ok(wv(*audit))
+    shutil.rmtree(vault_copy / "bundles" / "minilm")
+    r = wv(*audit, "--json")
+    assert r.code == 1, r.err
+    fails = r.json()["replicas"][0]["record"]["failures"]
+    assert [(f["kind"], f["bundle"]) for f in fails] == [("lost", "minilm")]
+
+
+def test_tag_file_deleted_on_mirror_is_repaired(tmp_path, lab_key, minilm_dir):
+    cfg = _two(tmp_path, lab_key, minilm_dir)
+    bag_info = tmp_path / "mirror" / "bundles" / "m" / "bag-info.txt"
+    bag_info.unlink()
+    r = wv("-c", cfg, "audit", "--level", "sample")
+    assert r.code == 1 and "bag-info.txt" in r.out, r.out + r.err
+    ok(wv("-c", cfg, "repair"))
+    assert bag_info.read_bytes() == (tmp_path / "vault" / "bundles" / "m" / "bag-info.txt").read_bytes()
+    ok(wv("-c", cfg, "audit", "--level", "full"))
+
+
+def test_one_unreadable_bundle_does_not_stop_the_others(tmp_path, lab_key, minilm_dir):
+    """In process: a store whose reads of one bundle fail (a permission, a bad sector)."""
+    from weightvault.archive.audit import audit_replica
+    from weightvault.format import keys
+    from weightvault.storage.store import LocalStore
+
+    v = tmp_path / "v"
+    for n in ("a", "b"):
+        ok(wv("seal", minilm_dir, "--vault", v, "--key", lab_key, "--name", n, "--quiet"))
+
+    class Sick(LocalStore):
+        def open_read(self, key):
+            if key.startswith("bundles/a/"):
+                raise StorageError(f"{self.describe(key)}: cannot read (Input/output error)")
+            return super().open_read(key)
+
+    sk = keys.load_signing_key(lab_key)
+    a = audit_replica("v", Sick(v), level="full", trusted=[sk.public], key=sk,
+                      state=tmp_path / "state", workers=1)  # fmt: skip
+    assert a.outcome == "fail"
+    states = {b["name"]: b["state"] for b in a.record["bundles"]}
+    assert states == {"a": "unreadable", "b": "intact"}
+    assert a.record["objects_checked"] == len(objects_of(v, "b"))
+    assert {f["bundle"] for f in a.record["failures"]} == {"a"}
+
+
+# -- 2. trust comes only from what the user gives explicitly
+
+
+def test_config_in_the_current_directory_is_not_read(vault_copy, lab_key, other_key, tmp_path):
+    """A vault someone hands you carries a weightvault.toml trusting their key."""
+    (vault_copy.parent / "weightvault.toml").write_text(
+        f'trusted_keys = ["{other_key}.pub"]\n[replicas.x]\nurl = "vault"\n')
+    r = wv("verify", "minilm", cwd=vault_copy.parent)
+    assert r.code == 2 and "no vault given" in r.err, r.err
+
+
+def test_trust_flag_is_the_whole_trusted_set(vault_copy, lab_key, other_key, tmp_path):
+    cfg = write_config(tmp_path / "c.toml", lab_key, {"v": {"url": str(vault_copy)}})
+    ok(wv("-c", cfg, "verify", "minilm"))  # the config's trusted_keys: lab
+    one_error(wv("-c", cfg, "verify", "minilm", "--trust", f"{other_key}.pub"), 4)
+
+
+def test_config_inside_a_vault_is_refused(vault_copy, lab_key):
+    planted = write_config(vault_copy / "weightvault.toml", lab_key, {"v": {"url": "."}})
+    one_error(wv("-c", planted, "list"), 2, "inside the vault")
+
+
+def test_audit_key_is_not_trusted_as_a_bundle_signer(tmp_path, minilm_dir, lab_key, other_key):
+    """A bundle signed by the audit key alone is untrusted in the audit of a lab's vault."""
+    v = tmp_path / "v"
+    ok(wv("seal", minilm_dir, "--vault", v, "--key", other_key, "--name", "m", "--quiet"))
+    r = wv("audit", "--vault", v, "--level", "metadata", "--trust", f"{lab_key}.pub",
+           "--key", other_key, "--state-dir", tmp_path / "state")  # fmt: skip
+    assert r.code == 1 and "manifest" in r.out, r.out + r.err
+
+
+# -- 6. bounded work on hostile input
+
+
+def test_deep_directory_tree_does_not_crash_listing(vault_copy, lab_key):
+    import os
+
+    fd = os.open(vault_copy / "bundles" / "minilm" / "data" / "objects", os.O_RDONLY)
+    for _ in range(1200):  # deeper than PATH_MAX allows to name: built one level at a time
+        os.mkdir("d", dir_fd=fd)
+        nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(os.open("x", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    os.close(fd)
+    try:
+        _run_on_deep_tree(vault_copy, lab_key)
+    finally:  # pytest's own clean-up recurses per level on 3.11: never leave this tree behind
+        from test_hostile import remove_tree
+
+        remove_tree(vault_copy / "bundles" / "minilm" / "data" / "objects" / "d")
+
+
+def _run_on_deep_tree(vault_copy: Path, lab_key: Path) -> None:
+    state = vault_copy.parent / "state"
+    for args in (("audit", "--level", "full", "--key", lab_key, "--state-dir", state),
+                 ("gc", "--dry-run", "--state-dir", state), ("status",),
+                 ("verify", "minilm")):  # fmt: skip
+        r = wv(*args, "--vault", vault_copy, *(("--trust", f"{lab_key}.pub")
+                                               if args[0] != "status" else ()))  # fmt: skip
+        assert "RecursionError" not in r.err and "Traceback" not in r.err, (args, r.err)
+        assert r.code in (0, 1), (args, r.code, r.err)
+        assert "nested deeper than 64 levels" in r.out + r.err, (args, r.out, r.err)
+
+
+# -- 4. an audit never counts what it did not check
+
+
+def test_s3_metadata_audit_counts_only_what_the_server_proved(tmp_path, s3_server, ssh_server,
+                                                              lab_key, minilm_dir):  # fmt: skip
+    from conftest import Lab
+
+    lab = Lab(tmp_path, s3_server, ssh_server, lab_key,
+              audit={"state_dir": str(tmp_path / "state")})  # fmt: skip
+    ok(lab.run("seal", minilm_dir, "--name", "m", "--quiet"))
+    objs = sorted(p.name for p in (tmp_path / "primary/bundles/m/data/objects").iterdir())
+    key = f"vault/bundles/m/data/objects/{objs[0]}"
+    body = (tmp_path / "primary/bundles/m/data/objects" / objs[0]).read_bytes()
+    lab.s3.client().put_object(Bucket=lab.bucket, Key=key, Body=body)  # same bytes, no checksum
+    prom = tmp_path / "wv.prom"
+    r = ok(lab.run("audit", "--level", "metadata", "--replica", "cloud", "--json",
+                   "--metrics-file", prom))  # fmt: skip
+    rec = r.json()["replicas"][0]["record"]
+    assert rec["objects_unverifiable"] == 1
+    assert rec["objects_checked"] == len(objs) - 1
+    assert 'weightvault_audit_unverifiable_objects{replica="cloud",level="metadata"} 1' in (
+        prom.read_text())
+    human = ok(lab.run("audit", "--level", "metadata", "--replica", "cloud"))
+    assert "1 objects not verifiable at this level" in human.out
+
+
+def test_escrow_check_never_blames_the_steward_for_our_damaged_copy(tmp_path, lab_key,
+                                                                    minilm_dir):  # fmt: skip
+    from test_escrow import World, handed_over
+
+    w = World(tmp_path, lab_key, str(tmp_path / "steward-vault"), None, None)
+    ok(w.seal(minilm_dir))
+    handed_over(w)
+    shutil.copytree(tmp_path / "lab-vault", tmp_path / "lab-mirror")
+    with open(w.lab_cfg, "a") as f:
+        f.write(f'\n[replicas.mirror]\nurl = "{tmp_path / "lab-mirror"}"\n')
+    ok(w.lab("escrow", "challenge", "minilm", "--steward", "steward", "-n", "4"))
+    ok(w.steward("escrow", "respond", "minilm"))
+    saved = tmp_path / "saved-objects"
+    shutil.copytree(tmp_path / "lab-mirror/bundles/minilm/data/objects", saved)
+    for v in ("lab-vault", "lab-mirror"):  # every copy of ours damaged
+        for o in objects_of(tmp_path / v):
+            data = bytearray(o.read_bytes())
+            data[0] ^= 1
+            o.write_bytes(bytes(data))
+    one_error(w.lab("escrow", "check", "minilm", "--steward", "steward"), 1, "cannot judge",
+              "nothing was recorded")  # fmt: skip
+    log = ok(w.lab("escrow", "log", "minilm", "--json")).json()
+    assert "challenge-result" not in [x["event"] for x in log["records"]]
+    shutil.rmtree(tmp_path / "lab-mirror/bundles/minilm/data/objects")
+    shutil.copytree(saved, tmp_path / "lab-mirror/bundles/minilm/data/objects")
+    r = ok(w.lab("escrow", "check", "minilm", "--steward", "steward", "--json"))
+    assert r.json()["detail"]["result"] == "pass"  # judged on the intact mirror copy
