@@ -218,6 +218,10 @@ def test_threshold_from_the_config_applies_to_audit(two_signers, tmp_path):
     assert "signed by 1 of the 2" in json.dumps(fails)
     ok(wv("-c", cfg, "verify", "both", "--quiet"))
     one_error(wv("-c", cfg, "verify", "onlyb", "--quiet"), 4, "signed by 1 of the 2")
+    # --trust is a whole policy: the config's threshold belongs to its own trusted_keys
+    ok(wv("-c", cfg, "verify", "onlyb", "--trust", f"{b}.pub", "--quiet"))
+    one_error(wv("-c", cfg, "verify", "onlyb", "--trust", f"{b}.pub", "--trust", f"{a}.pub",
+                 "--threshold", "2", "--quiet"), 4, "signed by 1 of the 2")  # fmt: skip
 
 
 def test_a_threshold_the_keys_cannot_meet_is_refused(two_signers, tmp_path):
