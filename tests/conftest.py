@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,12 @@ import pytest
 from support.model import ensure_minilm
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# The suite never reads or writes the user's own config and audit state: both default to
+# directories under $HOME, which would carry what one run saw (and trusted) into the next.
+_HOME_DIRS = tempfile.mkdtemp(prefix="weightvault-test-home-")
+os.environ["XDG_STATE_HOME"] = os.path.join(_HOME_DIRS, "state")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_HOME_DIRS, "config")
+atexit.register(shutil.rmtree, _HOME_DIRS, True)
 
 
 @dataclass

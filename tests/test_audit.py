@@ -63,11 +63,11 @@ def test_full_audit_finds_exactly_the_damage_and_repair_fixes_it(lab):
     # the audit trail verifies; editing or deleting a record breaks it
     v = ok(lab.run("audit-log", "verify", "--json"))
     assert all(x["records"] == 4 and not x["problems"] for x in v.json().values()), v.out
-    recs = sorted((lab.dir / "state").glob("replicas/*/audits/*.json"))
+    recs = sorted((lab.dir / "state").glob("replicas/*/audits/*/*.json"))
     target = next(
         p
         for p in recs
-        if (p.parent.parent / "url").read_text().startswith(str(lab.dir / "primary"))
+        if (p.parent.parent.parent / "url").read_text().startswith(str(lab.dir / "primary"))
     )
     env = json.loads(target.read_bytes())
     env["record"]["objects_checked"] += 1

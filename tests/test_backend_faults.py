@@ -87,7 +87,7 @@ def test_s3_killed_mid_audit_is_unreachable_not_damage(tmp_path, s3_server, lab_
     assert "cloud: UNREACHABLE:" in r.out and url in r.out, r.out
     assert "FAIL" not in r.out and "damaged" not in r.out and "missing" not in r.out, r.out
     assert "Traceback" not in r.err, r.err
-    records = list((tmp_path / "state").glob("replicas/*/audits/*.json"))
+    records = list((tmp_path / "state").glob("replicas/*/audits/*/*.json"))
     assert not records, "an audit that could not finish left a record"
     readable(s3_server, bucket)
     # the server is back: the same audit passes

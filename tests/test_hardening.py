@@ -246,3 +246,74 @@ def test_escrow_check_never_blames_the_steward_for_our_damaged_copy(tmp_path, la
     shutil.copytree(saved, tmp_path / "lab-mirror/bundles/minilm/data/objects")
     r = ok(w.lab("escrow", "check", "minilm", "--steward", "steward", "--json"))
     assert r.json()["detail"]["result"] == "pass"  # judged on the intact mirror copy
+
+
+# -- 3. signed history is append-only
+
+
+def _audit(vault: Path, key: Path, trust: Path, state: Path, *extra) -> None:
+    ok(wv("audit", "--vault", vault, "--level", "metadata", "--trust", f"{trust}.pub",
+          "--key", key, "--state-dir", state, *extra))  # fmt: skip
+
+
+def test_lost_local_state_resumes_the_replica_chain_without_overwriting(vault_copy, lab_key):
+    s1, s2 = vault_copy.parent / "s1", vault_copy.parent / "s2"
+    _audit(vault_copy, lab_key, lab_key, s1)
+    (chain,) = (vault_copy / "audits").iterdir()
+    first = (chain / "00000001.json").read_bytes()
+    _audit(vault_copy, lab_key, lab_key, s2)  # the state directory was lost
+    assert (chain / "00000001.json").read_bytes() == first
+    import hashlib
+    import json
+
+    second = json.loads((chain / "00000002.json").read_bytes())["record"]
+    assert second["sequence"] == 2 and second["previous"] == hashlib.sha256(first).hexdigest()
+    r = wv("audit-log", "verify", "--vault", vault_copy, "--trust", f"{lab_key}.pub",
+           "--state-dir", s2)  # fmt: skip
+    assert r.code == 0, r.out + r.err
+
+
+def test_lab_and_steward_auditing_one_replica_keep_separate_chains(vault_copy, lab_key,
+                                                                    other_key):  # fmt: skip
+    state_lab, state_steward = vault_copy.parent / "sl", vault_copy.parent / "ss"
+    _audit(vault_copy, lab_key, lab_key, state_lab)
+    _audit(vault_copy, other_key, lab_key, state_steward)
+    _audit(vault_copy, lab_key, lab_key, state_lab)
+    chains = {d.name: sorted(p.name for p in d.iterdir()) for d in (vault_copy / "audits").iterdir()}
+    assert sorted(map(len, chains.values())) == [1, 2], chains
+
+
+def test_a_forked_audit_chain_is_refused(vault_copy, lab_key):
+    state = vault_copy.parent / "s"
+    _audit(vault_copy, lab_key, lab_key, state)
+    (chain,) = (vault_copy / "audits").iterdir()
+    rec = chain / "00000001.json"
+    rec.write_bytes(rec.read_bytes().replace(b'"level":"metadata"', b'"level":"full"'))
+    before = sorted(p.name for p in chain.iterdir())
+    r = wv("audit", "--vault", vault_copy, "--level", "metadata", "--trust", f"{lab_key}.pub",
+           "--key", lab_key, "--state-dir", state)  # fmt: skip
+    one_error(r, 1, "00000001.json", "forked")
+    assert sorted(p.name for p in chain.iterdir()) == before
+
+
+def test_custody_records_cut_from_the_log_are_named(tmp_path, lab_key, minilm_dir):
+    """Deleting the steward's release record used to leave 'chain verified' on both sides."""
+    from test_escrow import World, handed_over
+
+    w = World(tmp_path, lab_key, str(tmp_path / "steward-vault"), None, None)
+    ok(w.seal(minilm_dir))
+    handed_over(w)
+    ok(w.steward("escrow", "release", "minilm", tmp_path / "out", "--share", w.share("alice"),
+                 "--share", w.share("bob"), "--quiet"))  # fmt: skip
+    log = ok(w.lab("escrow", "log", "minilm", "--json")).json()  # the lab sees the release
+    assert [x["event"] for x in log["records"]][-1] == "release"
+    assert (tmp_path / "lab-vault/custody/minilm/00000003.json").is_file()  # copied to ours
+    # the steward cuts the release from its replica: its own log names the missing record
+    (tmp_path / "steward-vault/custody/minilm/00000003.json").unlink()
+    one_error(w.steward("escrow", "log", "minilm"), 1, "record 3", "missing")
+    # the lab still holds its copy and says the steward's replica lacks it
+    r = ok(w.lab("escrow", "log", "minilm", "--json")).json()
+    assert r["missing"] == {"steward": [3]}, r
+    # and cut from the lab's replica too: the lab's state names it
+    (tmp_path / "lab-vault/custody/minilm/00000003.json").unlink()
+    one_error(w.lab("escrow", "log", "minilm"), 1, "record 3", "missing")

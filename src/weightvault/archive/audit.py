@@ -167,7 +167,7 @@ def audit_replica(
     check'."""
     started, t0 = now(), clock or time.time()
     local = replica_dir(state, store.url)
-    chain = Chain(local, store)
+    chain = Chain(local, store, key.public.key_id)
     verified = Verified(local)
     before = store.counters.payload_read
     vault = Vault(store)
@@ -290,7 +290,7 @@ def repair_replica(
     """Fix what the latest audit of this replica found, from replicas where it verifies."""
     started = now()
     local = replica_dir(state, store.url)
-    chain = Chain(local, store)
+    chain = Chain(local, store, key.public.key_id)
     head = chain.head()
     fixity = head.record if head and head.record["eventType"] == "fixity check" else None
     if fixity is None or not fixity["failures"]:

@@ -10,13 +10,23 @@ secrets: the steward audits ciphertext, and opens the bundle only with a quorum 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from weightvault.config import Config
 from weightvault.custody import chain as custody
 from weightvault.custody.unlock import Keys, check_keys
-from weightvault.errors import Conflict, InputError, IntegrityError, StorageError, TrustError
+from weightvault.errors import (
+    Conflict,
+    CorruptData,
+    InputError,
+    IntegrityError,
+    StorageError,
+    TrustError,
+)
 from weightvault.format.keys import PublicKey, SigningKey, load_public_key
 from weightvault.storage.replicas import ReplicaSet
 from weightvault.storage.store import Store
@@ -111,6 +121,7 @@ def handover(cfg: Config, name: str, steward: str, conditions: Path, key: Signin
               on_bytes=on_bytes)  # fmt: skip
     log = custody.CustodyLog([(sc.replica, dst), *ours], name)
     state = log.verify(trusted, bundle_id=b.bundle_id, allow_empty=True)
+    high_water(cfg, state)
     transfer = None
     if state.steward is not None:
         if state.steward.key_id == steward_key.key_id:
@@ -135,6 +146,7 @@ def handover(cfg: Config, name: str, steward: str, conditions: Path, key: Signin
                                   transfer_from=transfer)  # fmt: skip
     actor = state.steward.name if transfer else (cfg.organization or "depositor")
     entry = log.append(body, key, actor=actor, trusted=trusted, bundle_id=b.bundle_id)
+    _mark(cfg, b.bundle_id, entry)
     return _result(entry, b, log, steward=sc.display, steward_key=steward_key.key_id,
                    replica=dst.url, transfer=bool(transfer))  # fmt: skip
 
@@ -149,6 +161,7 @@ def challenge(cfg: Config, name: str, steward: str, key: SigningKey, trusted: li
     entry = log.append(custody.challenge_event(nonce=nonce, objects=objects,
                                                steward_key_id=state.steward.key_id),
                        key, trusted=trusted)  # fmt: skip
+    _mark(cfg, b.bundle_id, entry)
     return _result(entry, b, log, objects=len(objects), steward=state.steward.name)
 
 
@@ -167,6 +180,7 @@ def check(cfg: Config, name: str, steward: str, key: SigningKey,
                                        ch, resp)  # fmt: skip
     entry = log.append(custody.result_event(challenge=ch.digest, response=resp.digest,
                                             mismatches=mismatches), key, trusted=trusted)  # fmt: skip
+    _mark(cfg, b.bundle_id, entry)
     res = _result(entry, b, log, result="fail" if mismatches else "pass",
                   mismatches=mismatches, objects=len(ch.body["objects"]))  # fmt: skip
     if mismatches:
@@ -196,6 +210,7 @@ def _depositor_log(cfg: Config, steward_replica: str, name: str, key: SigningKey
     stores = ([(steward_replica, dst)] if dst is not None else []) + ours
     log = custody.CustodyLog(stores, name)
     state = log.verify(trusted, bundle_id=b.bundle_id)
+    high_water(cfg, state)
     return log, b, state, trusted
 
 
@@ -217,6 +232,7 @@ def _steward_log(cfg: Config, name: str, key: SigningKey | None, trusted: list[P
     b = _load(stores, name, trusted)
     log = custody.CustodyLog(stores, name)
     state = log.verify(trusted, bundle_id=b.bundle_id)
+    high_water(cfg, state)
     if key is not None and (state.steward is None or state.steward.key_id != key.public.key_id):
         named = state.steward.key_id[:16] if state.steward else "none"
         raise TrustError(f"bundle {name!r}: this key ({key.public.key_id[:16]}) is not the "
@@ -252,6 +268,7 @@ def accept(cfg: Config, name: str, key: SigningKey, trusted: list[PublicKey], ke
                                              problems=[], key_check_method=method,
                                              key_check_result=result),
                        key, trusted=trusted)  # fmt: skip
+    _mark(cfg, b.bundle_id, entry)
     return _result(entry, b, log, audit={"objects": report.objects,
                                          "bytes": report.bytes_checked},
                    key_check={"method": method, "result": result})  # fmt: skip
@@ -268,6 +285,7 @@ def respond(cfg: Config, name: str, key: SigningKey, trusted: list[PublicKey], *
                              ch.body["objects"])  # fmt: skip
     entry = log.append(custody.response_event(challenge=ch.digest, answers=answers), key,
                        trusted=trusted)  # fmt: skip
+    _mark(cfg, b.bundle_id, entry)
     return _result(entry, b, log, answered=len(answers),
                    missing=[a["object"] for a in answers if a["sha256"] is None])  # fmt: skip
 
@@ -296,6 +314,7 @@ def release(cfg: Config, name: str, dest: Path, key: SigningKey, trusted: list[P
                                              files=r.files, nbytes=r.bytes,
                                              dest_note=note or f"restored from {where}"),
                        key, trusted=trusted)  # fmt: skip
+    _mark(cfg, b.bundle_id, entry)
     return _result(entry, b, log, dest=r.dest, files=r.files, bytes=r.bytes)
 
 
@@ -311,4 +330,55 @@ def log_state(cfg: Config, name: str, trusted: list[PublicKey], *, replica: str 
     if not trusted:
         raise InputError("no trusted public key: pass the depositor's public key with --trust")
     log = custody.CustodyLog(stores, name)
-    return log.verify(trusted)
+    state = log.verify(trusted)
+    # Keep what we saw: the other side's records go onto our own replicas, and the newest
+    # record's digest into the local state, so a record cut from the log later is named.
+    own = [(n, st) for n, st in stores if rs.replica(n).role != "escrow"]
+    for n, st in own:
+        with contextlib.suppress(StorageError):
+            log._fill(n, st, state.entries)
+    high_water(cfg, state)
+    return state
+
+
+def _water_path(cfg: Config, bundle_id: str) -> Path:
+    from weightvault.archive.auditlog import state_root
+
+    return state_root(cfg.audit.get("state_dir")) / "custody" / f"{bundle_id}.json"
+
+
+def high_water(cfg: Config, state: custody.CustodyState) -> None:
+    """Refuse a custody log shorter than one seen before, naming the first record gone, and
+    remember the newest record seen (state_dir/custody/<bundle id>.json)."""
+    if not state.entries or state.bundle_id is None:
+        return
+    path = _water_path(cfg, state.bundle_id)
+    try:
+        seen = json.loads(path.read_text())
+    except FileNotFoundError:
+        seen = None
+    except (ValueError, OSError) as e:
+        raise CorruptData(f"{path}: unreadable local custody state ({e})") from None
+    entries = state.entries
+    if isinstance(seen, dict) and isinstance(seen.get("seq"), int) and seen["seq"] >= 1:
+        n = seen["seq"]
+        if len(entries) < n or entries[n - 1].digest != seen.get("digest"):
+            raise IntegrityError(
+                f"custody log of {state.bundle_name!r}: record {n} (sha256 "
+                f"{str(seen.get('digest'))[:16]}, seen {seen.get('at', '?')}) is missing or "
+                f"changed now; the log holds {len(entries)} records (records were removed "
+                "from every replica this machine can read)")
+        if len(entries) == n:
+            return
+    _mark(cfg, state.bundle_id, entries[-1])
+
+
+def _mark(cfg: Config, bundle_id: str, entry: custody.Entry) -> None:
+    from weightvault.archive.auditlog import now
+
+    path = _water_path(cfg, bundle_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"seq": entry.seq, "digest": entry.digest, "at": now()},
+                              sort_keys=True))  # fmt: skip
+    os.replace(tmp, path)
