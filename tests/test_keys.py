@@ -120,12 +120,12 @@ def test_audit_signs_its_records_with_a_protected_key(minilm_protected, protecte
     audit_key = openssl_key(tmp_path, "audit.key", "other words")
     ok(wv("audit", "--vault", vault, "--level", "full", "--trust", f"{protected_key}.pub",
           "--key", audit_key, "--state-dir", tmp_path / "state", env=env_with("other words")))  # fmt: skip
-    rec = json.loads(next((vault / "audits").glob("*.json")).read_bytes())
+    rec = json.loads(next((vault / "audits").rglob("*.json")).read_bytes())
     assert rec["signatures"][0]["keyid"] == keys.load_public_key(f"{audit_key}.pub").key_id
     one_error(wv("audit", "--vault", vault, "--trust", f"{protected_key}.pub", "--key", audit_key,
                  "--state-dir", tmp_path / "state", env=env_with("wrong")), 2, str(audit_key),
               "wrong passphrase")  # fmt: skip
-    assert len(list((vault / "audits").glob("*.json"))) == 1
+    assert len(list((vault / "audits").rglob("*.json"))) == 1
 
 
 def test_library_refuses_a_protected_key_without_a_passphrase(protected_key):
