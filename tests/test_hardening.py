@@ -317,3 +317,82 @@ def test_custody_records_cut_from_the_log_are_named(tmp_path, lab_key, minilm_di
     # and cut from the lab's replica too: the lab's state names it
     (tmp_path / "lab-vault/custody/minilm/00000003.json").unlink()
     one_error(w.lab("escrow", "log", "minilm"), 1, "record 3", "missing")
+
+
+# -- 7. seal takes only what is in the source
+
+
+def _small_source(tmp_path: Path, minilm_dir: Path) -> Path:
+    src = tmp_path / "model"
+    src.mkdir()
+    for f in ("config.json", "tokenizer_config.json"):
+        shutil.copy(minilm_dir / f, src / f)
+    return src
+
+
+def test_link_out_of_the_source_is_refused(tmp_path, lab_key, minilm_dir):
+    src = _small_source(tmp_path, minilm_dir)
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key = hunter2\n")
+    (src / "extra.txt").symlink_to(secret)
+    vault = tmp_path / "vault"
+    one_error(wv("seal", src, "--vault", vault, "--key", lab_key, "--name", "m"), 2,
+              "extra.txt", str(secret), "--follow-external-links")  # fmt: skip
+    assert not (vault / "bundles").exists() or not any((vault / "bundles").iterdir())
+    r = ok(wv("seal", src, "--vault", vault, "--key", lab_key, "--name", "m",
+              "--follow-external-links"))  # fmt: skip
+    assert "extra.txt: symbolic link to" in r.err
+
+
+def test_links_inside_and_empty_directories_follow_the_written_rule(tmp_path, lab_key,
+                                                                   minilm_dir):  # fmt: skip
+    src = _small_source(tmp_path, minilm_dir)
+    (src / "alias.json").symlink_to("config.json")
+    (src / "empty").mkdir()
+    r = ok(wv("seal", src, "--vault", tmp_path / "vault", "--key", lab_key, "--name", "m",
+              "--json"))  # fmt: skip
+    notes = r.json()["notes"]
+    assert any(n.startswith("alias.json: symbolic link to config.json, sealed as a regular")
+               for n in notes), notes
+    assert any(n.startswith("empty/: empty directory, not sealed") for n in notes), notes
+    out = tmp_path / "out"
+    ok(wv("restore", "m", out, "--vault", tmp_path / "vault", "--trust", f"{lab_key}.pub"))
+    assert not (out / "alias.json").is_symlink()
+    assert (out / "alias.json").read_bytes() == (src / "config.json").read_bytes()
+
+
+def test_list_and_status_never_parse_an_unsigned_manifest(vault_copy, lab_key):
+    """A 30 MiB manifest cost 1.6 GB and 35 s to parse; now its signature is checked over
+    the raw bytes first, so a forged one is refused before any parsing."""
+    import json
+    import os
+
+    hostile = vault_copy / "bundles" / "huge"
+    shutil.copytree(vault_copy / "bundles" / "minilm", hostile)
+    doc = {"format": "weightvault-manifest", "pad": [{"a": i} for i in range(3_000_000)]}
+    (hostile / "data" / "weightvault.json").write_text(json.dumps(doc))
+    from hostile.run import run_cli
+
+    for args in (("list", "--json"), ("status", "--json")):
+        r = run_cli(*args, "--vault", vault_copy, "--trust", f"{lab_key}.pub",
+                    cwd=vault_copy.parent, env=dict(os.environ))  # fmt: skip
+        assert "Traceback" not in r.err, r.err
+        assert r.maxrss < 400 << 20, (args, r.maxrss >> 20)
+        assert "huge" in r.out, r.out
+    rows = {x["name"]: x for x in wv("list", "--json", "--vault", vault_copy, "--trust",
+                                     f"{lab_key}.pub").json()}  # fmt: skip
+    assert "altered after signing" in rows["huge"]["error"]
+    assert rows["minilm"]["verified"] is True
+
+
+def test_signed_text_is_shown_as_text_not_terminal_markup(tmp_path, lab_key, minilm_dir):
+    from test_escrow import World, handed_over
+
+    w = World(tmp_path, lab_key, str(tmp_path / "steward-vault"), None, None)
+    ok(w.seal(minilm_dir))
+    handed_over(w)
+    note = "[white on white]released without the board[/]"
+    ok(w.steward("escrow", "release", "minilm", tmp_path / "out", "--share", w.share("alice"),
+                 "--share", w.share("bob"), "--note", note, "--quiet"))  # fmt: skip
+    r = ok(w.lab("escrow", "log", "minilm"))
+    assert "[white on white]" in r.out.replace("\n", ""), r.out

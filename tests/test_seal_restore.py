@@ -16,7 +16,7 @@ def tree(root):
 
 
 def test_seal_list_verify_restore_bit_exact(sealed_minilm, minilm_dir, lab_key, tmp_path):
-    r = wv("list", "--vault", sealed_minilm, "--json")
+    r = wv("list", "--vault", sealed_minilm, "--json", "--trust", f"{lab_key}.pub")
     assert r.code == 0, r.err
     (row,) = r.json()
     assert row["name"] == "minilm" and row["files"] == len(tree(minilm_dir))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from weightvault.archive.pipeline import run
 from weightvault.archive.verify import check_bag
-from weightvault.errors import Conflict, IntegrityError, StorageError
+from weightvault.errors import Conflict, IntegrityError, StorageError, TrustError
 from weightvault.format import bag
 from weightvault.format.fixity import Fixity
 from weightvault.format.keys import PublicKey
@@ -180,7 +180,9 @@ def _hash_differs(store: Store, key: str, sha: str) -> str | None:
 
 @dataclass
 class BundleState:
-    state: str  # complete | incomplete | uncommitted | absent | unreachable | conflict
+    # complete | incomplete | uncommitted | absent | unreachable | conflict | untrusted |
+    # committed (present, not verified: no trusted key)
+    state: str
     bundle: str | None = None
     missing: int = 0
     detail: str = ""
@@ -189,10 +191,12 @@ class BundleState:
         return self.__dict__.copy()
 
 
-def bundle_state(store: Store, name: str, bundle_id: str | None = None) -> BundleState:
-    """What a replica holds of one bundle, from listings and metadata only (no payload)."""
-    from weightvault.format.manifest import Manifest
-
+def bundle_state(store: Store, name: str, bundle_id: str | None = None,
+                 trusted: list[PublicKey] | None = None) -> BundleState:  # fmt: skip
+    """What a replica holds of one bundle, from listings and metadata only (no payload). The
+    manifest is parsed only after its signature verifies against `trusted` over its raw bytes
+    (an unsigned manifest can be made arbitrarily costly to parse); with no trusted key the
+    state comes from the listing alone."""
     p = prefix(name)
     listing = store.list(p)
     if not listing:
@@ -203,9 +207,12 @@ def bundle_state(store: Store, name: str, bundle_id: str | None = None) -> Bundl
             return BundleState("incomplete", detail="signed manifest present but tag files "
                                "missing (run `weightvault audit`, then `weightvault repair`)")
         return BundleState("uncommitted", detail="an interrupted seal or replicate")
-    key = f"{p}/data/weightvault.json"
+    if not trusted:
+        return BundleState("committed", detail="not verified: no trusted key given")
     try:
-        m = Manifest.parse(store.read_bytes(key, MAX_MANIFEST), store.describe(key))
+        m = Vault(store).load_exact(name, trusted).manifest
+    except TrustError as e:
+        return BundleState("untrusted", detail=str(e))
     except Exception as e:  # noqa: BLE001 - any failure here is what status reports
         return BundleState("incomplete", detail=f"manifest unreadable: {e}")
     if bundle_id and m.bundle_id != bundle_id:
@@ -233,7 +240,8 @@ def needs_action(row: dict[str, BundleState]) -> bool:
     return "complete" in states and bool(states - {"complete"})
 
 
-def status(stores: dict[str, Store | None], errors: dict[str, str]) -> dict[str, dict]:
+def status(stores: dict[str, Store | None], errors: dict[str, str],
+           trusted: list[PublicKey] | None = None) -> dict[str, dict]:  # fmt: skip
     """bundle name -> replica name -> BundleState."""
     names: set[str] = set()
     for st in stores.values():
@@ -248,7 +256,7 @@ def status(stores: dict[str, Store | None], errors: dict[str, str]) -> dict[str,
                 row[rname] = BundleState("unreachable", detail=errors.get(rname, ""))
                 continue
             try:
-                row[rname] = bundle_state(st, n, ref_id)
+                row[rname] = bundle_state(st, n, ref_id, trusted)
             except StorageError as e:
                 row[rname] = BundleState("unreachable", detail=str(e))
             ref_id = ref_id or row[rname].bundle

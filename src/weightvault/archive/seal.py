@@ -37,6 +37,7 @@ class SealOptions:
     organization: str | None = None  # bag-info Source-Organization
     description: str | None = None  # bag-info External-Description (default: from the source)
     oms_key: object | None = None  # ECDSA key: also write an OpenSSF model-signing signature
+    external_links: bool = False  # seal the bytes of links pointing outside the source
     # Encryption (FORMAT.md section 10): age recipients of the data key, and custodians
     # (name, age recipient) who each get one SLIP-39 share of it, `threshold` needed to open.
     encrypt_to: list[str] = field(default_factory=list)
@@ -99,7 +100,8 @@ def seal(
     if not 4096 <= opts.chunk_size <= chunking.MAX_TARGET:
         raise InputError(f"chunk size {opts.chunk_size} is out of range 4 KiB..1 GiB")
     vault = Vault(store)
-    src = sources.resolve(spec, excludes=opts.excludes, cache_dir=opts.hf_cache_dir)
+    src = sources.resolve(spec, excludes=opts.excludes, cache_dir=opts.hf_cache_dir,
+                          external_links=opts.external_links)
     name = check_name(opts.name or default_name(spec, src))
     for v in (vault, *map(Vault, replicas)):
         if v.is_committed(name):

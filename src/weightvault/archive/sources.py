@@ -40,7 +40,8 @@ class Source:
     notes: list[str] = field(default_factory=list)
 
 
-def resolve(spec: str, *, excludes: tuple[str, ...] = DEFAULT_EXCLUDES, cache_dir=None) -> Source:
+def resolve(spec: str, *, excludes: tuple[str, ...] = DEFAULT_EXCLUDES, cache_dir=None,
+            external_links: bool = False) -> Source:
     if spec.startswith("hf://"):
         return hub_source(spec[5:], excludes=excludes, cache_dir=cache_dir)
     path = Path(spec)
@@ -51,25 +52,53 @@ def resolve(spec: str, *, excludes: tuple[str, ...] = DEFAULT_EXCLUDES, cache_di
     cache = parse_cache_snapshot(path)
     if cache:
         return cache_source(path, *cache, excludes=excludes)
-    files = walk(path, excludes)
-    return Source(files, {"kind": "local", "path": str(path.absolute())}, path)
+    notes: list[str] = []
+    files = walk(path, excludes, external_links=external_links, notes=notes)
+    return Source(files, {"kind": "local", "path": str(path.absolute())}, path, notes=notes)
 
 
-def walk(root: Path, excludes: tuple[str, ...]) -> list[SourceFile]:
+def walk(root: Path, excludes: tuple[str, ...], *, links_within: Path | None = None,
+         external_links: bool = False, notes: list[str] | None = None) -> list[SourceFile]:
+    """The regular files under `root`, by the writer rules of FORMAT.md section 7.2: a
+    symbolic link to a file inside `links_within` (default: `root`) is sealed as a regular
+    file with its target's bytes, and noted; one pointing outside it (a credentials file,
+    say) is refused unless `external_links`; a link to a directory is refused; an empty
+    directory is not sealed, and noted; set-id and sticky mode bits are not sealed. Walked
+    with an explicit stack, never recursion."""
     out: list[SourceFile] = []
     root = root.absolute()
-    for dirpath, dirs, files in os.walk(root):
-        rel_dir = Path(dirpath).relative_to(root).as_posix()
+    within = (links_within or root).resolve()
+    notes = notes if notes is not None else []
+    stack = [root]
+    while stack:
+        dirpath = stack.pop()
+        rel_dir = dirpath.relative_to(root).as_posix()
         rel_dir = "" if rel_dir == "." else rel_dir + "/"
-        dirs[:] = sorted(d for d in dirs if (rel_dir + d) not in excludes)
-        for d in dirs:
-            if os.path.islink(os.path.join(dirpath, d)):
-                raise InputError(f"{os.path.join(dirpath, d)}: symbolic link to a directory")
-        for name in sorted(files):
-            rel = rel_dir + name
+        try:
+            entries = sorted(os.scandir(dirpath), key=lambda e: e.name)
+        except OSError as e:
+            raise InputError(f"{dirpath}: cannot read ({e.strerror})") from None
+        kept = 0
+        subdirs = []
+        for entry in entries:
+            rel = rel_dir + entry.name
             if rel in excludes:
                 continue
-            full = Path(dirpath, name)
+            full = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(full)
+                kept += 1
+                continue
+            if entry.is_symlink():
+                target = os.readlink(full)
+                if full.is_dir():
+                    raise InputError(f"{full}: symbolic link to a directory ({target})")
+                resolved = full.resolve()
+                if not resolved.is_relative_to(within) and not external_links:
+                    raise InputError(f"{full}: symbolic link to {target}, outside the source "
+                                     "(pass --follow-external-links to seal its target's bytes)")
+                notes.append(f"{rel}: symbolic link to {target}, sealed as a regular file "
+                             "with its target's bytes")
             try:
                 st = full.stat()  # follows symlinks: a Hub snapshot is links into blobs/
             except FileNotFoundError:
@@ -78,17 +107,26 @@ def walk(root: Path, excludes: tuple[str, ...]) -> list[SourceFile]:
                 raise InputError(f"{full}: cannot read ({e.strerror})") from None
             if not stat.S_ISREG(st.st_mode):
                 raise InputError(f"{full}: not a regular file")
+            if stat.S_IMODE(st.st_mode) & 0o7000:
+                notes.append(f"{rel}: set-user-id, set-group-id or sticky bit not sealed "
+                             f"(mode {stat.S_IMODE(st.st_mode):04o} sealed as "
+                             f"{stat.S_IMODE(st.st_mode) & 0o777:04o})")
             try:
                 check_relpath(rel, str(root))
             except CorruptData as e:
                 raise InputError(str(e)) from None
+            kept += 1
             out.append(
                 SourceFile(
                     rel, full.resolve(), st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns
                 )
             )
+        if not kept and rel_dir:
+            notes.append(f"{rel_dir}: empty directory, not sealed (a bundle holds files only)")
+        stack.extend(reversed(subdirs))
     if not out:
         raise InputError(f"{root}: source is empty (no files to seal)")
+    out.sort(key=lambda f: f.path)
     try:
         check_unique([f.path for f in out], str(root))
     except CorruptData as e:
@@ -109,8 +147,9 @@ def parse_cache_snapshot(path: Path) -> tuple[str, str, str] | None:
 
 
 def cache_source(path: Path, repo_type: str, repo_id: str, commit: str, *, excludes) -> Source:
-    files = walk(path, excludes)
     repo_dir = path.absolute().parent.parent
+    # a snapshot's files are links into the repo's blobs/: the cache layout, not a surprise
+    files = walk(path, excludes, links_within=repo_dir)
     refs = []
     for ref in sorted((repo_dir / "refs").glob("**/*")):
         if ref.is_file() and ref.read_text().strip() == commit:
@@ -165,7 +204,7 @@ def hub_source(spec: str, *, excludes, cache_dir=None) -> Source:
     except OSError as e:
         raise InputError(f"hf://{spec}: cannot download ({e})") from None
     lfs = {s.rfilename: s.lfs.sha256 for s in (info.siblings or []) if s.lfs is not None}
-    files = walk(snap, excludes)
+    files = walk(snap, excludes, links_within=snap.parent.parent)  # links into blobs/
     files = [
         SourceFile(**{**f.__dict__, "expected_sha256": lfs.get(f.path)}) if f.path in lfs else f
         for f in files

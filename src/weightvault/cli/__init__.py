@@ -5,7 +5,8 @@ commands; each further area registers its commands from a module of its own, imp
 Those modules keep heavy imports inside their commands, so start-up stays fast.
 """
 
-from weightvault.cli import keys as _keys  # noqa: F401  (registers `key ...`)
+from weightvault.cli import keys as _keys  # noqa: F401 - registers key ...
+from weightvault.cli import serve as _serve  # noqa: F401 - registers serve, cat
 from weightvault.cli.app import cli, main
 
 __all__ = ["cli", "main"]

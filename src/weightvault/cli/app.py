@@ -253,13 +253,16 @@ def keygen(path: str, protect: bool) -> None:
 @click.option("--oms-key", metavar="EC.pem",
               help="ECDSA P-256/P-384 key: also write an OpenSSF model-signing signature into the "
                    "record (docs/MODEL-SIGNING.md).")  # fmt: skip
+@click.option("--follow-external-links", is_flag=True,
+              help="Seal the bytes a symbolic link points to even when its target lies outside "
+                   "SOURCE (refused by default: a link can reach a credentials file).")  # fmt: skip
 @workers_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
 def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exclude, hf_cache,
          report, interviews, record_toml, attachments, encrypt_to, custodians, threshold,
-         oms_key, workers, as_json, quiet) -> None:  # fmt: skip
+         oms_key, follow_external_links, workers, as_json, quiet) -> None:  # fmt: skip
     """Seal SOURCE (a directory, hf://ORG/NAME@REVISION, or a Hub cache snapshot) into every
     replica: the first reachable one is written, then the bundle is replicated to the rest."""
     from weightvault.archive.seal import SealOptions
@@ -283,7 +286,7 @@ def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exc
                        description=_description(plan),
                        oms_key=_oms_key(oms_key), encrypt_to=recipients_from(encrypt_to),
                        custodians=load_custodians(Path(custodians)) if custodians else [],
-                       threshold=threshold)  # fmt: skip
+                       threshold=threshold, external_links=follow_external_links)  # fmt: skip
     try:
         _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single=vault is not None)
     finally:
@@ -342,6 +345,9 @@ def _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single) -> None
         except WeightvaultError as e:
             states[n] = f"failed: {e}"
     out = {**r.as_dict(), "replicas": {n: states[n] for n in order}}
+    if not as_json:  # writer notes (links sealed as files, empty directories): FORMAT.md 7.2
+        for note in r.notes:
+            click.echo(f"weightvault: note: {note}", err=True)
     ratio = r.bytes_stored / r.bytes_in if r.bytes_in else 0
     lines = [f"sealed {r.name} as bundle {r.bundle}",
              f"  {r.files} files, {_size(r.bytes_in)} -> {_size(r.bytes_stored)} stored "
@@ -359,27 +365,30 @@ def _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single) -> None
 @cli.command("list")
 @vault_opt
 @replica_opt
+@trust_opt
 @json_opt
 @click.pass_obj
-def list_(ctx: Ctx, vault, replica, as_json) -> None:
+def list_(ctx: Ctx, vault, replica, trust, as_json) -> None:
     """List the bundles committed on a replica (manifests shown unverified; use verify)."""
-    from weightvault.format.manifest import MAX_MANIFEST, Manifest
-    from weightvault.storage.vault import MANIFEST_KEY, Vault, prefix
+    from weightvault.storage.vault import Vault
 
     rs = ctx.replicas(vault)
+    trusted = ctx.trusted(trust)  # a manifest is parsed only once its signature verifies
 
     def rows_of(_name, store):
         v = Vault(store)
         rows = []
         for n in v.names():
-            key = f"{prefix(n)}/{MANIFEST_KEY}"
             try:
-                m = Manifest.parse(store.read_bytes(key, MAX_MANIFEST), v.describe(key))
+                if not trusted:
+                    rows.append({"name": n, "bundle": v.bundle_id_of(n), "verified": False})
+                    continue
+                m = v.load_exact(n, trusted).manifest
                 enc = m.encryption is not None
                 rows.append({"name": n, "bundle": m.bundle_id, "created": m.doc["created"],
                              "encrypted": enc, "files": None if enc else len(m.files),
                              "bytes_in": None if enc else m.bytes_in,
-                             "bytes_stored": m.bytes_stored})  # fmt: skip
+                             "bytes_stored": m.bytes_stored, "verified": True})  # fmt: skip
             except WeightvaultError as e:
                 rows.append({"name": n, "error": str(e)})
         return rows
@@ -389,18 +398,24 @@ def list_(ctx: Ctx, vault, replica, as_json) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table("name", "bundle", "created", "files", "size", "stored")
     for r in rows:
         if "error" in r:
-            t.add_row(r["name"], "[red]unreadable[/red]", r["error"], "", "", "")
+            t.add_row(escape(r["name"]), "[red]unreadable[/red]", escape(r["error"]), "", "", "")
+        elif not r["verified"]:
+            t.add_row(escape(r["name"]), r["bundle"][:16], "not verified", "", "", "")
         else:
             enc = r["encrypted"]
             t.add_row(r["name"], r["bundle"][:16], r["created"],
                       "encrypted" if enc else str(r["files"]),
                       "?" if enc else _size(r["bytes_in"]), _size(r["bytes_stored"]))  # fmt: skip
     Console().print(t)
+    if not trusted and rows:
+        click.echo("note: no trusted key given, so no manifest was read: pass --trust KEY.pub "
+                   "(or set trusted_keys) to verify and show each bundle", err=True)
 
 
 @cli.command()
@@ -452,23 +467,32 @@ def verify(
 
 @cli.command()
 @click.argument("bundle")
-@click.argument("dest", type=click.Path(file_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False), required=False)
 @vault_opt
 @replica_opt
 @trust_opt
 @insecure_opt
 @identity_opt
 @share_opt
+@click.option("--hf-cache", metavar="DIR", help="Instead of DEST: write a Hugging Face cache "
+              "(blobs, snapshots, refs) that offline huggingface_hub loads find (docs/ACCESS.md).")  # fmt: skip
 @workers_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
 def restore(ctx: Ctx, bundle, dest, vault, replica, trust, insecure, identities, shares,
-            workers, as_json, quiet) -> None:  # fmt: skip
-    """Restore BUNDLE bit-exact into DEST (a new or empty directory)."""
+            hf_cache, workers, as_json, quiet) -> None:  # fmt: skip
+    """Restore BUNDLE bit-exact into DEST (a new or empty directory), or into --hf-cache DIR."""
     from weightvault.archive.restore import restore as do_restore
 
+    if (dest is None) == (hf_cache is None):
+        raise click.UsageError("give DEST or --hf-cache DIR (one of them)")
     rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
+    if hf_cache:
+        from weightvault.cli.serve import restore_hf_cache
+
+        return restore_hf_cache(rs, bundle, hf_cache, trusted, insecure, replica,
+                                _keys(identities, shares), as_json, quiet)  # fmt: skip
     with _work("restoring", not (quiet or as_json)) as cb:
         where, r = rs.first(lambda _n, store: do_restore(
             store, bundle, Path(dest), trusted, insecure=insecure, workers=workers,
@@ -522,7 +546,7 @@ def show(ctx: Ctx, bundle, vault, replica, trust, html_path, as_json) -> None:
     replicas = {}
     for n in rs.names:
         st = rs.try_store(n)
-        replicas[n] = ({"state": bundle_state(st, b.name, b.bundle_id).state} if st
+        replicas[n] = ({"state": bundle_state(st, b.name, b.bundle_id, trusted).state} if st
                        else {"state": "unreachable"})  # fmt: skip
     audits = _audit_status(ctx, rs)
     for n, a in audits.items():
@@ -632,27 +656,33 @@ def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, wor
 
 @cli.command()
 @vault_opt
+@trust_opt
 @json_opt
 @click.pass_obj
-def status(ctx: Ctx, vault, as_json) -> None:
+def status(ctx: Ctx, vault, trust, as_json) -> None:
     """Which bundles are complete, incomplete or absent on which replica (listings only)."""
     from weightvault.archive.replicate import needs_action
     from weightvault.archive.replicate import status as do_status
 
     rs = ctx.replicas(vault)
     stores = {n: rs.try_store(n) for n in rs.names}
-    table = do_status(stores, rs.errors)
+    try:
+        trusted = ctx.trusted(trust)
+    except InputError:
+        trusted = []
+    table = do_status(stores, rs.errors, trusted)
     if as_json:
         click.echo(json.dumps({b: {r: s.as_dict() for r, s in row.items()}
                                for b, row in table.items()}, indent=2))  # fmt: skip
     else:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         t = Table("bundle", *rs.names)
         colour = {"complete": "green", "absent": "dim", "unreachable": "yellow"}
-        for b, row in table.items():
-            t.add_row(b, *(f"[{colour.get(s.state, 'red')}]{s.state}"
+        for b, row in table.items():  # a name from a listing is text, never markup
+            t.add_row(escape(b), *(f"[{colour.get(s.state, 'red')}]{s.state}"
                            f"{f' ({s.missing})' if s.missing else ''}[/]" for s in row.values()))  # fmt: skip
         Console().print(t)
         for n, e in rs.errors.items():
@@ -1009,10 +1039,11 @@ def escrow_log(ctx: Ctx, bundle, trust, replica, as_json) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(*LOG_COLUMNS, title=f"custody of {bundle} ({(state.bundle_id or '')[:16]})")
-    for r in rows:
-        t.add_row(*(str(r[c]) for c in LOG_COLUMNS))
+    t = Table(*LOG_COLUMNS, title=Text(f"custody of {bundle} ({(state.bundle_id or '')[:16]})"))
+    for r in rows:  # signed text (notes, names) is shown as text, never as markup
+        t.add_row(*(Text(str(r[c])) for c in LOG_COLUMNS))
     Console(width=160).print(t)
     click.echo(f"chain verified: {len(rows)} records, every signature by the key the chain "
                "requires")  # fmt: skip

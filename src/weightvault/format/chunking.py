@@ -37,27 +37,37 @@ class Tensor:
     dtype: str
     start: int  # absolute file offsets
     end: int
+    shape: tuple[int, ...] | None = None
 
 
 def read_safetensors_header(path: Path, size: int) -> tuple[int, list[Tensor]]:
     """Return (data buffer offset, tensors sorted by offset); InputError names what is wrong."""
     with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise InputError(f"{path}: safetensors file shorter than its 8-byte header length")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER or 8 + n > size:
-            raise InputError(
-                f"{path}: safetensors header length {n} runs past the end of the file "
-                f"({size} bytes)"
-            )
-        raw = f.read(n)
+        return parse_safetensors_header(f.read, size, str(path))
+
+
+def parse_safetensors_header(read, size: int, path: str,
+                             error: type[Exception] = InputError) -> tuple[int, list[Tensor]]:  # fmt: skip
+    """read_safetensors_header over any `read(n)` positioned at the file's start; `error` is
+    the exception raised for a malformed header."""
+    head = read(8)
+    if len(head) < 8:
+        raise error(f"{path}: safetensors file shorter than its 8-byte header length")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER or 8 + n > size:
+        raise error(
+            f"{path}: safetensors header length {n} runs past the end of the file "
+            f"({size} bytes)"
+        )
+    raw = read(n)
+    if len(raw) < n:
+        raise error(f"{path}: safetensors header is shorter than its declared {n} bytes")
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"{path}: safetensors JSON header is malformed ({e})") from None
+        raise error(f"{path}: safetensors JSON header is malformed ({e})") from None
     if not isinstance(header, dict):
-        raise InputError(f"{path}: safetensors header is not a JSON object")
+        raise error(f"{path}: safetensors header is not a JSON object")
     base = 8 + n
     tensors = []
     for name, info in header.items():
@@ -69,12 +79,16 @@ def read_safetensors_header(path: Path, size: int) -> tuple[int, list[Tensor]]:
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
-            raise InputError(f"{path}: tensor {name!r} has invalid dtype or data_offsets")
-        tensors.append(Tensor(name, str(dtype), base + a, base + b))
+            raise error(f"{path}: tensor {name!r} has invalid dtype or data_offsets")
+        shape = info.get("shape")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            shape = None  # sealing needs only the offsets; readers of the shape check it
+        tensors.append(Tensor(name, str(dtype), base + a, base + b,
+                              tuple(shape) if shape is not None else None))
     tensors.sort(key=lambda t: (t.start, t.end))
     for prev, cur in zip(tensors, tensors[1:], strict=False):
         if cur.start < prev.end:
-            raise InputError(f"{path}: tensors {prev.name!r} and {cur.name!r} overlap")
+            raise error(f"{path}: tensors {prev.name!r} and {cur.name!r} overlap")
     return base, tensors
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from weightvault.errors import CorruptData, IntegrityError, StorageError
@@ -87,9 +88,7 @@ def decode_chunk(
     with f:
         r = _HashingReader(f, stored_digests, obj)
         try:
-            opened = cipher(r.read, obj["size"]) if cipher else None
-            read = opened.read if opened else r.read
-            for data in codec.iter_decode(chunk["codec"], read, chunk["length"], reuse=True):
+            for data in iter_plain(r.read, obj, chunk, cipher, reuse=True):
                 if h is not None:
                     h.update(data)
                 if sink:
@@ -99,8 +98,6 @@ def decode_chunk(
                 if on_bytes:
                     on_bytes(len(data))
                 pos += len(data)
-            if opened:
-                opened.finish()
             if stored_digests:
                 r.drain()
         except CorruptData as e:
@@ -117,6 +114,143 @@ def decode_chunk(
         raise IntegrityError(
             f"{where}: decodes to sha256 {got[:16]}..., expected {expect[:16]}... ({span})"
         )
+
+
+def iter_plain(read: Callable[[int], bytes], obj: dict, chunk: dict, cipher=None, *,
+               reuse: bool = False) -> Iterator[bytes | memoryview]:
+    """A chunk's plaintext from its stored bytes (`read`): decrypted if `cipher`, decoded by
+    its codec; raises CorruptData. The one decoder every reader shares."""
+    opened = cipher(read, obj["size"]) if cipher else None
+    yield from codec.iter_decode(chunk["codec"], opened.read if opened else read,
+                                 chunk["length"], reuse=reuse)  # fmt: skip
+    if opened:
+        opened.finish()
+
+
+class VerifiedObject:
+    """A private copy of one stored object whose size and stored digests (its name: SHA-256
+    of the stored bytes, and SHA-512 where the format has it) matched the signed manifest.
+
+    Read from the store once, into an anonymous temporary file (small objects stay in
+    memory), so that nothing a store can change afterwards reaches a reader, and the page
+    cache, not the process, holds the bytes. Readers take positioned reads: several may share
+    one copy."""
+
+    SPOOL_IN_MEMORY = 1 << 20
+
+    def __init__(self, store: Store, key: str, obj: dict, spool_dir: str | None = None):
+        self.key, self.obj, self.where = key, obj, store.describe(key)
+        self.size = obj["size"]
+        self._mem: bytes | None = None
+        self._fd: int | None = None
+        self._refs = 1  # close() releases one; the copy goes with the last
+        self._lock = threading.Lock()
+        f = _open(store, key, obj)
+        fix = Fixity.like(obj)
+        with f:
+            if obj["size"] <= self.SPOOL_IN_MEMORY:
+                parts = []
+                while fix.size <= obj["size"] and (data := f.read(obj["size"] + 1 - fix.size)):
+                    fix.update(data)
+                    parts.append(data)
+                self._mem = b"".join(parts)
+            else:
+                import tempfile
+
+                with tempfile.TemporaryFile(dir=spool_dir) as tmp:  # unlinked, 0600
+                    while data := f.read(PIECE_READ):
+                        fix.update(data)
+                        tmp.write(data)
+                        if fix.size > obj["size"]:
+                            break  # longer than declared: no need to copy the rest
+                    tmp.flush()
+                    self._fd = os.dup(tmp.fileno())
+        diff = fix.difference(obj["size"], obj["name"], obj.get("sha512"))
+        if diff is not None:
+            self.close()
+            _raise_stored(diff, self.where)
+
+    def reader(self) -> Callable[[int], bytes]:
+        pos = 0
+
+        def read(n: int) -> bytes:
+            nonlocal pos
+            n = max(0, min(n, self.size - pos))
+            if self._mem is not None:
+                data = self._mem[pos : pos + n]
+            else:
+                data = os.pread(self._fd, n, pos) if n else b""
+            pos += len(data)
+            return data
+
+        return read
+
+    def share(self) -> VerifiedObject:
+        """One more holder of this copy (each calls close() once)."""
+        with self._lock:
+            if self._refs <= 0:
+                raise ValueError(f"{self.where}: the verified copy was released")
+            self._refs += 1
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._mem = None
+
+    def __enter__(self) -> VerifiedObject:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+PIECE_READ = 1 << 20
+
+
+def iter_verified(src: VerifiedObject, chunk: dict, *, file_path: str, cipher=None,
+                  start: int = 0, end: int | None = None,
+                  expect: str | None = None) -> Iterator[bytes | memoryview]:  # fmt: skip
+    """Plaintext bytes [start, end) of `chunk` (offsets within the chunk) from a verified
+    stored object, decoding no further than `end`. When the whole chunk is read and `expect`
+    (the SHA-256 it must decode to) is given, the last piece is held back until the digest
+    matches: a mismatch raises IntegrityError before the final bytes leave."""
+    length = chunk["length"]
+    end = length if end is None else end
+    span = f"{file_path} bytes {chunk['offset']}..{chunk['offset'] + length}"
+    h = hashlib.sha256() if expect is not None and start == 0 and end == length else None
+    held = None
+    pos = 0
+    try:
+        for data in iter_plain(src.reader(), src.obj, chunk, cipher):
+            n = len(data)
+            if h is not None:
+                h.update(data)
+            if pos + n > start:
+                piece = data[max(0, start - pos) : min(n, end - pos)]
+                if h is None:
+                    yield piece
+                else:
+                    if held is not None:
+                        yield held
+                    held = piece
+            pos += n
+            if pos >= end and h is None:
+                return
+    except CorruptData as e:
+        raise IntegrityError(f"{src.where}: cannot be decoded ({e}); it holds {span}") from None
+    if h is not None:
+        got = h.hexdigest()
+        if got != expect:
+            raise IntegrityError(f"{src.where}: decodes to sha256 {got[:16]}..., expected "
+                                 f"{expect[:16]}... ({span})")  # fmt: skip
+        if held is not None:
+            yield held
 
 
 def drop_pages(fd: int, offset: int = 0, length: int = 0) -> None:
@@ -155,8 +289,11 @@ def _open(store: Store, key: str, obj: dict):
 
 def _compare_stored(r: _HashingReader, obj: dict, where: str) -> None:
     diff = r.fixity.difference(obj["size"], obj["name"], obj.get("sha512"))
-    if diff is None:
-        return
+    if diff is not None:
+        _raise_stored(diff, where)
+
+
+def _raise_stored(diff: tuple, where: str) -> None:
     what, got, want = diff
     if what == "size":
         raise IntegrityError(f"{where}: {got} bytes stored, expected {want}")
