@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import ok, one_error, write_config, wv
@@ -198,6 +199,28 @@ def test_k_minus_one_of_k_is_refused_everywhere(two_signers, tmp_path):
     # one of the two is enough under the default threshold
     ok(wv("verify", "onlyb", "--vault", d / "vault", "--trust", f"{a}.pub", "--trust",
           f"{b}.pub", "--quiet"))  # fmt: skip
+
+
+def test_serve_applies_the_threshold(two_signers, minilm_dir, tmp_path, monkeypatch):
+    """Stock huggingface_hub against `serve` under a 2-of-2 policy: the bundle both keys
+    signed is served byte for byte; the one signed by one key is not served at all."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from support.hubserver import patch_hub_endpoint
+
+    from weightvault.access.server import serve
+    from weightvault.storage.opener import open_store
+
+    d, a, b = two_signers
+    policy = TrustPolicy([keys.load_public_key(f"{k}.pub") for k in (a, b)], 2)
+    with serve(open_store(str(d / "vault")), policy) as s:
+        assert set(s.catalog.repos) == {"weightvault/both"}
+        assert "onlyb" in s.catalog.skipped
+        patch_hub_endpoint(monkeypatch, s.url)
+        got = hf_hub_download("weightvault/both", "config.json", cache_dir=tmp_path / "c")
+        assert Path(got).read_bytes() == (minilm_dir / "config.json").read_bytes()
+        with pytest.raises(RepositoryNotFoundError):
+            hf_hub_download("weightvault/onlyb", "config.json", cache_dir=tmp_path / "c")
 
 
 def test_threshold_from_the_config_applies_to_audit(two_signers, tmp_path):
