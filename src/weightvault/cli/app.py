@@ -67,6 +67,7 @@ class Ctx:
     _config: configmod.Config | None = None
     notes: list[str] = field(default_factory=list)
     threshold: int | None = None  # --threshold K: signatures by distinct trusted keys required
+    _loaded: dict = field(default_factory=dict, repr=False)  # signing keys by spec
 
     @property
     def config(self) -> configmod.Config:
@@ -113,7 +114,8 @@ class Ctx:
                 raise InputError("no signing key: pass --key FILE or set signing_key in the "
                                  "config")  # fmt: skip
             specs = (self.config.signing_key,)
-        out = [load_key(s) for s in specs]
+        out = [self._loaded.get(str(s)) or self._loaded.setdefault(str(s), load_key(s))
+               for s in specs]  # fmt: skip  (asked for a passphrase or PIN once per process)
         ids = [k.public.key_id for k in out]
         for i, k in enumerate(out):
             if ids.index(ids[i]) != i:

@@ -21,7 +21,7 @@ Rules (normative text: docs/FORMAT.md section 13):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from weightvault.errors import CorruptData, InputError, TrustError
@@ -178,7 +178,7 @@ class KeyHistory:
 
 class TrustPolicy(list):
     def __init__(self, keys: Iterable[PublicKey] = (), threshold: int = 1,
-                 history: list[tuple[int, dict]] | None = None):  # fmt: skip
+                 history: list[tuple[int, dict]] | Callable[[], list | None] | None = None):  # fmt: skip
         super().__init__(keys)
         ids = [k.key_id for k in self]
         if len(set(ids)) != len(ids):
@@ -189,11 +189,15 @@ class TrustPolicy(list):
             raise InputError(f"threshold {threshold} cannot be met by {len(self)} trusted "
                              f"key{'s' if len(self) != 1 else ''}")  # fmt: skip
         self.threshold = threshold
-        self.log_entries = history  # the preservation log's entries, in order, if consulted
+        # the preservation log's entries in order, or a function that reads them when a bundle
+        # is first judged (None: no log to consult)
+        self.log_entries = history
         self._history: KeyHistory | None = None
 
     @property
     def history(self) -> KeyHistory | None:
+        if callable(self.log_entries):
+            self.log_entries = self.log_entries()
         if self._history is None and self.log_entries is not None:
             self._history = KeyHistory(self, self.threshold, self.log_entries)
         return self._history
