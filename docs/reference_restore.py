@@ -513,15 +513,16 @@ def open_private(bag, m, sizes, key):
     check_files(m, sizes, enc["segment_size"])
 
 
-def unzstd(data, length, what="zstd", max_window=1 << 27, strict=False):
-    """Section 5.2 (strict: Appendix A 4.2): one frame of `length` bytes, nothing left over."""
+def unzstd(data, length, what="zstd", max_window=1 << 27):
+    """Section 5.2 (and Appendix A 4.2, with its smaller window): one frame of `length` bytes,
+    nothing left over."""
     try:
         check(data[:4] == b"\x28\xb5\x2f\xfd" and len(data) > 5, f"{what}: not a zstd frame")
         params = zstandard.get_frame_parameters(data)
         check(params.content_size == length, f"{what}: frame does not declare {length} bytes")
         check(params.window_size <= max_window, f"{what}: window larger than {max_window}")
         check(
-            not strict or (params.has_checksum and not params.dict_id and not data[4] & 0x18),
+            params.has_checksum and not params.dict_id and not data[4] & 0x18,
             f"{what}: frame lacks a checksum, uses a dictionary or sets reserved bits",
         )
         pos = zstandard.frame_header_size(data)  # RFC 8878 3.1.1: walk the blocks to the end
@@ -575,7 +576,7 @@ def unfsplit(data, length, codec):
             )
             payload = take(stored)
             if method == 1:
-                payload = unzstd(payload, n, f"{codec} stream", max_window=1 << 23, strict=True)
+                payload = unzstd(payload, n, f"{codec} stream", max_window=1 << 23)
             streams.append(np.frombuffer(payload, np.uint8).astype(np.uint32))
         a, b = streams[0], streams[1]
         w = (a << 7) | ((b & 0x80) << 8) | (b & 0x7F)  # bf16, f16, or the top half of an f32

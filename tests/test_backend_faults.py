@@ -173,7 +173,7 @@ def assert_nothing_half_visible(vault: Path, trust: Path) -> None:
     r = ok(wv("list", "--vault", vault, "--json"))
     for row in r.json():
         ok(wv("verify", row["name"], "--vault", vault, "--trust", trust))
-    s = wv("status", "--vault", vault, "--json")
+    s = wv("status", "--vault", vault, "--json", "--trust", trust)
     for name, row in json.loads(s.out or "{}").items():
         assert row["vault"]["state"] in ("complete", "uncommitted", "absent"), (name, row)
     # never a manifest that names an absent object, committed or not

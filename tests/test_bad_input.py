@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 from conftest import biggest_object, objects_of, wv
@@ -21,6 +22,8 @@ def one_line(r) -> str:
 
 
 def bundles(vault):
+    if not Path(vault).exists():  # a seal refused before writing creates no vault at all
+        return []
     return wv("list", "--vault", vault, "--json").json()
 
 

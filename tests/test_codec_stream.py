@@ -46,7 +46,6 @@ def decode(name: str, stored: bytes, length: int, step: int = 1 << 30, reuse=Fal
 PLAIN = os.urandom(3000) + bytes(300_000) + b"tail"
 FRAMES = {
     "checksum": zstandard.ZstdCompressor(write_content_size=True, write_checksum=True),
-    "no checksum": zstandard.ZstdCompressor(write_content_size=True, write_checksum=False),
     "level 19": zstandard.ZstdCompressor(level=19, write_content_size=True, write_checksum=True),
 }
 
@@ -98,11 +97,24 @@ def test_anything_but_exactly_one_frame_is_refused(forge, message: str, step: in
 
 
 def test_reserved_block_type_is_refused() -> None:
-    stored = bytearray(FRAMES["no checksum"].compress(b"x" * 1000))
+    stored = bytearray(FRAMES["checksum"].compress(b"x" * 1000))
     pos = zstandard.frame_header_size(bytes(stored))
     stored[pos] |= 0b110  # block type 3
     with pytest.raises(CorruptData, match="zstd"):
         decode("zstd", bytes(stored), 1000)
+
+
+def test_chunk_frames_follow_the_fsplit_stream_rules() -> None:
+    """FORMAT.md 5.2: one set of frame rules for chunk objects and fsplit streams (only the
+    window bound differs): a content checksum, and the header's unused and reserved bits clear."""
+    bare = zstandard.ZstdCompressor(write_content_size=True, write_checksum=False)
+    with pytest.raises(CorruptData, match="no content checksum"):
+        decode("zstd", bare.compress(PLAIN), len(PLAIN))
+    for bit in (0x10, 0x08):  # unused (libzstd ignores it), reserved
+        stored = bytearray(FRAMES["checksum"].compress(PLAIN))
+        stored[4] |= bit
+        with pytest.raises(CorruptData, match="zstd"):
+            decode("zstd", bytes(stored), len(PLAIN))
 
 
 def bf16(n: int, seed: int = 0) -> bytes:

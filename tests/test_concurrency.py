@@ -67,7 +67,7 @@ def test_same_model_same_name_same_vault_one_wins(tmp_path, minilm_dir, lab_key)
     ok(wv("verify", "m", "--vault", v, *trust, "--deep"))
     assert sorted(r["name"] for r in ok(wv("list", "--vault", v, "--json")).json()) == [
         "m", "other"]  # fmt: skip
-    s = ok(wv("status", "--vault", v, "--json")).json()
+    s = ok(wv("status", "--vault", v, "--json", *trust)).json()
     assert {n: row["vault"]["state"] for n, row in s.items()} == {"m": "complete",
                                                                    "other": "complete"}  # fmt: skip
     g = ok(wv("gc", "--vault", v, *trust, "--dry-run", "--grace", "0", "--json")).json()

@@ -396,3 +396,15 @@ def test_signed_text_is_shown_as_text_not_terminal_markup(tmp_path, lab_key, min
                  "--share", w.share("bob"), "--note", note, "--quiet"))  # fmt: skip
     r = ok(w.lab("escrow", "log", "minilm"))
     assert "[white on white]" in r.out.replace("\n", ""), r.out
+
+
+def test_failed_full_audit_never_reports_more_read_than_the_replica_holds(vault_copy, lab_key):
+    obj = max(objects_of(vault_copy), key=lambda p: p.stat().st_size)
+    data = bytearray(obj.read_bytes())
+    data[-1] ^= 1
+    obj.write_bytes(bytes(data))
+    held = sum(p.stat().st_size for p in objects_of(vault_copy))
+    r = wv("audit", "--vault", vault_copy, "--level", "full", "--trust", f"{lab_key}.pub",
+           "--key", lab_key, "--state-dir", vault_copy.parent / "s", "--json")  # fmt: skip
+    assert r.code == 1, r.err
+    assert r.json()["replicas"][0]["record"]["bytes_read"] == held

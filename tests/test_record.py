@@ -460,7 +460,7 @@ class _Tags(HTMLParser):
 
 SAFE_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "nav", "main", "footer",
              "section", "article", "div", "span", "p", "h1", "h2", "h3", "h4", "h5", "h6", "dl",
-             "dt", "dd", "table", "thead", "tbody", "tr", "th", "td", "a", "br", "hr", "strong",
+             "dt", "dd", "table", "thead", "tbody", "tr", "th", "td", "a", "br", "wbr", "hr", "strong",
              "em", "del", "code", "pre", "ul", "ol", "li", "blockquote"}  # fmt: skip
 
 
@@ -488,7 +488,7 @@ def test_html_page_is_self_contained_and_complete(sealed):
     # identity, commitment, replicas, preferences linking to turns, report, transcripts
     for text in ("Aster 2.1", bundle.bundle_id, bundle.signer.key_id, "Model Preservation Team",
                  "offsite", "Last audit", "Known failure modes", "Retirement interview"):  # fmt: skip
-        assert text in page, text
+        assert text in page.replace("<wbr>", ""), text  # <wbr> only marks where a digest may wrap
     assert page.count('class="turn ') == 12
     assert 'href="#i-exit-1-10"' in page and 'id="i-exit-1-10"' in page
     assert 'href="#p-6"' in page  # the cited turn links back to its preference

@@ -184,5 +184,5 @@ def test_seal_warns_when_a_quote_is_not_in_the_cited_turn(tmp_path, minilm_dir, 
            "--record", rec, "--report", tmp_path / "report.md",
            "--interview", tmp_path / "interview.jsonl", "--quiet")  # fmt: skip
     assert r.code == 0, r.err
-    warnings = [x for x in r.err.splitlines() if x.startswith("weightvault: warning: ")]
+    warnings = [x for x in r.err.splitlines() if x.startswith("weightvault: warning: preferences")]
     assert len(warnings) == 1 and "not found word for word" in warnings[0], r.err

@@ -20,28 +20,28 @@ def bar(label: str, enabled: bool) -> Iterator[Callbacks]:
         yield Callbacks()
         return
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    # rich's download and speed columns count in MB (10^6); every summary says MiB: one system
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        TextColumn("{task.fields[done]}"),
+        TextColumn("{task.fields[speed]}"),
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=True,
     ) as p:
-        task = p.add_task(label, total=None)
-        yield Callbacks(
-            on_start=lambda total: p.update(task, total=total),
-            on_bytes=lambda n: p.advance(task, n),
-        )
+        task = p.add_task(label, total=None, done="", speed="")
+
+        def advance(n: int) -> None:
+            p.advance(task, n)
+            t = next(x for x in p.tasks if x.id == task)
+            total = f"/{human_size(t.total)}" if t.total else ""
+            p.update(task, done=human_size(t.completed) + total,
+                     speed=f"{human_size(t.speed)}/s" if t.speed else "")  # fmt: skip
+
+        yield Callbacks(on_start=lambda total: p.update(task, total=total), on_bytes=advance)
 
 
 def human_size(n: float) -> str:

@@ -379,11 +379,13 @@ class SeaweedS3:
         }
 
     def client(self, **config: Any):
-        """A boto3 S3 client; keyword arguments go to ``botocore.config.Config``."""
-        import boto3
+        """An S3 client (botocore's, which boto3 only wraps: s3fs already brings botocore, and
+        a separate boto3 must match the botocore that aiobotocore pins, which made pip walk back
+        through every boto3 release); keyword arguments go to ``botocore.config.Config``."""
+        import botocore.session
         from botocore.config import Config
 
-        return boto3.session.Session().client(
+        return botocore.session.get_session().create_client(
             "s3",
             endpoint_url=self.endpoint_url,
             aws_access_key_id=self.access_key,

@@ -205,12 +205,15 @@ def audit_replica(
     else:
         to_hash = []
     results = run(to_hash, lambda t, _e: _hash_check(store, t), workers=workers)
+    reread = 0
     for t, f in zip(to_hash, results, strict=True):
         checked += 1
         if f is None:
             verified.mark(t.key, t0)
             continue
+        mark = store.counters.payload_read
         again = _hash_check(store, t)  # a transient bad read is not rot
+        reread += store.counters.payload_read - mark  # not counted: the replica is read once
         if again is None:
             transient.append(f)
             verified.mark(t.key, t0)
@@ -237,7 +240,7 @@ def audit_replica(
         "eventOutcome": "fail" if failures else "pass",
         "replica": {"name": name, "url": store.url}, "level": level,
         "agent": {"tool": tool(), "key": key.public.key_id},
-        "objects_checked": checked, "bytes_read": store.counters.payload_read - before,
+        "objects_checked": checked, "bytes_read": store.counters.payload_read - before - reread,
         "objects_unverifiable": unverifiable,
         "bundles": bundles, "failures": failures, "transient": transient, "repairs": [],
         "coverage": coverage,
@@ -459,53 +462,3 @@ def cross_check(results: dict[str, dict[str, str | None]]) -> list[str]:
                     problems.append(f"replica {r} holds a different manifest for bundle {n} "
                                     f"({v[:16]}, the others hold {majority[:16]})")  # fmt: skip
     return problems
-
-
-def metrics(audits: list[ReplicaAudit], unreachable: dict[str, str]) -> str:
-    lines = [
-        "# HELP weightvault_audit_last_run_timestamp_seconds End of the last audit of a replica.",
-        "# TYPE weightvault_audit_last_run_timestamp_seconds gauge",
-    ]
-    series = {
-        "weightvault_audit_last_success_timestamp_seconds": "End of the last audit that found nothing wrong.",
-        "weightvault_audit_objects_checked": "Objects checked by the last audit.",
-        "weightvault_audit_damaged_objects": "Objects found damaged by the last audit.",
-        "weightvault_audit_missing_objects": "Objects found missing by the last audit.",
-        "weightvault_audit_bytes_read": "Payload bytes read by the last audit.",
-        "weightvault_audit_unverifiable_objects": "Objects a metadata audit could not verify (no server SHA-256).",
-        "weightvault_audit_coverage_ratio": "Share of objects fully hashed within the cycle.",
-        "weightvault_audit_up": "1 if the replica could be audited, 0 if unreachable.",
-    }  # fmt: skip
-    out: dict[str, list[str]] = {k: [] for k in series}
-    ts = int(time.time())
-    for a in audits:
-        r = a.record
-        lab = f'replica="{a.replica}",level="{a.level}"'
-        lines.append(f"weightvault_audit_last_run_timestamp_seconds{{{lab}}} {ts}")
-        if a.outcome == "pass":
-            out["weightvault_audit_last_success_timestamp_seconds"].append(f"{{{lab}}} {ts}")
-        out["weightvault_audit_objects_checked"].append(f"{{{lab}}} {r['objects_checked']}")
-        dmg = sum(1 for f in r["failures"] if f["kind"] != "missing")
-        mis = sum(1 for f in r["failures"] if f["kind"] == "missing")
-        out["weightvault_audit_damaged_objects"].append(f"{{{lab}}} {dmg}")
-        out["weightvault_audit_missing_objects"].append(f"{{{lab}}} {mis}")
-        out["weightvault_audit_bytes_read"].append(f"{{{lab}}} {r['bytes_read']}")
-        out["weightvault_audit_unverifiable_objects"].append(
-            f"{{{lab}}} {r.get('objects_unverifiable', 0)}")
-        cov = r["coverage"]
-        ratio = cov["verified_within_cycle"] / cov["objects"] if cov["objects"] else 1.0
-        out["weightvault_audit_coverage_ratio"].append(f"{{{lab}}} {ratio:.6f}")
-        out["weightvault_audit_up"].append(f'{{replica="{a.replica}"}} 1')
-    for n in unreachable:
-        out["weightvault_audit_up"].append(f'{{replica="{n}"}} 0')
-    for k, help_ in series.items():
-        lines += [f"# HELP {k} {help_}", f"# TYPE {k} gauge"]
-        lines += [f"{k}{v}" for v in out[k]]
-    return "\n".join(lines) + "\n"
-
-
-def write_metrics(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # node_exporter must never read half a file

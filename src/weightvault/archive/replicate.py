@@ -72,7 +72,7 @@ def copy_object(sources: list[Store], dst: Store, key: str, sha256: str, size: i
                 problems.append(str(e))
                 continue
             if got.difference(size, sha256, sha512):
-                problems.append(f"{src.describe(key)}: damaged (sha256 {got.sha256[:16]}..., "
+                problems.append(f"{src.describe(key)}: damaged (sha256 {got.sha256}, "
                                 f"{got.size} bytes)")  # fmt: skip
                 continue
             w.commit(key, sha256=sha256)
@@ -129,7 +129,7 @@ def replicate(
         if checksum is not None:
             have = checksum(key)
             if have is not None and have != sha:
-                return f"server checksum {have[:16]}... differs"
+                return f"server checksum {have} differs"
             if have is None:
                 return _hash_differs(dst, key, sha)
         elif verify_existing or key in suspect:
@@ -175,7 +175,7 @@ def _hash_differs(store: Store, key: str, sha: str) -> str | None:
     with store.open_read(key) as f:
         while data := f.read(1 << 20):
             h.update(data)
-    return None if h.hexdigest() == sha else f"stored bytes hash to {h.hexdigest()[:16]}..."
+    return None if h.hexdigest() == sha else f"stored bytes hash to {h.hexdigest()}"
 
 
 @dataclass

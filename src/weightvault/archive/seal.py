@@ -83,7 +83,7 @@ def default_name(spec: str, src: sources.Source) -> str:
 
 
 def seal(
-    spec: str,
+    spec: str | sources.Source,
     store: Store,
     key: SigningKey | Sequence[SigningKey],
     opts: SealOptions | None = None,
@@ -100,8 +100,11 @@ def seal(
     if not 4096 <= opts.chunk_size <= chunking.MAX_TARGET:
         raise InputError(f"chunk size {opts.chunk_size} is out of range 4 KiB..1 GiB")
     vault = Vault(store)
-    src = sources.resolve(spec, excludes=opts.excludes, cache_dir=opts.hf_cache_dir,
-                          external_links=opts.external_links)
+    if isinstance(spec, sources.Source):  # resolved by the caller before any vault was touched
+        src, spec = spec, str(spec.root)
+    else:
+        src = sources.resolve(spec, excludes=opts.excludes, cache_dir=opts.hf_cache_dir,
+                              external_links=opts.external_links)
     name = check_name(opts.name or default_name(spec, src))
     for v in (vault, *map(Vault, replicas)):
         if v.is_committed(name):
@@ -327,7 +330,8 @@ class _KeyPlan:
             for (cname, r), sh in zip(self.opts.custodians, split, strict=True):
                 envelopes.append(self._envelope(
                     store, name, f"keys/share-{cname}.age", "share", cname, r,
-                    sh.text.encode() + b"\n", crypt.share_digest(self.salt, sh.text), written))  # fmt: skip
+                    crypt.share_plaintext(sh.text, doc["format_version"]),
+                    crypt.share_digest(self.salt, sh.text), written))  # fmt: skip
             shares = {"scheme": "slip39", "threshold": self.opts.threshold,
                       "count": len(split), "identifier": split[0].identifier}  # fmt: skip
         return {**doc, "source": {"kind": "encrypted"}, "files": [],

@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weightvault.errors import CorruptData, InputError
+from weightvault.errors import CorruptData, InputError, StorageError
 from weightvault.format.paths import check_relpath, check_unique
 
 DEFAULT_EXCLUDES = (".git", ".cache/huggingface")
@@ -52,6 +52,9 @@ def resolve(spec: str, *, excludes: tuple[str, ...] = DEFAULT_EXCLUDES, cache_di
     cache = parse_cache_snapshot(path)
     if cache:
         return cache_source(path, *cache, excludes=excludes)
+    snap = cache_repo_snapshot(path)
+    if snap is not None:
+        return cache_source(snap, *parse_cache_snapshot(snap), excludes=excludes)
     notes: list[str] = []
     files = walk(path, excludes, external_links=external_links, notes=notes)
     return Source(files, {"kind": "local", "path": str(path.absolute())}, path, notes=notes)
@@ -146,6 +149,25 @@ def parse_cache_snapshot(path: Path) -> tuple[str, str, str] | None:
     return kind[:-1], rest.replace("--", "/"), p.name
 
 
+def cache_repo_snapshot(path: Path) -> Path | None:
+    """The snapshot `refs/main` names if `path` is a Hub cache repo folder (models--ORG--NAME
+    with refs/ and snapshots/): sealing the folder itself would seal blobs/ and every snapshot
+    as plain files. A folder without refs/main names its snapshots and asks for one."""
+    p = path.absolute()
+    kind, _, rest = p.name.partition("--")
+    if kind not in ("models", "datasets", "spaces") or not rest or not (p / "snapshots").is_dir():
+        return None
+    main = p / "refs" / "main"
+    commit = main.read_text().strip() if main.is_file() else ""
+    if _HEX40.match(commit) and (p / "snapshots" / commit).is_dir():
+        return p / "snapshots" / commit
+    snaps = sorted(d.name for d in (p / "snapshots").iterdir() if _HEX40.match(d.name))
+    if not snaps:
+        raise InputError(f"{path}: a Hub cache folder with no snapshot in it")
+    raise InputError(f"{path}: a Hub cache folder without refs/main; seal one snapshot: "
+                     + ", ".join(f"{path}/snapshots/{c}" for c in snaps[:5]))  # fmt: skip
+
+
 def cache_source(path: Path, repo_type: str, repo_id: str, commit: str, *, excludes) -> Source:
     repo_dir = path.absolute().parent.parent
     # a snapshot's files are links into the repo's blobs/: the cache layout, not a surprise
@@ -173,19 +195,37 @@ def cache_source(path: Path, repo_type: str, repo_id: str, commit: str, *, exclu
 
 
 def hub_source(spec: str, *, excludes, cache_dir=None) -> Source:
-    repo_id, _, revision = spec.partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise InputError(f"hf://{spec}: expected hf://ORG/NAME@REVISION")
-    revision = revision or "main"
+    """hf://ORG/NAME@REVISION. The revision is required: a preservation copy names what it
+    asked for (a branch, tag or commit); the commit it resolved to is what gets sealed. With
+    HF_HUB_OFFLINE=1 the revision is looked up in the local Hub cache instead of on the Hub."""
+    repo_id, at, revision = spec.partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")) or not at or not revision:
+        raise InputError(f"hf://{spec}: expected hf://ORG/NAME@REVISION (a branch, tag or "
+                         "commit, e.g. @main)")  # fmt: skip
     try:
         from huggingface_hub import HfApi, constants, snapshot_download
         from huggingface_hub.errors import (
             HfHubHTTPError,
+            LocalEntryNotFoundError,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
     except ImportError as e:  # pragma: no cover - a required dependency
         raise InputError(f"huggingface_hub is not usable: {e}") from None
+    if constants.HF_HUB_OFFLINE:
+        try:
+            snap = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                                          repo_type="model"))  # fmt: skip
+        except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+            where = cache_dir or constants.HF_HUB_CACHE
+            raise InputError(f"hf://{spec}: not in the Hub cache {where} (HF_HUB_OFFLINE=1 "
+                             "forbids downloading)") from None  # fmt: skip
+        parsed = parse_cache_snapshot(snap)
+        if parsed is None:  # pragma: no cover - the client always returns snapshots/<commit>
+            raise InputError(f"hf://{spec}: the cache returned {snap}, not a snapshot")
+        src = cache_source(snap, *parsed, excludes=excludes)
+        src.provenance["revision"] = revision
+        return src
     api = HfApi()
     try:
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
@@ -200,9 +240,16 @@ def hub_source(spec: str, *, excludes, cache_dir=None) -> Source:
     except RepositoryNotFoundError:
         raise InputError(f"hf://{spec}: repository {repo_id!r} not found on the Hub") from None
     except HfHubHTTPError as e:
-        raise InputError(f"hf://{spec}: the Hub refused the request ({e})") from None
-    except OSError as e:
-        raise InputError(f"hf://{spec}: cannot download ({e})") from None
+        raise InputError(f"hf://{spec}: the Hub refused the request ({_first_line(e)})") from None
+    except InputError:
+        raise
+    except Exception as e:
+        # the client's transport errors (connection refused, DNS, timeouts, TLS) have no
+        # common public base class across its versions: everything else raised while talking
+        # to the Hub is "could not reach it", one line, exit 3
+        raise StorageError(f"hf://{spec}: cannot reach the Hub at {constants.ENDPOINT} "
+                           f"({_first_line(e)}); to seal from the local cache instead, set "
+                           "HF_HUB_OFFLINE=1") from None  # fmt: skip
     lfs = {s.rfilename: s.lfs.sha256 for s in (info.siblings or []) if s.lfs is not None}
     files = walk(snap, excludes, links_within=snap.parent.parent)  # links into blobs/
     files = [
@@ -221,3 +268,8 @@ def hub_source(spec: str, *, excludes, cache_dir=None) -> Source:
         "endpoint": constants.ENDPOINT,
     }
     return Source(files, prov, snap, expected_from="Hub LFS sha256")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__

@@ -195,9 +195,32 @@ def _pin(uri: str) -> str:
     return _secret(uri, "WEIGHTVAULT_PKCS11_PIN", "PIN")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--config", "config_path", metavar="FILE",
-              help="Config file [default: $WEIGHTVAULT_CONFIG, else ~/.config/weightvault/config.toml; never the current directory].")  # fmt: skip
+_CONFIG_HELP = ("Config file [default: $WEIGHTVAULT_CONFIG, else ~/.config/weightvault/config.toml; "
+                "never the current directory].")
+
+
+def _config_after(ctx: click.Context, _param, value: str | None) -> None:
+    if value is not None:  # given after the subcommand: wins over one given before it
+        obj = ctx.find_object(Ctx)
+        obj.config_path, obj._config = value, None
+
+
+class _Group(click.Group):
+    """Every command, here or in another cli module, also takes -c/--config after its name."""
+
+    group_class = type  # subgroups (audit-log, escrow, record, ...) behave the same
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group) and not any(
+            "--config" in p.opts for p in cmd.params if isinstance(p, click.Option)
+        ):
+            cmd.params.append(click.Option(["-c", "--config"], metavar="FILE", expose_value=False,
+                                           callback=_config_after, help=_CONFIG_HELP))  # fmt: skip
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config_path", metavar="FILE", help=_CONFIG_HELP)
 @click.version_option(__version__, prog_name="weightvault")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
@@ -268,11 +291,14 @@ def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exc
     """Seal SOURCE (a directory, hf://ORG/NAME@REVISION, or a Hub cache snapshot) into every
     replica: the first reachable one is written, then the bundle is replicated to the rest."""
     from weightvault.archive.seal import SealOptions
-    from weightvault.archive.sources import DEFAULT_EXCLUDES
+    from weightvault.archive.sources import DEFAULT_EXCLUDES, resolve
     from weightvault.format.crypt import load_custodians, recipients_from
 
     key = ctx.signing_keys(key_paths)
     rs = ctx.replicas(vault)
+    # the source first: a wrong path or an unreachable Hub must not leave new vault directories
+    source = resolve(source, excludes=tuple(exclude) or DEFAULT_EXCLUDES, cache_dir=hf_cache,
+                     external_links=follow_external_links)
     plan = None
     if report or interviews or record_toml or attachments:
         from weightvault.record.retirement import build_record
@@ -290,7 +316,8 @@ def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exc
                        custodians=load_custodians(Path(custodians)) if custodians else [],
                        threshold=threshold, external_links=follow_external_links)  # fmt: skip
     try:
-        _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single=vault is not None)
+        _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single=vault is not None,
+                         promised=_promised_replicas(plan))  # fmt: skip
     finally:
         if plan:
             plan.close()
@@ -302,6 +329,12 @@ def _oms_key(path: str | None):
     from weightvault.record.oms import load_ec_key
 
     return load_ec_key(Path(path), _passphrase)
+
+
+def _promised_replicas(plan) -> int | None:
+    from weightvault.record.render import promised_replicas
+
+    return promised_replicas((plan.record or {}) if plan else {})
 
 
 def _organization(plan) -> str | None:
@@ -319,7 +352,7 @@ def _description(plan) -> str | None:
     return f"Retired model {what}: weights and retirement record, sealed by weightvault"
 
 
-def _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single) -> None:
+def _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single, promised=None) -> None:
     from weightvault.archive.replicate import replicate
     from weightvault.archive.seal import seal as do_seal
 
@@ -357,11 +390,38 @@ def _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single) -> None
     if len(order) > 1 or not single:
         lines += [f"  replica {n}: {states[n]}" for n in order]
     _emit(out, as_json, "\n".join(lines))
+    written = sum(1 for n in order if states[n] == "complete")
+    if promised and written < promised:
+        click.echo(f"weightvault: warning: the record promises {promised} replicas; {r.name} is "
+                   f"on {written} (add replicas to the config, then `weightvault replicate`)",
+                   err=True)  # fmt: skip
     behind = [n for n in order if states[n] != "complete"]
     if behind:
         raise StorageError(f"bundle {r.name} is sealed on {', '.join(n for n in order if n not in behind)} "
                            f"but not on {', '.join(behind)}; run `weightvault replicate {r.name} "
                            f"--to {behind[0]}` when it is back")  # fmt: skip
+
+
+@cli.command()
+@click.argument("replicas", nargs=-1, metavar="[REPLICA]...")
+@vault_opt
+@json_opt
+@click.pass_obj
+def init(ctx: Ctx, replicas, vault, as_json) -> None:
+    """Create the vault of each named replica [default: every configured one], or of --vault.
+    An existing vault is left as it is; a non-empty directory that is not a vault is refused."""
+    from weightvault.storage.opener import is_local, unwritten
+
+    rs = ctx.replicas(vault)
+    out = {}
+    for n in _selected(rs, replicas):
+        url = rs.replica(n).url
+        fresh = unwritten(url)
+        store = rs.store(n, create=True)
+        # object stores have no directories to tell a new vault from an existing one
+        state = ("created" if fresh else "already a vault") if is_local(url) else "ready"
+        out[n] = {"url": store.url, "state": state}
+    _emit(out, as_json, "\n".join(f"{n}: {r['state']} at {r['url']}" for n, r in out.items()))
 
 
 @cli.command("list")
@@ -371,11 +431,12 @@ def _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single) -> None
 @json_opt
 @click.pass_obj
 def list_(ctx: Ctx, vault, replica, trust, as_json) -> None:
-    """List the bundles committed on a replica (manifests shown unverified; use verify)."""
+    """List the bundles committed on a replica (each manifest verified before it is shown)."""
     from weightvault.storage.vault import Vault
 
     rs = ctx.replicas(vault)
     trusted = ctx.trusted(trust)  # a manifest is parsed only once its signature verifies
+    sources: dict[str, dict] = {}  # for the table only: --json keeps its fields
 
     def rows_of(_name, store):
         v = Vault(store)
@@ -387,6 +448,7 @@ def list_(ctx: Ctx, vault, replica, trust, as_json) -> None:
                     continue
                 m = v.load_exact(n, trusted).manifest
                 enc = m.encryption is not None
+                sources[n] = m.doc.get("source", {})
                 rows.append({"name": n, "bundle": m.bundle_id, "created": m.doc["created"],
                              "encrypted": enc, "files": None if enc else len(m.files),
                              "bytes_in": None if enc else m.bytes_in,
@@ -395,29 +457,71 @@ def list_(ctx: Ctx, vault, replica, trust, as_json) -> None:
                 rows.append({"name": n, "error": str(e)})
         return rows
 
-    _, rows = rs.first(rows_of, replica)
+    where, rows = rs.first(rows_of, replica)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+    if not rows:
+        click.echo(f"no bundles on {where} ({rs.store(where).url}): the vault is empty")
+        return
+    from rich.text import Text
 
-    t = Table("name", "bundle", "created", "files", "size", "stored")
-    for r in rows:
+    short = unique_prefixes([r["bundle"] for r in rows if r.get("bundle")])
+    t = _table("name", "bundle", "source", "created", "files", "size", "stored")
+    for r in rows:  # text from storage is never markup
         if "error" in r:
-            t.add_row(escape(r["name"]), "[red]unreadable[/red]", escape(r["error"]), "", "", "")
+            t.add_row(Text(r["name"]), Text("unreadable", "red"), Text(r["error"]), "", "", "", "")
         elif not r["verified"]:
-            t.add_row(escape(r["name"]), r["bundle"][:16], "not verified", "", "", "")
+            t.add_row(Text(r["name"]), short.get(r["bundle"], "?"), "not verified", "", "", "", "")
         else:
             enc = r["encrypted"]
-            t.add_row(r["name"], r["bundle"][:16], r["created"],
-                      "encrypted" if enc else str(r["files"]),
+            t.add_row(Text(r["name"]), short[r["bundle"]], Text(_source_cell(sources[r["name"]])),
+                      Text(str(r["created"])), "encrypted" if enc else str(r["files"]),
                       "?" if enc else _size(r["bytes_in"]), _size(r["bytes_stored"]))  # fmt: skip
-    Console().print(t)
-    if not trusted and rows:
+    _console().print(t)
+    if not trusted:
         click.echo("note: no trusted key given, so no manifest was read: pass --trust KEY.pub "
                    "(or set trusted_keys) to verify and show each bundle", err=True)
+
+
+def unique_prefixes(ids: list[str], least: int = 12) -> dict[str, str]:
+    """id -> its shortest prefix (at least `least` digits) that no other listed id shares, so
+    two bundles never look alike however narrow the terminal."""
+    out = {}
+    for i in ids:
+        n = least
+        while n < len(i) and any(o != i and o.startswith(i[:n]) for o in ids):
+            n += 1
+        out[i] = i[:n]
+    return out
+
+
+def _source_cell(src: dict) -> str:
+    """Where a bundle came from, for tables: the repo and revision (commit), never a path."""
+    if not isinstance(src, dict):
+        return "?"
+    if src.get("repo_id"):
+        rev = src.get("revision") or ""
+        commit = (src.get("commit") or "")[:12]
+        return f"{src['repo_id']}{'@' + rev if rev else ''}{f' ({commit})' if commit else ''}"
+    return {"local": "local directory"}.get(src.get("kind", ""), str(src.get("kind", "?")))
+
+
+def _table(*cols: str):
+    """A rich table whose cells wrap (fold) instead of being cut with an ellipsis."""
+    from rich.table import Table
+
+    t = Table()
+    for c in cols:
+        t.add_column(c, overflow="fold")
+    return t
+
+
+def _console():
+    """Piped output is not cut to 80 columns: tables take the width they need."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 1000)
 
 
 @cli.command()
@@ -508,6 +612,7 @@ def restore(ctx: Ctx, bundle, dest, vault, replica, trust, insecure, identities,
 def _audit_status(ctx: Ctx, rs) -> dict:
     """replica -> last audit outcome, from the local audit trail (nothing is read remotely)."""
     from weightvault.archive.auditlog import Chain, replica_dir, state_root
+    from weightvault.storage.opener import store_url
 
     out = {}
     root = state_root(ctx.config.audit.get("state_dir"))
@@ -516,7 +621,7 @@ def _audit_status(ctx: Ctx, rs) -> dict:
         if not d.is_dir():
             continue
         try:
-            head = Chain(replica_dir(root, rs.replica(n).url), None).head()
+            head = Chain(replica_dir(root, store_url(rs.replica(n).url)), None).head()
         except WeightvaultError:
             continue
         if head:
@@ -530,10 +635,11 @@ def _audit_status(ctx: Ctx, rs) -> dict:
 @vault_opt
 @replica_opt
 @trust_opt
+@insecure_opt
 @click.option("--html", "html_path", metavar="FILE", help="Write a self-contained HTML page.")
 @json_opt
 @click.pass_obj
-def show(ctx: Ctx, bundle, vault, replica, trust, html_path, as_json) -> None:
+def show(ctx: Ctx, bundle, vault, replica, trust, insecure, html_path, as_json) -> None:
     """Show a bundle and its retirement record, verified against the signature first."""
     from rich.console import Console
 
@@ -543,7 +649,8 @@ def show(ctx: Ctx, bundle, vault, replica, trust, html_path, as_json) -> None:
     from weightvault.storage.vault import Vault
 
     rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
-    where, (store, b) = rs.first(lambda _n, st: (st, Vault(st).load(bundle, trusted)), replica)
+    where, (store, b) = rs.first(lambda _n, st: (st, Vault(st).load(bundle, trusted,
+                                                                    insecure=insecure)), replica)
     view = read_record(store, b)
     replicas = {}
     for n in rs.names:
@@ -554,7 +661,7 @@ def show(ctx: Ctx, bundle, vault, replica, trust, html_path, as_json) -> None:
     for n, a in audits.items():
         replicas.setdefault(n, {}).update(a)
     if html_path:
-        page = html_page(view, b, replicas, audits)
+        page = html_page(view, b, replicas)  # each replica's row carries its last audit
         out = Path(html_path)
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(page, encoding="utf-8")
@@ -562,7 +669,7 @@ def show(ctx: Ctx, bundle, vault, replica, trust, html_path, as_json) -> None:
     if as_json:
         click.echo(json.dumps(summary_json(view, b, replicas, audits), indent=2, sort_keys=True))
     elif not html_path:
-        Console().print(summary_text(view, b, replicas, audits))
+        Console(width=None if sys.stdout.isatty() else 120).print(summary_text(view, b, replicas))
     else:
         click.echo(f"wrote {html_path}: {b.name} ({b.bundle_id[:16]}) from {where}")
 
@@ -578,15 +685,17 @@ def record_group() -> None:
 @vault_opt
 @replica_opt
 @trust_opt
+@insecure_opt
 @json_opt
 @click.pass_obj
-def record_export(ctx: Ctx, bundle, dest, vault, replica, trust, as_json) -> None:
+def record_export(ctx: Ctx, bundle, dest, vault, replica, trust, insecure, as_json) -> None:
     """Write the record's files (byte-exact, digests checked) into DEST, without the weights."""
     from weightvault.record.retirement import export_record
     from weightvault.storage.vault import Vault
 
     rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
-    _, (store, b) = rs.first(lambda _n, st: (st, Vault(st).load(bundle, trusted)), replica)
+    _, (store, b) = rs.first(lambda _n, st: (st, Vault(st).load(bundle, trusted,
+                                                                insecure=insecure)), replica)
     files = export_record(store, b, Path(dest))
     _emit(files, as_json, f"exported {len(files)} record files of {b.name} into {dest}")
 
@@ -663,32 +772,43 @@ def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, wor
 @click.pass_obj
 def status(ctx: Ctx, vault, trust, as_json) -> None:
     """Which bundles are complete, incomplete or absent on which replica (listings only)."""
-    from weightvault.archive.replicate import needs_action
+    from weightvault.archive.replicate import BundleState, needs_action
     from weightvault.archive.replicate import status as do_status
+    from weightvault.storage.opener import unwritten
 
     rs = ctx.replicas(vault)
     stores = {n: rs.try_store(n) for n in rs.names}
+    empty = [n for n in rs.names if stores[n] is None and unwritten(rs.replica(n).url)]
+    for n in empty:
+        del rs.errors[n]
     try:
         trusted = ctx.trusted(trust)
     except InputError:
         trusted = []
     table = do_status(stores, rs.errors, trusted)
+    for row in table.values():
+        for n in empty:
+            row[n] = BundleState("absent", detail="empty (not yet written)")
     if as_json:
         click.echo(json.dumps({b: {r: s.as_dict() for r, s in row.items()}
                                for b, row in table.items()}, indent=2))  # fmt: skip
     else:
-        from rich.console import Console
-        from rich.markup import escape
-        from rich.table import Table
+        from rich.text import Text
 
-        t = Table("bundle", *rs.names)
+        t = _table("bundle", *rs.names)
         colour = {"complete": "green", "absent": "dim", "unreachable": "yellow"}
-        for b, row in table.items():  # a name from a listing is text, never markup
-            t.add_row(escape(b), *(f"[{colour.get(s.state, 'red')}]{s.state}"
-                           f"{f' ({s.missing})' if s.missing else ''}[/]" for s in row.values()))  # fmt: skip
-        Console().print(t)
+        for b, row in table.items():
+            t.add_row(Text(b), *(Text(f"{s.state}{f' ({s.missing})' if s.missing else ''}",
+                                      colour.get(s.state, "red")) for s in row.values()))  # fmt: skip
+        if table:
+            _console().print(t)
+        else:
+            click.echo("no bundles on any reachable replica")
+        for n in empty:
+            click.echo(f"replica {n}: empty (not yet written; `weightvault init` or the next "
+                       "seal creates it)")  # fmt: skip
         for n, e in rs.errors.items():
-            click.echo(f"replica {n} unreachable: {e}", err=True)
+            click.echo(f"weightvault: error: replica {n} unreachable: {e}", err=True)
     for b, row in table.items():
         debris = [r for r, s in row.items() if s.state == "uncommitted"]
         if debris and not any(s.state == "complete" for s in row.values()):
@@ -774,15 +894,16 @@ akey_opt = click.option("--key", "key_path", metavar="FILE",
 def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, key_path, state_dir,
           metrics_file, workers, as_json) -> None:  # fmt: skip
     """Prove every replica still holds every byte. Exit 0 healthy, 1 damage or loss found,
-    3 a replica could not be reached (the others are still audited)."""
-    from weightvault.archive.audit import (
-        Known,
-        audit_replica,
-        cross_check,
-        metrics,
-        remember,
-        write_metrics,
-    )
+    3 a replica could not be reached (the others are still audited).
+
+    \b
+    The summary ends with coverage, e.g. "6/23 objects hashed by an audit within the last 90
+    days": of the replica's 23 objects, 6 were read and hashed by some audit (of any level)
+    in the last --cycle-days. A sample audit hashes the least recently hashed objects, enough
+    that at this schedule every object is hashed once per cycle: the count climbs run by run
+    and reaches 23/23 within one cycle. A full audit hashes all of them now."""
+    from weightvault.archive import metrics as metricsmod
+    from weightvault.archive.audit import Known, audit_replica, cross_check, remember
 
     rs = ctx.replicas(vault)
     key = _auditor_key(ctx, key_path)
@@ -800,22 +921,16 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
     conflicts = cross_check({a.replica: {b["name"]: b["bundle"] for b in a.record["bundles"]}
                              for a in done})  # fmt: skip
     if metrics_file:
-        write_metrics(Path(metrics_file), metrics(done, unreachable))
+        from weightvault.storage.opener import store_url
+
+        covered = {n: store_url(rs.replica(n).url) for n in _selected(rs, replicas)}
+        up = {n: n not in unreachable for n in covered}
+        metricsmod.write(Path(metrics_file), metricsmod.render(covered, up, state))
     summary = {"level": level, "replicas": [a.as_dict() for a in done],
                "unreachable": unreachable, "conflicts": conflicts}  # fmt: skip
     lines = []
     for a in done:
-        r = a.record
-        cov = r["coverage"]
-        lines.append(f"{a.replica}: {a.outcome.upper()} ({a.level}) {r['objects_checked']} objects "
-                     f"checked, {_size(r['bytes_read'])} read; {cov['verified_within_cycle']}/"
-                     f"{cov['objects']} hashed within {cycle} days")  # fmt: skip
-        lines += [f"  {f['kind']}: {f['object']}: expected {f['expected'][:64]}, found "
-                  f"{f['found'][:80]}" for f in r["failures"]]  # fmt: skip
-        lines += [f"  transient (passed on re-read): {f['object']}" for f in r["transient"]]
-        if r.get("objects_unverifiable"):
-            lines.append(f"  {r['objects_unverifiable']} objects not verifiable at this level "
-                         "(the store kept no SHA-256 of them): left to sample and full audits")
+        lines += _audit_lines(a, cycle)
     lines += [f"{n}: UNREACHABLE: {e}" for n, e in unreachable.items()]
     lines += [f"CONFLICT: {c}" for c in conflicts]
     _emit(summary, as_json, "\n".join(lines))
@@ -823,6 +938,32 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
         sys.exit(1)
     if unreachable:
         sys.exit(3)
+
+
+def _audit_lines(a, cycle: int) -> list[str]:
+    """One replica's audit, counting what it did: a metadata audit lists objects and compares
+    sizes (and server checksums where the store keeps them); sample and full audits hash."""
+    r = a.record
+    cov, fails = r["coverage"], r["failures"]
+    if a.level == "metadata":
+        listed = cov["objects"] + sum(1 for f in fails if f["kind"] in ("missing", "size",
+                                                                        "damaged"))  # fmt: skip
+        did = f"{listed} objects listed, sizes compared"
+        if r["objects_checked"]:
+            did += f", {r['objects_checked']} proved by the server's SHA-256"
+    else:
+        did = f"{r['objects_checked']} objects hashed, {_size(r['bytes_read'])} read"
+        if any(f["kind"] == "damaged" for f in fails) or r["transient"]:
+            did += " (each bad read was read again to rule out a transient error; not counted)"
+    out = [f"{a.replica}: {a.outcome.upper()} ({a.level}) {did}; {cov['verified_within_cycle']}/"
+           f"{cov['objects']} objects hashed by an audit within the last {cycle} days"]  # fmt: skip
+    out += [f"  {f['kind']}: {f['object']}: expected {f['expected']}, found {f['found']}"
+            for f in fails]  # fmt: skip
+    out += [f"  transient (passed on re-read): {f['object']}" for f in r["transient"]]
+    if r.get("objects_unverifiable"):
+        out.append(f"  {r['objects_unverifiable']} objects not verifiable at this level "
+                   "(the store kept no SHA-256 of them): left to sample and full audits")
+    return out
 
 
 @cli.command()

@@ -242,6 +242,13 @@ def _iter_zstd(read: Reader, length: int, reuse: bool = False) -> Iterator[bytes
         raise CorruptData(f"zstd frame declares {declared} content bytes, expected {length}")
     if params.dict_id:
         raise CorruptData("zstd frame needs a dictionary")
+    # the frame rules are the ones fsplit streams follow (FORMAT.md 5.2): every writer since
+    # format version 1 sets the checksum, and libzstd ignores the unused bit, so a flip there
+    # would otherwise pass unnoticed
+    if head[4] & 0x18:
+        raise CorruptData("zstd frame header has its unused or reserved bit set")
+    if not params.has_checksum:
+        raise CorruptData("zstd frame has no content checksum")
     dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     left = length
     src = _OneFrame(head, read)

@@ -408,6 +408,21 @@ def share_digest(salt_hex: str, words: str) -> str:
                           words.encode()).hexdigest()  # fmt: skip
 
 
+SHARE_PLAINTEXT = 512  # bytes of every share envelope's plaintext from format version 4
+
+
+def share_plaintext(words: str, format_version: int) -> bytes:
+    """A share envelope's plaintext (FORMAT.md 10.5): the words and a line feed; from version
+    4 padded with spaces to SHARE_PLAINTEXT bytes, so every envelope of a bundle has one size
+    and none reveals its mnemonic's length (SLIP-39 words are 4 to 8 letters)."""
+    text = words.encode() + b"\n"
+    if format_version < 4:
+        return text
+    if len(text) > SHARE_PLAINTEXT:
+        raise InputError(f"a share of {len(text)} bytes does not fit {SHARE_PLAINTEXT}")
+    return text + b" " * (SHARE_PLAINTEXT - len(text))
+
+
 def split(dk: bytes, threshold: int, count: int) -> list[Share]:
     import shamir_mnemonic as sm
 

@@ -141,11 +141,15 @@ def read_private_file(path: Path, what: str) -> bytes:
     """A secret key file of any kind: regular, small, mode 0600 (or stricter)."""
     path = Path(path)
     data = _read_key_file(path, what)
+    _check_private_mode(path, what)
+    return data
+
+
+def _check_private_mode(path: Path, what: str) -> None:
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise InputError(f"{path}: {what} is readable by others (mode {mode:04o}); "
                          "run chmod 600 on it")  # fmt: skip
-    return data
 
 
 def encrypt_pkcs8(pem: bytes, passphrase: bytes) -> bytes:
@@ -205,7 +209,14 @@ def load_private_pem(path: Path, what: str, kind: str, passphrase: Passphrase | 
     from cryptography.exceptions import UnsupportedAlgorithm
 
     path = Path(path)
-    data = read_private_file(path, what)
+    data = _read_key_file(path, what)
+    # the format first: a .pub file given as --key is a wrong file, not a permissions problem
+    if b"PRIVATE KEY-----" not in data:
+        if b"PUBLIC KEY-----" in data:
+            raise InputError(f"{path}: is a public key; pass the private {what} file (the "
+                             "one without .pub)")  # fmt: skip
+        raise InputError(f"{path}: not an unencrypted PEM {kind} private key")
+    _check_private_mode(path, what)
     try:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:  # "Password was not given but private key is encrypted"

@@ -98,9 +98,12 @@ def _signed_by_label(bundle: Bundle) -> str:
 
 
 def _source_line(src: dict) -> str:
+    # never the local path: it names a sealing machine's directories, not the model
     kind = src.get("kind", "?")
-    what = src.get("repo_id") or src.get("path", "")
-    parts = [f"{kind}: {what}"]
+    if kind == "local":
+        parts = ["a local directory"]
+    else:
+        parts = [f"{kind}: {src['repo_id']}" if src.get("repo_id") else kind]
     if src.get("commit"):
         parts.append(f"commit {src['commit']}")
     if src.get("revision"):
@@ -108,6 +111,68 @@ def _source_line(src: dict) -> str:
     if src.get("verified_files"):
         parts.append(f"{src['verified_files']} files checked against {src.get('verified_against')}")
     return ", ".join(parts)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".h5",
+                   ".msgpack", ".npz", ".npy", ".tflite", ".mlmodel")  # fmt: skip
+
+
+def weights(bundle: Bundle) -> list[dict]:
+    """The weight files of a bundle, from the signed manifest alone: path, size, and for
+    safetensors the elements per dtype (chunks cut on tensor boundaries carry their dtype, so a
+    chunk's length over the dtype's size counts its parameters). Empty for encrypted bundles,
+    whose file list is sealed away."""
+    from weightvault.format.chunking import ITEMSIZE
+
+    out = []
+    for f in bundle.manifest.files:
+        chunks = f.get("chunks") or []
+        by_dtype: dict[str, int] = {}
+        for c in chunks:
+            d = c.get("dtype")
+            if d in ITEMSIZE:
+                by_dtype[d] = by_dtype.get(d, 0) + c["length"] // ITEMSIZE[d]
+        if not by_dtype and not f["path"].lower().endswith(WEIGHT_SUFFIXES):
+            continue
+        out.append({"path": f["path"], "size": f["size"], "dtypes": by_dtype,
+                    "parameters": sum(by_dtype.values()) if by_dtype else None})  # fmt: skip
+    return out
+
+
+def _params(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit, div in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit} ({n:,})"
+    return f"{n:,}"
+
+
+def promised_replicas(record: dict) -> int | None:
+    n = (record.get("commitment") or {}).get("replicas")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def replica_shortfall(view: RecordView, replicas_status: Any) -> str | None:
+    """A warning when the record promises more replicas than hold the bundle complete."""
+    promised = promised_replicas(view.record or {})
+    if promised is None or not isinstance(replicas_status, dict):
+        return None
+    held = sum(1 for v in replicas_status.values()
+               if isinstance(v, dict) and v.get("state") == "complete")  # fmt: skip
+    if held >= promised:
+        return None
+    return (f"The record promises {promised} replicas; {held} of the {len(replicas_status)} "
+            f"configured replica{'s' if len(replicas_status) != 1 else ''} "
+            f"{'holds' if held == 1 else 'hold'} this bundle complete.")  # fmt: skip
+
+
+_STATUS_HEADERS = {"name": "Replica", "state": "Bundle state", "last_audit": "Last audit",
+                   "level": "Audit level", "outcome": "Audit outcome"}  # fmt: skip
+
+
+def _header(key: str) -> str:
+    return _STATUS_HEADERS.get(key, key.replace("_", " ").capitalize())
 
 
 def _commitment(view: RecordView) -> list[tuple[str, str]]:
@@ -200,8 +265,10 @@ def summary_json(view: RecordView, bundle: Bundle, replicas_status: Any = None,
             {k: e[k] for k in ("path", "role", "size", "sha256", "sha512") if k in e}
             for e in view.entries
         ],  # fmt: skip
+        "weights": weights(bundle),
         "replicas": replicas_status,
         "audit": audit_status,
+        "warnings": [w for w in (replica_shortfall(view, replicas_status),) if w],
     }
 
 
@@ -252,14 +319,26 @@ def summary_text(view: RecordView, bundle: Bundle, replicas_status: Any = None,
         for c in rec["contacts"]:
             t.add_row(*(_t(c.get(k, "")) for k in ("name", "role", "email", "organization")))
         parts.append(t)
-    for label, status in (("Replicas", replicas_status), ("Audit", audit_status)):
+    if wl := weights(bundle):
+        t = Table("Weights", "Size", "Dtypes", "Parameters", box=box.SIMPLE_HEAD,
+                  title="Weights", title_justify="left")  # fmt: skip
+        for w in wl:
+            t.add_row(_t(w["path"]), _t(_size(w["size"])), _t(", ".join(w["dtypes"])),
+                      _t(_params(w["parameters"])))  # fmt: skip
+        parts.append(t)
+    # `show` passes each replica's last audit as columns of its row (one table); a caller that
+    # passes the audit apart gets a second table
+    for label, status in (("Replicas", replicas_status), ("Last audit", audit_status)):
         rows_ = _rows(status)
         if rows_:
             cols = list(dict.fromkeys(k for r in rows_ for k in r))
-            t = Table(*cols, box=box.SIMPLE_HEAD, title=label, title_justify="left")
+            t = Table(*(_header(c) for c in cols), box=box.SIMPLE_HEAD, title=label,
+                      title_justify="left")  # fmt: skip
             for r in rows_:
                 t.add_row(*(_t(_cell(r.get(c))) for c in cols))
             parts.append(t)
+    if warn := replica_shortfall(view, replicas_status):
+        parts.append(_t("WARNING: " + warn, "bold red"))
     prefs = rec.get("preferences", [])
     if prefs:
         t = Table("#", "Preference", "Said in", "Response", "Note", box=box.SIMPLE_HEAD,
@@ -440,13 +519,14 @@ td.where{white-space:nowrap}.pid{color:var(--muted);font-size:.78rem}
 .card>p:first-child{margin-top:0}.card>p:last-child{margin-bottom:0}.card>dl+p{margin-top:1rem}
 .mono,code,pre{font-family:ui-monospace,"SFMono-Regular",Menlo,Consolas,monospace;font-size:.86em}
 .mono{overflow-wrap:anywhere}
+.digest{overflow-wrap:normal;word-break:normal;white-space:normal}
 pre{background:#f3f2ee;border:1px solid var(--line);border-radius:4px;padding:.7rem .9rem;
 white-space:pre-wrap;overflow-wrap:anywhere}
 table{border-collapse:collapse;width:100%;margin:.6rem 0;font-size:.93rem}
 th,td{border-bottom:1px solid var(--line);padding:.45rem .55rem;text-align:left;vertical-align:top}
 th{font-size:.8rem;text-transform:uppercase;letter-spacing:.05em;color:var(--muted);
 border-bottom:2px solid var(--line)}
-td{overflow-wrap:anywhere}
+td{overflow-wrap:break-word}
 blockquote{margin:.6rem 0;padding:.1rem 1rem;border-left:3px solid var(--line);color:#333}
 .quote{font-style:italic}
 .badge{display:inline-block;font-size:.75rem;font-weight:600;padding:.1rem .5rem;
@@ -486,11 +566,25 @@ tr,.card,.turn{break-inside:avoid}
 """
 
 
+def _digest(hexdigest: str) -> str:
+    """A digest that wraps only between groups of 8 hex digits (<wbr> adds no characters, so a
+    copied digest is whole), never at an arbitrary character inside a group."""
+    s = _e(hexdigest)
+    if len(s) <= 32:
+        return s
+    return '<span class="digest">' + "<wbr>".join(s[i:i + 8] for i in range(0, len(s), 8)) + "</span>"
+
+
+def _path(p: str) -> str:
+    """A path that may wrap after each '/' (and nowhere else unless it must)."""
+    return "/<wbr>".join(_e(x) for x in p.split("/"))
+
+
 def _dl(rows: list[tuple[str, str]], mono: tuple[str, ...] = ()) -> str:
     items = []
     for k, v in rows:
         cls = ' class="mono"' if k in mono else ' dir="auto"'
-        items.append(f"<dt>{_e(k)}</dt><dd{cls}>{_e(v)}</dd>")
+        items.append(f"<dt>{_e(k)}</dt><dd{cls}>{_digest(v) if k in mono else _e(v)}</dd>")
     return f'<dl class="kv">{"".join(items)}</dl>'
 
 
@@ -509,7 +603,7 @@ def _status_table(status: Any) -> str:
     if not rows:
         return ""
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+    head = "".join(f"<th>{_e(_header(c))}</th>" for c in cols)
     body = []
     for r in rows:
         tds = []
@@ -567,16 +661,35 @@ def html_page(view: RecordView, bundle: Bundle, replicas_status: Any = None,
                         "<th>Role</th><th>Email</th><th>Organization</th></tr></thead>"
                         f"<tbody>{trs}</tbody></table></section>")  # fmt: skip
 
-    # Replicas and audit
+    # Weights
+    if wl := weights(bundle):
+        total = sum(w["parameters"] or 0 for w in wl)
+        trs = "".join(
+            f'<tr><td class="mono">{_path("data/" + w["path"])}</td><td>{_e(_size(w["size"]))}</td>'
+            f'<td>{_e(", ".join(f"{d}: {_params(n)}" for d, n in w["dtypes"].items()))}</td>'
+            f'<td>{_e(_params(w["parameters"]))}</td></tr>'
+            for w in wl
+        )
+        sections.append(
+            '<section id="weights"><h2>Weights</h2>'
+            + (f"<p>{_e(_params(total))} parameters in all, counted from the signed manifest "
+               "(chunks cut on tensor boundaries carry their dtype).</p>" if total else "")
+            + "<table><thead><tr><th>File</th><th>Size</th><th>Dtypes</th><th>Parameters</th>"
+            f"</tr></thead><tbody>{trs}</tbody></table></section>"
+        )  # fmt: skip
+        nav.append(("weights", "Weights"))
+
+    # Replicas: `show` passes each replica's last audit as columns of its row (one table)
     if replicas_status is not None or audit_status is not None:
         body = ""
         if replicas_status is not None:
-            body += "<h3>Replicas</h3>" + (_status_table(replicas_status) or
-                                           '<p class="empty">No replicas reported.</p>')  # fmt: skip
+            body += _status_table(replicas_status) or '<p class="empty">No replicas reported.</p>'
+        if warn := replica_shortfall(view, replicas_status):
+            body += f'<p class="bad"><strong>Warning:</strong> {_e(warn)}</p>'
         if audit_status is not None:
             body += "<h3>Last audit</h3>" + (_status_table(audit_status) or
                                              '<p class="empty">No audit reported.</p>')  # fmt: skip
-        sections.append(f'<section id="status"><h2>Replicas and audit</h2>{body}</section>')
+        sections.append(f'<section id="status"><h2>Replicas and last audit</h2>{body}</section>')
         nav.append(("status", "Replicas"))
 
     # Preferences
@@ -660,13 +773,13 @@ def html_page(view: RecordView, bundle: Bundle, replicas_status: Any = None,
     # Files
     if view.entries:
         trs = "".join(
-            f'<tr><td class="mono">data/{_e(e["path"])}</td><td>{_e(e["role"])}</td>'
-            f'<td>{_e(_size(e["size"]))}</td><td class="mono">{_e(e["sha256"])}</td></tr>'
+            f'<tr><td class="mono">{_path("data/" + e["path"])}</td><td>{_e(e["role"])}</td>'
+            f'<td>{_e(_size(e["size"]))}</td><td class="mono">{_digest(e["sha256"])}</td></tr>'
             for e in view.entries
         )
         sections.append(
             '<section id="files"><h2>Record files</h2><p>These are plain files in the bundle, '
-            "each listed with its SHA-256 and SHA-512 in the signed manifest "
+            "each listed with its SHA-256 in the signed manifest "
             "(data/weightvault.json); check one with <code>sha256sum</code>.</p>"
             "<table><thead><tr><th>Path in the bundle</th><th>Role</th><th>Size</th>"
             f"<th>SHA-256</th></tr></thead><tbody>{trs}</tbody></table></section>"
@@ -681,7 +794,7 @@ def html_page(view: RecordView, bundle: Bundle, replicas_status: Any = None,
                         f"deprecated {model['deprecation_date']}" if "deprecation_date" in model
                         else None) if x
     )  # fmt: skip
-    navhtml = "".join(f'<a href="#{a}">{_e(label)}</a>' for a, label in nav)
+    navhtml = " ".join(f'<a href="#{a}">{_e(label)}</a>' for a, label in nav)  # may wrap
     gen = f", {_e(generated)}" if generated else ""
     return (
         "<!DOCTYPE html>\n"

@@ -112,7 +112,7 @@ def decode_chunk(
     got = h.hexdigest()
     if got != expect:
         raise IntegrityError(
-            f"{where}: decodes to sha256 {got[:16]}..., expected {expect[:16]}... ({span})"
+            f"{where}: decodes to sha256 {got}, expected {expect} ({span})"
         )
 
 

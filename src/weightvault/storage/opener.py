@@ -30,3 +30,25 @@ def open_store(url: str, storage_options: dict | None = None, *, create: bool = 
     from weightvault.storage.remote import open_remote
 
     return open_remote(url, storage_options, object_lock=object_lock, create=create)
+
+
+def unwritten(url: str) -> bool:
+    """A local replica that nothing has been written to yet: its directory is absent or empty.
+    (Remote stores open without a listing and show such a replica as holding no bundles.)"""
+    if not is_local(url):
+        return False
+    parsed = urlparse(url)
+    path = Path(parsed.path if parsed.scheme == "file" else url)
+    try:
+        return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+    except OSError:
+        return False
+
+
+def store_url(url: str) -> str:
+    """The URL a store opened from `url` reports as its own (`Store.url`), without opening it:
+    the key of the replica's local audit state, also while the replica is unreachable."""
+    if is_local(url):
+        parsed = urlparse(url)
+        return str(Path(parsed.path if parsed.scheme == "file" else url).absolute())
+    return url.rstrip("/")

@@ -237,6 +237,11 @@ class LocalStore(Store):
             self.ensure_created()
 
     def ensure_created(self) -> None:
+        if (self.root.is_dir() and not (self.root / TMP).is_dir()
+                and not (self.root / "bundles").is_dir() and any(self.root.iterdir())):
+            # a typo'd or wrong path must not turn someone's directory into a vault
+            raise StorageError(f"{self.root}: not empty and not a weightvault vault; refusing "
+                               "to create a vault inside it")  # fmt: skip
         try:
             (self.root / TMP).mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -426,8 +431,8 @@ def _check_readback(path, sha256: str, what: str, discard, opener=open) -> None:
     if h.hexdigest() != sha256:
         with contextlib.suppress(Exception):
             discard()
-        raise IntegrityError(f"{what}: copy read back as sha256 {h.hexdigest()[:16]}..., "
-                             f"expected {sha256[:16]}...; not committed")  # fmt: skip
+        raise IntegrityError(f"{what}: copy read back as sha256 {h.hexdigest()}, "
+                             f"expected {sha256}; not committed")  # fmt: skip
 
 
 def _fsync_dir(path: Path) -> None:

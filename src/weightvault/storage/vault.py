@@ -120,7 +120,10 @@ class Vault:
                     f"{ref!r} matches {len(hits)} bundles ({', '.join(hits[:5])}); "
                     "give more digits or the name"
                 )
-        raise NotFound(f"{ref!r}: no such bundle in {self.store.url}")
+        if ref_l and len(ref_l) < 4 and all(c in "0123456789abcdef" for c in ref_l):
+            raise InputError(f"{ref!r}: no bundle of that name, and a bundle id prefix needs at "
+                             "least 4 hex digits")  # fmt: skip
+        raise NotFound(f"{ref!r}: no such bundle in {self.store.url}{_did_you_mean(ref, names)}")
 
     def load(self, ref: str, trusted: list[PublicKey], *, insecure: bool = False) -> Bundle:
         """Read a bundle's manifest, checking its digest and signature before parsing it."""
@@ -142,8 +145,8 @@ class Vault:
         digest = hashlib.sha256(raw).hexdigest()
         if sig is not None and digest != sig["payload_sha256"]:
             raise IntegrityError(
-                f"{what}: manifest digest {digest[:16]} differs from the signed "
-                f"{sig['payload_sha256'][:16]} (the manifest was altered after signing)"
+                f"{what}: manifest digest {digest} differs from the signed "
+                f"{sig['payload_sha256']} (the manifest was altered after signing)"
             )
         signers: list[PublicKey] = []
         if not insecure:
@@ -270,3 +273,12 @@ def describe_source(doc: dict) -> str:
     extra = f" at commit {src['commit']}" if src.get("commit") else ""
     n = len(doc["files"])
     return f"weightvault bundle {doc['name']!r}: {n} files of {what}{extra}"
+
+
+def _did_you_mean(ref: str, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(ref, names, n=3, cutoff=0.6)
+    if not close:  # a case slip or a partial name difflib scores low
+        close = [n for n in names if ref.lower() in n.lower()][:3]
+    return f"; did you mean {', '.join(close)}?" if close else ""
