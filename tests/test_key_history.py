@@ -112,7 +112,19 @@ def test_a_revocation_by_an_untrusted_key_changes_nothing_and_is_noted(k):
     policy = TrustPolicy([k["A"].public], 1, log.entries)
     body, sigs = log.bundles["b"]
     assert policy.verify(PT, body, sigs, "b", hashlib.sha256(body).hexdigest())
-    assert any("not by the key itself nor by 1 trusted key" in n for n in policy.history.notes)
+    assert any("not by the key, a key that named it, nor 1 trusted key" in n
+               for n in policy.history.notes)  # fmt: skip
+
+
+def test_the_key_that_named_a_successor_can_revoke_it(k):
+    log = Log()
+    log.statement(keystatement.rotation(k["A"], k["B"]), "2026-02-01T00:00:00Z")
+    log.seal("by-B", "2026-03-01T00:00:00Z", k["B"])
+    assert log.verify("by-B", [k["A"]]) == [k["B"].public.key_id]
+    log.statement(keystatement.revocation(k["B"].public, "2026-02-15T00:00:00Z", [k["A"]],
+                                          reason="token lost"), "2026-03-05T00:00:00Z")  # fmt: skip
+    with pytest.raises(TrustError, match="revoked since 2026-02-15"):
+        log.verify("by-B", [k["A"]])
 
 
 def test_revoking_a_stolen_key_voids_the_rotation_the_thief_made(k):

@@ -68,6 +68,7 @@ class Ctx:
     notes: list[str] = field(default_factory=list)
     threshold: int | None = None  # --threshold K: signatures by distinct trusted keys required
     _loaded: dict = field(default_factory=dict, repr=False)  # signing keys by spec
+    _rs: object = None  # the replica set this command reads (for the preservation log)
 
     @property
     def config(self) -> configmod.Config:
@@ -87,7 +88,8 @@ class Ctx:
         elif not cfg.replicas:
             raise InputError("no vault given: pass --vault URL, or -c weightvault.toml with "
                              "[replicas.NAME] tables")  # fmt: skip
-        return ReplicaSet(cfg)
+        self._rs = ReplicaSet(cfg)
+        return self._rs
 
     def trusted(self, paths: tuple[str, ...]):
         """The trust policy: which keys, and how many of them must sign. --trust is the whole
@@ -101,7 +103,17 @@ class Ctx:
         else:
             files = list(self.config.trusted_keys)
             threshold = self.threshold or self.config.threshold or 1
-        return TrustPolicy([keys.load_public_key(p) for p in files], threshold)
+        policy = TrustPolicy([keys.load_public_key(p) for p in files], threshold)
+        # rotations and revocations in the preservation log, read when a bundle is judged
+        policy.log_entries = lambda: self._key_history(policy)
+        return policy
+
+    def _key_history(self, policy) -> list | None:
+        from weightvault.cli.keys import log_entries
+        from weightvault.storage.replicas import ReplicaSet
+
+        rs = self._rs or (ReplicaSet(self.config) if self.config.replicas else None)
+        return log_entries(rs, policy) if rs is not None else None
 
     def signing_key(self, path: str | None) -> keys.SigningKey:
         return self.signing_keys((path,) if path else ())[0]
@@ -379,6 +391,9 @@ def _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single, promise
             states[n] = "complete"
         except WeightvaultError as e:
             states[n] = f"failed: {e}"
+    from weightvault.cli.log import log_seal
+
+    log_seal(ctx, rs, r, key, opts.encrypted, [n for n in order if states[n] == "complete"])
     out = {**r.as_dict(), "replicas": {n: states[n] for n in order}}
     if not as_json:  # writer notes (links sealed as files, empty directories): FORMAT.md 7.2
         for note in r.notes:
@@ -757,6 +772,9 @@ def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, wor
         r = do_replicate(sources, dst, bundle, trusted, insecure=insecure,
                          verify_existing=verify_existing, workers=workers,
                          on_bytes=cb.on_bytes)  # fmt: skip
+    from weightvault.cli.log import log_replicated
+
+    log_replicated(ctx, rs, r.bundle, r.name, to_name)
     lines = [f"{r.name} ({r.bundle[:16]}) on {to_name}: {r.present} objects already there, "
              f"{r.copied} copied ({_size(r.bytes_copied)})"
              f"{', committed' if r.committed_now else ', was already committed'}"]  # fmt: skip
@@ -913,11 +931,17 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
     state = _state(ctx, state_dir)
     known = Known(state)
     holdings = _holdings(rs, trusted, known)
+    from weightvault.cli.log import inventory as log_inventory
+    from weightvault.cli.log import log_audits
+
+    for n, held in log_inventory(ctx, rs).items():  # the preservation log's word, signed
+        holdings.setdefault(n, {}).update(held)
     done, unreachable = _each_replica(rs, replicas, lambda n, store: audit_replica(
         n, store, level=level, trusted=trusted, key=key, state=state, cycle_days=cycle,
         interval_days=interval_days, workers=workers or ctx.config.workers,
         expected=holdings.get(n, {})))  # fmt: skip
     remember(known, done)
+    log_audits(ctx, rs, level, done, unreachable)
     conflicts = cross_check({a.replica: {b["name"]: b["bundle"] for b in a.record["bundles"]}
                              for a in done})  # fmt: skip
     if metrics_file:
@@ -993,6 +1017,9 @@ def repair(ctx: Ctx, vault, replicas, trust, key_path, state_dir, workers, as_js
                                  workers=workers)  # fmt: skip
         results.append(r)
         lost += gone
+    from weightvault.cli.log import log_repairs
+
+    log_repairs(ctx, rs, results)
     lines = []
     for r in results:
         reps = r.record.get("repairs", []) if r.record else []
@@ -1078,6 +1105,9 @@ def audit_log_verify(ctx: Ctx, vault, replicas, trust, key_path, state_dir, as_j
         store = rs.try_store(n)
         url = store.url if store else rs.replica(n).url
         count, problems = Chain(replica_dir(state, url), store).verify(trusted)
+        from weightvault.cli.log import check_audit_anchors
+
+        problems += check_audit_anchors(ctx, rs, n, store)
         if store is None:
             problems.append(f"replica unreachable, its copy not compared: {rs.errors[n]}")
         out[n] = {"records": count, "problems": problems}
@@ -1128,6 +1158,9 @@ def escrow_handover(ctx: Ctx, bundle, steward, conditions, key_path, trust, work
     with _work(f"handing over to {steward}", not (quiet or as_json)) as cb:
         r = handover(ctx.config, bundle, steward, Path(conditions), key, ctx.trusted(trust),
                      workers=workers, on_bytes=cb.on_bytes)  # fmt: skip
+    from weightvault.cli.log import log_custody
+
+    log_custody(ctx, r, key)
     kind = "transferred" if r.detail["transfer"] else "handed over"
     _escrow_out(r, as_json, f"{kind} {r.name} ({r.bundle[:16]}) to {r.detail['steward']} at "
                             f"{r.detail['replica']}; pending until the steward accepts")  # fmt: skip
@@ -1174,6 +1207,9 @@ def escrow_log(ctx: Ctx, bundle, trust, replica, as_json) -> None:
     # only keys trusted as depositors (trusted_keys, --trust): on a steward's machine its own
     # signing key must not vouch for record 1
     state = log_state(ctx.config, bundle, ctx.trusted(trust), replica=replica)
+    from weightvault.cli.log import check_custody_anchors
+
+    check_custody_anchors(ctx, state.bundle_id, {e.digest for e in state.entries})
     rows = format_log(state)
     if as_json:
         click.echo(json.dumps({"bundle": state.bundle_id, "name": bundle, "verified": True,
@@ -1211,8 +1247,11 @@ def escrow_challenge(ctx: Ctx, bundle, steward, count, key_path, trust, as_json)
     """Depositor: ask the steward to prove it holds randomly chosen objects (fresh nonce)."""
     from weightvault.custody.escrow import challenge
 
-    r = challenge(ctx.config, bundle, steward, ctx.signing_key(key_path), ctx.trusted(trust),
-                  count)  # fmt: skip
+    key = ctx.signing_key(key_path)
+    r = challenge(ctx.config, bundle, steward, key, ctx.trusted(trust), count)
+    from weightvault.cli.log import log_custody
+
+    log_custody(ctx, r, key)
     _escrow_out(r, as_json, f"challenged {r.detail['steward']} on {r.detail['objects']} objects "
                             f"of {r.name}; the steward answers with `escrow respond`")  # fmt: skip
 
@@ -1249,13 +1288,17 @@ def escrow_respond(ctx: Ctx, bundle, key_path, trust, replica, as_json) -> None:
 @click.pass_obj
 def escrow_check(ctx: Ctx, bundle, steward, key_path, trust, as_json) -> None:
     """Depositor: check the steward's answers against our own copy and record the result."""
+    from weightvault.cli.log import log_custody
     from weightvault.custody.escrow import ChallengeFailed, check
 
+    key = ctx.signing_key(key_path)
     try:
-        r = check(ctx.config, bundle, steward, ctx.signing_key(key_path), ctx.trusted(trust))
+        r = check(ctx.config, bundle, steward, key, ctx.trusted(trust))
     except ChallengeFailed as e:
+        log_custody(ctx, e.result, key)
         _escrow_out(e.result, as_json, f"FAIL: {e}")
         sys.exit(e.exit_code)
+    log_custody(ctx, r, key)
     _escrow_out(r, as_json, f"pass: all {r.detail['objects']} answers match our copy of {r.name}")
 
 

@@ -66,6 +66,12 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         tmp.unlink()
 
 
+def _open_log(ctx: Ctx, vault) -> None:
+    """Judge against the log's history: the replicas the statement will be recorded on."""
+    if vault or ctx.config.replicas:
+        ctx.replicas(vault)
+
+
 def _current(policy):
     """{key id: window} of the keys the policy trusts today (the log's history applied)."""
     from weightvault.format.trust import Window
@@ -96,6 +102,7 @@ def key_rotate(ctx: Ctx, old, new, reason, out, vault, trust, as_json) -> None:
 
     old_k = load_key(old)
     new_k = load_key(new)
+    _open_log(ctx, vault)
     live = _current(ctx.trusted(trust))
     if old_k.public.key_id not in live:
         raise TrustError(f"{old_k.source}: key {old_k.public.key_id[:16]} is not trusted now "
@@ -103,7 +110,7 @@ def key_rotate(ctx: Ctx, old, new, reason, out, vault, trust, as_json) -> None:
                          "only a trusted key can name its successor")  # fmt: skip
     raw = keystatement.rotation(old_k, new_k, reason=reason)
     _record(ctx, vault, raw, out, as_json,
-            f"{old_k.public.key_id[:16]} -> {new_k.public.key_id[:16]}")  # fmt: skip
+            f"{old_k.public.key_id[:16]} -> {new_k.public.key_id[:16]}", [old_k, new_k])  # fmt: skip
 
 
 @key_group.command("revoke")
@@ -112,8 +119,8 @@ def key_rotate(ctx: Ctx, old, new, reason, out, vault, trust, as_json) -> None:
               help="From when the key must not be trusted (ISO 8601, e.g. 2026-12-01T00:00:00Z "
                    "or 2026-12-01); bundles the log shows sealed before stay trusted.")  # fmt: skip
 @click.option("--key", "signers", multiple=True, required=True, metavar="KEY|pkcs11:URI",
-              help="Who signs the revocation: the revoked key itself, or trusted keys (as many "
-                   "as the threshold). Repeatable.")  # fmt: skip
+              help="Who signs the revocation: the revoked key itself, a key that named it in a "
+                   "rotation, or trusted keys (as many as the threshold). Repeatable.")  # fmt: skip
 @reason_opt
 @out_opt
 @vault_opt
@@ -126,10 +133,13 @@ def key_revoke(ctx: Ctx, key, since, signers, reason, out, vault, trust, as_json
 
     target = _public_of(key)
     sks = [load_key(s) for s in signers]
+    _open_log(ctx, vault)
     policy = ctx.trusted(trust)
     live = _current(policy)
     ids = {k.public.key_id for k in sks}
-    if target.key_id not in ids:
+    h = policy.history
+    own = {k.key_id for k in h.lineage(target.key_id)} if h else {target.key_id}
+    if not ids & own:
         slots = {live[i].slot for i in ids if i in live}
         if len(slots) < policy.threshold:
             who = ", ".join(f"{k.source} ({k.public.key_id[:16]})" for k in sks
@@ -137,14 +147,15 @@ def key_revoke(ctx: Ctx, key, since, signers, reason, out, vault, trust, as_json
             raise TrustError(f"revocation of {target.key_id[:16]} signed by "
                              f"{who or f'{len(slots)} trusted key(s)'}: "
                              f"{'not a trusted key' if who else 'too few'}; a revocation is "
-                             f"signed by the key itself or by {policy.threshold} trusted "
-                             "key(s)")  # fmt: skip
+                             "signed by the key itself, a key that named it in a rotation, or "
+                             f"{policy.threshold} trusted key(s)")  # fmt: skip
     raw = keystatement.revocation(target, since, sks, reason=reason)
     _record(ctx, vault, raw, out, as_json, f"{target.key_id[:16]} revoked since "
-                                           f"{keystatement.parse_time(since)}")  # fmt: skip
+                                           f"{keystatement.parse_time(since)}", sks)  # fmt: skip
 
 
-def _record(ctx: Ctx, vault, raw: bytes, out: str | None, as_json: bool, what: str) -> None:
+def _record(ctx: Ctx, vault, raw: bytes, out: str | None, as_json: bool, what: str,
+            signers: list) -> None:  # fmt: skip
     """Write the statement where readers find it: the preservation log (FORMAT.md section 13)
     and, with --out, a file to publish beside the lab's public keys."""
     import json
@@ -152,7 +163,9 @@ def _record(ctx: Ctx, vault, raw: bytes, out: str | None, as_json: bool, what: s
     from weightvault.format import keystatement
 
     st = keystatement.parse(raw, "the new statement")
-    where = _append_to_log(ctx, vault, raw)
+    if out and Path(out).exists():
+        raise InputError(f"{out}: already exists; refusing to overwrite it")
+    where = _append_to_log(ctx, vault, raw, signers)
     if out:
         _write_new(Path(out), raw, 0o644)
         where.append(out)
@@ -163,5 +176,37 @@ def _record(ctx: Ctx, vault, raw: bytes, out: str | None, as_json: bool, what: s
           f"{st.kind}: {what}; recorded in {', '.join(where)}")
 
 
-def _append_to_log(ctx: Ctx, vault, raw: bytes) -> list[str]:
-    return []  # the preservation log is not on this branch yet
+def _append_to_log(ctx: Ctx, vault, raw: bytes, signers: list) -> list[str]:
+    """Append the statement to the lab's preservation log on every replica; [] when there are
+    no replicas (no --vault, no config)."""
+    from weightvault.cli.log import log_key_for, record
+    from weightvault.log import statements
+
+    if not vault and not ctx.config.replicas:
+        return []
+    from weightvault.cli.log import _origin_on
+    from weightvault.log.store import origin_for
+
+    rs = ctx.replicas(vault)
+    key = log_key_for(ctx, rs, signers)
+    theirs = {o for n in rs.names if (o := _origin_on(rs.try_store(n)))}
+    if theirs - {origin_for(key.public.raw).encode()}:
+        raise TrustError(f"the preservation log on {', '.join(rs.names)} is kept with another "
+                         "key: run this where that key (the config's signing_key) is available")  # fmt: skip
+    record(ctx, rs, statements.key(raw), key=key)
+    return [f"the preservation log on {', '.join(rs.names)}"]
+
+
+def log_entries(rs, policy) -> list | None:
+    """The verified entries of the preservation log the replicas hold, if a key this policy
+    trusts signs it (the lab's log key); None when there is no such log. A log that is there
+    but does not verify is an error: its key statements cannot be ignored."""
+    from weightvault.cli.log import _origin_on
+    from weightvault.log.archive import PreservationLog
+    from weightvault.log.store import origin_for
+
+    origins = {o for n in rs.names if (o := _origin_on(rs.try_store(n)))}
+    for k in policy:
+        if origin_for(k.raw).encode() in origins:
+            return PreservationLog(rs, k.raw).statements()
+    return None

@@ -84,8 +84,8 @@ class SigningKey:
         }
 
     def sign_raw(self, message: bytes) -> bytes:
-        """Plain Ed25519 over `message`, for formats with their own domain separation (C2SP
-        signed notes); everything of weightvault's own goes through sign() and PAE."""
+        """Plain Ed25519 over `message`, for formats that define their own framing (C2SP
+        signed notes and cosignatures, FORMAT.md 12.2); every other signature uses sign()."""
         return self._key.sign(message)
 
     def __repr__(self) -> str:  # never let a key reach a log through repr()

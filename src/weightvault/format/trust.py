@@ -13,8 +13,9 @@ the same log; a signature counts for its slot only if the key was valid at that 
 Rules (normative text: docs/FORMAT.md section 13):
 
 - a rotation counts if signed by both keys and the old key was valid at the rotation's entry;
-- a revocation counts if signed by the revoked key itself, or by keys of `threshold` distinct
-  slots valid at its entry; it also voids rotations the revoked key signed at or after `since`;
+- a revocation counts if signed by the revoked key itself or a key that named it (its
+  predecessors in its slot), or by keys of `threshold` distinct slots valid at its entry; it
+  also voids rotations the revoked key signed at or after `since`;
 - a key that was ever rotated away or revoked counts only for bundles the log shows sealed in
   its window: a bundle missing from the log is judged by keys whose status never changed.
 """
@@ -108,13 +109,13 @@ class KeyHistory:
         if w is None:
             self.notes.append(f"{st.describe()}: not about a key this reader trusts; ignored")
             return
-        if not st.signed_by(w.key):
+        if not any(st.signed_by(k) for k in self.lineage(target)):
             slots = {v.slot for k, v in self.windows.items()
                      if v.valid_at(i, t) and st.signed_by(v.key)}  # fmt: skip
             if len(slots) < self.threshold:
                 signers = ", ".join(s["keyid"][:16] for s in st.signatures)
-                self.notes.append(f"{st.describe()}: signed by {signers}, not by the key itself "
-                                  f"nor by {self.threshold} trusted key(s); ignored")  # fmt: skip
+                self.notes.append(f"{st.describe()}: signed by {signers}, not by the key, a key "
+                                  f"that named it, nor {self.threshold} trusted key(s); ignored")  # fmt: skip
                 return
         if w.revoked is None or st.since < w.revoked[0]:
             w.revoked = (st.since, i, st)
@@ -123,6 +124,15 @@ class KeyHistory:
             self._void(w.successor, f"succeeded {target[:16]} by a rotation made after that "
                                     f"key's revocation ({st.describe()})")  # fmt: skip
             w.end = w.end_time = w.successor = None
+
+    def lineage(self, key_id: str) -> list[PublicKey]:
+        """The key and the keys that named it, back to its slot's trusted key: who may revoke
+        it alone (whoever vouched for a successor can withdraw it)."""
+        out, w = [], self.windows.get(key_id)
+        while w is not None:
+            out.append(w.key)
+            w = self.windows.get(w.via.key.key_id) if w.via is not None else None
+        return out
 
     def _void(self, key_id: str, why: str) -> None:
         w = self.windows.pop(key_id, None)
