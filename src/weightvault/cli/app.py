@@ -582,6 +582,9 @@ def verify(
              f"{_size(r.bytes_checked)} read"]  # fmt: skip
     lines += [f"  {p.kind}: {p}" for p in r.problems]
     _emit({**r.as_dict(), "replica": where}, as_json, "\n".join(lines))
+    history = getattr(trusted, "_history", None)  # key statements that had no effect, and why
+    for note in history.notes if history else ():
+        click.echo(f"weightvault: note: {note}", err=True)
     if not r.ok:
         sys.exit(1)
 
