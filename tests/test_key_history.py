@@ -174,3 +174,15 @@ def test_statements_are_checked_as_documents(k):
         keystatement.parse_time("2026-01-01T00:00:00")
     assert keystatement.parse_time("2026-01-01") == "2026-01-01T00:00:00Z"
     assert keystatement.parse_time("2026-01-01T02:00:00+02:00") == "2026-01-01T00:00:00Z"
+
+
+def test_the_published_examples_are_valid_signed_statements():
+    from pathlib import Path
+
+    ex = Path(__file__).resolve().parents[1] / "manifests" / "examples"
+    rot = keystatement.parse(json.loads((ex / "key-statement-rotate.json").read_text()),
+                             "rotate example")  # fmt: skip
+    rev = keystatement.parse(json.loads((ex / "key-statement-revoke.json").read_text()),
+                             "revoke example")  # fmt: skip
+    assert rot.kind == "rotate" and rev.kind == "revoke"
+    assert rev.key.key_id == rot.successor.key_id and rev.signed_by(rot.key)
