@@ -42,13 +42,15 @@ class Token:
         return wv(*args, env=env)
 
 
-def _keypair(session, label: str, key_id: bytes, *, sign: bool = True) -> bytes:
+def _keypair(session, label: str, key_id: bytes, *, sign: bool = True,
+             pub_label: str | None = None, pub_id: bytes | None = None) -> bytes:  # fmt: skip
     from pkcs11 import Attribute, KeyType, Mechanism
 
     pub, _ = session.generate_keypair(
         KeyType.EC_EDWARDS, mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN, store=True,
-        public_template={Attribute.EC_PARAMS: ED25519_OID, Attribute.LABEL: label,
-                         Attribute.ID: key_id, Attribute.TOKEN: True, Attribute.VERIFY: True},
+        public_template={Attribute.EC_PARAMS: ED25519_OID, Attribute.LABEL: pub_label or label,
+                         Attribute.ID: pub_id or key_id, Attribute.TOKEN: True,
+                         Attribute.VERIFY: True},
         private_template={Attribute.LABEL: label, Attribute.ID: key_id, Attribute.TOKEN: True,
                           Attribute.SIGN: sign, Attribute.SENSITIVE: True,
                           Attribute.EXTRACTABLE: False})  # fmt: skip
@@ -74,6 +76,9 @@ def token(tmp_path_factory):
     with lib.get_token(token_label="lab archive").open(user_pin=PIN, rw=True) as s:
         raw = _keypair(s, "seal-2026", b"\x01")
         _keypair(s, "verify-only", b"\x02", sign=False)
+        # "mixed": a private key whose public key object (same label and id) is another pair's
+        _keypair(s, "mixed", b"\x05", pub_label="unused", pub_id=b"\x07")
+        _keypair(s, "other", b"\x06", pub_label="mixed", pub_id=b"\x05")
     pub = d / "seal-2026.pub"
     pub.write_bytes(keys.PublicKey(raw).pem())
     yield Token(d, env, "pkcs11:token=lab%20archive;object=seal-2026", pub,
@@ -116,7 +121,7 @@ def test_a_token_key_and_a_key_file_sign_one_bundle_two_of_two(token, lab_key, t
 
 
 @pytest.mark.parametrize("case", ["missing token", "missing object", "wrong pin", "no pin",
-                                  "cannot sign", "no module"])  # fmt: skip
+                                  "cannot sign", "no module", "mismatched pair"])  # fmt: skip
 def test_bad_token_input_is_one_line_exit_2_and_writes_nothing(token, tmp_path, case):
     src = tmp_path / "m"
     src.mkdir()
@@ -133,6 +138,8 @@ def test_bad_token_input_is_one_line_exit_2_and_writes_nothing(token, tmp_path, 
         pin, needles = None, ("needs a PIN", "WEIGHTVAULT_PKCS11_PIN")
     elif case == "cannot sign":
         uri, needles = token.nosign_uri, ("refused to sign",)
+    elif case == "mismatched pair":
+        uri, needles = "pkcs11:token=lab%20archive;object=mixed", ("a mismatched pair",)
     else:
         env.pop("WEIGHTVAULT_PKCS11_MODULE")
         needles = ("no PKCS#11 module", "module-path")
