@@ -678,3 +678,46 @@ def test_deleted_audit_trail_is_found_from_the_log_when_local_state_is_lost(tmp_
     assert not [p for p in out["a"]["problems"] if "preservation log" in p]
     (p,) = [p for p in out["b"]["problems"] if "preservation log" in p]
     assert "missing from the replica" in p
+
+
+def test_show_and_the_card_say_what_the_log_holds(tmp_path, lab_key, minilm_dir):
+    """`show --html` shows the log's latest statements for the bundle ("held on 2 replicas,
+    last full audit ..."), all from verified log entries."""
+    from conftest import ok, write_config, wv
+
+    cfg = write_config(tmp_path / "lab.toml", lab_key, {
+        "primary": {"url": str(tmp_path / "vault")},
+        "mirror": {"url": str(tmp_path / "mirror")},
+    }, audit={"state_dir": str(tmp_path / "state")})  # fmt: skip
+    ok(wv("-c", cfg, "seal", minilm_dir, "--name", "m", "--quiet"))
+    ok(wv("-c", cfg, "audit", "--level", "full"))
+    log = ok(wv("-c", cfg, "show", "m", "--json")).json()["log"]
+    assert log["held_on"] == ["mirror", "primary"]
+    assert log["last_full_audit"] and log["sealed"]
+    assert log["checkpoint"]["size"] >= 4
+    card = tmp_path / "card.html"
+    ok(wv("-c", cfg, "show", "m", "--html", card))
+    page = card.read_text()
+    assert "Preservation log" in page and "2 replicas: mirror, primary" in page
+
+
+def test_the_stewards_custody_events_reach_the_labs_log(tmp_path, lab_key, minilm_dir):
+    """The steward never writes the lab's log; the lab anchors the steward's accept, response
+    and release records in it when it reads the custody log."""
+    from test_escrow import World
+
+    w = World(tmp_path, lab_key, str(tmp_path / "steward-vault"), None, None)
+    ok(w.seal(minilm_dir))
+    ok(w.lab("escrow", "handover", "minilm", "--steward", "steward", "--conditions",
+             w.conditions, "--quiet"))  # fmt: skip
+    ok(w.steward("escrow", "accept", "minilm", "--identity", w.ids["steward"][0], "--quiet"))
+    ok(w.steward("escrow", "release", "minilm", tmp_path / "out", "--share", w.share("alice"),
+                 "--share", w.share("bob"), "--quiet"))  # fmt: skip
+    ok(w.lab("escrow", "log", "minilm"))
+    (kinds,) = ok(w.lab("log", "show", "minilm", "--json")).json().values()
+    assert {"custody/handover", "custody/accept", "custody/release"} <= set(kinds), kinds
+    release = sorted((tmp_path / "lab-vault/custody/minilm").glob("*.json"))[-1].read_bytes()
+    assert kinds["custody/release"]["record"] == hashlib.sha256(release).hexdigest()
+    ok(w.lab("escrow", "log", "minilm"))  # anchored once: nothing new to append
+    (again,) = ok(w.lab("log", "show", "minilm", "--json")).json().values()
+    assert again == kinds

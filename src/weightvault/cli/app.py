@@ -676,16 +676,20 @@ def show(ctx: Ctx, bundle, vault, replica, trust, insecure, html_path, as_json) 
         replicas[n] = ({"state": bundle_state(st, b.name, b.bundle_id, trusted).state} if st
                        else {"state": "unreachable"})  # fmt: skip
     audits = _audit_status(ctx, rs)
+    from weightvault.cli.log import log_summary
+
+    log = log_summary(ctx, rs, b.bundle_id)
     for n, a in audits.items():
         replicas.setdefault(n, {}).update(a)
     if html_path:
-        page = html_page(view, b, replicas)  # each replica's row carries its last audit
+        page = html_page(view, b, replicas, log=log)  # each replica's row carries its audit
         out = Path(html_path)
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(page, encoding="utf-8")
         tmp.replace(out)
     if as_json:
-        click.echo(json.dumps(summary_json(view, b, replicas, audits), indent=2, sort_keys=True))
+        click.echo(json.dumps({**summary_json(view, b, replicas, audits), "log": log}, indent=2,
+                              sort_keys=True))  # fmt: skip
     elif not html_path:
         Console(width=None if sys.stdout.isatty() else 120).print(summary_text(view, b, replicas))
     else:
@@ -1210,9 +1214,10 @@ def escrow_log(ctx: Ctx, bundle, trust, replica, as_json) -> None:
     # only keys trusted as depositors (trusted_keys, --trust): on a steward's machine its own
     # signing key must not vouch for record 1
     state = log_state(ctx.config, bundle, ctx.trusted(trust), replica=replica)
-    from weightvault.cli.log import check_custody_anchors
+    from weightvault.cli.log import anchor_custody, check_custody_anchors
 
     check_custody_anchors(ctx, state.bundle_id, {e.digest for e in state.entries})
+    anchor_custody(ctx, state)
     rows = format_log(state)
     if as_json:
         click.echo(json.dumps({"bundle": state.bundle_id, "name": bundle, "verified": True,

@@ -549,3 +549,78 @@ def log_show(ctx: Ctx, bundle, vault, log_key, as_json) -> None:
 
 
 __all__ = ["record", "log_group", "WeightvaultError"]
+
+
+def log_summary(ctx: Ctx, rs, bundle_id: str) -> dict | None:
+    """What the preservation log says of one bundle, for `show` and its card: summary_of plus
+    the checkpoint it was read at and the configured stewards whose cosignatures of a tree at
+    least that far along verify. None when there is no log (or no key to name it)."""
+    import base64
+
+    from weightvault.format import keys as keysmod
+    from weightvault.log.archive import PreservationLog, summary_of
+    from weightvault.log.store import COSIGNED, open_note, witness_verifier
+
+    try:
+        public = _log_public(ctx, rs)
+        if public is None:
+            return None
+        plog = PreservationLog(rs, public)
+        src = plog.source()
+        head = src.head() if src else None
+        if src is None or head is None:
+            return None
+        out = summary_of(plog.statements(), bundle_id)
+    except WeightvaultError as e:
+        click.echo(f"weightvault: note: preservation log not read ({e})", err=True)
+        return None
+    cosigners = []
+    for sc in ctx.config.stewards.values():
+        try:
+            w = witness_verifier(keysmod.load_public_key(sc.public_key).raw)
+            st = rs.try_store(sc.replica)
+            sizes = [int(k.rsplit("/", 1)[1]) for k in (st.list(f"{COSIGNED}/{w.id.hex()}")
+                     if st else {}) if k.rsplit("/", 1)[1].isdigit()]  # fmt: skip
+            best = max((s for s in sizes if s <= head.size), default=None)
+            if best is None:
+                continue
+            key = f"{COSIGNED}/{w.id.hex()}/{best}"
+            _, ok = open_note(st.read_bytes(key, 1 << 16), st.describe(key), src.verifier, (w,))
+            if w in ok:
+                cosigners.append(f"{sc.display} (tree size {best})")
+        except (WeightvaultError, OSError, ValueError):
+            continue
+    out["checkpoint"] = {"size": head.size, "root": base64.b64encode(head.root).decode(),
+                         "cosigners": cosigners}  # fmt: skip
+    return out
+
+
+def anchor_custody(ctx: Ctx, state) -> None:
+    """The lab anchors in its log every custody record it sees that the log does not name yet,
+    the steward's too (accept, response, release): the steward never writes the lab's log, so
+    this is how its events get there. A steward's config (whose replica holds its depositor's
+    log) appends nothing."""
+    from weightvault.log import statements as st
+    from weightvault.log.archive import PreservationLog
+    from weightvault.storage.replicas import ReplicaSet
+
+    if not ctx.config.signing_key or not state.bundle_id:
+        return
+
+    def go() -> None:
+        rs = ReplicaSet(ctx.config)
+        key = ctx.signing_key(None)
+        plog = PreservationLog(rs, key.public.raw)
+        if _foreign(plog):
+            return
+        named = {d["record"] for _, d in plog.statements()
+                 if d["kind"] == "custody" and d["bundle"] == state.bundle_id}  # fmt: skip
+        steward = state.steward.name if state.steward else "steward"
+        stmts = [st.custody(st.CHAIN_EVENTS[e.event], state.bundle_id, state.bundle_name,
+                            steward[:200], e.digest)
+                 for e in state.entries
+                 if e.digest not in named and e.event in st.CHAIN_EVENTS]  # fmt: skip
+        if stmts:
+            record(ctx, rs, *stmts, key=key)
+
+    _quietly("escrow log", go)

@@ -617,8 +617,34 @@ def _status_table(status: Any) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def log_rows(log: dict) -> list[tuple[str, str]]:
+    """What the preservation log says of a bundle (log.archive.summary_of), as label/value
+    rows: every value comes from verified, signed log entries."""
+    rows = []
+    if log.get("sealed"):
+        rows.append(("Sealed", f"{log['sealed']['time']} (log entry {log['sealed']['index']})"))
+    held = log.get("held_on") or []
+    rows.append(("Held on", f"{len(held)} replica{'s' * (len(held) != 1)}: {', '.join(held)}"
+                 if held else "no replica named by the log"))  # fmt: skip
+    for rep, a in sorted((log.get("audits") or {}).items()):
+        rows.append((f"Last audit of {rep}",
+                     f"{a['time']}, {a['level']}, {a['result']} (log entry {a['index']})"))
+    rows.append(("Last full audit", log.get("last_full_audit") or "none recorded"))
+    for c in log.get("custody") or []:
+        rows.append(("Custody", f"{c['time']}: {c['event']}, steward {c['steward']} "
+                                f"(log entry {c['index']})"))
+    if log.get("checkpoint"):
+        cp = log["checkpoint"]
+        rows.append(("Checkpoint", f"tree size {cp['size']}, root {cp['root']}"))
+        rows.append(("Cosigned by", ", ".join(cp.get("cosigners") or []) or "no witness yet"))
+    if log.get("retired"):
+        rows.append(("Retired", f"{log['retired']['time']}: {log['retired']['reason']}"))
+    return rows
+
+
 def html_page(view: RecordView, bundle: Bundle, replicas_status: Any = None,
-              audit_status: Any = None, *, generated: str | None = None) -> str:  # fmt: skip
+              audit_status: Any = None, *, generated: str | None = None,
+              log: dict | None = None) -> str:  # fmt: skip
     """One self-contained HTML5 page: no scripts, no external resources, inline CSS."""
     rec = view.record or {}
     model = rec.get("model", {})
@@ -691,6 +717,16 @@ def html_page(view: RecordView, bundle: Bundle, replicas_status: Any = None,
                                              '<p class="empty">No audit reported.</p>')  # fmt: skip
         sections.append(f'<section id="status"><h2>Replicas and last audit</h2>{body}</section>')
         nav.append(("status", "Replicas"))
+
+    # The preservation log: what the lab's signed, witnessed log says of this bundle
+    if log is not None:
+        sections.append(
+            '<section id="log"><h2>Preservation log</h2><div class="card">'
+            f"{_dl(log_rows(log))}<p>Anyone can check these statements offline: "
+            f"<code>weightvault log prove {_e(bundle.name)} -o proof.txt</code>, then "
+            "<code>weightvault log check proof.txt --key LAB.pub</code> (docs/PUBLIC-LOG.md)."
+            "</p></div></section>")  # fmt: skip
+        nav.append(("log", "Log"))
 
     # Preferences
     cited: dict[str, list[int]] = {}
