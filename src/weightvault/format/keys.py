@@ -215,7 +215,7 @@ def load_private_pem(path: Path, what: str, kind: str, passphrase: Passphrase | 
         if b"PUBLIC KEY-----" in data:
             raise InputError(f"{path}: is a public key; pass the private {what} file (the "
                              "one without .pub)")  # fmt: skip
-        raise InputError(f"{path}: not an unencrypted PEM {kind} private key")
+        raise InputError(f"{path}: not a PEM {kind} private key")
     _check_private_mode(path, what)
     try:
         return serialization.load_pem_private_key(data, password=None)
