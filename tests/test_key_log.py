@@ -60,6 +60,12 @@ def test_rotation_and_revocation_in_the_log_change_what_verify_accepts(tmp_path)
     one_error(wv(*lab, "restore", "m4", d / "out", "-q"), 4, "revoked since")
     assert not (d / "out").exists()
     one_error(wv(*lab, "show", "m4"), 4, "revoked since")
+    # what a reader's policy makes of the log, key by key
+    h = ok(wv(*lab, "key", "history", "--json")).json()
+    by = {r["key"]: r for r in h["keys"]}
+    a_id, b_id = (keys.load_public_key(d / f"{n}.key.pub").key_id for n in "AB")
+    assert by[a_id]["successor"] == b_id and by[a_id]["until_entry"] is not None
+    assert by[b_id]["slot"] == a_id and by[b_id]["revoked_since"] == since
     # the whole log still verifies, with the two statements in it
     ok(wv(*lab, "log", "verify", "local", "--key", d / "A.key.pub"))
     from weightvault.config import load

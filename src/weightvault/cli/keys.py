@@ -74,12 +74,50 @@ def _open_log(ctx: Ctx, vault) -> None:
 
 def _current(policy):
     """{key id: window} of the keys the policy trusts today (the log's history applied)."""
-    from weightvault.format.trust import Window
-
     h = policy.history
     if h is None:
-        return {k.key_id: Window(k, k.key_id) for k in policy}
+        return {k.key_id: _window(k) for k in policy}
     return {i: w for i, w in h.windows.items() if w.end is None and w.revoked is None}
+
+
+@key_group.command("history")
+@vault_opt
+@trust_opt
+@json_opt
+@click.pass_obj
+def key_history(ctx: Ctx, vault, trust, as_json) -> None:
+    """The trusted keys as the preservation log leaves them: rotations and revocations, in log
+    order, as verify judges bundles (docs/FORMAT.md section 13)."""
+    ctx.replicas(vault)
+    policy = ctx.trusted(trust)
+    if not policy:
+        raise InputError("no trusted public key given: pass --trust KEY.pub or set trusted_keys")
+    h = policy.history
+    rows = []
+    for w in (h.windows.values() if h else [_window(k) for k in policy]):
+        rows.append({"key": w.key.key_id, "slot": w.slot, "from_entry": w.start if w.start >= 0
+                     else None, "until_entry": w.end, "successor": w.successor,
+                     "revoked_since": w.revoked[0] if w.revoked else None,
+                     "revoked_at_entry": w.revoked[1] if w.revoked else None})  # fmt: skip
+    out = {"threshold": policy.threshold, "log": h is not None, "keys": rows,
+           "notes": h.notes if h else []}  # fmt: skip
+    lines = [f"threshold {policy.threshold}; "
+             f"{'preservation log read' if h else 'no preservation log under a trusted key'}"]
+    for r in rows:
+        when = (f"from entry {r['from_entry']}" if r["from_entry"] is not None else "trusted")
+        if r["until_entry"] is not None:
+            when += f", succeeded by {r['successor'][:16]} at entry {r['until_entry']}"
+        if r["revoked_since"]:
+            when += f", REVOKED since {r['revoked_since']} (entry {r['revoked_at_entry']})"
+        lines.append(f"  {r['key'][:16]} (slot {r['slot'][:16]}): {when}")
+    lines += [f"  note: {n}" for n in out["notes"]]
+    _emit(out, as_json, "\n".join(lines))
+
+
+def _window(k):
+    from weightvault.format.trust import Window
+
+    return Window(k, k.key_id)
 
 
 out_opt = click.option("--out", metavar="FILE", help="Also write the signed statement here.")
