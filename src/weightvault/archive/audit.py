@@ -160,6 +160,7 @@ def audit_replica(
     workers: int | None = None,
     clock: float | None = None,
     expected: dict[str, str | None] | None = None,
+    executor=None,
 ) -> ReplicaAudit:
     """`expected`: bundle name -> id (None: not known) of every bundle this replica must hold,
     learnt from somewhere other than this replica's listing (the other replicas, the local
@@ -204,7 +205,12 @@ def audit_replica(
                           chain.head())  # fmt: skip
     else:
         to_hash = []
-    results = run(to_hash, lambda t, _e: _hash_check(store, t), workers=workers)
+    if executor is not None and executor.distributed and to_hash:
+        from weightvault.archive.distributed import hash_on_cluster
+
+        results = hash_on_cluster(executor, store, to_hash, workers)
+    else:
+        results = run(to_hash, lambda t, _e: _hash_check(store, t), workers=workers)
     reread = 0
     for t, f in zip(to_hash, results, strict=True):
         checked += 1

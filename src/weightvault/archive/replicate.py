@@ -92,6 +92,7 @@ def replicate(
     workers: int | None = None,
     on_bytes: Callable[[int], None] | None = None,
     bundle: Bundle | None = None,
+    executor=None,
 ) -> ReplicateResult:
     """`suspect`: keys to re-hash on the target whatever their size (an audit flagged them)."""
     src_vault = Vault(sources[0])
@@ -119,34 +120,16 @@ def replicate(
               for o in m.doc["objects"]]  # fmt: skip
     wanted += [(f"{prefix(name)}/data/{r['path']}", r["sha256"], r["size"], r.get("sha512"))
                for r in m.plain_files]  # fmt: skip
-    checksum = getattr(dst, "checksum", None)
+    if executor is not None and executor.distributed and wanted:
+        from weightvault.archive.distributed import copy_on_cluster
 
-    def need(key: str, sha: str, size: int) -> str | None:
-        if key not in listing:
-            return "missing"
-        if listing[key] != size:
-            return f"size {listing[key]}, expected {size}"
-        if checksum is not None:
-            have = checksum(key)
-            if have is not None and have != sha:
-                return f"server checksum {have} differs"
-            if have is None:
-                return _hash_differs(dst, key, sha)
-        elif verify_existing or key in suspect:
-            return _hash_differs(dst, key, sha)
-        return None
-
-    def work(item, _emit) -> CopyEvent | None:
-        key, sha, size, sha512 = item
-        why = need(key, sha, size)
-        if why is None:
-            return None
-        used = copy_object(sources, dst, key, sha, size, sha512)
-        if on_bytes:
-            on_bytes(size)
-        return CopyEvent(key, "copied" if why == "missing" else "replaced", used, why)
-
-    events = run(wanted, work, workers=workers)
+        events = copy_on_cluster(executor, sources, dst, [
+            (item, listing.get(item[0]), verify_existing or item[0] in suspect)
+            for item in wanted], workers, on_bytes)  # fmt: skip
+    else:
+        events = run(wanted, lambda item, _e: copy_if_needed(
+            sources, dst, item, listing.get(item[0]), verify_existing or item[0] in suspect,
+            on_bytes), workers=workers)  # fmt: skip
     for e, item in zip(events, wanted, strict=True):
         if e is None:
             result.present += 1
@@ -168,6 +151,39 @@ def replicate(
                 dst.put_bytes(key, data)
                 result.events.append(CopyEvent(key, "replaced", sources[0].url, "tag file"))
     return result
+
+
+def copy_if_needed(sources: list[Store], dst: Store, item: tuple, listed: int | None,
+                   verify: bool, on_bytes: Callable[[int], None] | None = None) -> CopyEvent | None:  # fmt: skip
+    """Copy one wanted (key, sha256, size, sha512) unless the target already holds it intact:
+    `listed` is its size in the target's listing (None: absent); `verify` re-hashes it there
+    (an S3 target's server checksum is always compared)."""
+    key, sha, size, sha512 = item
+    why = _need(dst, key, sha, size, listed, verify)
+    if why is None:
+        return None
+    used = copy_object(sources, dst, key, sha, size, sha512)
+    if on_bytes:
+        on_bytes(size)
+    return CopyEvent(key, "copied" if why == "missing" else "replaced", used, why)
+
+
+def _need(dst: Store, key: str, sha: str, size: int, listed: int | None,
+          verify: bool) -> str | None:  # fmt: skip
+    if listed is None:
+        return "missing"
+    if listed != size:
+        return f"size {listed}, expected {size}"
+    checksum = getattr(dst, "checksum", None)
+    if checksum is not None:
+        have = checksum(key)
+        if have is not None and have != sha:
+            return f"server checksum {have} differs"
+        if have is None:
+            return _hash_differs(dst, key, sha)
+    elif verify:
+        return _hash_differs(dst, key, sha)
+    return None
 
 
 def _hash_differs(store: Store, key: str, sha: str) -> str | None:

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from weightvault import __version__
-from weightvault.archive import sources
+from weightvault.archive import remote_source, sources
 from weightvault.archive.pipeline import Emit, FileDigests, Finisher, default_workers, pieces, run
 from weightvault.errors import Conflict, InputError, IntegrityError
+from weightvault.executors import Executor
 from weightvault.format import canon, chunking, codec, crypt
 from weightvault.format.keys import SigningKey, sign_all
 from weightvault.format.manifest import FORMAT_VERSION, PAYLOAD_TYPE, Manifest
@@ -43,6 +44,9 @@ class SealOptions:
     encrypt_to: list[str] = field(default_factory=list)
     custodians: list[tuple[str, str]] = field(default_factory=list)
     threshold: int | None = None
+    # fsspec storage options of an object-store source (s3://...: endpoint_url, key, secret)
+    source_options: dict = field(default_factory=dict)
+    executor: Executor | None = None  # None or threads: this process; else a Dask cluster
 
     @property
     def encrypted(self) -> bool:
@@ -65,7 +69,7 @@ class SealResult:
         return self.__dict__.copy()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # 10 TB: 163,840 of them in the driver
 class _Job:
     file: int
     src: sources.SourceFile
@@ -100,22 +104,29 @@ def seal(
     if not 4096 <= opts.chunk_size <= chunking.MAX_TARGET:
         raise InputError(f"chunk size {opts.chunk_size} is out of range 4 KiB..1 GiB")
     vault = Vault(store)
+    executor = opts.executor
     if isinstance(spec, sources.Source):  # resolved by the caller before any vault was touched
         src, spec = spec, str(spec.root)
+    elif remote_source.is_url(spec):
+        src = remote_source.resolve(spec, opts.source_options, excludes=opts.excludes)
     else:
         src = sources.resolve(spec, excludes=opts.excludes, cache_dir=opts.hf_cache_dir,
                               external_links=opts.external_links)
+    files_io = remote_source.files_of(src)
     name = check_name(opts.name or default_name(spec, src))
     for v in (vault, *map(Vault, replicas)):
         if v.is_committed(name):
             raise already_sealed(v, name)
     files = sorted(src.files, key=lambda f: f.path)
     jobs: list[_Job] = []
-    for i, f in enumerate(files):
-        plan = chunking.plan(f.abspath, f.size, opts.chunk_size)
+    for i, (f, plan) in enumerate(zip(files, remote_source.plans(files, files_io,
+                                                                opts.chunk_size), strict=True)):
         for j, p in enumerate(plan):
             jobs.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1, len(jobs)))
     keys = _KeyPlan.new(opts) if opts.encrypted else None
+    if keys and executor is not None and executor.distributed:
+        raise InputError(f"--executor {executor.spec} cannot seal an encrypted bundle: workers "
+                         "would need the data key; seal it with the default executor")  # fmt: skip
     if keys and opts.oms_key is not None:
         raise InputError("--oms-key cannot be combined with encryption: the model-signing "
                          "signature would publish the file names and digests")  # fmt: skip
@@ -125,80 +136,42 @@ def seal(
     written: list[str] = []
 
     def work(job: _Job, emit: Emit) -> dict:
-        p = job.piece
-        # Each byte is hashed once per form (FORMAT.md section 9, version 3): a chunk that is
-        # its whole file is hashed here, a longer file's chunks in order by the lane
-        h = None if job.multi else hashlib.sha256()
-        enc = codec.ChunkEncoder(p.length, p.dtype, opts.level, opts.codec)
-        s256 = hashlib.sha256()
-        sealer = keys.encryptor("chunk", job.index) if keys else None
-        w = store.new_object()
-        try:
-            fd = os.open(job.src.abspath, os.O_RDONLY)
-            try:
-                for off, n in pieces(p.length, codec.PIECE):
-                    buf = os.pread(fd, n, p.offset + off)
-                    if len(buf) != n:
-                        raise InputError(f"{job.src.abspath}: file shrank while sealing")
-                    if h is None:
-                        emit(buf)
-                    else:
-                        h.update(buf)
-                    for out in enc.feed_parts(buf):
-                        if sealer:
-                            out = sealer.feed(out)
-                        if out:
-                            s256.update(out)
-                            w.write(out)
-                    if on_bytes:
-                        on_bytes(n)
-            finally:
-                os.close(fd)
-            out = enc.finish()
-            if sealer:
-                out = sealer.feed(out) + sealer.finish()
-            if out:
-                s256.update(out)
-                w.write(out)
-            obj = s256.hexdigest()
-            size = w.size
-            # inside the try: if submit refuses (an earlier commit failed), nothing else would
-            # ever commit or remove this object
-            finisher.submit(lambda: _commit_object(store, w, object_key(name, obj), written))
-        except BaseException:
-            w.abort()
-            raise
-        chunk = {"offset": p.offset, "length": p.length, "codec": enc.codec, "object": obj}
-        if p.dtype:
-            chunk["dtype"] = p.dtype
-        return {"chunk": chunk, "size": size, "file_sha256": h.hexdigest() if h else None}
+        return seal_chunk(job, emit, files_io, store, name, opts.level, opts.codec, keys,
+                          lambda w, key: finisher.submit(
+                              lambda: _commit_object(store, w, key, written)),
+                          on_bytes)  # fmt: skip
 
     lane = FileDigests()
     workers = opts.workers or default_workers()
     finisher = Finisher(workers, workers + 1)
     try:
-        try:
-            results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi, workers=workers)
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                finisher.drain()  # the first error is the one to report
-            raise
+        if executor is not None and executor.distributed:
+            from weightvault.archive.distributed import seal_on_cluster
+
+            results, digests = seal_on_cluster(executor, jobs, files_io, store, name, opts,
+                                               written, on_bytes)  # fmt: skip
+        else:
+            try:
+                results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi,
+                              workers=workers)  # fmt: skip
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    finisher.drain()  # the first error is the one to report
+                raise
+            digests = lane.done
         finisher.drain()  # every object durable (or its error raised) before the manifest
-        doc = _manifest_doc(name, src, files, jobs, results, lane.done, opts)
+        doc = _manifest_doc(name, src, files, jobs, results, digests, opts)
+        del jobs, results, digests  # the manifest holds what it needs (10 TB: 163,840 chunks)
         record = [_store_record_file(store, name, *r, written) for r in opts.record]
         if opts.oms_key is not None:
             record.append(_model_signing(store, name, doc, opts.oms_key, written))
         doc["record"] = sorted(record, key=lambda r: r["path"])
         for i, f in enumerate(files):
-            st = os.stat(f.abspath)
-            if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
-                raise InputError(
-                    f"{src.root / f.path}: changed while it was being sealed; seal again"
-                )
+            files_io.check_unchanged(f, _where(src, files_io, f))
             got = doc["files"][i]["sha256"]
             if f.expected_sha256 and got != f.expected_sha256:
                 raise IntegrityError(
-                    f"{src.root / f.path}: sha256 {got} computed while sealing differs from the "
+                    f"{_where(src, files_io, f)}: sha256 {got} computed while sealing differs from the "
                     f"{src.expected_from} {f.expected_sha256}"
                 )
         if keys:
@@ -243,6 +216,65 @@ def seal(
         vault=store.url,
         notes=src.notes,
     )
+
+
+def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: int,
+               codec_name: str, keys: _KeyPlan | None, commit: Callable,
+               on_bytes: Callable[[int], None] | None) -> dict:  # fmt: skip
+    """Read, encode and store one chunk; `commit(writer, key)` makes it durable. The same code
+    runs in this process's threads and in a cluster worker's task."""
+    p = job.piece
+    # Each byte is hashed once per form (FORMAT.md section 9, version 3): a chunk that is
+    # its whole file is hashed here, a longer file's chunks in order by the lane
+    h = None if job.multi else hashlib.sha256()
+    enc = codec.ChunkEncoder(p.length, p.dtype, level, codec_name)
+    s256 = hashlib.sha256()
+    sealer = keys.encryptor("chunk", job.index) if keys else None
+    w = store.new_object()
+    try:
+        fh = files_io.open(job.src, p.offset, p.offset + p.length)
+        try:
+            for off, n in pieces(p.length, codec.PIECE):
+                buf = fh.pread(n, p.offset + off)
+                if len(buf) != n:
+                    raise InputError(f"{job.src.abspath}: file shrank while sealing")
+                if h is None:
+                    emit(buf)
+                else:
+                    h.update(buf)
+                for out in enc.feed_parts(buf):
+                    if sealer:
+                        out = sealer.feed(out)
+                    if out:
+                        s256.update(out)
+                        w.write(out)
+                if on_bytes:
+                    on_bytes(n)
+        finally:
+            fh.close()
+        out = enc.finish()
+        if sealer:
+            out = sealer.feed(out) + sealer.finish()
+        if out:
+            s256.update(out)
+            w.write(out)
+        obj = s256.hexdigest()
+        size = w.size
+        # inside the try: if the commit step refuses (an earlier commit failed), nothing else
+        # would ever commit or remove this object
+        commit(w, object_key(name, obj))
+    except BaseException:
+        w.abort()
+        raise
+    chunk = {"offset": p.offset, "length": p.length, "codec": enc.codec, "object": obj}
+    if p.dtype:
+        chunk["dtype"] = p.dtype
+    return {"chunk": chunk, "size": size, "file_sha256": h.hexdigest() if h else None}
+
+
+def _where(src: sources.Source, files_io, f) -> str:
+    describe = getattr(files_io, "describe", None)
+    return describe(f) if describe else str(src.root / f.path)
 
 
 def _commit_object(store: Store, w, key: str, written: list[str]) -> None:
@@ -365,6 +397,17 @@ def _model_signing(store: Store, name: str, doc: dict, key, written: list[str]) 
                                   f"record/{oms.default_signature_name()}", written)  # fmt: skip
 
 
+def _epoch() -> int | None:
+    """$SOURCE_DATE_EPOCH (reproducible-builds.org) pins the seal time: two seals of the same
+    source are then byte-identical, signature included (Ed25519 is deterministic)."""
+    v = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not v:
+        return None
+    if not v.isdigit():
+        raise InputError(f"SOURCE_DATE_EPOCH={v!r}: expected whole seconds since 1970")
+    return int(v)
+
+
 def _manifest_doc(name, src, files, jobs, results, digests, opts) -> dict:
     entries = [
         {"path": f.path, "size": f.size, "mode": f.mode & 0o777, "sha256": "", "chunks": []}
@@ -393,7 +436,7 @@ def _manifest_doc(name, src, files, jobs, results, digests, opts) -> dict:
         "format": "weightvault-manifest",
         "format_version": FORMAT_VERSION,
         "name": name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_epoch())),
         "tool": {"name": "weightvault", "version": __version__},
         "source": prov,
         "chunking": {"target_size": opts.chunk_size, "piece_size": codec.PIECE},

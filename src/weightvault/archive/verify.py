@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from weightvault.archive.pipeline import Emit, FileDigests, default_workers, run
 from weightvault.archive.restore import _Job, chunk_digest, chunk_jobs, file_digest_mismatches
-from weightvault.errors import CorruptData, IntegrityError, StorageError
+from weightvault.errors import CorruptData, InputError, IntegrityError, StorageError
 from weightvault.format import bag
 from weightvault.format.keys import PublicKey
 from weightvault.format.manifest import MANIFEST_KEY
@@ -55,6 +55,7 @@ def verify(
     on_bytes: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     keys=None,
+    executor=None,
 ) -> VerifyReport:
     """`keys` (unlock.Keys) opens an encrypted bundle for deep=True; without them a deep
     verify of an encrypted bundle is refused (its stored digests verify without any key)."""
@@ -91,8 +92,17 @@ def verify(
 
         lane = FileDigests()
         workers = workers or default_workers()
-        found = run(chunk_jobs(files), work, lane=lane, needs_lane=lambda j: j.multi,
-                    workers=workers)  # fmt: skip
+        if executor is not None and executor.distributed:
+            if opened:
+                raise InputError(f"--executor {executor.spec} cannot verify an encrypted bundle "
+                                 "deeply: workers would need the data key")  # fmt: skip
+            from weightvault.archive.distributed import verify_on_cluster
+
+            found, lane.done = verify_on_cluster(executor, store, m.name, files, objects,
+                                                 workers, on_bytes)  # fmt: skip
+        else:
+            found = run(chunk_jobs(files), work, lane=lane, needs_lane=lambda j: j.multi,
+                        workers=workers)  # fmt: skip
 
         report.problems += _unique(p for p in found if p)
         if not any(p.kind in ("missing", "damaged") for p in report.problems):

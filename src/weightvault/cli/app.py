@@ -171,6 +171,7 @@ json_opt = click.option(
 )
 quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 workers_opt = click.option("--workers", type=click.IntRange(1, 64), help="Worker threads (default: cores).")  # fmt: skip
+executor_opt = click.option("--executor", metavar="SPEC", envvar="WEIGHTVAULT_EXECUTOR", help="threads (default), local-cluster:N, or dask://HOST:PORT (docs/OPERATIONS.md).")  # fmt: skip
 identity_opt = click.option("--identity", "identities", multiple=True, metavar="FILE",
                             help="age identity or SSH private key (may be passphrase-protected: age -p) for an encrypted bundle.")  # fmt: skip
 share_opt = click.option("--share", "shares", multiple=True, metavar="FILE",
@@ -270,6 +271,8 @@ def keygen(path: str, protect: bool) -> None:
 @click.option("--exclude", multiple=True, metavar="PATH",
               help="Relative path to leave out (default: .git and .cache/huggingface).")  # fmt: skip
 @click.option("--hf-cache", metavar="DIR", help="Hugging Face cache for hf:// sources.")
+@click.option("--source-option", "source_options", multiple=True, metavar="KEY=VALUE",
+              help="fsspec storage option of an s3:// (or other URL) source, e.g. endpoint_url=...")  # fmt: skip
 @click.option(
     "--report", metavar="FILE.md", help="Post-deployment report (Markdown), sealed as is."
 )
@@ -294,12 +297,14 @@ def keygen(path: str, protect: bool) -> None:
               help="Seal the bytes a symbolic link points to even when its target lies outside "
                    "SOURCE (refused by default: a link can reach a credentials file).")  # fmt: skip
 @workers_opt
+@executor_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
 def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exclude, hf_cache,
-         report, interviews, record_toml, attachments, encrypt_to, custodians, threshold,
-         oms_key, follow_external_links, workers, as_json, quiet) -> None:  # fmt: skip
+         source_options, report, interviews, record_toml, attachments, encrypt_to, custodians,
+         threshold, oms_key, follow_external_links, workers, executor, as_json,
+         quiet) -> None:  # fmt: skip
     """Seal SOURCE (a directory, hf://ORG/NAME@REVISION, or a Hub cache snapshot) into every
     replica: the first reachable one is written, then the bundle is replicated to the rest."""
     from weightvault.archive.seal import SealOptions
@@ -309,8 +314,16 @@ def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exc
     key = ctx.signing_keys(key_paths)
     rs = ctx.replicas(vault)
     # the source first: a wrong path or an unreachable Hub must not leave new vault directories
-    source = resolve(source, excludes=tuple(exclude) or DEFAULT_EXCLUDES, cache_dir=hf_cache,
-                     external_links=follow_external_links)
+    from weightvault.archive import remote_source
+    from weightvault.cli.cluster import executor_of, running, source_options_of
+
+    source_opts = source_options_of(source_options)
+    if remote_source.is_url(source):
+        source = remote_source.resolve(source, source_opts,
+                                       excludes=tuple(exclude) or DEFAULT_EXCLUDES)  # fmt: skip
+    else:
+        source = resolve(source, excludes=tuple(exclude) or DEFAULT_EXCLUDES, cache_dir=hf_cache,
+                         external_links=follow_external_links)
     plan = None
     if report or interviews or record_toml or attachments:
         from weightvault.record.retirement import build_record
@@ -327,9 +340,12 @@ def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exc
                        oms_key=_oms_key(oms_key), encrypt_to=recipients_from(encrypt_to),
                        custodians=load_custodians(Path(custodians)) if custodians else [],
                        threshold=threshold, external_links=follow_external_links)  # fmt: skip
+    opts.source_options = source_opts
+    opts.executor = executor_of(executor)
     try:
-        _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single=vault is not None,
-                         promised=_promised_replicas(plan))  # fmt: skip
+        with running(opts.executor):
+            _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet,
+                             single=vault is not None, promised=_promised_replicas(plan))  # fmt: skip
     finally:
         if plan:
             plan.close()
@@ -549,6 +565,7 @@ def _console():
 @identity_opt
 @share_opt
 @workers_opt
+@executor_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
@@ -563,18 +580,21 @@ def verify(
     identities,
     shares,
     workers,
+    executor,
     as_json,
     quiet,
 ) -> None:
     """Check a bundle's signature, bag and every stored digest. Exit 1 if anything is wrong."""
     from weightvault.archive.verify import verify as do_verify
+    from weightvault.cli.cluster import executor_of, running
 
     rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
-    with _work("verifying", not (quiet or as_json)) as cb:
+    ex = executor_of(executor)
+    with running(ex), _work("verifying", not (quiet or as_json)) as cb:
         where, r = rs.first(lambda _n, store: do_verify(
             store, bundle, trusted, insecure=insecure, deep=deep, workers=workers,
-            on_bytes=cb.on_bytes, on_start=cb.on_start, keys=_keys(identities, shares)),
-            replica)  # fmt: skip
+            on_bytes=cb.on_bytes, on_start=cb.on_start, keys=_keys(identities, shares),
+            executor=ex), replica)  # fmt: skip
     signer = (f"signed by {', '.join(s[:16] for s in r.signers)}" if r.signer
               else "signature NOT checked (--insecure)")  # fmt: skip
     lines = [f"{'OK' if r.ok else 'DAMAGED'}: bundle {r.name} ({r.bundle[:16]}) on {where}, "
@@ -742,11 +762,12 @@ def _target(ctx: Ctx, rs, spec: str, *, create: bool):
 @click.option("--verify-existing", is_flag=True,
               help="Re-hash objects already on the target (S3 targets always compare checksums).")  # fmt: skip
 @workers_opt
+@executor_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
-def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, workers, as_json,
-              quiet) -> None:  # fmt: skip
+def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, workers, executor,
+              as_json, quiet) -> None:  # fmt: skip
     """Copy what is missing of BUNDLE to a replica, check every copy, then commit it there."""
     from weightvault.archive.replicate import replicate as do_replicate
     from weightvault.storage.replicas import ReplicaSet
@@ -775,10 +796,13 @@ def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, wor
     if lead is None:
         raise InputError(f"{bundle!r}: no source replica holds this bundle")
     sources = [lead] + [s for s in sources if s is not lead]
-    with _work(f"replicating to {to_name}", not (quiet or as_json)) as cb:
+    from weightvault.cli.cluster import executor_of, running
+
+    ex = executor_of(executor)
+    with running(ex), _work(f"replicating to {to_name}", not (quiet or as_json)) as cb:
         r = do_replicate(sources, dst, bundle, trusted, insecure=insecure,
                          verify_existing=verify_existing, workers=workers,
-                         on_bytes=cb.on_bytes)  # fmt: skip
+                         on_bytes=cb.on_bytes, executor=ex)  # fmt: skip
     from weightvault.cli.log import log_replicated
 
     log_replicated(ctx, rs, r.bundle, r.name, to_name)
@@ -914,10 +938,11 @@ akey_opt = click.option("--key", "key_path", metavar="FILE",
 @state_opt
 @click.option("--metrics-file", metavar="PATH", help="Write Prometheus textfile metrics here.")
 @workers_opt
+@executor_opt
 @json_opt
 @click.pass_obj
 def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, key_path, state_dir,
-          metrics_file, workers, as_json) -> None:  # fmt: skip
+          metrics_file, workers, executor, as_json) -> None:  # fmt: skip
     """Prove every replica still holds every byte. Exit 0 healthy, 1 damage or loss found,
     3 a replica could not be reached (the others are still audited).
 
@@ -938,15 +963,18 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
     state = _state(ctx, state_dir)
     known = Known(state)
     holdings = _holdings(rs, trusted, known)
+    from weightvault.cli.cluster import executor_of, running
     from weightvault.cli.log import inventory as log_inventory
     from weightvault.cli.log import log_audits
 
     for n, held in log_inventory(ctx, rs).items():  # the preservation log's word, signed
         holdings.setdefault(n, {}).update(held)
-    done, unreachable = _each_replica(rs, replicas, lambda n, store: audit_replica(
-        n, store, level=level, trusted=trusted, key=key, state=state, cycle_days=cycle,
-        interval_days=interval_days, workers=workers or ctx.config.workers,
-        expected=holdings.get(n, {})))  # fmt: skip
+    ex = executor_of(executor)
+    with running(ex):
+        done, unreachable = _each_replica(rs, replicas, lambda n, store: audit_replica(
+            n, store, level=level, trusted=trusted, key=key, state=state, cycle_days=cycle,
+            interval_days=interval_days, workers=workers or ctx.config.workers,
+            expected=holdings.get(n, {}), executor=ex))  # fmt: skip
     remember(known, done)
     log_audits(ctx, rs, level, done, unreachable)
     conflicts = cross_check({a.replica: {b["name"]: b["bundle"] for b in a.record["bundles"]}

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from weightvault.errors import InputError
 
@@ -24,7 +25,7 @@ ITEMSIZE = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # 10 TB: 163,840 of them in the driver
 class Piece:
     offset: int
     length: int
@@ -40,10 +41,25 @@ class Tensor:
     shape: tuple[int, ...] | None = None
 
 
-def read_safetensors_header(path: Path, size: int) -> tuple[int, list[Tensor]]:
-    """Return (data buffer offset, tensors sorted by offset); InputError names what is wrong."""
-    with open(path, "rb") as f:
-        return parse_safetensors_header(f.read, size, str(path))
+ReadAt = Callable[[int, int], bytes]  # (offset, length) -> bytes: how a plan reads a header
+
+
+def read_safetensors_header(path: Path | str, size: int,
+                            read_at: ReadAt | None = None) -> tuple[int, list[Tensor]]:  # fmt: skip
+    """Return (data buffer offset, tensors sorted by offset); InputError names what is wrong.
+    `read_at` reads the two ranges a header takes (a remote source: two range requests)."""
+    if read_at is None:
+        with open(path, "rb") as f:
+            return parse_safetensors_header(f.read, size, str(path))
+    pos = 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        data = read_at(pos, n)
+        pos += len(data)
+        return data
+
+    return parse_safetensors_header(read, size, str(path))
 
 
 def parse_safetensors_header(read, size: int, path: str,
@@ -92,14 +108,16 @@ def parse_safetensors_header(read, size: int, path: str,
     return base, tensors
 
 
-def plan(path: Path, size: int, target: int = DEFAULT_TARGET) -> list[Piece]:
-    if path.suffix == ".safetensors" and size > 0:
-        return _plan_safetensors(path, size, target)
+def plan(path: Path | str, size: int, target: int = DEFAULT_TARGET,
+         read_at: ReadAt | None = None) -> list[Piece]:  # fmt: skip
+    if PurePosixPath(str(path)).suffix == ".safetensors" and size > 0:
+        return _plan_safetensors(path, size, target, read_at)
     return _split(Piece(0, size), target) if size else []
 
 
-def _plan_safetensors(path: Path, size: int, target: int) -> list[Piece]:
-    base, tensors = read_safetensors_header(path, size)
+def _plan_safetensors(path: Path | str, size: int, target: int,
+                      read_at: ReadAt | None) -> list[Piece]:  # fmt: skip
+    base, tensors = read_safetensors_header(path, size, read_at)
     regions: list[Piece] = [Piece(0, base)]
     pos = base
     for t in tensors:

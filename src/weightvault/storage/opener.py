@@ -26,10 +26,14 @@ def open_store(url: str, storage_options: dict | None = None, *, create: bool = 
             raise InputError(f"{url}: object_lock is only available on s3:// replicas")
         if not create and not (path / TMP).is_dir():
             raise StorageError(f"{path}: not a weightvault vault (no {TMP}/ directory)")
-        return LocalStore(path, create=create)
-    from weightvault.storage.remote import open_remote
+        store: Store = LocalStore(path, create=create)
+    else:
+        from weightvault.storage.remote import open_remote
 
-    return open_remote(url, storage_options, object_lock=object_lock, create=create)
+        store = open_remote(url, storage_options, object_lock=object_lock, create=create)
+    # how a cluster worker opens the same store (executors.StoreSpec)
+    store.open_args = (url, dict(storage_options or {}), object_lock)  # type: ignore[attr-defined]
+    return store
 
 
 def unwritten(url: str) -> bool:
