@@ -93,7 +93,7 @@ def test_wrong_key_file(tmp_path, minilm_dir, lab_key):
     bad.write_text("not a key\n")
     bad.chmod(0o600)
     r = wv("seal", minilm_dir, "--vault", tmp_path / "v", "--key", bad)
-    assert r.code == USAGE and "not an unencrypted PEM Ed25519 private key" in one_line(r)
+    assert r.code == USAGE and "not a PEM Ed25519 private key" in one_line(r)
     pub = f"{lab_key}.pub"
     r = wv("seal", minilm_dir, "--vault", tmp_path / "v", "--key", pub)
     assert r.code == USAGE and "lab.key.pub" in one_line(r)

@@ -320,12 +320,16 @@ def test_load_ec_key_errors(tmp_path):
         oms.load_ec_key(write("ed.key", ed25519.Ed25519PrivateKey.generate()))
     with pytest.raises(InputError, match="secp224r1; model signing needs ECDSA"):
         oms.load_ec_key(write("p224.key", ec.generate_private_key(ec.SECP224R1())))
-    with pytest.raises(InputError, match="not an unencrypted PEM EC private key"):
-        oms.load_ec_key(write("enc.key", ec.generate_private_key(ec.SECP256R1()), b"pw"))
+    enc = write("enc.key", ec.generate_private_key(ec.SECP256R1()), b"pw")
+    with pytest.raises(InputError, match="passphrase-protected, and no passphrase was given"):
+        oms.load_ec_key(enc)
+    with pytest.raises(InputError, match="wrong passphrase"):
+        oms.load_ec_key(enc, lambda _p: "not it")
+    assert oms.load_ec_key(enc, lambda _p: "pw").curve.name == "secp256r1"
     garbage = tmp_path / "garbage.key"
     garbage.write_text("hello\n")
     garbage.chmod(0o600)
-    with pytest.raises(InputError, match="not an unencrypted PEM EC private key"):
+    with pytest.raises(InputError, match="not a PEM EC private key"):
         oms.load_ec_key(garbage)
     with pytest.raises(InputError) as info:
         oms.load_ec_key(loose)

@@ -20,8 +20,8 @@ from weightvault.errors import InputError
 from weightvault.format.paths import name_ok
 
 ENV = "WEIGHTVAULT_CONFIG"
-TOP_KEYS = {"signing_key", "trusted_keys", "replicas", "organization", "audit", "workers",
-            "stewards"}  # fmt: skip
+TOP_KEYS = {"signing_key", "trusted_keys", "threshold", "replicas", "organization", "audit",
+            "workers", "stewards"}  # fmt: skip
 STEWARD_KEYS = {"replica", "public_key", "name", "recipient"}
 REPLICA_KEYS = {"url", "storage_options", "object_lock", "role", "host_key", "known_hosts",
                 "identity"}  # fmt: skip
@@ -68,13 +68,14 @@ class StewardConfig:
 @dataclass
 class Config:
     path: Path | None = None
-    signing_key: Path | None = None
+    signing_key: Path | str | None = None  # a key file, or a pkcs11: URI (kept as text)
     trusted_keys: list[Path] = field(default_factory=list)
     replicas: dict[str, Replica] = field(default_factory=dict)
     organization: str | None = None
     audit: dict = field(default_factory=dict)
     workers: int | None = None
     stewards: dict[str, StewardConfig] = field(default_factory=dict)
+    threshold: int | None = None  # signatures by distinct trusted_keys a bundle needs
 
     def steward(self, name: str) -> StewardConfig:
         if name not in self.stewards:
@@ -151,6 +152,8 @@ def load(path: Path) -> Config:
     def rel(v, key: str) -> Path:
         if not isinstance(v, str) or not v:
             raise bad(key, "expected a path string")
+        if v.startswith("pkcs11:") and key in ("signing_key", "audit.key"):
+            return v  # a key on a token, not a file
         p = Path(os.path.expanduser(v))
         return p if p.is_absolute() else base / p
 
@@ -162,6 +165,12 @@ def load(path: Path) -> Config:
     if not isinstance(tk, list):
         raise bad("trusted_keys", "expected a list of public key files")
     cfg.trusted_keys = [rel(v, f"trusted_keys[{i}]") for i, v in enumerate(tk)]
+    if "threshold" in data:
+        t = data["threshold"]
+        if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= max(1, len(tk)):
+            raise bad("threshold", f"expected a whole number 1..{max(1, len(tk))} (how many of "
+                                   "trusted_keys must sign a bundle)")  # fmt: skip
+        cfg.threshold = t
     if "organization" in data:
         if not isinstance(data["organization"], str):
             raise bad("organization", "expected a string")

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from weightvault.archive.pipeline import Emit, FileDigests, Finisher, default_wo
 from weightvault.errors import Conflict, InputError, IntegrityError, NotFound, TrustError
 from weightvault.executors import Executor
 from weightvault.format import canon, chunking, codec, crypt
-from weightvault.format.keys import PublicKey, SigningKey
+from weightvault.format.keys import PublicKey, SigningKey, sign_all
 from weightvault.format.manifest import FORMAT_VERSION, PAYLOAD_TYPE, Manifest
 from weightvault.format.paths import check_name, check_relpath
 from weightvault.format.spec import spec_files
@@ -107,7 +107,7 @@ def default_name(spec: str, src: sources.Source) -> str:
 def seal(
     spec: str | sources.Source,
     store: Store,
-    key: SigningKey,
+    key: SigningKey | Sequence[SigningKey],
     opts: SealOptions | None = None,
     *,
     on_bytes: Callable[[int], None] | None = None,
@@ -291,15 +291,16 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
     )
 
 
-def sign_and_commit(vault: Vault, doc: dict, key: SigningKey) -> Manifest:
-    """Check, sign and commit a manifest whose objects and plain files are all stored."""
+def sign_and_commit(vault: Vault, doc: dict, key: SigningKey | list[SigningKey]) -> Manifest:
+    """Check, sign (with each key given) and commit a manifest whose objects and plain files
+    are all stored."""
     manifest = Manifest.from_doc(doc)
     signature = {
         "format": "weightvault-signature",
         "format_version": 1,
         "payload_type": PAYLOAD_TYPE,
         "payload_sha256": manifest.bundle_id,
-        "signatures": [key.sign(PAYLOAD_TYPE, manifest.raw)],
+        "signatures": sign_all(key, PAYLOAD_TYPE, manifest.raw),
     }
     vault.commit(manifest.name, commit_files(manifest, signature))
     return manifest

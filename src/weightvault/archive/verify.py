@@ -31,6 +31,7 @@ class VerifyReport:
     bytes_checked: int
     problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
+    signers: list[str] = field(default_factory=list)  # every trusted key that signed (ids)
 
     @property
     def ok(self) -> bool:
@@ -68,7 +69,7 @@ def verify(
     if deep:
         m, opened = prepare(store, b, keys or Keys())
     report = VerifyReport(m.bundle_id, m.name, b.signer.key_id if b.signer else None, deep,
-                          len(m.doc["objects"]), 0)  # fmt: skip
+                          len(m.doc["objects"]), 0, signers=[k.key_id for k in b.signers])  # fmt: skip
     report.problems += check_bag(vault, b)
     before = store.counters.bytes_read
     if on_start:

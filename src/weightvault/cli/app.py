@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc as _gc
 import json
 import os
@@ -65,6 +66,9 @@ class Ctx:
     config_path: str | None
     _config: configmod.Config | None = None
     notes: list[str] = field(default_factory=list)
+    threshold: int | None = None  # --threshold K: signatures by distinct trusted keys required
+    _loaded: dict = field(default_factory=dict, repr=False)  # signing keys by spec
+    _rs: object = None  # the replica set this command reads (for the preservation log)
 
     @property
     def config(self) -> configmod.Config:
@@ -80,24 +84,62 @@ class Ctx:
         cfg = self.config
         if vault:
             single = configmod.single(vault)
-            cfg = configmod.Config(cfg.path, cfg.signing_key, cfg.trusted_keys, single.replicas,
-                                   cfg.organization, cfg.audit, cfg.workers)  # fmt: skip
+            cfg = dataclasses.replace(cfg, replicas=single.replicas, stewards={})
         elif not cfg.replicas:
             raise InputError("no vault given: pass --vault URL, or -c weightvault.toml with "
                              "[replicas.NAME] tables")  # fmt: skip
-        return ReplicaSet(cfg)
+        self._rs = ReplicaSet(cfg)
+        return self._rs
 
-    def trusted(self, paths: tuple[str, ...]) -> list[keys.PublicKey]:
-        # --trust is the whole trusted set: adding the config's keys to it would let a config
-        # the user did not mean (or one planted for them) widen what they asked to trust
-        files = [Path(p) for p in paths] if paths else list(self.config.trusted_keys)
-        return [keys.load_public_key(p) for p in files]
+    def trusted(self, paths: tuple[str, ...]):
+        """The trust policy: which keys, and how many of them must sign. --trust is the whole
+        trusted set (adding the config's keys to it would let a config the user did not mean,
+        or one planted for them, widen what they asked to trust), with --threshold (default 1);
+        else the config's trusted_keys with its threshold."""
+        from weightvault.format.trust import TrustPolicy
+
+        if paths:
+            files, threshold = [Path(p) for p in paths], self.threshold or 1
+        else:
+            files = list(self.config.trusted_keys)
+            threshold = self.threshold or self.config.threshold or 1
+        policy = TrustPolicy([keys.load_public_key(p) for p in files], threshold)
+        # rotations and revocations in the preservation log, read when a bundle is judged
+        policy.log_entries = lambda: self._key_history(policy)
+        return policy
+
+    def _key_history(self, policy) -> list | None:
+        from weightvault.cli.keys import log_entries
+        from weightvault.storage.replicas import ReplicaSet
+
+        rs = self._rs or (ReplicaSet(self.config) if self.config.replicas else None)
+        return log_entries(rs, policy) if rs is not None else None
 
     def signing_key(self, path: str | None) -> keys.SigningKey:
-        p = Path(path) if path else self.config.signing_key
-        if p is None:
-            raise InputError("no signing key: pass --key FILE or set signing_key in the config")
-        return keys.load_signing_key(p)
+        return self.signing_keys((path,) if path else ())[0]
+
+    def signing_keys(self, specs: tuple[str, ...]) -> list[keys.SigningKey]:
+        """--key FILE|pkcs11:URI (repeatable), else the config's signing_key. Each key file may
+        be passphrase-protected; each token asks for its PIN the same way."""
+        if not specs:
+            if self.config.signing_key is None:
+                raise InputError("no signing key: pass --key FILE or set signing_key in the "
+                                 "config")  # fmt: skip
+            specs = (self.config.signing_key,)
+        out = [self._loaded.get(str(s)) or self._loaded.setdefault(str(s), load_key(s))
+               for s in specs]  # fmt: skip  (asked for a passphrase or PIN once per process)
+        ids = [k.public.key_id for k in out]
+        for i, k in enumerate(out):
+            if ids.index(ids[i]) != i:
+                raise InputError(f"{k.source}: the same signing key is given twice")
+        return out
+
+
+def load_key(spec: str | Path, what: str = "signing key") -> keys.SigningKey:
+    """A signing key from a file (maybe passphrase-protected) or a pkcs11: URI."""
+    if not keys.is_token_uri(spec):
+        spec = Path(spec)
+    return keys.load_signing_key(spec, _passphrase, pin=_pin, what=what)
 
 
 def _emit(obj: dict | list, as_json: bool, human: str) -> None:
@@ -107,7 +149,22 @@ def _emit(obj: dict | list, as_json: bool, human: str) -> None:
 vault_opt = click.option("--vault", metavar="URL", envvar="WEIGHTVAULT_VAULT",
                          help="A single vault (directory or URL) instead of the config's replicas.")  # fmt: skip
 replica_opt = click.option("--replica", metavar="NAME", help="Read from this replica first (falls back to the others).")  # fmt: skip
-trust_opt = click.option("--trust", multiple=True, metavar="KEY.pub", help="Trusted signer public key (repeatable; when given, the whole trusted set: the config's trusted_keys are not added).")  # fmt: skip
+def _set_threshold(ctx: click.Context, _param, value: int | None) -> None:
+    if value is not None:
+        ctx.find_object(Ctx).threshold = value
+
+
+def trust_opt(f):
+    """--trust KEY.pub (repeatable) and --threshold K: the trust policy a command applies."""
+    f = click.option("--threshold", type=click.IntRange(1, 16), metavar="K", expose_value=False,
+                     callback=_set_threshold,
+                     help="Distinct trusted keys that must have signed a bundle [default: the "
+                          "config's threshold with its trusted_keys, else 1].")(f)  # fmt: skip
+    return click.option("--trust", multiple=True, metavar="KEY.pub",
+                        help="Trusted signer public key (repeatable; when given, the whole "
+                             "trusted set: the config's trusted_keys are not added).")(f)  # fmt: skip
+
+
 insecure_opt = click.option("--insecure", is_flag=True, help="Read bundles without checking signatures.")  # fmt: skip
 json_opt = click.option(
     "--json", "as_json", is_flag=True, help="Machine-readable output on stdout."
@@ -127,16 +184,28 @@ def _keys(identities, shares):
     return Keys([Path(p) for p in identities], [Path(p) for p in shares], _passphrase)
 
 
-def _passphrase(path: Path) -> str:
-    """A protected identity's passphrase: $WEIGHTVAULT_PASSPHRASE (for cron), else asked on the
+def _secret(what: str | Path, env: str, word: str, *, new: bool = False) -> str:
+    """A secret for a protected key file or a token: $ENV (for cron), else asked on the
     terminal; never echoed or logged."""
-    given = os.environ.get("WEIGHTVAULT_PASSPHRASE")
+    given = os.environ.get(env)
     if given is not None:
         return given
     if not sys.stdin.isatty():
-        raise InputError(f"{path}: is passphrase-protected: set WEIGHTVAULT_PASSPHRASE, or run "
-                         "from a terminal to be asked")  # fmt: skip
-    return click.prompt(f"passphrase for {path}", hide_input=True, err=True)
+        why = (f"needs a new {word}" if new else "is passphrase-protected" if word == "passphrase"
+               else f"needs a {word}")  # fmt: skip
+        raise InputError(f"{what}: {why}: set {env}, or run from a terminal to be asked")
+    return click.prompt(f"{'new ' if new else ''}{word} for {what}", hide_input=True, err=True,
+                        confirmation_prompt=new)  # fmt: skip
+
+
+def _passphrase(path: Path) -> str:
+    """A protected identity's or key file's passphrase ($WEIGHTVAULT_PASSPHRASE, else asked)."""
+    return _secret(path, "WEIGHTVAULT_PASSPHRASE", "passphrase")
+
+
+def _pin(uri: str) -> str:
+    """A token's user PIN, when neither the URI nor the environment gives one."""
+    return _secret(uri, "WEIGHTVAULT_PKCS11_PIN", "PIN")
 
 
 _CONFIG_HELP = ("Config file [default: $WEIGHTVAULT_CONFIG, else ~/.config/weightvault/config.toml; "
@@ -174,18 +243,23 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False))
-def keygen(path: str) -> None:
+@click.option("--protect", is_flag=True,
+              help="Encrypt the key with a passphrase ($WEIGHTVAULT_PASSPHRASE, else asked twice "
+                   "on the terminal): PKCS#8 as `openssl genpkey -aes256` writes.")  # fmt: skip
+def keygen(path: str, protect: bool) -> None:
     """Create an Ed25519 signing key PATH (mode 0600) and its public key PATH.pub."""
-    sk = keys.generate(Path(path))
-    click.echo(f"wrote {path} (private, 0600) and {path}.pub; key id {sk.public.key_id}")
+    pw = _secret(path, "WEIGHTVAULT_PASSPHRASE", "passphrase", new=True) if protect else None
+    sk = keys.generate(Path(path), pw)
+    how = "private, 0600, passphrase-protected" if protect else "private, 0600"
+    click.echo(f"wrote {path} ({how}) and {path}.pub; key id {sk.public.key_id}")
 
 
 @cli.command()
 @click.argument("source")
 @vault_opt
-@click.option(
-    "--key", "key_path", metavar="FILE", help="Signing key [default: config signing_key]."
-)
+@click.option("--key", "key_paths", multiple=True, metavar="FILE|pkcs11:URI",
+              help="Signing key [default: config signing_key]; repeat to sign with several "
+                   "keys (docs/KEYS.md).")  # fmt: skip
 @click.option("--name", help="Bundle name (default: the source's name).")
 @click.option("--chunk-size", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Target chunk size in MiB.")  # fmt: skip
@@ -231,7 +305,7 @@ def keygen(path: str) -> None:
 @json_opt
 @quiet_opt
 @click.pass_obj
-def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, exclude, hf_cache,
+def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exclude, hf_cache,
          source_options, report, interviews, record_toml, attachments, encrypt_to, custodians,
          threshold, oms_key, supersedes, trust, follow_external_links, workers, executor, as_json,
          quiet) -> None:  # fmt: skip
@@ -241,7 +315,7 @@ def seal(ctx: Ctx, source, vault, key_path, name, chunk_size, level, codec, excl
     from weightvault.archive.sources import DEFAULT_EXCLUDES, resolve
     from weightvault.format.crypt import load_custodians, recipients_from
 
-    key = ctx.signing_key(key_path)
+    key = ctx.signing_keys(key_paths)
     rs = ctx.replicas(vault)
     # the source first: a wrong path or an unreachable Hub must not leave new vault directories
     from weightvault.archive import remote_source
@@ -288,7 +362,7 @@ def _oms_key(path: str | None):
         return None
     from weightvault.record.oms import load_ec_key
 
-    return load_ec_key(Path(path))
+    return load_ec_key(Path(path), _passphrase)
 
 
 def _promised_replicas(plan) -> int | None:
@@ -328,7 +402,7 @@ def _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single, promise
                     on_start=cb.on_start, replicas=others)  # fmt: skip
     states = {n: f"unreachable: {e}" for n, e in rs.errors.items()}
     states[primary] = "complete"
-    trusted = [key.public]
+    trusted = [k.public for k in key]
     for n in order:
         if n in states:
             continue
@@ -537,12 +611,16 @@ def verify(
             store, bundle, trusted, insecure=insecure, deep=deep, workers=workers,
             on_bytes=cb.on_bytes, on_start=cb.on_start, keys=_keys(identities, shares),
             executor=ex), replica)  # fmt: skip
-    signer = f"signed by {r.signer[:16]}" if r.signer else "signature NOT checked (--insecure)"
+    signer = (f"signed by {', '.join(s[:16] for s in r.signers)}" if r.signer
+              else "signature NOT checked (--insecure)")  # fmt: skip
     lines = [f"{'OK' if r.ok else 'DAMAGED'}: bundle {r.name} ({r.bundle[:16]}) on {where}, "
              f"{signer}, {r.objects} objects{', deep' if deep else ''}, "
              f"{_size(r.bytes_checked)} read"]  # fmt: skip
     lines += [f"  {p.kind}: {p}" for p in r.problems]
     _emit({**r.as_dict(), "replica": where}, as_json, "\n".join(lines))
+    history = getattr(trusted, "_history", None)  # key statements that had no effect, and why
+    for note in history.notes if history else ():
+        click.echo(f"weightvault: note: {note}", err=True)
     if not r.ok:
         sys.exit(1)
 
@@ -827,7 +905,7 @@ def _auditor_key(ctx: Ctx, key_path: str | None) -> keys.SigningKey:
     if p is None:
         raise InputError("no key to sign audit records: pass --key FILE or set audit.key or "
                          "signing_key in the config")  # fmt: skip
-    return keys.load_signing_key(Path(p))
+    return load_key(p, "audit key")
 
 
 def _each_replica(rs, names, fn) -> tuple[list, dict[str, str]]:

@@ -81,15 +81,28 @@ def _quietly(what: str, fn) -> None:
         click.echo(f"weightvault: note: preservation log not updated after {what}: {e}", err=True)
 
 
-def log_seal(ctx: Ctx, rs, r, key, encrypted: bool, held: list[str]) -> None:
+def log_key_for(ctx: Ctx, rs, candidates: list):
+    """The key to append with: the one (among `candidates`, then the config's signing_key)
+    whose log the replicas already hold; with no log yet, the config's signing_key, else the
+    first candidate. A bundle may be signed by keys other than the log's (docs/KEYS.md)."""
+    from weightvault.log.store import origin_for
+
+    origin = next((o for n in rs.names if (o := _origin_on(rs.try_store(n)))), None)
+    for k in candidates:
+        if origin is not None and origin_for(k.public.raw).encode() == origin:
+            return k
+    return ctx.signing_key(None) if ctx.config.signing_key else candidates[0]
+
+
+def log_seal(ctx: Ctx, rs, r, keys_: list, encrypted: bool, held: list[str]) -> None:
     from weightvault.format.manifest import FORMAT_VERSION
     from weightvault.log import statements as st
 
     def go() -> None:
-        stmts = [st.sealed(r.bundle, r.name, r.bytes_stored, key.public.key_id, FORMAT_VERSION,
-                           encrypted)]  # fmt: skip
+        stmts = [st.sealed(r.bundle, r.name, r.bytes_stored, keys_[0].public.key_id,
+                           FORMAT_VERSION, encrypted)]  # fmt: skip
         stmts += [st.replicated(r.bundle, r.name, n) for n in held]
-        record(ctx, rs, *stmts, key=key)
+        record(ctx, rs, *stmts, key=log_key_for(ctx, rs, keys_))
 
     _quietly("seal", go)
 

@@ -115,7 +115,7 @@ def handover(cfg: Config, name: str, steward: str, conditions: Path, key: Signin
     ours = _holding(rs, name, {sc.replica})
     if not ours:
         raise StorageError(f"bundle {name!r}: no reachable replica of ours holds it")
-    trusted = [*trusted, key.public]
+    trusted = trusted + [key.public]
     b = _load(ours, name, trusted)
     replicate([s for _, s in ours], dst, b.bundle_id, trusted, workers=workers,
               on_bytes=on_bytes)  # fmt: skip
@@ -204,7 +204,7 @@ def _depositor_log(cfg: Config, steward_replica: str, name: str, key: SigningKey
     ours = _holding(rs, name, {steward_replica})
     if not ours:
         raise StorageError(f"bundle {name!r}: no reachable replica of ours holds it")
-    trusted = [*trusted, key.public]
+    trusted = trusted + [key.public]
     b = _load(ours, name, trusted)
     dst = rs.try_store(steward_replica)
     stores = ([(steward_replica, dst)] if dst is not None else []) + ours

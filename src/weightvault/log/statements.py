@@ -11,7 +11,7 @@ from weightvault.errors import CorruptData
 from weightvault.format import canon, spec
 
 SCHEMA = "log-statement"
-KINDS = ("sealed", "replicated", "audited", "repaired", "custody", "retired")
+KINDS = ("sealed", "replicated", "audited", "repaired", "custody", "retired", "key")
 CUSTODY_EVENTS = ("handover", "accept", "challenge", "response", "result", "release", "transfer")
 # the custody chain's event names (custody/chain.py) -> the log's
 CHAIN_EVENTS = {"handover": "handover", "transfer": "transfer", "receipt": "accept",
@@ -70,3 +70,11 @@ def custody(event: str, bundle: str, name: str, steward: str, record: str) -> by
 
 def retired(bundle: str, name: str, replica: str | None, reason: str) -> bytes:
     return make("retired", bundle=bundle, name=name, replica=replica, reason=reason)
+
+
+def key(envelope: bytes) -> bytes:
+    """A rotation or revocation (format/keystatement.py), its envelope's members inline."""
+    import json
+
+    env = json.loads(envelope)
+    return make("key", statement=env["statement"], signatures=env["signatures"])

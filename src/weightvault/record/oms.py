@@ -44,10 +44,11 @@ def default_signature_name() -> str:
     return SIGNATURE_NAME
 
 
-def load_ec_key(path: Path | str) -> ec.EllipticCurvePrivateKey:
-    """Read an unencrypted PEM ECDSA private key on a curve ``model_signing`` accepts."""
+def load_ec_key(path: Path | str, passphrase=None) -> ec.EllipticCurvePrivateKey:
+    """Read a PEM ECDSA private key on a curve ``model_signing`` accepts; an encrypted one is
+    opened with `passphrase(path)`, as signing keys are."""
     path = Path(path)
-    key = load_private_pem(path, "model-signing key", "EC")
+    key = load_private_pem(path, "model-signing key", "EC", passphrase)
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in _HASHES:
         what = key.curve.name if isinstance(key, ec.EllipticCurvePrivateKey) else type(key).__name__
         raise InputError(

@@ -72,7 +72,7 @@ def _identity(view: RecordView, bundle: Bundle) -> list[tuple[str, str]]:
         ("Retired", model.get("retirement_date", "")),
         ("Bundle", bundle.name),
         ("Bundle id", bundle.bundle_id),
-        ("Signed by key", bundle.signer.key_id if bundle.signer else "NOT VERIFIED (insecure)"),
+        (_signed_by_label(bundle), signed_by(bundle)),
         ("Sealed", m["created"]),
         ("Sealed from", _source_line(m["source"])),
     ]
@@ -83,6 +83,18 @@ def _identity(view: RecordView, bundle: Bundle) -> list[tuple[str, str]]:
         if key in src:
             rows.append((label, src[key]))
     return [(k, v) for k, v in rows if v]
+
+
+def signed_by(bundle: Bundle) -> str:
+    """Who vouches for the bundle: the trusted keys whose signatures verified, by key id."""
+    if not bundle.signer:
+        return "NOT VERIFIED (insecure)"
+    keys = bundle.signers or (bundle.signer,)
+    return ", ".join(k.key_id for k in keys)
+
+
+def _signed_by_label(bundle: Bundle) -> str:
+    return "Signed by keys" if len(bundle.signers) > 1 else "Signed by key"
 
 
 def _source_line(src: dict) -> str:
@@ -222,6 +234,7 @@ def summary_json(view: RecordView, bundle: Bundle, replicas_status: Any = None,
             "id": bundle.bundle_id,
             "created": bundle.manifest.doc["created"],
             "signer": bundle.signer.key_id if bundle.signer else None,
+            "signers": [k.key_id for k in bundle.signers],
             "source": bundle.manifest.doc["source"],
         },
         "record": view.record,

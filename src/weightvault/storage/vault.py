@@ -26,7 +26,7 @@ from weightvault.errors import (
     StorageError,
 )
 from weightvault.format import bag, canon, spec
-from weightvault.format.keys import PublicKey, verify_signatures
+from weightvault.format.keys import PublicKey
 from weightvault.format.manifest import (
     MANIFEST_KEY,
     MAX_MANIFEST,
@@ -68,6 +68,7 @@ class Bundle:
     manifest: Manifest
     signature: dict | None
     signer: PublicKey | None  # None only when loaded with insecure=True
+    signers: tuple[PublicKey, ...] = ()  # every trusted key whose signature verified
 
     @property
     def name(self) -> str:
@@ -161,24 +162,23 @@ class Vault:
                 f"{what}: manifest digest {digest} differs from the signed "
                 f"{sig['payload_sha256']} (the manifest was altered after signing)"
             )
-        signer = None
+        signers: list[PublicKey] = []
         if not insecure:
             if not trusted:
                 raise InputError(
                     "no trusted public key given: pass --trust KEY.pub (or --insecure to skip "
                     "signature checks)"
                 )
-            signer = verify_signatures(
-                PAYLOAD_TYPE,
-                raw,
-                sig["signatures"],
-                trusted,
-                self.describe(f"{prefix(name)}/{SIGNATURE_KEY}"),
+            from weightvault.format.trust import as_policy
+
+            signers = as_policy(trusted).verify(
+                PAYLOAD_TYPE, raw, sig["signatures"],
+                self.describe(f"{prefix(name)}/{SIGNATURE_KEY}"), subject=sig["payload_sha256"],
             )
         manifest = Manifest.parse(raw, what)
         if manifest.name != name:
             raise CorruptData(f"{what}: names bundle {manifest.name!r} but lives under {name!r}")
-        return Bundle(manifest, sig, signer)
+        return Bundle(manifest, sig, signers[0] if signers else None, tuple(signers))
 
     # -- commit
     def commit(self, name: str, files: list[tuple[str, bytes]]) -> None:
