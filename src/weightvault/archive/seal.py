@@ -136,7 +136,8 @@ def seal(
         if v.is_committed(name):
             raise already_sealed(v, name)
     files = sorted(src.files, key=lambda f: f.path)
-    prev = previous_version(vault, opts.supersedes, opts.trusted or [key.public])
+    signers = [key] if isinstance(key, SigningKey) else list(key)
+    prev = previous_version(vault, opts.supersedes, opts.trusted or [k.public for k in signers])
     keys = _KeyPlan.new(opts) if opts.encrypted else None
     if keys and executor is not None and executor.distributed:
         raise InputError(f"--executor {executor.spec} cannot seal an encrypted bundle: workers "

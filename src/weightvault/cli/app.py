@@ -154,15 +154,20 @@ def _set_threshold(ctx: click.Context, _param, value: int | None) -> None:
         ctx.find_object(Ctx).threshold = value
 
 
+def trust_only_opt(f):
+    """--trust KEY.pub alone, where --threshold already means something else (seal: shares)."""
+    return click.option("--trust", multiple=True, metavar="KEY.pub",
+                        help="Trusted signer public key (repeatable; when given, the whole "
+                             "trusted set: the config's trusted_keys are not added).")(f)  # fmt: skip
+
+
 def trust_opt(f):
     """--trust KEY.pub (repeatable) and --threshold K: the trust policy a command applies."""
     f = click.option("--threshold", type=click.IntRange(1, 16), metavar="K", expose_value=False,
                      callback=_set_threshold,
                      help="Distinct trusted keys that must have signed a bundle [default: the "
                           "config's threshold with its trusted_keys, else 1].")(f)  # fmt: skip
-    return click.option("--trust", multiple=True, metavar="KEY.pub",
-                        help="Trusted signer public key (repeatable; when given, the whole "
-                             "trusted set: the config's trusted_keys are not added).")(f)  # fmt: skip
+    return trust_only_opt(f)
 
 
 insecure_opt = click.option("--insecure", is_flag=True, help="Read bundles without checking signatures.")  # fmt: skip
@@ -296,7 +301,7 @@ def keygen(path: str, protect: bool) -> None:
 @click.option("--supersedes", metavar="BUNDLE",
               help="The previous version of this model (name or id prefix in the vault): "
                    "recorded in the signed manifest; unchanged files are not stored again.")  # fmt: skip
-@trust_opt
+@trust_only_opt
 @click.option("--follow-external-links", is_flag=True,
               help="Seal the bytes a symbolic link points to even when its target lies outside "
                    "SOURCE (refused by default: a link can reach a credentials file).")  # fmt: skip
