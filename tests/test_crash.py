@@ -113,10 +113,11 @@ def audit_records(n: int) -> KillPoint:
 
 
 def committed(root: Path) -> set[str]:
-    """Bundles a writer finished, or signed (FORMAT.md section 2: a signed manifest commits)."""
+    """Signed bundles (FORMAT.md section 2: the signature commits; from version 4 it is the
+    last file written), and version 1-3 bags (objects inside) that a writer finished."""
     b = root / "bundles"
-    return {d.name for d in b.iterdir() if (d / MARKER).exists() or (d / "weightvault.sig")
-            .exists()} if b.is_dir() else set()  # fmt: skip
+    return {d.name for d in b.iterdir() if (d / "weightvault.sig").exists() or (
+        (d / MARKER).exists() and (d / "data/objects").is_dir())} if b.is_dir() else set()  # fmt: skip
 
 
 def named_pool(root: Path) -> set[str]:

@@ -234,6 +234,12 @@ def test_append_verify_prove_and_independent_verifier(lab):
         assert check.check_proof(proof, "p", log.verifier).entry == entries[idx]
         i, e, s, _ = tlog_verify.verify_proof(proof, origin_for(k.public.raw), k.public.raw)
         assert (i, e, s) == (idx, entries[idx], 530)
+    # any one bit of any byte changed: refused (base64's unused low bits included)
+    for pos in range(len(proof)):
+        for bit in (0, 1):
+            bad = proof[:pos] + bytes([proof[pos] ^ (1 << bit)]) + proof[pos + 1:]
+            with pytest.raises((CorruptData, IntegrityError, TrustError)):
+                check.check_proof(bad, "p", log.verifier)
 
 
 def test_cosign_and_a_forked_log_is_refused(lab, tmp_path):

@@ -169,7 +169,7 @@ def _gc(name: str, store: Store, *, trusted: list[PublicKey], grace: float, dry_
     for bname in store.list_dirs(BUNDLES):
         by_name.setdefault(bname, {})
     vault.listed = [n for n, fs in by_name.items()
-                    if name_ok(n) and (f"{prefix(n)}/{bag.COMMIT_MARKER}" in fs
+                    if name_ok(n) and (f"{prefix(n)}/{SIGNATURE_KEY}" in fs
                                        or f"{prefix(n)}/{MANIFEST_KEY}" in fs)]  # fmt: skip
     pool = _PoolRefs()
     for bname in sorted(set(protect) - set(by_name)):
@@ -198,7 +198,14 @@ def _gc(name: str, store: Store, *, trusted: list[PublicKey], grace: float, dry_
             res.notes.append(f"bundle {bname}: commit marker missing but {why}; nothing in it "
                              "is removed (run `weightvault audit` and `weightvault repair`)")
             continue
-        if f"{p}/{bag.COMMIT_MARKER}" not in files:
+        legacy = any(k.startswith(f"{p}/data/objects/") for k in files)
+        if not signed and bname not in protect and (
+                f"{p}/{bag.COMMIT_MARKER}" not in files or not legacy):
+            # No signature: an interrupted write. From version 4 the signature is the last file
+            # written, so a tag manifest without one is a seal killed just before it signed;
+            # a version 1-3 bundle (its objects in its own bag) wrote its signature before its
+            # tag manifest, so there a tag manifest without one means a deleted signature:
+            # damage, left whole (below).
             found = [Orphan(k, s, f"interrupted seal or replicate of {bname!r} (never committed)",
                             age(m)) for k, (s, m) in sorted(files.items())]  # fmt: skip
             fresh = [o for o in found if young(o.age)]

@@ -134,7 +134,7 @@ def _replicate(sources: list[Store], dst: Store, src_vault: Vault, b: Bundle, *,
                                  "reading")  # fmt: skip
     dv = Vault(dst)
     result = ReplicateResult(m.bundle_id, name, dst.url, objects=len(m.doc["objects"]))
-    committed = dv.has_marker(name)
+    committed = dv.is_committed(name)
     mkey = f"{prefix(name)}/{MANIFEST_KEY}"
     if dv.is_committed(name) and dst.exists(mkey):
         theirs = dst.read_bytes(mkey, MAX_MANIFEST)
@@ -246,12 +246,12 @@ def bundle_state(store: Store, name: str, bundle_id: str | None = None,
     listing = store.list(p)
     if not listing:
         return BundleState("absent")
-    if f"{p}/{bag.COMMIT_MARKER}" not in listing:
-        if f"{p}/{SIGNATURE_KEY}" in listing:
-            # signed after every object was stored: committed, its tag files lost since
-            return BundleState("incomplete", detail="signed manifest present but tag files "
-                               "missing (run `weightvault audit`, then `weightvault repair`)")
+    if f"{p}/{SIGNATURE_KEY}" not in listing:
         return BundleState("uncommitted", detail="an interrupted seal or replicate")
+    if f"{p}/{bag.COMMIT_MARKER}" not in listing:
+        # signed after every object was stored: committed, its tag manifest lost since
+        return BundleState("incomplete", detail="signed manifest present but tag files "
+                           "missing (run `weightvault audit`, then `weightvault repair`)")
     if not trusted:
         return BundleState("committed", detail="not verified: no trusted key given")
     try:

@@ -857,13 +857,13 @@ def status(ctx: Ctx, vault, trust, as_json) -> None:
     rs = ctx.replicas(vault)
     stores = {n: rs.try_store(n) for n in rs.names}
     empty = [n for n in rs.names if stores[n] is None and unwritten(rs.replica(n).url)]
-    for n in empty:
-        del rs.errors[n]
     try:
         trusted = ctx.trusted(trust)
     except InputError:
         trusted = []
     table = do_status(stores, rs.errors, trusted)
+    for n in empty:  # after every read: judging trust may try the replicas again
+        rs.errors.pop(n, None)
     for row in table.values():
         for n in empty:
             row[n] = BundleState("absent", detail="empty (not yet written)")

@@ -276,7 +276,7 @@ def check_proof(data: bytes, what: str, verifier: note.Verifier,
     entry = None
     try:
         if lines[pos].startswith("extra "):
-            entry = base64.b64decode(lines[pos][6:], validate=True)
+            entry = note.b64strict(lines[pos][6:])
             pos += 1
         if not lines[pos].startswith("index "):
             raise ValueError("no index line")
@@ -284,7 +284,7 @@ def check_proof(data: bytes, what: str, verifier: note.Verifier,
         if not digits.isdigit() or (digits != "0" and digits[0] == "0") or len(digits) > 20:
             raise ValueError("bad index")
         index = int(digits)
-        path = [base64.b64decode(x, validate=True) for x in lines[pos + 1 :]]
+        path = [note.b64strict(x) for x in lines[pos + 1 :]]
     except (IndexError, ValueError, binascii.Error) as e:
         raise CorruptData(f"{what}: malformed tlog-proof ({e})") from None
     if entry is None:

@@ -22,6 +22,17 @@ DASH = "\u2014 "
 COSIG_HEADER = b"cosignature/v1\n"
 
 
+def b64strict(text: str | bytes) -> bytes:
+    """Standard base64 in its one canonical spelling: a decoder that ignores the unused low
+    bits of the last character would accept a changed byte of a note or proof as the same
+    value (binascii.Error, a ValueError, otherwise)."""
+    raw = base64.b64decode(text, validate=True)
+    want = text.encode() if isinstance(text, str) else bytes(text)
+    if base64.b64encode(raw) != want.strip():
+        raise ValueError("not canonical base64 (unused bits set)")
+    return raw
+
+
 class NoteError(ValueError):
     """A note or checkpoint that is malformed (integrity)."""
 
@@ -62,7 +73,7 @@ class Verifier:
     def from_vkey(cls, text: str) -> Verifier:
         try:
             name, hexid, b64 = text.strip().split("+")
-            raw = base64.b64decode(b64, validate=True)
+            raw = b64strict(b64)
         except (ValueError, binascii.Error):
             raise ValueError("not a verifier key name+id+base64") from None
         if len(raw) != 33 or raw[0] not in (ALG_ED25519, ALG_COSIGN_ED25519):
@@ -141,8 +152,8 @@ def parse(data: bytes) -> Note:
             raise NoteError(f"malformed signature line {line[:60]!r}")
         name, _, b64 = line[len(DASH) :].rpartition(" ")
         try:
-            raw = base64.b64decode(b64, validate=True)
-        except binascii.Error:
+            raw = b64strict(b64)
+        except (ValueError, binascii.Error):
             raise NoteError(f"signature by {name[:60]} is not base64") from None
         if not name or " " in name or len(raw) < 5:
             raise NoteError(f"malformed signature line {line[:60]!r}")
@@ -190,8 +201,8 @@ def parse_checkpoint(text: bytes) -> Checkpoint:
     if not size.isdigit() or (size != "0" and size.startswith("0")) or len(size) > 20:
         raise NoteError(f"checkpoint size {size[:30]!r} is not a decimal number")
     try:
-        raw = base64.b64decode(root, validate=True)
-    except binascii.Error:
+        raw = b64strict(root)
+    except (ValueError, binascii.Error):
         raw = b""
     if len(raw) != 32:
         raise NoteError("checkpoint root is not a base64 SHA-256 hash")

@@ -88,6 +88,8 @@ class Vault:
 
     # -- listing and lookup
     def names(self) -> list[str]:
+        # only signed bundles: a directory without a signature is an interrupted write (from
+        # version 4 the signature is the last file written), never shown as a bundle
         return [n for n in self.store.list_dirs(BUNDLES) if name_ok(n) and self.is_committed(n)]
 
     def has_marker(self, name: str) -> bool:
@@ -95,10 +97,11 @@ class Vault:
         return self.store.exists(f"{prefix(name)}/{bag.COMMIT_MARKER}")
 
     def is_committed(self, name: str) -> bool:
-        """May be committed: the marker, or the signature that a writer puts down only after
-        every object, is there. Whether it is, is settled by load()'s signature check; only a
-        bundle with neither is an interrupted write."""
-        return self.has_marker(name) or self.store.exists(f"{prefix(name)}/{SIGNATURE_KEY}")
+        """May be committed: the signature, which a writer puts down only after every object
+        (and, from version 4, after every other file: section 2.1), is there. Whether it is,
+        is settled by load()'s signature check. A bundle without one is an interrupted write,
+        unless the bundle is known committed elsewhere (the caller's to say)."""
+        return self.store.exists(f"{prefix(name)}/{SIGNATURE_KEY}")
 
     def read_signature(self, name: str) -> dict:
         key = f"{prefix(name)}/{SIGNATURE_KEY}"
@@ -137,11 +140,22 @@ class Vault:
         if ref_l and len(ref_l) < 4 and all(c in "0123456789abcdef" for c in ref_l):
             raise InputError(f"{ref!r}: no bundle of that name, and a bundle id prefix needs at "
                              "least 4 hex digits")  # fmt: skip
+        if name_ok(ref) and (self.has_marker(ref) or self.store.exists(f"{prefix(ref)}/{MANIFEST_KEY}")):
+            # named, but never signed (or its signature is gone): say so, as a trust failure
+            raise MissingSignature(f"{self.describe(f'{prefix(ref)}/{SIGNATURE_KEY}')}: missing; "
+                                   "the bundle is unsigned, or its seal stopped before signing "
+                                   "(use --insecure to read it)")  # fmt: skip
         raise NotFound(f"{ref!r}: no such bundle in {self.store.url}{_did_you_mean(ref, names)}")
 
     def load(self, ref: str, trusted: list[PublicKey], *, insecure: bool = False) -> Bundle:
         """Read a bundle's manifest, checking its digest and signature before parsing it."""
-        return self.load_exact(self.resolve(ref), trusted, insecure=insecure)
+        try:
+            name = self.resolve(ref)
+        except MissingSignature:
+            if not insecure:
+                raise
+            name = ref  # an unsigned bundle, read as the user asked
+        return self.load_exact(name, trusted, insecure=insecure)
 
     def load_exact(self, name: str, trusted: list[PublicKey], *, insecure: bool = False) -> Bundle:
         """load() of a name taken as it is (no listing to resolve it against)."""
@@ -182,14 +196,15 @@ class Vault:
 
     # -- commit
     def commit(self, name: str, files: list[tuple[str, bytes]]) -> None:
-        """Write a bundle's non-object files in commit order; the commit marker goes last.
-        Every object and record file the manifest names must already be stored and checked.
-        Idempotent: re-running it over an interrupted commit of the same manifest completes it."""
+        """Write a bundle's non-object files in commit order (from version 4 the signature
+        last: that one write commits). Every object and record file the manifest names must
+        already be stored and checked. Idempotent: re-running it over an interrupted commit of
+        the same manifest completes it."""
         st, p = self.store, prefix(name)
-        assert files[0][0] == MANIFEST_KEY and files[-1][0] == bag.COMMIT_MARKER
+        assert files[0][0] == MANIFEST_KEY and files[-1][0] in (bag.COMMIT_MARKER, SIGNATURE_KEY)
         manifest_raw = files[0][1]
         with st.lock(f"commit-{name}"):
-            if self.has_marker(name):
+            if self.is_committed(name):
                 raise already_sealed(self, name)
             mkey = f"{p}/{MANIFEST_KEY}"
             ours = True  # this commit wrote the manifest (no other writer shares these files)
@@ -231,10 +246,11 @@ def commit_order(format_version: int) -> tuple[str, ...]:
     and the signature comes after the tag files that do not depend on it."""
     algs = bag.algs(format_version)
     if format_version >= 4:
-        # the signature commits the bundle (section 2): every file that does not depend on it
-        # goes first, so a signed bundle lacks at most its tag manifest
-        return (MANIFEST_KEY, "manifest-sha256.txt", "bagit.txt", "bag-info.txt", SIGNATURE_KEY,
-                bag.COMMIT_MARKER)  # fmt: skip
+        # the signature commits the bundle (section 2) and goes last, alone: the tag manifest
+        # lists its digest, computed before either is written, so a crash at any point leaves
+        # either no signature (an interrupted write) or every file
+        return (MANIFEST_KEY, "manifest-sha256.txt", "bagit.txt", "bag-info.txt",
+                bag.COMMIT_MARKER, SIGNATURE_KEY)  # fmt: skip
     return (MANIFEST_KEY, FORMAT_KEY, SIGNATURE_KEY, *(f"manifest-{a}.txt" for a in algs),
             "bagit.txt", "bag-info.txt", *(f"tagmanifest-{a}.txt" for a in algs[:0:-1]),
             bag.COMMIT_MARKER)  # fmt: skip
