@@ -410,3 +410,17 @@ def test_failed_full_audit_never_reports_more_read_than_the_replica_holds(vault_
            "--key", lab_key, "--state-dir", vault_copy.parent / "s", "--json")  # fmt: skip
     assert r.code == 1, r.err
     assert r.json()["replicas"][0]["record"]["bytes_read"] == held
+
+
+def test_share_envelopes_have_one_size(tmp_path, lab_key, minilm_dir):
+    """A share envelope's size used to reveal its mnemonic's length (SLIP-39 words are 4 to 8
+    letters); from format version 4 every plaintext is padded to 512 bytes."""
+    from test_escrow import World
+
+    w = World(tmp_path, lab_key, str(tmp_path / "steward-vault"), None, None)
+    ok(w.seal(minilm_dir))
+    # the age file's own size varies with the random "grease" stanza rage adds, which
+    # depends on nothing secret; the plaintext is what must not vary
+    for who in ("alice", "bob", "steward"):
+        text = w.share(who).read_bytes()
+        assert len(text) == 512 and text.endswith(b" ") and text.count(b"\n") == 1
