@@ -403,21 +403,7 @@ class LocalStore(Store):
         # bundle. A waiter that then gets the lock of a removed file (or of an older one at the
         # same path) holds nothing anyone else will see: it checks, and tries again.
         path = self.root / TMP / f"{name}.lock"
-        while True:
-            f = open(path, "a+b")  # noqa: SIM115 - kept open while the lock is held
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-                try:
-                    now = os.stat(path)
-                except FileNotFoundError:
-                    now = None
-                mine = os.fstat(f.fileno())
-            except BaseException:
-                f.close()
-                raise
-            if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
-                break
-            f.close()
+        f, _ = _flock_live(path, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -431,22 +417,7 @@ class LocalStore(Store):
         # it (so a seal leaves none behind, and gc's dry run changes nothing), and a waiter
         # that then gets the lock of a removed file tries again.
         path = self.root / TMP / "pool.lock"
-        while True:
-            created = not path.exists()
-            f = open(path, "a+b")  # noqa: SIM115 - kept open while the lock is held
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-                try:
-                    now = os.stat(path)
-                except FileNotFoundError:
-                    now = None
-                mine = os.fstat(f.fileno())
-            except BaseException:
-                f.close()
-                raise
-            if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
-                break
-            f.close()
+        f, created = _flock_live(path, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -461,6 +432,28 @@ class LocalStore(Store):
 
     def local_path(self, key: str) -> Path:
         return self._path(key)
+
+
+def _flock_live(path: Path, mode: int):
+    """(the open lock file at `path` locked with `mode`, whether this call created it). A
+    holder removes the file before it unlocks, so a waiter may get the lock of a file no
+    longer at `path`: it tries again until the file it locked is the one there."""
+    while True:
+        created = not path.exists()
+        f = open(path, "a+b")  # noqa: SIM115 - kept open while the lock is held
+        try:
+            fcntl.flock(f.fileno(), mode)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+            mine = os.fstat(f.fileno())
+        except BaseException:
+            f.close()
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            return f, created
+        f.close()
 
 
 def _check_readback(path, sha256: str, what: str, discard, opener=open) -> None:
