@@ -117,7 +117,7 @@ def test_seal_racing_a_full_audit(tmp_path, minilm_dir, lab_key):
         ]
         for reached in points:
             if s.run_until(reached):  # the seal is stopped here while the audit runs
-                done = (v / "bundles/m/tagmanifest-sha256.txt").exists()
+                done = (v / "bundles/m/weightvault.sig").exists()  # the signature commits (2.1)
                 seen.append((_audit(cfg), "intact" if done else "uncommitted"))
         assert s.finish().code == 0
     assert len(seen) == len(points)
@@ -163,9 +163,9 @@ def test_same_name_on_s3_loser_never_removes_the_winners_objects(tmp_path, s3_se
     seal = cli("-c", cfg, "seal", model, "--name", "m", "--chunk-size", "1", "--quiet")
     with Stepper(seal, env=env) as a, Stepper(seal, env=env) as b:
         both_writing(a, b, str(spool))
-        # A into the middle of its commit: manifest stored, commit marker not yet
+        # A into the middle of its commit: manifest stored, signature (the commit) not yet
         assert a.run_until(lambda: "vault/bundles/m/data/weightvault.json" in keys())
-        assert "vault/bundles/m/tagmanifest-sha256.txt" not in keys()
+        assert "vault/bundles/m/weightvault.sig" not in keys()
         time.sleep(1.1)  # B's manifest gets a later "created" than A's
         rb = b.finish()
         ra = a.finish()
