@@ -22,10 +22,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from weightvault.archive.pipeline import FileDigests, Finisher, default_workers, pieces, run
+from weightvault.archive.pipeline import FileDigests, Finisher, default_workers, run
 from weightvault.errors import IntegrityError
 from weightvault.executors import Executor, StoreSpec, batches, store_spec
-from weightvault.format import codec
 
 
 def plan_tasks(jobs: list, task_bytes: int,
@@ -107,19 +106,9 @@ def _seal_task(spec: StoreSpec, files_io, name: str, level: int, codec_name: str
 
 def _hash_task(files_io, index: int, f) -> tuple[int, str]:
     """A split file's SHA-256, reading it in order."""
-    h = hashlib.sha256()
-    fh = files_io.open(f)
-    try:
-        for off, n in pieces(f.size, codec.PIECE):
-            buf = fh.pread(n, off)
-            if len(buf) != n:
-                from weightvault.errors import InputError
+    from weightvault.archive.seal import file_sha256
 
-                raise InputError(f"{f.abspath}: file shrank while sealing")
-            h.update(buf)
-    finally:
-        fh.close()
-    return index, h.hexdigest()
+    return index, file_sha256(files_io, f)
 
 
 def seal_on_cluster(ex: Executor, jobs: list, files_io, store, name: str, opts,

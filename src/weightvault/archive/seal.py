@@ -333,28 +333,31 @@ def _reusable(files, files_io, prev: Bundle, store: Store, workers: int,
              if all(pool.get(pool_key(c["object"])) == objs[c["object"]]["size"]
                     for c in old[f.path]["chunks"])]  # fmt: skip
 
-    def digest(item, _emit) -> str:
-        _i, f = item
-        h = hashlib.sha256()
-        fh = files_io.open(f, 0, f.size)
-        try:
-            for off, n in pieces(f.size, codec.PIECE):
-                buf = fh.pread(n, off)
-                if len(buf) != n:
-                    raise InputError(f"{f.abspath}: file shrank while sealing")
-                h.update(buf)
-                if on_bytes:
-                    on_bytes(n)
-        finally:
-            fh.close()
-        return h.hexdigest()
-
-    got = run(cands, digest, workers=workers)
+    got = run(cands, lambda item, _emit: file_sha256(files_io, item[1], on_bytes),
+              workers=workers)  # fmt: skip
     out = {}
     for (i, f), d in zip(cands, got, strict=True):
         if d == old[f.path]["sha256"] and (not f.expected_sha256 or f.expected_sha256 == d):
             out[i] = {**old[f.path], "mode": f.mode & 0o777}
     return out
+
+
+def file_sha256(files_io, f, on_bytes: Callable[[int], None] | None = None) -> str:
+    """A source file's SHA-256, read in order in PIECE-sized range reads (a file reused from
+    the previous version, or one split across cluster tasks)."""
+    h = hashlib.sha256()
+    fh = files_io.open(f, 0, f.size)
+    try:
+        for off, n in pieces(f.size, codec.PIECE):
+            buf = fh.pread(n, off)
+            if len(buf) != n:
+                raise InputError(f"{f.abspath}: file shrank while sealing")
+            h.update(buf)
+            if on_bytes:
+                on_bytes(n)
+    finally:
+        fh.close()
+    return h.hexdigest()
 
 
 def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: int,
