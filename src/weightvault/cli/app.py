@@ -668,6 +668,16 @@ def restore(ctx: Ctx, bundle, dest, vault, replica, trust, insecure, identities,
           f"{_size(r.bytes)} into {r.dest} in {r.seconds:.1f} s; every file digest verified")  # fmt: skip
 
 
+def _first_bundle(rs, ref: str, trusted, insecure: bool, prefer: str | None):
+    """(replica, its store, the bundle loaded and verified) from the first replica that
+    answers, `prefer` first."""
+    from weightvault.storage.vault import Vault
+
+    where, (store, b) = rs.first(lambda _n, st: (st, Vault(st).load(ref, trusted,
+                                                                    insecure=insecure)), prefer)
+    return where, store, b
+
+
 def _audit_status(ctx: Ctx, rs) -> dict:
     """replica -> last audit outcome, from the local audit trail (nothing is read remotely)."""
     from weightvault.archive.auditlog import Chain, replica_dir, state_root
@@ -708,8 +718,7 @@ def show(ctx: Ctx, bundle, vault, replica, trust, insecure, html_path, as_json) 
     from weightvault.storage.vault import Vault
 
     rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
-    where, (store, b) = rs.first(lambda _n, st: (st, Vault(st).load(bundle, trusted,
-                                                                    insecure=insecure)), replica)
+    where, store, b = _first_bundle(rs, bundle, trusted, insecure, replica)
     view = read_record(store, b)
     replicas = {}
     for n in rs.names:
@@ -762,11 +771,9 @@ def record_group() -> None:
 def record_export(ctx: Ctx, bundle, dest, vault, replica, trust, insecure, as_json) -> None:
     """Write the record's files (byte-exact, digests checked) into DEST, without the weights."""
     from weightvault.record.retirement import export_record
-    from weightvault.storage.vault import Vault
 
     rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
-    _, (store, b) = rs.first(lambda _n, st: (st, Vault(st).load(bundle, trusted,
-                                                                insecure=insecure)), replica)
+    _, store, b = _first_bundle(rs, bundle, trusted, insecure, replica)
     files = export_record(store, b, Path(dest))
     _emit(files, as_json, f"exported {len(files)} record files of {b.name} into {dest}")
 
