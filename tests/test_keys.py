@@ -343,3 +343,20 @@ def test_key_revoke_by_an_untrusted_key_is_refused(three):
 
     st = keystatement.parse((d / "rev.json").read_bytes(), "rev.json")
     assert st.kind == "revoke" and st.since == "2026-01-01T00:00:00Z"
+
+
+def test_signing_in_place_equals_signing_a_copy(tmp_path):
+    """sign_framed (the manifest signed in its own buffer, no copy) gives exactly sign_all's
+    signatures (Ed25519 is deterministic) and leaves the buffer holding the body alone."""
+    from weightvault.format.manifest import PAYLOAD_TYPE
+
+    a, b = keys.generate(tmp_path / "a"), keys.generate(tmp_path / "b")
+    doc = {"files": [{"path": "é", "n": i} for i in range(3000)], "x": "\u2028"}
+    body = canon.canonical(doc)
+    buf = canon.encode(doc, keys.PAE_ROOM)
+    sigs = keys.sign_framed([a, b], PAYLOAD_TYPE, buf)
+    assert buf == body and type(buf) is bytearray
+    assert sigs == keys.sign_all([a, b], PAYLOAD_TYPE, body)
+    assert TrustPolicy([a.public, b.public], 2).verify(PAYLOAD_TYPE, body, sigs, "m")
+    with pytest.raises(InputError, match="given twice"):
+        keys.sign_framed([a, a], PAYLOAD_TYPE, canon.encode(doc, keys.PAE_ROOM))

@@ -82,6 +82,71 @@ def test_canonical_json_is_jcs_for_our_documents():
         canon.canonical({"x": 1.5})
 
 
+def _old_canonical(obj):
+    """The canonical encoder before the bytes-level one (0.4): check, json.dumps, encode."""
+
+    def check(o, depth):
+        if depth > canon.MAX_DEPTH:
+            raise ValueError("document nested too deeply")
+        if isinstance(o, float):
+            raise ValueError("floats")
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if not isinstance(k, str) or not k.isascii():
+                    raise ValueError("key")
+                check(v, depth + 1)
+        elif isinstance(o, list):
+            for v in o:
+                check(v, depth + 1)
+
+    check(obj, 0)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _same_as_old(doc) -> None:
+    try:
+        want = _old_canonical(doc)
+    except (ValueError, TypeError, UnicodeEncodeError) as e:
+        with pytest.raises(type(e)):
+            canon.canonical(doc)
+        return
+    assert canon.canonical(doc) == want
+    assert bytes(canon.encode(doc, headroom=7)) == bytes(7) + want
+
+
+_scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=2**63)
+            | st.text() | st.text(alphabet="\"\\\x00\x1f\x7f\u2028\u2029\ud800\U0001f600é/<>")
+            | st.sampled_from([1.5, (1, "t")]))  # fmt: skip
+_keys = st.text(max_size=6) | st.sampled_from(["a", "é", "\t", "b\"", "", "0"])
+_docs = st.recursive(_scalars, lambda kids: st.lists(kids, max_size=6)
+                     | st.dictionaries(_keys, kids, max_size=6), max_leaves=40)  # fmt: skip
+
+
+@settings(max_examples=600, deadline=None)
+@given(_docs)
+def test_bytes_encoder_equals_the_old_canonical_form(doc):
+    _same_as_old(doc)
+
+
+@pytest.mark.parametrize("n", [0, 1, 1023, 1024, 1025, 3000])
+def test_bytes_encoder_batches_long_lists_like_one_dump(n):
+    rows = [{"offset": i, "length": 2**40 + i, "object": f"{i:064x}", "codec": "zstd"}
+            if i % 3 else i for i in range(n)]  # fmt: skip
+    rows[n // 2:n // 2] = [{"nested": [{"x": "é"}]}, [], {}, "s"]
+    _same_as_old({"files": [{"chunks": rows, "path": "a"}], "objects": rows, "n": n})
+
+
+@pytest.mark.parametrize("depth", [30, 31, 32, 33, 34])
+def test_bytes_encoder_depth_limit_as_before(depth):
+    for leaf in (1, {}, [], {"a": 1}, [1]):
+        for parity in (0, 1):
+            doc = leaf
+            for i in range(depth):
+                doc = [doc] if i % 2 == parity else {"k": doc}
+            _same_as_old(doc)
+            _same_as_old([doc, {"x": doc}])
+
+
 @pytest.mark.parametrize("doc,msg", [
     (b'{"a":1,"a":2}', "duplicate key"),
     (b'{"a":NaN}', "NaN"),

@@ -16,7 +16,7 @@ from weightvault.archive.pipeline import Emit, FileDigests, Finisher, default_wo
 from weightvault.errors import Conflict, InputError, IntegrityError, NotFound, TrustError
 from weightvault.executors import Executor
 from weightvault.format import canon, chunking, codec, crypt
-from weightvault.format.keys import PublicKey, SigningKey, sign_all
+from weightvault.format.keys import PublicKey, SigningKey
 from weightvault.format.manifest import FORMAT_VERSION, PAYLOAD_TYPE, Manifest
 from weightvault.format.paths import check_name, check_relpath
 from weightvault.format.spec import spec_files
@@ -295,13 +295,13 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
 def sign_and_commit(vault: Vault, doc: dict, key: SigningKey | list[SigningKey]) -> Manifest:
     """Check, sign (with each key given) and commit a manifest whose objects and plain files
     are all stored."""
-    manifest = Manifest.from_doc(doc)
+    manifest, signatures = Manifest.signed(doc, key)
     signature = {
         "format": "weightvault-signature",
         "format_version": 1,
         "payload_type": PAYLOAD_TYPE,
         "payload_sha256": manifest.bundle_id,
-        "signatures": sign_all(key, PAYLOAD_TYPE, manifest.raw),
+        "signatures": signatures,
     }
     vault.commit(manifest.name, commit_files(manifest, signature))
     return manifest

@@ -15,24 +15,100 @@ MAX_DOC = 256 << 20  # a 1 TB model's manifest is about 10 MB; anything far larg
 MAX_DEPTH = 32
 
 
+# json's C encoder, configured once, writes every scalar and every run of flat items
+_ENC = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_BATCH = 1024  # flat list items per call: pieces of a few hundred KB at most
+_NESTED = (dict, list)
+
+
 def canonical(obj: Any) -> bytes:
-    _check_canonicalisable(obj, 0)
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return bytes(encode(obj))
 
 
-def _check_canonicalisable(obj: Any, depth: int) -> None:
+def encode(obj: Any, headroom: int = 0) -> bytearray:
+    """The canonical bytes of `obj` in one buffer, after `headroom` zero bytes (room for a
+    header written later in place, such as DSSE's PAE: keys.sign_framed).
+
+    Byte for byte what json.dumps(sort_keys, compact, ensure_ascii=False).encode() gives, without
+    holding the document as one str and then as bytes: a 10 TB model's manifest is 40 MB, and
+    the str, the bytes and their pieces were the driver's peak (benchmarks/README.md). Containers
+    are walked here (checking what has no canonical form on the way); runs of flat items (a
+    list's scalars and dicts of scalars, such as chunk entries) go through the C encoder in
+    batches, so the pieces stay small and the calls few."""
+    out = bytearray(headroom)
+    _write(obj, 0, out)
+    return out
+
+
+def _write(obj: Any, depth: int, out: bytearray) -> None:
     if depth > MAX_DEPTH:
         raise ValueError("document nested too deeply")
-    if isinstance(obj, float):
-        raise ValueError("floats have no canonical form here; use integers or strings")
     if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not isinstance(k, str) or not k.isascii():
-                raise ValueError(f"object key {k!r} is not an ASCII string")
-            _check_canonicalisable(v, depth + 1)
+        if _flat_dict(obj, depth):
+            out += _ENC.encode(obj).encode()
+            return
+        out += b"{"
+        for i, k in enumerate(sorted(obj)):
+            if i:
+                out += b","
+            out += _ENC.encode(k).encode()
+            out += b":"
+            _write(obj[k], depth + 1, out)
+        out += b"}"
     elif isinstance(obj, list):
+        out += b"["
+        batch: list = []
+        first = True
         for v in obj:
-            _check_canonicalisable(v, depth + 1)
+            if not isinstance(v, _NESTED):
+                _scalar(v, depth + 1)
+            elif not (isinstance(v, dict) and _flat_dict(v, depth + 1)):
+                if batch:
+                    first = _flush(batch, first, out)
+                if not first:
+                    out += b","
+                first = False
+                _write(v, depth + 1, out)
+                continue
+            batch.append(v)
+            if len(batch) == _BATCH:
+                first = _flush(batch, first, out)
+        if batch:
+            _flush(batch, first, out)
+        out += b"]"
+    else:
+        _scalar(obj, depth)
+        out += _ENC.encode(obj).encode()
+
+
+def _flush(batch: list, first: bool, out: bytearray) -> bool:
+    if not first:
+        out += b","
+    out += _ENC.encode(batch)[1:-1].encode()
+    batch.clear()
+    return False
+
+
+def _flat_dict(d: dict, depth: int) -> bool:
+    """Check a dict's keys (and its scalar values); True when no value is a container."""
+    if depth > MAX_DEPTH:
+        raise ValueError("document nested too deeply")
+    flat = True
+    for k, v in d.items():
+        if not isinstance(k, str) or not k.isascii():
+            raise ValueError(f"object key {k!r} is not an ASCII string")
+        if isinstance(v, _NESTED):
+            flat = False
+        else:
+            _scalar(v, depth + 1)
+    return flat
+
+
+def _scalar(v: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ValueError("document nested too deeply")
+    if isinstance(v, float):
+        raise ValueError("floats have no canonical form here; use integers or strings")
 
 
 def _no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -129,7 +129,7 @@ class TokenKey:
 
         try:
             with self._lock:  # one operation at a time per session (PKCS#11 section 5.6)
-                return bytes(self.handle.sign(message, mechanism=Mechanism.EDDSA))
+                return bytes(self.handle.sign(bytes(message), mechanism=Mechanism.EDDSA))
         except PKCS11Error as e:
             raise InputError(f"{self.shown}: the token refused to sign "
                              f"({type(e).__name__})") from None  # fmt: skip
