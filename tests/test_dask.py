@@ -141,14 +141,20 @@ def test_cluster_seal_is_byte_identical_and_audits(tmp_path, minilm_dir, lab_key
     env = {**os.environ, **EPOCH}
     ok(wv("seal", minilm_dir, "--vault", tmp_path / "one", "--key", lab_key, "--name", "m",
           "--chunk-size", "16", env=env))  # fmt: skip
-    # 32 MiB tasks: the 87 MiB safetensors file is split over tasks and hashed by its own
-    ok(wv("seal", minilm_dir, "--vault", tmp_path / "dask", "--key", lab_key, "--name", "m",
-          "--chunk-size", "16", "--executor", "local-cluster:2",
-          env={**env, "WEIGHTVAULT_TASK_BYTES": str(32 << 20)}))  # fmt: skip
+    # 32 MiB tasks: the 87 MiB safetensors file is split over tasks and hashed by its own;
+    # every task on the workers (not on the driver while they start: executors.Executor.map)
+    r = ok(wv("seal", minilm_dir, "--vault", tmp_path / "dask", "--key", lab_key, "--name", "m",
+              "--chunk-size", "16", "--executor", "local-cluster:2", "--json",
+              env={**env, "WEIGHTVAULT_TASK_BYTES": str(32 << 20),
+                   "WEIGHTVAULT_DRIVER_TASKS": "0"}))  # fmt: skip
+    assert r.json()["tasks"]["driver"] == 0 and r.json()["tasks"]["workers"] >= 4
     assert tree(tmp_path / "one") == tree(tmp_path / "dask")
     audit = ("audit", "--vault", tmp_path / "dask", "--level", "full", "--key", other_key,
              "--trust", f"{lab_key}.pub", "--state-dir", tmp_path / "state", "--json")
+    # as shipped: the driver runs tasks itself while the workers start; where each ran is
+    # counted (which one depends on timing), and the result is the same either way
     r = ok(wv(*audit, "--executor", "local-cluster:2"))
+    assert sum(r.json()["tasks"].values()) == 1  # one batch of objects, well under 2 GiB
     rec = r.json()["replicas"][0]["record"]
     assert rec["eventOutcome"] == "pass"
     assert rec["objects_checked"] == 21 + plain_count(tmp_path / "dask", "m")  # + spec copies
@@ -199,7 +205,7 @@ def test_seal_s3_source_to_s3_replica_on_cluster_equals_one_process(tmp_path, we
     src_bucket = weed.make_bucket("src-" + secrets.token_hex(4))
     dst_bucket = weed.make_bucket("dst-" + secrets.token_hex(4))
     upload(weed, src_bucket, "ckpt/step-1", minilm_dir)
-    env = {**s3_env(weed), **EPOCH}
+    env = {**s3_env(weed), **EPOCH, "WEIGHTVAULT_DRIVER_TASKS": "0"}  # the workers seal
     ep = f"endpoint_url={weed.endpoint_url}"
     for prefix, extra in (("one", []), ("dask", ["--executor", "local-cluster:2"])):
         cfg = write_config(tmp_path / f"{prefix}.toml", lab_key, {"s3": {

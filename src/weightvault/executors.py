@@ -12,9 +12,11 @@ and a worker on another machine has its own network and credentials).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,67 +43,209 @@ class Executor:
     task_bytes: int = field(default_factory=lambda: int(os.environ.get("WEIGHTVAULT_TASK_BYTES",
                                                                        TASK_BYTES)))  # fmt: skip
     _client: Any = field(default=None, repr=False)
+    _cluster: Any = field(default=None, repr=False)
+    _starting: Any = field(default=None, repr=False)  # (thread, result box) of a LocalCluster
+    _session: bool = field(default=False, repr=False)
+    # where tasks ran: this process's threads while a LocalCluster started, or its workers
+    tasks: dict = field(default_factory=lambda: {"driver": 0, "workers": 0})
 
     @property
     def distributed(self) -> bool:
         return self.kind != THREADS
 
+    def start(self) -> None:
+        """Begin starting a LocalCluster in a background thread (idempotent): its worker
+        processes come up while the driver loads keys, lists the source and reads headers,
+        instead of before. An existing cluster is connected to when first needed."""
+        if self.kind != "local" or self._starting is not None or self._client is not None:
+            return
+        box: dict = {}
+
+        def run() -> None:
+            try:
+                box["up"] = _start_local(self.n_workers)
+            except BaseException as e:  # noqa: BLE001 - raised where the cluster is used
+                box["error"] = e
+
+        t = threading.Thread(target=run, name="weightvault-cluster-start", daemon=True)
+        t.start()
+        self._starting = (t, box)
+        atexit.register(self.close)  # a command that fails before using it still stops it
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Executor]:
+        """One cluster for a whole command (not one per replica): started now (a LocalCluster,
+        in the background), stopped at the end."""
+        self.start()
+        self._session = True
+        try:
+            yield self
+        finally:
+            self._session = False
+            self.close()
+
     @contextlib.contextmanager
     def cluster(self) -> Iterator[Any]:
-        """A dask.distributed Client for the length of one command."""
-        if self._client is not None:
-            yield self._client
+        """A dask.distributed Client: the session's, or one for this call alone."""
+        if self._session:
+            yield self._connect()
             return
         try:
-            from distributed import Client, LocalCluster
+            yield self._connect()
+        finally:
+            self.close()
+
+    def _connect(self) -> Any:
+        if self._client is not None:
+            return self._client
+        try:
+            import distributed  # noqa: F401
         except ImportError:
             raise InputError(f"--executor {self.spec} needs Dask: pip install "
                              "'weightvault[dask]'") from None  # fmt: skip
+        if self.kind == "local":
+            self.start()
+            t, box = self._starting
+            t.join()
+            self._starting = None
+            if "error" in box:
+                raise box["error"]
+            self._cluster, self._client = box["up"]
+            return self._client
+        from distributed import Client
+
         with _quiet():
-            if self.kind == "local":
-                cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1,
-                                       processes=True, dashboard_address=None)  # fmt: skip
-                client = Client(cluster)
-            else:
-                cluster = None
-                try:
-                    client = Client(self.address, timeout="10s")
-                except (OSError, TimeoutError) as e:
-                    raise StorageError(f"--executor {self.spec}: cannot reach the Dask "
-                                       f"scheduler ({e})") from None  # fmt: skip
-        self._client = client
-        try:
-            yield client
-        finally:
-            self._client = None
-            with _quiet(), contextlib.suppress(Exception):
-                client.close()
-                if cluster is not None:
-                    cluster.close()
+            try:
+                self._client = Client(self.address, timeout="10s")
+            except (OSError, TimeoutError) as e:
+                raise StorageError(f"--executor {self.spec}: cannot reach the Dask "
+                                   f"scheduler ({e})") from None  # fmt: skip
+        return self._client
+
+    def close(self) -> None:
+        """Stop what this executor started. Called once every result is in (or the command
+        failed): nothing a worker still holds is wanted, so a LocalCluster's processes are
+        not waited on to retire gracefully."""
+        if self._starting is not None:
+            t, box = self._starting
+            t.join()
+            self._starting = None
+            self._cluster, self._client = box.get("up", (None, None))
+        client, cluster = self._client, self._cluster
+        self._client = self._cluster = None
+        with _quiet(), contextlib.suppress(Exception):
+            if client is not None:
+                client.close(timeout=5)
+            if cluster is not None:
+                cluster.close(timeout=5)
 
     def map(self, fn: Callable, items: Iterable, *, label: str = "task",
             on_done: Callable[[int, Any], None] | None = None) -> list:  # fmt: skip
         """Run fn(*item) for every item on the cluster; results in item order. A task whose
-        worker died is run again elsewhere; the first task that raised raises here."""
+        worker died is run again elsewhere; the first task that raised raises here.
+
+        local-cluster:N only: while its worker processes are still starting, a thread of this
+        driver runs tasks itself (the same machine, and the same process as the key, so no
+        rule about what workers receive is touched); the rest go to the workers once they
+        are up. `tasks` counts where they ran. $WEIGHTVAULT_DRIVER_TASKS=0 turns this off."""
+        items = list(items)
+        out: list = [None] * len(items)
+        here: list[tuple[int, Any]] = []
+        helper = None
+        pending = list(range(len(items)))
+        lock = threading.Lock()
+        failed: list[BaseException] = []
+        if items and self._starting is not None and _driver_tasks():
+            starting = self._starting[0]
+
+            def drive() -> None:
+                while starting.is_alive():
+                    with lock:
+                        if not pending:
+                            return
+                        i = pending.pop(0)
+                    try:
+                        here.append((i, fn(*items[i])))
+                    except BaseException as e:  # noqa: BLE001 - raised by map below
+                        failed.append(e)
+                        return
+
+            helper = threading.Thread(target=drive, name="weightvault-driver-tasks", daemon=True)
+            helper.start()
+        try:
+            while helper is not None and helper.is_alive() and self._starting[0].is_alive():
+                helper.join(0.01)  # until the workers are up, or the driver has done it all
+            with lock:
+                rest, pending[:] = list(pending), []
+            if rest and not failed:
+                with self.cluster() as client:
+                    self._on_cluster(client, fn, items, rest, label, out, on_done)
+        finally:
+            if helper is not None:
+                helper.join()
+        if failed:
+            raise failed[0]
+        for i, r in here:
+            out[i] = r
+            if on_done:
+                on_done(i, r)
+        self.tasks["driver"] += len(here)
+        self.tasks["workers"] += len(items) - len(here)
+        return out
+
+    def _on_cluster(self, client, fn: Callable, items: list, which: list[int], label: str,
+                    out: list, on_done) -> None:  # fmt: skip
         from distributed import as_completed
 
-        items = list(items)
-        with self.cluster() as client:
-            futs = [client.submit(fn, *it, pure=False, key=f"{label}-{i}-"
-                                  f"{_token()}") for i, it in enumerate(items)]  # fmt: skip
-            index = {f.key: i for i, f in enumerate(futs)}
-            out: list = [None] * len(futs)
-            try:
-                for fut in as_completed(futs):
-                    i = index[fut.key]
-                    out[i] = _result(fut, self.spec)
-                    if on_done:
-                        on_done(i, out[i])
-                    fut.release()
-            except BaseException:
-                client.cancel(futs)
-                raise
-        return out
+        futs = [client.submit(fn, *items[i], pure=False, key=f"{label}-{i}-{_token()}")
+                for i in which]  # fmt: skip
+        index = {f.key: i for i, f in zip(which, futs, strict=True)}
+        try:
+            for fut in as_completed(futs):
+                i = index[fut.key]
+                out[i] = _result(fut, self.spec)
+                if on_done:
+                    on_done(i, out[i])
+                fut.release()
+        except BaseException:
+            client.cancel(futs)
+            raise
+
+
+def _driver_tasks() -> bool:
+    return os.environ.get("WEIGHTVAULT_DRIVER_TASKS", "1") != "0"
+
+
+# imported once in the forkserver, so every worker forked from it starts with them loaded
+_PRELOAD = ("distributed", "dask", "cloudpickle", "msgpack", "tornado", "toolz", "numpy",
+            "zstandard", "weightvault.archive.distributed", "weightvault.archive.seal",
+            "weightvault.archive.audit", "weightvault.archive.replicate",
+            "weightvault.archive.verify", "weightvault.storage.opener")  # fmt: skip
+
+
+def _start_local(n_workers: int) -> tuple[Any, Any]:
+    """A LocalCluster of worker processes forked from a forkserver. The forkserver is a fresh
+    interpreter (started by exec, holding nothing of this process: no signing key) that imports
+    Dask and weightvault once; each worker is a fork of it, so neither pays the imports again,
+    as spawned workers did (about 1 s of start-up each on this project's machine)."""
+    import multiprocessing
+
+    import dask
+    from distributed import Client, LocalCluster
+    from distributed import utils as dutils
+
+    method = {"distributed.worker.multiprocessing-method": "forkserver"}
+    with _quiet(), dask.config.set(method):
+        dutils.get_mp_context()  # Dask's own preload list, set once per process...
+        multiprocessing.get_context("forkserver").set_forkserver_preload(list(_PRELOAD))
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)  # fmt: skip
+        try:
+            client = Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
+    return cluster, client
 
 
 def _result(fut, spec: str):

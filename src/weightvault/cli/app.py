@@ -318,13 +318,14 @@ def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exc
     replica: the first reachable one is written, then the bundle is replicated to the rest."""
     from weightvault.archive.seal import SealOptions
     from weightvault.archive.sources import DEFAULT_EXCLUDES, resolve
+    from weightvault.cli.cluster import executor_of, running, source_options_of
     from weightvault.format.crypt import load_custodians, recipients_from
 
+    ex = executor_of(executor)  # first: a LocalCluster starts while the rest is prepared
     key = ctx.signing_keys(key_paths)
     rs = ctx.replicas(vault)
     # the source first: a wrong path or an unreachable Hub must not leave new vault directories
     from weightvault.archive import remote_source
-    from weightvault.cli.cluster import executor_of, running, source_options_of
 
     source_opts = source_options_of(source_options)
     if remote_source.is_url(source):
@@ -352,7 +353,7 @@ def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exc
                        trusted=ctx.trusted(trust) if (trust or supersedes) else [],
                        external_links=follow_external_links)  # fmt: skip
     opts.source_options = source_opts
-    opts.executor = executor_of(executor)
+    opts.executor = ex
     try:
         with running(opts.executor):
             _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet,
@@ -422,6 +423,8 @@ def _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single, promise
 
     log_seal(ctx, rs, r, key, opts.encrypted, [n for n in order if states[n] == "complete"])
     out = {**r.as_dict(), "replicas": {n: states[n] for n in order}}
+    if opts.executor is not None:  # where the tasks ran (executors.Executor.map)
+        out["tasks"] = dict(opts.executor.tasks)
     if not as_json:  # writer notes (links sealed as files, empty directories): FORMAT.md 7.2
         for note in r.notes:
             click.echo(f"weightvault: note: {note}", err=True)
@@ -609,8 +612,8 @@ def verify(
     from weightvault.archive.verify import verify as do_verify
     from weightvault.cli.cluster import executor_of, running
 
+    ex = executor_of(executor if deep else None)  # the plain check runs here
     rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
-    ex = executor_of(executor)
     with running(ex), _work("verifying", not (quiet or as_json)) as cb:
         where, r = rs.first(lambda _n, store: do_verify(
             store, bundle, trusted, insecure=insecure, deep=deep, workers=workers,
@@ -806,8 +809,10 @@ def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, wor
               as_json, quiet) -> None:  # fmt: skip
     """Copy what is missing of BUNDLE to a replica, check every copy, then commit it there."""
     from weightvault.archive.replicate import replicate as do_replicate
+    from weightvault.cli.cluster import executor_of, running
     from weightvault.storage.replicas import ReplicaSet
 
+    ex = executor_of(executor)  # first: a LocalCluster starts while the replicas are read
     cfg = ctx.config
     rs = ReplicaSet(cfg)
     trusted = ctx.trusted(trust)
@@ -832,9 +837,6 @@ def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, wor
     if lead is None:
         raise InputError(f"{bundle!r}: no source replica holds this bundle")
     sources = [lead] + [s for s in sources if s is not lead]
-    from weightvault.cli.cluster import executor_of, running
-
-    ex = executor_of(executor)
     with running(ex), _work(f"replicating to {to_name}", not (quiet or as_json)) as cb:
         r = do_replicate(sources, dst, bundle, trusted, insecure=insecure,
                          verify_existing=verify_existing, workers=workers,
@@ -990,7 +992,9 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
     and reaches 23/23 within one cycle. A full audit hashes all of them now."""
     from weightvault.archive import metrics as metricsmod
     from weightvault.archive.audit import Known, audit_replica, cross_check, remember
+    from weightvault.cli.cluster import executor_of, running
 
+    ex = executor_of(executor)  # first: a LocalCluster starts while manifests are checked
     rs = ctx.replicas(vault)
     key = _auditor_key(ctx, key_path)
     trusted = ctx.trusted(trust)
@@ -999,13 +1003,11 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
     state = _state(ctx, state_dir)
     known = Known(state)
     holdings = _holdings(rs, trusted, known)
-    from weightvault.cli.cluster import executor_of, running
     from weightvault.cli.log import inventory as log_inventory
     from weightvault.cli.log import log_audits
 
     for n, held in log_inventory(ctx, rs).items():  # the preservation log's word, signed
         holdings.setdefault(n, {}).update(held)
-    ex = executor_of(executor)
     with running(ex):
         done, unreachable = _each_replica(rs, replicas, lambda n, store: audit_replica(
             n, store, level=level, trusted=trusted, key=key, state=state, cycle_days=cycle,
@@ -1023,6 +1025,8 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
         metricsmod.write(Path(metrics_file), metricsmod.render(covered, up, state))
     summary = {"level": level, "replicas": [a.as_dict() for a in done],
                "unreachable": unreachable, "conflicts": conflicts}  # fmt: skip
+    if ex is not None:  # where the tasks ran (executors.Executor.map)
+        summary["tasks"] = dict(ex.tasks)
     lines = []
     for a in done:
         lines += _audit_lines(a, cycle)

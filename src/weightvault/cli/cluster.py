@@ -6,10 +6,15 @@ from weightvault.errors import InputError
 
 
 def executor_of(spec: str | None):
+    """The executor a command was given, None for threads. A LocalCluster starts now, in the
+    background: call this first, so its start overlaps the command's own preparation."""
     from weightvault.executors import parse
 
     ex = parse(spec)
-    return ex if ex.distributed else None
+    if not ex.distributed:
+        return None
+    ex.start()
+    return ex
 
 
 def source_options_of(pairs: tuple[str, ...]) -> dict:
@@ -32,4 +37,4 @@ def running(ex):
     """One cluster for the whole command (a LocalCluster starts once, not per replica)."""
     import contextlib
 
-    return ex.cluster() if ex is not None else contextlib.nullcontext()
+    return ex.session() if ex is not None else contextlib.nullcontext()
