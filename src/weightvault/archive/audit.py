@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import ChainMap
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,13 +54,12 @@ class Target:
 
 
 def _inventory(vault: Vault, bname: str, must: bool, want: str | None,
-               trusted: list[PublicKey], level: str, failures: list[dict],
-               pool: dict[str, dict[str, int]], seen: set[str],
+               trusted: list[PublicKey], level: str, failures: list[dict], seen: _Work,
                ) -> tuple[list[Target], str, str | None]:  # fmt: skip
     """Check one bundle's files against its signed manifest without reading payload (full
     level: tag file bytes too). Appends what is wrong to `failures`; returns the objects to
-    hash, the bundle's state and its id. `pool`: the vault's object pool listing, filled on
-    first use; `seen`: keys an earlier bundle of this audit already accounts for."""
+    hash, the bundle's state and its id. `seen`: the audit's work tables (the vault's pool
+    listing, and the keys an earlier bundle of this audit already accounts for)."""
     store, p = vault.store, prefix(bname)
     listing = store.list(p)
     if not listing:
@@ -85,9 +86,7 @@ def _inventory(vault: Vault, bname: str, must: bool, want: str | None,
     mine += [Target(f"{p}/data/{r['path']}", r["sha256"], r["size"], r.get("sha512"), bname)
              for r in m.plain_files]  # fmt: skip
     if m.pooled:
-        if "" not in pool:
-            pool[""] = store.list(POOL)  # once per replica, whatever the number of versions
-        listing = {**listing, **pool[""]}
+        listing = ChainMap(listing, seen.pool(store))  # the pool: listed once per replica
     for t in mine:
         if t.key not in listing:
             failures.append(_failure(t, "missing", t.sha256, "missing"))
@@ -119,6 +118,99 @@ def _inventory(vault: Vault, bname: str, must: bool, want: str | None,
                 failures.append(_failure(None, kind, "as the signed manifest says", pr.detail,
                                          obj=pr.where, bundle=bname))  # fmt: skip
     return mine, "intact", m.bundle_id
+
+
+class _Work:
+    """The objects of one replica's audit, on local disk rather than in memory: a private
+    temporary SQLite database attached to the Verified state's connection. At 1 PB a replica
+    holds about 15 million objects; as Target objects, a set of seen keys and a dict of the
+    pool's listing they were several GB of driver memory. Objects are taken in the order
+    bundles name them, each once (a pool object shared by versions is one target)."""
+
+    def __init__(self, verified: Verified):
+        self.db = verified.db
+        self.db.execute("ATTACH DATABASE '' AS work")
+        self.db.execute("CREATE TABLE work.seen (key TEXT PRIMARY KEY, seq INTEGER, "
+                        "target INTEGER, sha256 TEXT, size INTEGER, sha512 TEXT, bundle TEXT)")  # fmt: skip
+        self.db.execute("CREATE INDEX work.by_seq ON seen (seq)")
+        self.db.execute("CREATE TABLE work.pool (key TEXT PRIMARY KEY, size INTEGER)")
+        self._seq = 0
+        self._pool_listed = False
+
+    def __contains__(self, key: str) -> bool:
+        return self.db.execute("SELECT 1 FROM work.seen WHERE key = ?", (key,)).fetchone() \
+            is not None  # fmt: skip
+
+    def add(self, mine: list[Target], bad: set[str]) -> int:
+        """Record a bundle's objects; the new ones not found bad become targets. Returns how
+        many targets were added."""
+        before = self.db.total_changes
+        rows = []
+        for t in mine:
+            self._seq += 1
+            rows.append((t.key, self._seq, t.key not in bad, t.sha256, t.size, t.sha512, t.bundle))
+        self.db.executemany("INSERT OR IGNORE INTO work.seen VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        return self.db.total_changes - before
+
+    def pool(self, store: Store) -> _PoolListing:
+        if not self._pool_listed:
+            self.db.executemany("INSERT INTO work.pool VALUES (?, ?)", store.list(POOL).items())
+            self._pool_listed = True
+        return _PoolListing(self.db)
+
+    _TARGET = ("SELECT s.key, s.sha256, s.size, s.sha512, s.bundle, v.t FROM work.seen s "
+               "LEFT JOIN main.verified v ON v.key = s.key WHERE s.target")  # fmt: skip
+
+    def targets(self) -> Iterator[Target]:
+        """Every target, in bundle order."""
+        rows = self.db.execute("SELECT key, sha256, size, sha512, bundle FROM work.seen "
+                               "WHERE target ORDER BY seq")  # fmt: skip
+        return (_target(r) for r in rows)
+
+    def by_age(self) -> Iterator[tuple]:
+        """The same, least recently verified first (never verified before all), ties in
+        bundle order: what sorting by age, oldest first, gives (sort is stable)."""
+        return self.db.execute(self._TARGET + " ORDER BY v.t IS NOT NULL, v.t, s.seq")
+
+    def totals(self) -> tuple[int, int]:
+        n, size = self.db.execute("SELECT count(*), total(size) FROM work.seen "
+                                  "WHERE target").fetchone()  # fmt: skip
+        return n, int(size)
+
+    def coverage(self, at: float, cycle: float) -> tuple[int, int, float | None]:
+        """(targets, verified within `cycle` seconds of `at`, oldest age or None when any
+        target was never verified or there is none)."""
+        n, within, never, oldest = self.db.execute(
+            "SELECT count(*), total(v.t IS NOT NULL AND ? - v.t <= ?), total(v.t IS NULL), "
+            "min(v.t) FROM work.seen s LEFT JOIN main.verified v ON v.key = s.key "
+            "WHERE s.target", (at, cycle)).fetchone()  # fmt: skip
+        return n, int(within), None if never or not n else at - oldest
+
+    def close(self) -> None:
+        self.db.execute("DETACH DATABASE work")
+
+
+class _PoolListing(Mapping):
+    """The pool's listing as a read-only mapping key -> size, looked up in the work tables."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def __getitem__(self, key: str) -> int:
+        row = self.db.execute("SELECT size FROM work.pool WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return row[0]
+
+    def __iter__(self):
+        return (k for (k,) in self.db.execute("SELECT key FROM work.pool"))
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT count(*) FROM work.pool").fetchone()[0]
+
+
+def _target(row: tuple) -> Target:
+    return Target(*row[:5])
 
 
 @dataclass
@@ -181,73 +273,73 @@ def audit_replica(
     failures: list[dict] = []
     transient: list[dict] = []
     bundles: list[dict] = []
-    targets: list[Target] = []
     checked = 0
     unverifiable = 0  # metadata level: objects the server kept no usable checksum of
-    listed = set(store.list_dirs(BUNDLES))  # fails only when the replica cannot be listed
     expected = dict(expected or {})
-    pool: dict[str, dict[str, int]] = {}  # the pool's listing, read once per replica
-    seen: set[str] = set()  # an object several versions share is one target
-    for bname in sorted(listed | set(expected)):
-        before_n = len(failures)
-        try:
-            mine, state, bid = _inventory(vault, bname, bname in expected, expected.get(bname),
-                                          trusted, level, failures, pool, seen)  # fmt: skip
-        except StorageError as e:
-            store.list_dirs(BUNDLES)  # the replica itself gone: unreachable, not damage
-            mine, state, bid = [], "unreadable", expected.get(bname)
-            failures.append(_failure(None, "unreadable", "readable files", str(e),
-                                     obj=prefix(bname), bundle=bname))  # fmt: skip
-        checked += sum(1 for t in mine if t.server_verified)
-        unverifiable += sum(1 for t in mine if t.server_verified is False)
-        bad = {f["object"] for f in failures[before_n:]}
-        targets += [t for t in mine if t.key not in bad and t.key not in seen]
-        seen.update(t.key for t in mine)
-        if state == "intact" and len(failures) > before_n:
-            state = "damaged"
-        bundles.append({"name": bname, "bundle": bid, "state": state})
-    # choose what to hash
-    if level == "full":
-        to_hash = targets
-    elif level == "sample":
-        to_hash = _sample(targets, verified, t0, cycle_days or 90, interval_days,
-                          chain.head())  # fmt: skip
-    else:
-        to_hash = []
-    if executor is not None and executor.distributed and to_hash:
-        from weightvault.archive.distributed import hash_on_cluster
-
-        results = hash_on_cluster(executor, store, to_hash, workers)
-    else:
-        results = run(to_hash, lambda t, _e: _hash_check(store, t), workers=workers)
-    reread = 0
-    for t, f in zip(to_hash, results, strict=True):
-        checked += 1
-        if f is None:
-            verified.mark(t.key, t0)
-            continue
-        mark = store.counters.payload_read
-        again = _hash_check(store, t)  # a transient bad read is not rot
-        reread += store.counters.payload_read - mark  # not counted: the replica is read once
-        if again is None:
-            transient.append(f)
-            verified.mark(t.key, t0)
+    work = _Work(verified)  # what to hash, on disk: memory stays flat as the replica grows
+    try:
+        listed = set(store.list_dirs(BUNDLES))  # fails only when the replica cannot be listed
+        for bname in sorted(listed | set(expected)):
+            before_n = len(failures)
+            try:
+                mine, state, bid = _inventory(vault, bname, bname in expected,
+                                              expected.get(bname), trusted, level, failures,
+                                              work)  # fmt: skip
+            except StorageError as e:
+                store.list_dirs(BUNDLES)  # the replica itself gone: unreachable, not damage
+                mine, state, bid = [], "unreadable", expected.get(bname)
+                failures.append(_failure(None, "unreadable", "readable files", str(e),
+                                         obj=prefix(bname), bundle=bname))  # fmt: skip
+            checked += sum(1 for t in mine if t.server_verified)
+            unverifiable += sum(1 for t in mine if t.server_verified is False)
+            work.add(mine, {f["object"] for f in failures[before_n:]})
+            del mine  # one bundle's objects at a time in memory
+            if state == "intact" and len(failures) > before_n:
+                state = "damaged"
+            bundles.append({"name": bname, "bundle": bid, "state": state})
+        # choose what to hash, and hash it in bounded batches
+        if level == "full":
+            chosen = work.targets()
+        elif level == "sample":
+            chosen = _sample(work, t0, cycle_days or 90, interval_days, chain.head())
         else:
-            failures.append(again)
-    for f in failures:
-        for b in bundles:
-            if b["name"] == f["bundle"] and b["state"] == "intact":
-                b["state"] = "damaged"
-    verified.save()
-    cycle = cycle_days or 90
-    all_keys = [t.key for t in targets]
-    ages = [verified.age(k, t0) for k in all_keys]
+            chosen = iter(())
+        reread = 0
+        for batch in _batched(chosen):
+            if executor is not None and executor.distributed:
+                from weightvault.archive.distributed import hash_on_cluster
+
+                results = hash_on_cluster(executor, store, batch, workers)
+            else:
+                results = run(batch, lambda t, _e: _hash_check(store, t), workers=workers)
+            for t, f in zip(batch, results, strict=True):
+                checked += 1
+                if f is None:
+                    verified.mark(t.key, t0)
+                    continue
+                mark = store.counters.payload_read
+                again = _hash_check(store, t)  # a transient bad read is not rot
+                reread += store.counters.payload_read - mark  # not counted: read once
+                if again is None:
+                    transient.append(f)
+                    verified.mark(t.key, t0)
+                else:
+                    failures.append(again)
+        for f in failures:
+            for b in bundles:
+                if b["name"] == f["bundle"] and b["state"] == "intact":
+                    b["state"] = "damaged"
+        verified.save()
+        cycle = cycle_days or 90
+        n, within, oldest = work.coverage(t0, cycle * DAY)
+    finally:
+        work.close()
+        verified.close()
     coverage = {
         "cycle_days": cycle_days if level == "sample" else None,
-        "objects": len(all_keys),
-        "verified_within_cycle": sum(1 for a in ages if a is not None and a <= cycle * DAY),
-        "oldest_age_seconds": None if any(a is None for a in ages) or not ages
-        else int(max(ages)),
+        "objects": n,
+        "verified_within_cycle": within,
+        "oldest_age_seconds": None if oldest is None else int(oldest),
     }  # fmt: skip
     record = {
         "format": "weightvault-audit", "format_version": 1,
@@ -264,10 +356,11 @@ def audit_replica(
     return ReplicaAudit(name, store.url, level, record["eventOutcome"], entry.record)
 
 
-def _sample(targets: list[Target], verified: Verified, at: float, cycle_days: int,
-            interval_days: float | None, head) -> list[Target]:  # fmt: skip
+def _sample(work: _Work, at: float, cycle_days: int, interval_days: float | None,
+            head) -> Iterator[Target]:  # fmt: skip
     """Least recently verified first, enough bytes that the whole replica is re-hashed once
-    per cycle at this schedule; anything that would be overdue by the next run is included."""
+    per cycle at this schedule; anything that would be overdue by the next run is included.
+    Streamed from the work tables in that order (flat memory)."""
     if interval_days is None:
         last = None
         if head is not None and head.record["level"] == "sample":
@@ -276,23 +369,46 @@ def _sample(targets: list[Target], verified: Verified, at: float, cycle_days: in
         interval_days = max((at - last) / DAY, 1 / 24) if last else 1.0
     interval = min(interval_days, cycle_days) * DAY
     cycle = cycle_days * DAY
-    total = sum(t.size for t in targets)
-    budget = total * interval / cycle
-
-    def age(t: Target) -> float:
-        a = verified.age(t.key, at)
-        return float("inf") if a is None else a
-
-    chosen, spent = [], 0
-    for t in sorted(targets, key=age, reverse=True):
+    budget = work.totals()[1] * interval / cycle
+    # the selection is made whole before any object is hashed and marked (marks change ages)
+    work.db.execute("CREATE TABLE work.chosen (n INTEGER PRIMARY KEY, key, sha256, size, "
+                    "sha512, bundle)")  # fmt: skip
+    insert = "INSERT INTO work.chosen (key, sha256, size, sha512, bundle) VALUES (?, ?, ?, ?, ?)"
+    spent = 0
+    rows: list[tuple] = []
+    for row in work.by_age():
         # never hashed by an audit here: first in line, but within the budget (it was checked
         # when written), so a new replica's first cycle is spread like any other
-        overdue = age(t) != float("inf") and age(t) + interval > cycle
+        a = float("inf") if row[5] is None else at - row[5]
+        overdue = a != float("inf") and a + interval > cycle
         if spent >= budget and not overdue:
             break
-        chosen.append(t)
-        spent += t.size
-    return chosen
+        rows.append(row[:5])
+        spent += row[2]
+        if len(rows) >= _BATCH_OBJECTS:
+            work.db.executemany(insert, rows)
+            rows = []
+    work.db.executemany(insert, rows)
+    del rows
+    for row in work.db.execute("SELECT key, sha256, size, sha512, bundle FROM work.chosen "
+                               "ORDER BY n"):  # fmt: skip
+        yield _target(row)
+
+
+# objects per batch the driver holds and hands to the hashing pipeline (or the cluster): about
+# 2.5 MB of Target objects, and enough bytes to keep every worker busy between batches
+_BATCH_OBJECTS = 10_000
+
+
+def _batched(targets: Iterator[Target]) -> Iterator[list[Target]]:
+    batch: list[Target] = []
+    for t in targets:
+        batch.append(t)
+        if len(batch) >= _BATCH_OBJECTS:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def repair_replica(
