@@ -451,3 +451,31 @@ def test_source_version_tag_compares_what_both_sides_have():
     assert not same(('"e"', "v2", 5, None), ('"e"', "v1", 5, None))  # new version, same bytes
     assert not same((None, None, 6, 1.0), (None, None, 5, 1.0))  # no ETag: size and mtime
     assert not same((None, None, 5, 2.0), (None, None, 5, 1.0))
+
+
+def test_sftp_replica_on_a_cluster_equals_one_process(tmp_path, ssh_server, minilm_dir, lab_key,
+                                                      other_key):  # fmt: skip
+    """An SFTP replica's storage options (identity file, pinned host key) reach the workers,
+    which open their own SSH connections: seal and audit on a LocalCluster write and read it."""
+    import uuid
+
+    env = {**os.environ, **EPOCH, "WEIGHTVAULT_DRIVER_TASKS": "0"}  # every task on a worker
+    trees = {}
+    for prefix, extra in (("one", []), ("dask", ["--executor", "local-cluster:1"])):
+        root = ssh_server.root / uuid.uuid4().hex[:8]
+        cfg = write_config(tmp_path / f"{prefix}.toml", lab_key, {"steward": {
+            "url": f"sftp://{ssh_server.user}@127.0.0.1:{ssh_server.port}{root}",
+            "identity": str(ssh_server.client_key_path),
+            "host_key": ssh_server.host_public_key}})  # fmt: skip
+        r = ok(wv("-c", cfg, "seal", minilm_dir, "--name", "m", "--chunk-size", "16", "--json",
+                  *extra, env=env))  # fmt: skip
+        trees[prefix] = tree(root)
+    assert r.json()["tasks"] == {"driver": 0, "workers": 1}
+    assert trees["one"] == trees["dask"] and any(k.startswith("objects/") for k in trees["one"])
+    r = ok(wv("-c", cfg, "audit", "--level", "full", "--key", other_key, "--trust",
+              f"{lab_key}.pub", "--state-dir", tmp_path / "state", "--json", "--executor",
+              "local-cluster:1", env=env))  # fmt: skip
+    rec = r.json()["replicas"][0]["record"]
+    assert rec["eventOutcome"] == "pass" and r.json()["tasks"]["workers"] == 1
+    assert rec["bytes_read"] == sum(len(v) for k, v in trees["dask"].items()
+                                    if k.startswith("objects/"))  # fmt: skip
