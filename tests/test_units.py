@@ -128,6 +128,29 @@ def test_bytes_encoder_equals_the_old_canonical_form(doc):
     _same_as_old(doc)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="a\\\"\ud800\udbff\udc00\udfff\U0001f600é"), max_size=4),
+       st.booleans())
+def test_lone_surrogates_rejected_exactly_as_before(strings, ascii_):
+    """parse re-encodes a document (to find lone surrogates) only when its text holds a
+    \\uD8-\\uDF escape: the same verdicts as re-encoding every document."""
+    text = json.dumps({"s": strings}, ensure_ascii=ascii_)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        return  # a lone surrogate written raw is not UTF-8 at all
+    try:
+        json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
+        lone = False
+    except UnicodeEncodeError:
+        lone = True
+    if lone:
+        with pytest.raises(CorruptData, match="lone surrogate"):
+            canon.parse(data, "doc")
+    else:
+        assert canon.parse(data, "doc") == json.loads(text)  # escaped pairs join up
+
+
 @pytest.mark.parametrize("n", [0, 1, 1023, 1024, 1025, 3000])
 def test_bytes_encoder_batches_long_lists_like_one_dump(n):
     rows = [{"offset": i, "length": 2**40 + i, "object": f"{i:064x}", "codec": "zstd"}

@@ -7,6 +7,7 @@ numbers, object keys in ASCII, so Python's sorted keys and escaping give exactly
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from weightvault.errors import CorruptData
@@ -160,8 +161,14 @@ def parse(data: bytes, what: str, *, max_size: int = MAX_DOC, allow_float: bool 
     if _depth(obj) > MAX_DEPTH:
         raise CorruptData(f"{what}: JSON nested deeper than {MAX_DEPTH} levels")
     try:
-        # a \uDC80 escape parses to a lone surrogate: valid JSON, not Unicode text
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        # a \uDC80 escape parses to a lone surrogate: valid JSON, not Unicode text. Only such an
+        # escape can make one (UTF-8 input cannot), so the document is encoded again to find
+        # out only when the text holds one: a 40 MB manifest is not copied twice more for it
+        if _SURROGATE_ESCAPE.search(text):
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise CorruptData(f"{what}: holds a lone surrogate (\\uD800-\\uDFFF escape)") from None
     return obj
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")

@@ -141,7 +141,7 @@ class Manifest:
         _check_version(doc, what)  # before the schema: its message is the clearer one
         spec.validate(doc, schema(doc["format_version"]), what)
         check(doc, what)
-        if canon.canonical(doc) != raw:
+        if canon.encode(doc) != raw:
             raise CorruptData(f"{what}: not in canonical form")
         return cls(doc, raw)
 
