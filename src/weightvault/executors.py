@@ -1,7 +1,8 @@
 """Where the work runs: this process's threads (the default), or a Dask cluster.
 
 `--executor threads` | `local-cluster:N` (a LocalCluster of N worker processes started for
-the command) | `dask://HOST:PORT` (an existing scheduler; `tcp://` and `tls://` work too).
+the command, in a process of its own: localcluster.py) | `dask://HOST:PORT` (an existing
+scheduler; `tcp://` and `tls://` work too).
 Dask is an optional extra: `pip install weightvault[dask]`.
 
 What crosses to a worker is only what the task needs: a store's URL and storage options, a
@@ -54,22 +55,37 @@ class Executor:
         return self.kind != THREADS
 
     def start(self) -> None:
-        """Begin starting a LocalCluster in a background thread (idempotent): its worker
-        processes come up while the driver loads keys, lists the source and reads headers,
-        instead of before. An existing cluster is connected to when first needed."""
+        """Begin starting a LocalCluster (idempotent), in a process of its own (localcluster.py):
+        it comes up while the driver loads keys, lists the source, reads headers and plans, and
+        a command done before it is up stops it at once instead of waiting for it. An existing
+        cluster (dask://) is connected to when first needed."""
         if self.kind != "local" or self._starting is not None or self._client is not None:
             return
+        import subprocess
+        import sys
+        import tempfile
+
+        err = tempfile.TemporaryFile()  # noqa: SIM115 - read if the cluster fails to start
+        proc = subprocess.Popen([sys.executable, "-m", "weightvault.localcluster",
+                                 str(self.n_workers)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err)  # fmt: skip
         box: dict = {}
 
-        def run() -> None:
-            try:
-                box["up"] = _start_local(self.n_workers)
-            except BaseException as e:  # noqa: BLE001 - raised where the cluster is used
-                box["error"] = e
+        def wait_up() -> None:
+            line = proc.stdout.readline().decode().strip()
+            if line:
+                box["address"] = line
+                return
+            proc.wait()
+            err.seek(0)
+            last = (err.read().decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+            box["error"] = StorageError(f"--executor {self.spec}: the LocalCluster did not "
+                                        f"start ({last[:300]})")  # fmt: skip
 
-        t = threading.Thread(target=run, name="weightvault-cluster-start", daemon=True)
+        t = threading.Thread(target=wait_up, name="weightvault-cluster-start", daemon=True)
         t.start()
         self._starting = (t, box)
+        self._cluster = proc
         atexit.register(self.close)  # a command that fails before using it still stops it
 
     @contextlib.contextmanager
@@ -99,24 +115,21 @@ class Executor:
         if self._client is not None:
             return self._client
         try:
-            import distributed  # noqa: F401
+            from distributed import Client
         except ImportError:
             raise InputError(f"--executor {self.spec} needs Dask: pip install "
                              "'weightvault[dask]'") from None  # fmt: skip
+        address = self.address
         if self.kind == "local":
             self.start()
             t, box = self._starting
             t.join()
-            self._starting = None
             if "error" in box:
                 raise box["error"]
-            self._cluster, self._client = box["up"]
-            return self._client
-        from distributed import Client
-
+            address = box["address"]
         with _quiet():
             try:
-                self._client = Client(self.address, timeout="10s")
+                self._client = Client(address, timeout="10s")
             except (OSError, TimeoutError) as e:
                 raise StorageError(f"--executor {self.spec}: cannot reach the Dask "
                                    f"scheduler ({e})") from None  # fmt: skip
@@ -124,20 +137,27 @@ class Executor:
 
     def close(self) -> None:
         """Stop what this executor started. Called once every result is in (or the command
-        failed): nothing a worker still holds is wanted, so a LocalCluster's processes are
-        not waited on to retire gracefully."""
-        if self._starting is not None:
-            t, box = self._starting
-            t.join()
-            self._starting = None
-            self._cluster, self._client = box.get("up", (None, None))
-        client, cluster = self._client, self._cluster
+        failed): nothing a worker still holds is wanted, so a LocalCluster is neither waited
+        for (if still starting) nor asked to retire its workers gracefully: its process exits
+        when its standard input closes, and its workers with it."""
+        client, proc = self._client, self._cluster
         self._client = self._cluster = None
-        with _quiet(), contextlib.suppress(Exception):
-            if client is not None:
+        if client is not None:
+            with _quiet(), contextlib.suppress(Exception):
                 client.close(timeout=5)
-            if cluster is not None:
-                cluster.close(timeout=5)
+        if proc is not None:
+            if self._starting is not None and self._starting[0].is_alive():
+                proc.kill()  # still starting: nothing of it is needed (its workers follow it)
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            try:
+                proc.wait(10)
+            except Exception:  # noqa: BLE001 - a cluster that will not stop is killed
+                proc.kill()
+                proc.wait()
+        if self._starting is not None:
+            self._starting[0].join()
+            self._starting = None
 
     def map(self, fn: Callable, items: Iterable, *, label: str = "task",
             on_done: Callable[[int, Any], None] | None = None) -> list:  # fmt: skip
@@ -223,29 +243,23 @@ _PRELOAD = ("distributed", "dask", "cloudpickle", "msgpack", "tornado", "toolz",
             "weightvault.archive.verify", "weightvault.storage.opener")  # fmt: skip
 
 
-def _start_local(n_workers: int) -> tuple[Any, Any]:
-    """A LocalCluster of worker processes forked from a forkserver. The forkserver is a fresh
-    interpreter (started by exec, holding nothing of this process: no signing key) that imports
-    Dask and weightvault once; each worker is a fork of it, so neither pays the imports again,
-    as spawned workers did (about 1 s of start-up each on this project's machine)."""
+def _start_local(n_workers: int) -> Any:
+    """A LocalCluster of worker processes forked from a forkserver (run by localcluster.py, in
+    a process of its own). The forkserver is a fresh interpreter that imports Dask and
+    weightvault once; each worker is a fork of it, so none pays the imports again, as spawned
+    workers did (about 1 s of start-up each on this project's machine)."""
     import multiprocessing
 
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import LocalCluster
     from distributed import utils as dutils
 
     method = {"distributed.worker.multiprocessing-method": "forkserver"}
     with _quiet(), dask.config.set(method):
         dutils.get_mp_context()  # Dask's own preload list, set once per process...
         multiprocessing.get_context("forkserver").set_forkserver_preload(list(_PRELOAD))
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)  # fmt: skip
-        try:
-            client = Client(cluster)
-        except BaseException:
-            cluster.close()
-            raise
-    return cluster, client
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                            dashboard_address=None)  # fmt: skip
 
 
 def _result(fut, spec: str):
