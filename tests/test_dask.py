@@ -479,3 +479,48 @@ def test_sftp_replica_on_a_cluster_equals_one_process(tmp_path, ssh_server, mini
     assert rec["eventOutcome"] == "pass" and r.json()["tasks"]["workers"] == 1
     assert rec["bytes_read"] == sum(len(v) for k, v in trees["dask"].items()
                                     if k.startswith("objects/"))  # fmt: skip
+
+
+def test_sources_table_gives_a_source_its_storage_options(tmp_path, weed, minilm_dir, lab_key):
+    """[sources.NAME] in the config: the storage options of sources under a URL prefix (the
+    longest prefix wins; --source-option overrides); bad tables are one line, exit 2."""
+    from weightvault import config as configmod
+
+    bucket = weed.make_bucket("cfgsrc-" + secrets.token_hex(4))
+    upload(weed, bucket, "ckpt/step-1", minilm_dir)
+    cfg = write_config(tmp_path / "c.toml", lab_key, {"v": {"url": str(tmp_path / "v")}},
+                       sources={"lab": {"url": f"s3://{bucket}/",
+                                        "storage_options": {"endpoint_url": weed.endpoint_url}},
+                                "other": {"url": f"s3://{bucket}/ck",
+                                          "storage_options": {"anon": True}}})  # fmt: skip
+    loaded = configmod.load(cfg)
+    assert loaded.source_options(f"s3://{bucket}/ckpt/step-1/") == {
+        "endpoint_url": weed.endpoint_url}  # "ck" is not a prefix at a '/' boundary
+    assert loaded.source_options(f"s3://{bucket}/ck/x") == {"anon": True}
+    assert loaded.source_options("s3://elsewhere/x") == {}
+    r = ok(wv("-c", cfg, "seal", f"s3://{bucket}/ckpt/step-1/", "--name", "m", "--json",
+              env=s3_env(weed)))  # fmt: skip
+    assert r.json()["files"] == len([p for p in minilm_dir.rglob("*") if p.is_file()])
+    r = wv("-c", cfg, "seal", f"s3://{bucket}/ckpt/step-1/", "--name", "m2", "--source-option",
+           "endpoint_url=http://127.0.0.1:9", env=s3_env(weed))  # fmt: skip
+    assert r.code != 0  # the command line's option wins, and that endpoint answers nothing
+    bad = write_config(tmp_path / "bad.toml", lab_key, {}, sources={"x": {"url": "/a/dir"}})
+    one_error(wv("-c", bad, "list"), 2, "sources.x.url")
+
+
+def test_local_cluster_workers_are_forked_from_a_fresh_forkserver_not_the_driver(monkeypatch):
+    """The driver holds the signing key in memory; a LocalCluster's workers are forks of a
+    forkserver that was exec'd fresh (it never held this process's memory), not forks of the
+    driver, and nothing the driver loaded reaches them that way."""
+    from weightvault.executors import parse
+
+    def parent() -> tuple[int, bytes]:
+        pp = os.getppid()
+        return pp, Path(f"/proc/{pp}/cmdline").read_bytes()
+
+    monkeypatch.setenv("WEIGHTVAULT_DRIVER_TASKS", "0")
+    ex = parse("local-cluster:1")
+    with ex.session():
+        [(ppid, cmdline)] = ex.map(parent, [()])
+    assert ppid != os.getpid() and b"multiprocessing.forkserver" in cmdline
+    assert ex.tasks == {"driver": 0, "workers": 1}

@@ -21,7 +21,8 @@ from weightvault.format.paths import name_ok
 
 ENV = "WEIGHTVAULT_CONFIG"
 TOP_KEYS = {"signing_key", "trusted_keys", "threshold", "replicas", "organization", "audit",
-            "workers", "stewards"}  # fmt: skip
+            "workers", "stewards", "sources"}  # fmt: skip
+SOURCE_KEYS = {"url", "storage_options"}
 STEWARD_KEYS = {"replica", "public_key", "name", "recipient"}
 REPLICA_KEYS = {"url", "storage_options", "object_lock", "role", "host_key", "known_hosts",
                 "identity"}  # fmt: skip
@@ -76,6 +77,18 @@ class Config:
     workers: int | None = None
     stewards: dict[str, StewardConfig] = field(default_factory=dict)
     threshold: int | None = None  # signatures by distinct trusted_keys a bundle needs
+    # [sources.NAME]: storage options of sources in object storage, by URL prefix
+    sources: dict[str, tuple[str, dict]] = field(default_factory=dict)
+
+    def source_options(self, url: str) -> dict:
+        """The storage options configured for a source URL: those of the [sources.NAME] whose
+        url is the longest prefix of it (at a '/' boundary), else none."""
+        best, opts = -1, {}
+        for prefix, o in self.sources.values():
+            p = prefix.rstrip("/")
+            if (url == p or url.startswith(p + "/")) and len(p) > best:
+                best, opts = len(p), o
+        return dict(opts)
 
     def steward(self, name: str) -> StewardConfig:
         if name not in self.stewards:
@@ -233,6 +246,22 @@ def load(path: Path) -> Config:
         if role not in ROLES:
             raise bad(f"{where}.role", f"expected one of {', '.join(sorted(ROLES))}")
         cfg.replicas[name] = Replica(name, url, opts, lock, role)
+    sources = data.get("sources", {})
+    if not isinstance(sources, dict):
+        raise bad("sources", "expected tables [sources.NAME]")
+    for name, src in sources.items():
+        where = f"sources.{name}"
+        if not name_ok(name) or not isinstance(src, dict):
+            raise bad(where, "expected a table named with letters, digits, '.', '_' and '-'")
+        unknown(src, SOURCE_KEYS, where + ".")
+        url = src.get("url")
+        if not isinstance(url, str) or urlparse(url).scheme in ("", "file"):
+            raise bad(f"{where}.url", "expected the URL (prefix) of sources in object storage, "
+                                      "such as s3://bucket/checkpoints/")  # fmt: skip
+        opts = src.get("storage_options", {})
+        if not isinstance(opts, dict):
+            raise bad(f"{where}.storage_options", "expected a table")
+        cfg.sources[name] = (url, dict(opts))
     stewards = data.get("stewards", {})
     if not isinstance(stewards, dict):
         raise bad("stewards", "expected tables [stewards.NAME]")

@@ -277,7 +277,8 @@ def keygen(path: str, protect: bool) -> None:
               help="Relative path to leave out (default: .git and .cache/huggingface).")  # fmt: skip
 @click.option("--hf-cache", metavar="DIR", help="Hugging Face cache for hf:// sources.")
 @click.option("--source-option", "source_options", multiple=True, metavar="KEY=VALUE",
-              help="fsspec storage option of an s3:// (or other URL) source, e.g. endpoint_url=...")  # fmt: skip
+              help="fsspec storage option of an s3:// (or other URL) source, e.g. endpoint_url=...; "
+                   "over those of the config's [sources.NAME] for that URL.")  # fmt: skip
 @click.option(
     "--report", metavar="FILE.md", help="Post-deployment report (Markdown), sealed as is."
 )
@@ -328,7 +329,8 @@ def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exc
     from weightvault.archive import remote_source
 
     source_opts = source_options_of(source_options)
-    if remote_source.is_url(source):
+    if remote_source.is_url(source):  # [sources.NAME] options, then --source-option's over them
+        source_opts = {**ctx.config.source_options(source), **source_opts}
         source = remote_source.resolve(source, source_opts,
                                        excludes=tuple(exclude) or DEFAULT_EXCLUDES)  # fmt: skip
     else:
