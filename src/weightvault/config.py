@@ -246,14 +246,19 @@ def load(path: Path) -> Config:
         if role not in ROLES:
             raise bad(f"{where}.role", f"expected one of {', '.join(sorted(ROLES))}")
         cfg.replicas[name] = Replica(name, url, opts, lock, role)
-    sources = data.get("sources", {})
-    if not isinstance(sources, dict):
-        raise bad("sources", "expected tables [sources.NAME]")
-    for name, src in sources.items():
-        where = f"sources.{name}"
-        if not name_ok(name) or not isinstance(src, dict):
-            raise bad(where, "expected a table named with letters, digits, '.', '_' and '-'")
-        unknown(src, SOURCE_KEYS, where + ".")
+    def named(table: str, allowed: set[str]):
+        """(name, table, where) of each [TABLE.NAME], its name and keys checked."""
+        tables = data.get(table, {})
+        if not isinstance(tables, dict):
+            raise bad(table, f"expected tables [{table}.NAME]")
+        for name, t in tables.items():
+            where = f"{table}.{name}"
+            if not name_ok(name) or not isinstance(t, dict):
+                raise bad(where, "expected a table named with letters, digits, '.', '_' and '-'")
+            unknown(t, allowed, where + ".")
+            yield name, t, where
+
+    for name, src, where in named("sources", SOURCE_KEYS):
         url = src.get("url")
         if not isinstance(url, str) or urlparse(url).scheme in ("", "file"):
             raise bad(f"{where}.url", "expected the URL (prefix) of sources in object storage, "
@@ -262,14 +267,7 @@ def load(path: Path) -> Config:
         if not isinstance(opts, dict):
             raise bad(f"{where}.storage_options", "expected a table")
         cfg.sources[name] = (url, dict(opts))
-    stewards = data.get("stewards", {})
-    if not isinstance(stewards, dict):
-        raise bad("stewards", "expected tables [stewards.NAME]")
-    for name, s in stewards.items():
-        where = f"stewards.{name}"
-        if not name_ok(name) or not isinstance(s, dict):
-            raise bad(where, "expected a table named with letters, digits, '.', '_' and '-'")
-        unknown(s, STEWARD_KEYS, where + ".")
+    for name, s, where in named("stewards", STEWARD_KEYS):
         replica = s.get("replica", name)
         if replica not in cfg.replicas:
             raise bad(f"{where}.replica", f"no replica {replica!r} is configured")
