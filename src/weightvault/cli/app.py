@@ -1108,6 +1108,26 @@ def repair(ctx: Ctx, vault, replicas, trust, key_path, state_dir, workers, as_js
         sys.exit(3)
 
 
+def _gc_one(ctx: Ctx, rs, trusted, state_dir, seconds: float, dry_run: bool):
+    """gc of one replica (name, store), as the gc and retire commands run it."""
+    from weightvault.archive.audit import Known
+    from weightvault.archive.gc import gc as do_gc
+    from weightvault.archive.retire import retired_ids
+
+    # a bundle committed on any replica, or ever seen by an audit here, is never debris on
+    # another, whatever that replica's files say; unless a trusted key retired it there
+    known = {(name, bid) for held in _holdings(rs, trusted, Known(_state(ctx, state_dir))).values()
+             for name, bid in held.items()}  # fmt: skip
+
+    def one(n: str, store):
+        gone = retired_ids(store, trusted, n)
+        return do_gc(n, store, trusted=trusted, grace=seconds, dry_run=dry_run,
+                     object_lock=rs.replica(n).object_lock,
+                     protect={name for name, bid in known if bid not in gone})  # fmt: skip
+
+    return one
+
+
 @cli.command()
 @vault_opt
 @click.option("--replica", "replicas", multiple=True, metavar="NAME",
@@ -1124,20 +1144,13 @@ def gc(ctx: Ctx, vault, replicas, dry_run, grace, trust, state_dir, as_json) -> 
     """Remove what interrupted seals and replicates left behind; never anything a committed
     manifest names, anything younger than --grace, or anything under Object Lock. Never runs by
     itself. Exit 3 if a replica could not be reached (the others are still collected)."""
-    from weightvault.archive.audit import Known
-    from weightvault.archive.gc import gc as do_gc
     from weightvault.archive.gc import parse_duration, summary
 
     seconds = parse_duration(grace)
     rs = ctx.replicas(vault)
     trusted = ctx.trusted(trust)
-    # a bundle committed on any replica, or ever seen by an audit here, is never debris on
-    # another, whatever that replica's files say
-    protect = {b for held in _holdings(rs, trusted, Known(_state(ctx, state_dir))).values()
-               for b in held}  # fmt: skip
-    done, unreachable = _each_replica(rs, replicas, lambda n, store: do_gc(
-        n, store, trusted=trusted, grace=seconds, dry_run=dry_run,
-        object_lock=rs.replica(n).object_lock, protect=protect))  # fmt: skip
+    done, unreachable = _each_replica(rs, replicas, _gc_one(ctx, rs, trusted, state_dir,
+                                                            seconds, dry_run))  # fmt: skip
     lines = [x for r in done for x in summary(r)]
     lines += [f"{n}: UNREACHABLE: {e}" for n, e in unreachable.items()]
     _emit({"dry_run": dry_run, "grace_seconds": seconds,
