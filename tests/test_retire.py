@@ -139,3 +139,21 @@ def test_object_lock_refuses_before_anything_is_written(tmp_path, lab_key):
         retire("primary", store, "m", statement=st.retired("0" * 64, "m", "primary", "x"),
                signers=key, trusted=[key.public], object_lock=object())  # fmt: skip
     assert {p for p in (tmp_path / "v").rglob("*") if p.is_file()} == before
+
+
+def test_a_retirement_killed_after_the_signature_went_is_finished_by_running_it_again(lab):
+    """The state a SIGKILL leaves between the signature's deletion and the rest: the log
+    statement and the notice are there, the signature is not, other files are. Audits already
+    accept the absence; running the same command again removes what is left (and without
+    --yes, nothing)."""
+    cfg, d = lab
+    b = d / "vault" / "bundles" / "m1"
+    ok(wv("-c", cfg, "retire", "m1", "--replica", "primary", "--reason", "x", "--yes"))
+    shutil.copytree(d / "mirror" / "bundles" / "m1", b)  # put back all but the signature
+    (b / "weightvault.sig").unlink()
+    ok(wv("-c", cfg, "audit", "--level", "metadata", "--replica", "primary"))
+    one_error(wv("-c", cfg, "retire", "m1", "--replica", "primary", "--reason", "x"), 2, "--yes")
+    assert (b / "data" / "weightvault.json").exists()
+    r = ok(wv("-c", cfg, "retire", "m1", "--replica", "primary", "--reason", "x", "--yes"))
+    assert "interrupted" in r.out and not b.exists()
+    ok(wv("-c", cfg, "audit", "--level", "full"))

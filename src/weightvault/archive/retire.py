@@ -115,8 +115,22 @@ def retire(replica: str, store: Store, ref: str, *, statement: bytes,
         except WeightvaultError as e:
             raise Conflict(f"{store.describe(key)} exists and is not a trusted notice ({e}); "
                            "nothing was removed") from None  # fmt: skip
-    p = prefix(b.name)
-    with store.lock(f"commit-{b.name}"):
+    _remove(store, res)
+    return res
+
+
+def finish(replica: str, store: Store, name: str, bundle_id: str) -> RetireResult:
+    """Remove what a killed retirement left of bundle `name` (its signature already gone); the
+    caller found the trusted notice that covers it."""
+    res = RetireResult(replica, store.url, name, bundle_id,
+                       notes=["finished an interrupted retirement"])  # fmt: skip
+    _remove(store, res)
+    return res
+
+
+def _remove(store: Store, res: RetireResult) -> None:
+    p = prefix(res.name)
+    with store.lock(f"commit-{res.name}"):
         files = store.list(p)
         sig = f"{p}/{SIGNATURE_KEY}"
         # the signature alone commits (FORMAT.md section 2.1): once it is gone, whatever a
@@ -126,7 +140,6 @@ def retire(replica: str, store: Store, ref: str, *, statement: bytes,
             res.files += 1
             res.bytes += files[k]
         store.prune_dirs(p)
-    return res
 
 
 def summary(r: RetireResult) -> str:

@@ -144,11 +144,18 @@ def retire(ctx: Ctx, bundle, vault, replicas, reason, key_path, grace, yes, trus
     from weightvault.archive.audit import HOLDS_ALL, Known
     from weightvault.archive.gc import parse_duration
     from weightvault.archive.gc import summary as gc_summary
+    from weightvault.archive.retire import finish, retired_ids, summary
     from weightvault.archive.retire import retire as do_retire
-    from weightvault.archive.retire import summary
     from weightvault.cli.app import _gc_one, _state
     from weightvault.cli.log import log_key_for, record
-    from weightvault.errors import Conflict, InputError, NotFound, StorageError, WeightvaultError
+    from weightvault.errors import (
+        Conflict,
+        InputError,
+        MissingSignature,
+        NotFound,
+        StorageError,
+        WeightvaultError,
+    )
     from weightvault.log import statements as st
     from weightvault.storage.vault import Vault
 
@@ -163,6 +170,7 @@ def retire(ctx: Ctx, bundle, vault, replicas, reason, key_path, grace, yes, trus
         rs.replica(n)
     targets = list(replicas) or [n for n in rs.names if rs.replica(n).role in HOLDS_ALL]
     held: dict[str, tuple[str, str]] = {}  # replica -> (name, bundle id)
+    unfinished: dict[str, tuple[str, str]] = {}
     unreachable: dict[str, str] = {}
     for n in targets:
         store = rs.try_store(n)
@@ -173,7 +181,26 @@ def retire(ctx: Ctx, bundle, vault, replicas, reason, key_path, grace, yes, trus
             b = Vault(store).load(bundle, trusted)
         except NotFound:
             continue
+        except MissingSignature:
+            # a retirement killed after it took the signature away: its notice says so
+            ours = [(d["name"], bid) for bid, d in retired_ids(store, trusted, n).items()
+                    if d["name"] == bundle]  # fmt: skip
+            if not ours:
+                raise
+            unfinished[n] = ours[0]
+            continue
         held[n] = (b.name, b.bundle_id)
+    if (held or unfinished) and not yes:
+        name, bid = next(iter({**unfinished, **held}.values()))
+        raise InputError(f"retire deletes bundle {name} ({bid[:16]}) from "
+                         f"{', '.join({**unfinished, **held})} for good; pass --yes to do it "
+                         "(nothing was changed)")  # fmt: skip
+    done = [finish(n, rs.store(n), *unfinished[n]) for n in unfinished]
+    if not held and done:
+        _emit({"bundle": done[0].bundle, "name": done[0].name, "reason": None,
+               "replicas": [r.as_dict() for r in done], "gc": [], "unreachable": unreachable},
+              as_json, "\n".join(summary(r) for r in done))  # fmt: skip
+        sys.exit(3 if unreachable else 0)
     if not held:
         raise NotFound(f"no bundle {bundle} on {', '.join(targets)}"
                        + (" (some replicas could not be reached)" if unreachable else ""))
@@ -186,16 +213,12 @@ def retire(ctx: Ctx, bundle, vault, replicas, reason, key_path, grace, yes, trus
         if rs.replica(n).object_lock is not None:
             raise Conflict(f"replica {n}: under Object Lock; bundle {name} cannot be removed "
                            "before its retention ends (nothing was changed)")  # fmt: skip
-    if not yes:
-        raise InputError(f"retire deletes bundle {name} ({bid[:16]}) from {', '.join(held)} "
-                         "for good; pass --yes to do it (nothing was changed)")  # fmt: skip
     stmts = {n: st.retired(bid, name, n, reason) for n in held}
     try:  # said in the log first: a deletion the log does not show is a loss
         record(ctx, rs, *stmts.values(), key=log_key_for(ctx, rs, [key]))
     except WeightvaultError as e:
         raise type(e)(f"preservation log not updated, so nothing was removed: {e}") from None
     known = Known(_state(ctx, state_dir))
-    done = []
     for n in held:
         try:
             done.append(do_retire(n, rs.store(n), bid, statement=stmts[n], signers=key,
