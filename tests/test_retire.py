@@ -157,3 +157,17 @@ def test_a_retirement_killed_after_the_signature_went_is_finished_by_running_it_
     r = ok(wv("-c", cfg, "retire", "m1", "--replica", "primary", "--reason", "x", "--yes"))
     assert "interrupted" in r.out and not b.exists()
     ok(wv("-c", cfg, "audit", "--level", "full"))
+
+
+def test_replicate_does_not_copy_a_retired_bundle_back_unless_asked(lab):
+    cfg, d = lab
+    ok(wv("-c", cfg, "retire", "m1", "--replica", "mirror", "--reason", "no\x1b[2J", "--yes"))
+    line = one_error(wv("-c", cfg, "replicate", "m1", "--to", "mirror"), 5, "retired from mirror",
+                     "--unretire")  # fmt: skip
+    assert "\x1b" not in line  # the signed reason is still text from storage
+    assert not (d / "mirror" / "bundles" / "m1").exists()
+    ok(wv("-c", cfg, "replicate", "m1", "--to", "mirror", "--unretire"))
+    # the log's later replicated statement supersedes the retirement: losing it again is loss
+    shutil.rmtree(d / "mirror" / "bundles" / "m1")
+    a = wv("-c", cfg, "audit", "--level", "metadata", "--replica", "mirror")
+    assert a.code == 1 and "lost" in a.out, a.out + a.err

@@ -14,7 +14,7 @@ import click
 
 from weightvault import __version__
 from weightvault import config as configmod
-from weightvault.errors import InputError, StorageError, WeightvaultError
+from weightvault.errors import Conflict, InputError, StorageError, WeightvaultError
 from weightvault.format import keys
 from weightvault.progress import bar
 from weightvault.progress import human_size as _size
@@ -797,13 +797,16 @@ def _target(ctx: Ctx, rs, spec: str, *, create: bool):
 @insecure_opt
 @click.option("--verify-existing", is_flag=True,
               help="Re-hash objects already on the target (S3 targets always compare checksums).")  # fmt: skip
+@click.option("--unretire", is_flag=True,
+              help="Copy the bundle back to a replica it was retired from (the log's replicated "
+                   "statement then supersedes the retirement).")  # fmt: skip
 @workers_opt
 @executor_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
-def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, workers, executor,
-              as_json, quiet) -> None:  # fmt: skip
+def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, unretire, workers,
+              executor, as_json, quiet) -> None:  # fmt: skip
     """Copy what is missing of BUNDLE to a replica, check every copy, then commit it there."""
     from weightvault.archive.replicate import replicate as do_replicate
     from weightvault.storage.replicas import ReplicaSet
@@ -832,6 +835,15 @@ def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, wor
     if lead is None:
         raise InputError(f"{bundle!r}: no source replica holds this bundle")
     sources = [lead] + [s for s in sources if s is not lead]
+    if not unretire:
+        from weightvault.archive.retire import retired_ids
+
+        bid = Vault(lead).bundle_id_of(Vault(lead).resolve(bundle))
+        gone = retired_ids(dst, trusted, to_name).get(bid)
+        if gone is not None:  # a routine copy from cron must not undo a deliberate removal
+            raise Conflict(f"bundle {gone['name']} ({bid[:16]}) was retired from {to_name} on "
+                           f"{gone['time'][:10]} (reason: {gone['reason']!r}); pass --unretire to copy it "
+                           "back")  # fmt: skip
     from weightvault.cli.cluster import executor_of, running
 
     ex = executor_of(executor)
