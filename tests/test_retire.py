@@ -171,3 +171,37 @@ def test_replicate_does_not_copy_a_retired_bundle_back_unless_asked(lab):
     shutil.rmtree(d / "mirror" / "bundles" / "m1")
     a = wv("-c", cfg, "audit", "--level", "metadata", "--replica", "mirror")
     assert a.code == 1 and "lost" in a.out, a.out + a.err
+
+
+def test_retire_on_s3_and_sftp_leaves_the_stewards_copy(tmp_path, s3_server, ssh_server, lab_key):
+    """Real backends: the S3 replica loses the bundle and the objects only it named, keeps the
+    rest; the steward's (escrow, SFTP) copy is untouched unless named."""
+    from conftest import Lab
+
+    lab = Lab(tmp_path, s3_server, ssh_server, lab_key,
+              audit={"state_dir": str(tmp_path / "state")})  # fmt: skip
+    ok(lab.run("seal", _model(tmp_path / "v1", 0), "--name", "m1", "--quiet"))
+    ok(lab.run("replicate", "m1", "--to", "steward"))
+    ok(lab.run("seal", _model(tmp_path / "v2", 1), "--name", "m2", "--supersedes", "m1",
+               "--quiet"))  # fmt: skip
+    ok(lab.run("audit", "--level", "metadata"))
+    s3 = lab.s3.client()
+
+    def keys(prefix: str) -> set[str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=lab.bucket, Prefix=prefix)
+        return {o["Key"] for p in pages for o in p.get("Contents", [])}
+
+    pool = {k.rsplit("/", 1)[-1] for k in keys("vault/objects/")}
+    m2 = _named(tmp_path / "primary", "m2")
+    only_m1 = _named(tmp_path / "primary", "m1") - m2
+    assert only_m1 <= pool and keys("vault/bundles/m1/")
+    bid = ok(lab.run("show", "m1", "--json")).json()["bundle"]["id"]
+    r = ok(lab.run("retire", "m1", "--reason", "superseded", "--yes", "--grace", "0"))
+    assert "primary: retired m1" in r.out and "cloud: retired m1" in r.out, r.out
+    assert "escrow replica steward is not touched" in r.out
+    assert not keys("vault/bundles/m1/")
+    assert keys("vault/retired/") == {f"vault/retired/{bid}.json"}
+    left = {k.rsplit("/", 1)[-1] for k in keys("vault/objects/")}
+    assert m2 <= left and not only_m1 & left
+    assert (lab.sftp_root / "bundles" / "m1" / "weightvault.sig").is_file()
+    ok(lab.run("audit", "--level", "full"))
