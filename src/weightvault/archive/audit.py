@@ -153,8 +153,9 @@ class _Work:
         return self.db.total_changes - before
 
     def pool(self, store: Store) -> _PoolListing:
-        if not self._pool_listed:
-            self.db.executemany("INSERT INTO work.pool VALUES (?, ?)", store.list(POOL).items())
+        if not self._pool_listed:  # (a listing that failed half way is listed again)
+            self.db.executemany("INSERT OR REPLACE INTO work.pool VALUES (?, ?)",
+                                store.iter_list(POOL))  # fmt: skip
             self._pool_listed = True
         return _PoolListing(self.db)
 

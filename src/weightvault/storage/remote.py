@@ -16,7 +16,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -325,6 +325,22 @@ class S3Store(RetryingFsspecStore):
 
     def _key(self, key: str) -> str:
         return f"{self.root}/{key}".split("/", 1)[1]
+
+    def iter_list(self, prefix: str, *, page: int = 1000) -> Iterator[tuple[str, int]]:
+        """(key, size) under `prefix`/, one ListObjectsV2 page at a time (each page retried
+        alone): an audit of a pool of millions of objects never holds its whole listing."""
+        base = self._key(prefix).rstrip("/") + "/"
+        cut = len(self._key(""))
+        token: dict = {}
+        while True:
+            resp = self._guard(lambda kw=token: self._call(
+                "list_objects_v2", Bucket=self.bucket, Prefix=base, MaxKeys=page, **kw),
+                self.describe(prefix))  # fmt: skip
+            for o in resp.get("Contents", ()):
+                yield o["Key"][cut:], int(o.get("Size") or 0)
+            if not resp.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": resp["NextContinuationToken"]}
 
     def prune_dirs(self, prefix: str) -> None:
         pass  # an object store has no directories to leave behind

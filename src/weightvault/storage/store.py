@@ -184,6 +184,12 @@ class Store:
     def list_dirs(self, prefix: str) -> list[str]:
         raise NotImplementedError
 
+    def iter_list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under `prefix`/, in no promised order: list() for
+        callers that move a large listing elsewhere as it comes (a store that can page
+        through its listing does, so the whole of it is never in memory at once)."""
+        yield from self.list(prefix).items()
+
     def list_times(self, prefix: str) -> dict[str, tuple[int, float | None]]:
         """Key -> (size, last-modified Unix time or None if the backend has none) of every
         object under `prefix`/ (for gc's grace period). A listing reads no payload."""
