@@ -187,9 +187,6 @@ class _Work:
             "WHERE s.target", (at, cycle)).fetchone()  # fmt: skip
         return n, int(within), None if never or not n else at - oldest
 
-    def close(self) -> None:
-        self.db.execute("DETACH DATABASE work")
-
 
 class _PoolListing(Mapping):
     """The pool's listing as a read-only mapping key -> size, looked up in the work tables."""
@@ -334,8 +331,7 @@ def audit_replica(
         cycle = cycle_days or 90
         n, within, oldest = work.coverage(t0, cycle * DAY)
     finally:
-        work.close()
-        verified.close()
+        verified.close()  # the work tables go with it; marks only if saved (a finished audit)
     coverage = {
         "cycle_days": cycle_days if level == "sample" else None,
         "objects": n,

@@ -298,7 +298,7 @@ class Verified:
         self.db.commit()
 
     def close(self) -> None:
-        self.db.commit()
+        """Marks not saved are dropped: an audit that failed half way proves nothing."""
         self.db.close()
 
 
