@@ -392,6 +392,12 @@ class Known:
     def saw(self, url: str, name: str, bundle_id: str) -> None:
         self.ids(url).setdefault(name, bundle_id)
 
+    def forget(self, url: str, bundle_id: str) -> None:
+        """After a signed retirement (archive/retire.py), never on a replica's say-so."""
+        ids = self.ids(url)
+        for n in [n for n, b in ids.items() if b == bundle_id]:
+            del ids[n]
+
     def save(self) -> None:
         for url, ids in self._files.items():
             path = self._path(url)
@@ -419,7 +425,11 @@ def expected_holdings(stores: dict[str, tuple[str, Store]], trusted: list[Public
                       known: Known) -> dict[str, dict[str, str | None]]:  # fmt: skip
     """replica -> {bundle name: id} that it must hold: on a replica holding everything (role
     primary or mirror), every bundle committed on any reachable replica and every bundle the
-    local state has seen on any of them; on another (escrow), what the state saw on it."""
+    local state has seen on any of them; on another (escrow), what the state saw on it. Less,
+    on each replica, the bundles a trusted key retired there (a signed notice, FORMAT.md
+    section 2.4): only a signature makes an absence legitimate."""
+    from weightvault.archive.retire import retired_ids
+
     everything: dict[str, str | None] = {}
     for _role, st in stores.values():
         for n, bid in known.ids(st.url).items():
@@ -430,8 +440,15 @@ def expected_holdings(stores: dict[str, tuple[str, Store]], trusted: list[Public
                 everything.setdefault(n, bid)
         except StorageError:
             continue  # reported when that replica itself is audited
-    return {n: dict(everything) if role in HOLDS_ALL else dict(known.ids(st.url))
-            for n, (role, st) in stores.items()}  # fmt: skip
+    out = {}
+    for n, (role, st) in stores.items():
+        try:
+            gone = retired_ids(st, trusted, n)
+        except StorageError:
+            gone = {}
+        held = everything if role in HOLDS_ALL else known.ids(st.url)
+        out[n] = {b: i for b, i in held.items() if i not in gone}
+    return out
 
 
 def remember(known: Known, audits: list[ReplicaAudit]) -> None:

@@ -14,7 +14,7 @@ import click
 
 from weightvault import __version__
 from weightvault import config as configmod
-from weightvault.errors import InputError, StorageError, WeightvaultError
+from weightvault.errors import Conflict, InputError, StorageError, WeightvaultError
 from weightvault.format import keys
 from weightvault.progress import bar
 from weightvault.progress import human_size as _size
@@ -803,13 +803,16 @@ def _target(ctx: Ctx, rs, spec: str, *, create: bool):
 @insecure_opt
 @click.option("--verify-existing", is_flag=True,
               help="Re-hash objects already on the target (S3 targets always compare checksums).")  # fmt: skip
+@click.option("--unretire", is_flag=True,
+              help="Copy the bundle back to a replica it was retired from (the log's replicated "
+                   "statement then supersedes the retirement).")  # fmt: skip
 @workers_opt
 @executor_opt
 @json_opt
 @quiet_opt
 @click.pass_obj
-def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, workers, executor,
-              as_json, quiet) -> None:  # fmt: skip
+def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, unretire, workers,
+              executor, as_json, quiet) -> None:  # fmt: skip
     """Copy what is missing of BUNDLE to a replica, check every copy, then commit it there."""
     from weightvault.archive.replicate import replicate as do_replicate
     from weightvault.storage.replicas import ReplicaSet
@@ -838,6 +841,15 @@ def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, wor
     if lead is None:
         raise InputError(f"{bundle!r}: no source replica holds this bundle")
     sources = [lead] + [s for s in sources if s is not lead]
+    if not unretire:
+        from weightvault.archive.retire import retired_ids
+
+        bid = Vault(lead).bundle_id_of(Vault(lead).resolve(bundle))
+        gone = retired_ids(dst, trusted, to_name).get(bid)
+        if gone is not None:  # a routine copy from cron must not undo a deliberate removal
+            raise Conflict(f"bundle {gone['name']} ({bid[:16]}) was retired from {to_name} on "
+                           f"{gone['time'][:10]} (reason: {gone['reason']!r}); pass --unretire to copy it "
+                           "back")  # fmt: skip
     from weightvault.cli.cluster import executor_of, running
 
     ex = executor_of(executor)
@@ -1114,6 +1126,26 @@ def repair(ctx: Ctx, vault, replicas, trust, key_path, state_dir, workers, as_js
         sys.exit(3)
 
 
+def _gc_one(ctx: Ctx, rs, trusted, state_dir, seconds: float, dry_run: bool):
+    """gc of one replica (name, store), as the gc and retire commands run it."""
+    from weightvault.archive.audit import Known
+    from weightvault.archive.gc import gc as do_gc
+    from weightvault.archive.retire import retired_ids
+
+    # a bundle committed on any replica, or ever seen by an audit here, is never debris on
+    # another, whatever that replica's files say; unless a trusted key retired it there
+    known = {(name, bid) for held in _holdings(rs, trusted, Known(_state(ctx, state_dir))).values()
+             for name, bid in held.items()}  # fmt: skip
+
+    def one(n: str, store):
+        gone = retired_ids(store, trusted, n)
+        return do_gc(n, store, trusted=trusted, grace=seconds, dry_run=dry_run,
+                     object_lock=rs.replica(n).object_lock,
+                     protect={name for name, bid in known if bid not in gone})  # fmt: skip
+
+    return one
+
+
 @cli.command()
 @vault_opt
 @click.option("--replica", "replicas", multiple=True, metavar="NAME",
@@ -1130,20 +1162,13 @@ def gc(ctx: Ctx, vault, replicas, dry_run, grace, trust, state_dir, as_json) -> 
     """Remove what interrupted seals and replicates left behind; never anything a committed
     manifest names, anything younger than --grace, or anything under Object Lock. Never runs by
     itself. Exit 3 if a replica could not be reached (the others are still collected)."""
-    from weightvault.archive.audit import Known
-    from weightvault.archive.gc import gc as do_gc
     from weightvault.archive.gc import parse_duration, summary
 
     seconds = parse_duration(grace)
     rs = ctx.replicas(vault)
     trusted = ctx.trusted(trust)
-    # a bundle committed on any replica, or ever seen by an audit here, is never debris on
-    # another, whatever that replica's files say
-    protect = {b for held in _holdings(rs, trusted, Known(_state(ctx, state_dir))).values()
-               for b in held}  # fmt: skip
-    done, unreachable = _each_replica(rs, replicas, lambda n, store: do_gc(
-        n, store, trusted=trusted, grace=seconds, dry_run=dry_run,
-        object_lock=rs.replica(n).object_lock, protect=protect))  # fmt: skip
+    done, unreachable = _each_replica(rs, replicas, _gc_one(ctx, rs, trusted, state_dir,
+                                                            seconds, dry_run))  # fmt: skip
     lines = [x for r in done for x in summary(r)]
     lines += [f"{n}: UNREACHABLE: {e}" for n, e in unreachable.items()]
     _emit({"dry_run": dry_run, "grace_seconds": seconds,

@@ -1,6 +1,8 @@
-"""Versions of a model: export, diff, amend (library: archive/versions.py)."""
+"""Versions of a model: export, diff, amend, retire (library: archive/versions.py, retire.py)."""
 
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -10,6 +12,7 @@ from weightvault.cli.app import (
     cli,
     json_opt,
     replica_opt,
+    state_opt,
     trust_opt,
     vault_opt,
 )
@@ -114,3 +117,131 @@ def amend(ctx: Ctx, bundle, vault, key_path, name, report, interviews, record_to
     _emit({**r.as_dict(), "replica": where}, as_json,
           f"amended {bundle} as {r.name} (bundle {r.bundle}) on {where}: {r.record_files} "
           f"record files, {_size(r.bytes_added)} added; supersedes {r.supersedes[:16]}")  # fmt: skip
+
+
+@cli.command()
+@click.argument("bundle")
+@vault_opt
+@click.option("--replica", "replicas", multiple=True, metavar="NAME",
+              help="Retire only on these replicas (repeatable) [default: every primary and "
+                   "mirror replica; an escrow replica only when named].")  # fmt: skip
+@click.option("--reason", required=True, help="Why: kept in the signed notice and the log.")
+@click.option("--key", "key_path", metavar="FILE", help="Signing key [default: config signing_key].")
+@click.option("--grace", default="24h", show_default=True, metavar="DURATION",
+              help="gc's grace period for the pool objects no bundle names any more.")
+@click.option("--yes", is_flag=True, help="Confirm: the bundle's files are deleted for good.")
+@trust_opt
+@state_opt
+@json_opt
+@click.pass_obj
+def retire(ctx: Ctx, bundle, vault, replicas, reason, key_path, grace, yes, trust, state_dir,
+           as_json) -> None:  # fmt: skip
+    """Deliberately remove BUNDLE from replicas: the one deletion an audit accepts. A
+    `retired` statement goes into the preservation log and a notice signed by --key onto each
+    replica before anything is deleted; then the bundle's files go (signature first) and gc
+    collects the pool objects no other committed bundle names. Exit 2 without --yes, 5 on a
+    replica under Object Lock, 3 if a replica could not be reached."""
+    from weightvault.archive.audit import HOLDS_ALL, Known
+    from weightvault.archive.gc import parse_duration
+    from weightvault.archive.gc import summary as gc_summary
+    from weightvault.archive.retire import finish, retired_ids, summary
+    from weightvault.archive.retire import retire as do_retire
+    from weightvault.cli.app import _gc_one, _state
+    from weightvault.cli.log import log_key_for, record
+    from weightvault.errors import (
+        Conflict,
+        InputError,
+        MissingSignature,
+        NotFound,
+        StorageError,
+        WeightvaultError,
+    )
+    from weightvault.log import statements as st
+    from weightvault.storage.vault import Vault
+
+    seconds = parse_duration(grace)
+    key = ctx.signing_key(key_path)
+    rs = ctx.replicas(vault)
+    trusted = ctx.trusted(trust) or [key.public]
+    if key.public.key_id not in {k.key_id for k in trusted}:
+        raise InputError("--key is not among the trusted keys: auditors trusting only those "
+                         "would not accept its retirement notices")  # fmt: skip
+    for n in replicas:
+        rs.replica(n)
+    targets = list(replicas) or [n for n in rs.names if rs.replica(n).role in HOLDS_ALL]
+    held: dict[str, tuple[str, str]] = {}  # replica -> (name, bundle id)
+    unfinished: dict[str, tuple[str, str]] = {}
+    unreachable: dict[str, str] = {}
+    for n in targets:
+        store = rs.try_store(n)
+        if store is None:
+            unreachable[n] = rs.errors[n]
+            continue
+        try:
+            b = Vault(store).load(bundle, trusted)
+        except NotFound:
+            continue
+        except MissingSignature:
+            # a retirement killed after it took the signature away: its notice says so
+            ours = [(d["name"], bid) for bid, d in retired_ids(store, trusted, n).items()
+                    if d["name"] == bundle]  # fmt: skip
+            if not ours:
+                raise
+            unfinished[n] = ours[0]
+            continue
+        held[n] = (b.name, b.bundle_id)
+    if (held or unfinished) and not yes:
+        name, bid = next(iter({**unfinished, **held}.values()))
+        raise InputError(f"retire deletes bundle {name} ({bid[:16]}) from "
+                         f"{', '.join({**unfinished, **held})} for good; pass --yes to do it "
+                         "(nothing was changed)")  # fmt: skip
+    done = [finish(n, rs.store(n), *unfinished[n]) for n in unfinished]
+    if not held and done:
+        _emit({"bundle": done[0].bundle, "name": done[0].name, "reason": None,
+               "replicas": [r.as_dict() for r in done], "gc": [], "unreachable": unreachable},
+              as_json, "\n".join(summary(r) for r in done))  # fmt: skip
+        sys.exit(3 if unreachable else 0)
+    if not held:
+        raise NotFound(f"no bundle {bundle} on {', '.join(targets)}"
+                       + (" (some replicas could not be reached)" if unreachable else ""))
+    if len(set(held.values())) > 1:
+        raise Conflict(f"{bundle} names different bundles on different replicas ("
+                       + ", ".join(f"{n}: {bid[:16]}" for n, (_, bid) in held.items())
+                       + "); retire one replica at a time")  # fmt: skip
+    name, bid = next(iter(held.values()))
+    for n in held:
+        if rs.replica(n).object_lock is not None:
+            raise Conflict(f"replica {n}: under Object Lock; bundle {name} cannot be removed "
+                           "before its retention ends (nothing was changed)")  # fmt: skip
+    stmts = {n: st.retired(bid, name, n, reason) for n in held}
+    try:  # said in the log first: a deletion the log does not show is a loss
+        record(ctx, rs, *stmts.values(), key=log_key_for(ctx, rs, [key]))
+    except WeightvaultError as e:
+        raise type(e)(f"preservation log not updated, so nothing was removed: {e}") from None
+    known = Known(_state(ctx, state_dir))
+    for n in held:
+        try:
+            done.append(do_retire(n, rs.store(n), bid, statement=stmts[n], signers=key,
+                                  trusted=trusted, object_lock=rs.replica(n).object_lock))  # fmt: skip
+            known.forget(rs.store(n).url, bid)
+        except StorageError as e:
+            unreachable[n] = str(e)
+    known.save()
+    gc_one = _gc_one(ctx, rs, trusted, state_dir, seconds, False)
+    collected = []
+    for r in done:
+        try:
+            collected.append(gc_one(r.replica, rs.store(r.replica)))
+        except StorageError as e:
+            unreachable[r.replica] = f"gc after retiring: {e}"
+    escrow = [n for n in rs.names if n not in held and n not in targets
+              and rs.replica(n).role not in HOLDS_ALL]  # fmt: skip
+    lines = [summary(r) for r in done]
+    lines += [x for g in collected for x in gc_summary(g)]
+    lines += [f"note: escrow replica {n} is not touched unless named with --replica" for n in escrow]
+    lines += [f"{n}: UNREACHABLE: {e}" for n, e in unreachable.items()]
+    _emit({"bundle": bid, "name": name, "reason": reason,
+           "replicas": [r.as_dict() for r in done], "gc": [g.as_dict() for g in collected],
+           "unreachable": unreachable}, as_json, "\n".join(lines))  # fmt: skip
+    if unreachable:
+        sys.exit(3)
