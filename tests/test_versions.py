@@ -642,6 +642,7 @@ def test_encrypted_versions_share_the_unchanged_chunks(enc_lineage, lab_key, tmp
     r = ok(wv("audit", "--vault", vault, "--level", "full", *trust, "--key", akey,
               "--state-dir", tmp_path / "state", "--json"))  # fmt: skip
     assert r.json()["replicas"][0]["record"]["failures"] == []
+    ok(wv("verify", "m.2", "--vault", vault, *trust, "--deep", "--identity", base / "other.key"))
     # both versions restore bit-exact, with weightvault and with the reference restorer
     ok(wv("restore", "m.2", tmp_path / "out2", "--vault", vault, *trust, "--identity",
           base / "other.key", "--quiet"))  # fmt: skip
