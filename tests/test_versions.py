@@ -705,3 +705,30 @@ def test_version_4_encrypted_chunks_may_not_share_an_object(tmp_path):
     cs[1]["object"] = cs[0]["object"]
     with pytest.raises(CorruptData, match="used by two chunks"):
         m.opened(private, "shared")
+
+
+def test_a_damaged_encrypted_object_is_never_named_again(enc_lineage, lab_key, tmp_path):
+    """The trial decode of an encrypted lineage opens the previous object as restore does
+    (tags first): one with its right name and size but a flipped byte is damage, and the
+    seal refuses with one line instead of naming it."""
+    from weightvault.format import crypt
+
+    base, vault, v1, _v2, _s = enc_lineage
+    v = tmp_path / "v"
+    shutil.copytree(vault, v)
+    m2 = manifest(v, "m.2")
+    dk = bytes.fromhex(_data_key(v / "bundles/m.2", base / "other.key"))
+    private = json.loads(crypt.open_bytes(dk, m2["encryption"]["salt"], "private", 0,
+                                          (v / "bundles/m.2/data/private/manifest.sealed")
+                                          .read_bytes(), 1 << 26))  # fmt: skip
+    (shard,) = [f for f in private["files"] if f["path"] == "model-00002-of-00004.safetensors"]
+    victim = v / "objects" / shard["chunks"][-1]["object"]  # a tensor v1 and v2 share
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.chmod(0o644)
+    victim.write_bytes(bytes(data))
+    r = wv("seal", v1, "--vault", v, "--key", lab_key, "--name", "m.3", "--chunk-size", "1",
+           "--supersedes", "m.2", "--identity", base / "other.key", "--encrypt-to",
+           _age_identity(tmp_path / "third.key"))  # fmt: skip
+    one_error(r, 1, f"objects/{victim.name}", "repair")
+    assert not (v / "bundles/m.3").exists()
