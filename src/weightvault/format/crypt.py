@@ -167,18 +167,15 @@ class Encryptor:
 class LineageSealer:
     """Seals one chunk object of scheme weightvault-aead-2 (FORMAT.md 10.3): NONCE = the first
     16 bytes of HMAC-SHA256(K_nonce, P), so the whole plaintext P is needed before the first
-    segment. P is spooled (in memory up to SPOOL bytes, then to an unlinked temporary file),
-    so memory stays flat whatever the chunk size; `feed` returns nothing and `finish_parts`
-    yields the stored bytes. A deterministic nonce is safe here because it is a function of
-    the plaintext under a secret key (SIV): equal nonces mean equal plaintexts, never the
-    same GCM key and nonce over two different plaintexts."""
-
-    SPOOL = 8 << 20
+    segment. P waits in a Spool (memory stays flat whatever the chunk size); `feed` returns
+    nothing and `finish_parts` yields the stored bytes. A deterministic nonce is safe here
+    because it is a function of the plaintext under a secret key (SIV): equal nonces mean
+    equal plaintexts, never the same GCM key and nonce over two different plaintexts."""
 
     def __init__(self, dk: bytes, lineage_salt_hex: str):
         self._dk, self._ad = dk, chunk_ad(lineage_salt_hex)
         self._mac = hmac.new(chunk_nonce_key(dk, lineage_salt_hex), digestmod=hashlib.sha256)
-        self._spool = tempfile.SpooledTemporaryFile(max_size=self.SPOOL)  # noqa: SIM115
+        self._spool = Spool()
 
     def feed(self, data) -> bytes:
         self._mac.update(data)
@@ -188,13 +185,53 @@ class LineageSealer:
     def finish_parts(self) -> Iterator[bytes]:
         e = Encryptor(self._dk, None, "chunk", 0, nonce=self._mac.digest()[:16], ad=self._ad)
         try:
-            self._spool.seek(0)
-            while data := self._spool.read(4 * SEGMENT):
+            for data in self._spool.pieces(4 * SEGMENT):
                 if out := e.feed(data):
                     yield out
             yield e.finish()
         finally:
             self._spool.close()
+
+
+class Spool:
+    """Bytes written once and read back once: in memory up to `limit`, beyond that in an
+    unlinked temporary file, encrypted there (AES-256-CTR) under a random key that exists only
+    in this object, so a chunk's plaintext never reaches a disk in the clear."""
+
+    def __init__(self, limit: int = 8 << 20):
+        self._mem, self._limit = bytearray(), limit
+        self._file = None
+        self._cipher = self._enc = None
+
+    def write(self, data) -> None:
+        if self._file is None and len(self._mem) + len(data) <= self._limit:
+            self._mem += data
+            return
+        if self._file is None:
+            from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+            self._cipher = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16)))
+            self._enc = self._cipher.encryptor()
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+            self._file.write(self._enc.update(bytes(self._mem)))
+            self._mem = bytearray()
+        self._file.write(self._enc.update(data))
+
+    def pieces(self, n: int) -> Iterator[bytes]:
+        if self._file is None:
+            for i in range(0, len(self._mem), n):
+                yield bytes(self._mem[i : i + n])
+            return
+        self._file.seek(0)
+        dec = self._cipher.decryptor()
+        while data := self._file.read(n):
+            yield dec.update(data)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._mem = bytearray()
 
 
 class Decryptor:
