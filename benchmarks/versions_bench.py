@@ -105,11 +105,11 @@ def pair(label: str, v1: Path, v2: Path, key: Path, vault_args: list, size_of, r
     out = {"seal_v1": {k: r1[k] for k in ("wall_s", "cpu_s", "peak_rss_mib")},
            "seal_v2": {k: r2[k] for k in ("wall_s", "cpu_s", "peak_rss_mib")},
            "ratio": round(r2["wall_s"] / r1["wall_s"], 3),
-           "files_reused": s2["files_reused"], "chunks_reused": s2["chunks_reused"],
+           "files_reused": s2["files_reused"], "chunks_reused": s2.get("chunks_reused"),
            "stored_v1": before_pool, "pool_growth": after_pool - before_pool,
            "vault_growth": after_vault - before_vault, "bytes_new": s2["bytes_new"]}  # fmt: skip
     log(f"{label}: seal v1 {r1['wall_s']:.2f} s ({r1['cpu_s']:.2f} CPU), v2 {r2['wall_s']:.2f} s "
-        f"({r2['cpu_s']:.2f} CPU): ratio {out['ratio']}; {s2['chunks_reused']} chunks and "
+        f"({r2['cpu_s']:.2f} CPU): ratio {out['ratio']}; {s2.get('chunks_reused')} chunks and "
         f"{s2['files_reused']} files reused; vault grew {human(out['vault_growth'])}")
     return out
 

@@ -105,14 +105,14 @@ def test_shares_split_and_combine():
 
 def test_a_lineage_chunk_waits_encrypted_on_disk():
     """Version 5 seals a chunk only once its whole plaintext has been through the nonce's
-    HMAC: a chunk beyond 8 MiB waits in a temporary file, encrypted under a key that never
-    leaves memory, and comes back exactly."""
+    HMAC: a chunk beyond the spool's memory limit waits in a temporary file, encrypted under a
+    key that never leaves memory, and comes back exactly."""
     import os
 
     from weightvault.format.crypt import Spool
 
     plain = os.urandom(1 << 20) * 12  # 12 MiB, a recognisable repeat
-    s = Spool()
+    s = Spool(8 << 20)
     for i in range(0, len(plain), 3_000_000):
         s.write(plain[i : i + 3_000_000])
     s._file.seek(0)
@@ -120,6 +120,6 @@ def test_a_lineage_chunk_waits_encrypted_on_disk():
     assert len(on_disk) == len(plain) and plain[: 1 << 20] not in on_disk
     assert b"".join(s.pieces(4 << 20)) == plain
     s.close()
-    small = Spool()
+    small = Spool(8 << 20)
     small.write(b"abc")
     assert small._file is None and b"".join(small.pieces(2)) == b"abc"

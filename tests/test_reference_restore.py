@@ -436,7 +436,7 @@ def seal_lineage_object(dk: bytes, lineage: bytes, plain: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("length", [0, 1, 1 << 20, (2 << 20) + 5, 9 << 20])
-def test_lineage_objects_are_what_the_spec_says(length):
+def test_lineage_objects_are_what_the_spec_says(length, monkeypatch):
     """weightvault's sealer of version 5 chunk objects (spooling P to compute its nonce)
     writes exactly the bytes the spec's construction gives, byte for byte; equal plaintexts
     under one lineage give one object, another lineage or key another; the reference
@@ -445,6 +445,7 @@ def test_lineage_objects_are_what_the_spec_says(length):
     from weightvault.format import crypt
 
     rr = restorer_module()
+    monkeypatch.setattr(crypt.LineageSealer, "SPOOL", 4 << 20)  # 9 MiB waits on disk
     dk, lineage, plain = os.urandom(32), os.urandom(32), os.urandom(length)
     s = crypt.LineageSealer(dk, lineage.hex())
     parts = [s.feed(plain[i : i + 3000000]) for i in range(0, len(plain), 3000000)]
