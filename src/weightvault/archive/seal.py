@@ -104,7 +104,7 @@ class _Job:
     piece: chunking.Piece
     last: bool  # last chunk of its file
     multi: bool  # file has more than one chunk (needs the ordered whole-file digest)
-    index: int  # position among all chunks (an encrypted object is bound to it)
+    index: int  # position in the chunk job list (a cluster returns results by it)
     # (chunk, object) of the previous version at this file's same offset and length, from its
     # signed manifest: named again if its object decodes to this chunk's bytes (trial decode)
     prev: tuple[dict, dict] | None = None
@@ -392,7 +392,7 @@ class _Versions:
     def __init__(self, files, plans, table: tuple[dict, dict], store: Store):
         self.files, self.plans = files, plans
         self.old, self.objects = table
-        self.count = 0  # chunk positions handed out
+        self.count = 0  # chunk jobs made (their `index`)
         self.candidates: list[_Whole] = []
         self._verdicts: queue.SimpleQueue = queue.SimpleQueue()
         self._failed = threading.Event()
