@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference restorer for weightvault bundles, format versions 1 to 4.
+"""Reference restorer for weightvault bundles, format versions 1 to 5.
 
 The proof that the format spec (docs/FORMAT.md with its fsplit appendix; every bundle carries
 a copy as data/FORMAT.md) is complete: written from the spec alone, sharing no code with
@@ -9,14 +9,16 @@ weightvault, and tested to restore bit-exact what weightvault seals. Read it in 
                                 [--data-key HEX | --data-key-file FILE]
 
 BAG_DIR is a bundle directory: VAULT/bundles/NAME/ in a vault, or a standalone bag (an export,
-or a copy of a version 1-3 bundle directory); DEST must not exist or be empty. A version 4
+or a copy of a version 1-3 bundle directory); DEST must not exist or be empty. A version 4 or 5
 bundle's objects are read from BAG_DIR/data/objects/ if the bag holds them, else from the
 vault's shared pool, BAG_DIR/../../objects/ (section 2.2).
 Needs Python 3.11+, `zstandard`, `numpy` (fsplit-* chunks) and, with --trust, `cryptography`.
 Version 4 is the main text of the spec; version 3 differs as section 9.2 lists (no `spec`,
 `supersedes`, `bag_info`; objects inside the bag), versions 1 and 2 also as section 9.1 lists
-(SHA-512 digests, chunk digests, version 1 always clear, version 2 always encrypted).
-Encrypted bundles (section 10: version 2, or version 3 with `encryption`) need their data key:
+(SHA-512 digests, chunk digests, version 1 always clear, version 2 always encrypted), and
+version 5 is version 4 always encrypted, with chunk objects of scheme weightvault-aead-2
+(section 10.3: bound to the lineage, not to the chunk's position).
+Encrypted bundles (section 10: versions 2 and 5, or 3 and 4 with `encryption`) need their data key:
 the 64 hex digits that `age -d -i IDENTITY data/keys/recipient-N.age` prints, given as
 --data-key HEX or as --data-key-file FILE holding that output (combining SLIP-39 shares is
 left to other tools). The key must pass the bundle's key check (section 10.6) before it is
@@ -210,7 +212,7 @@ def check_manifest(m):
     """Sections 4 and 7: members, types, invariants, paths. Returns {object name: size}."""
     version = m.get("format_version") if isinstance(m, dict) else None
     check(
-        is_uint(version) and version in (1, 2, 3, 4),
+        is_uint(version) and version in (1, 2, 3, 4, 5),
         f"manifest: unknown format_version {version!r}",
     )
     members(
@@ -233,8 +235,9 @@ def check_manifest(m):
     )
     check(m["format"] == "weightvault-manifest", "manifest: not a weightvault manifest")
     check(version != 1 or m["encryption"] is None, "manifest: version 1 must not be encrypted")
-    check(version != 2 or m["encryption"] is not None, "manifest: version 2 must be encrypted")
-    encrypted = m["encryption"] is not None  # version 2, or version 3 with encryption
+    check(version not in (2, 5) or m["encryption"] is not None,
+          f"manifest: version {version} must be encrypted")  # fmt: skip
+    encrypted = m["encryption"] is not None  # versions 2 and 5, or 3 and 4 with encryption
     members(m["tool"], {"name", "version"}, what="manifest tool")
     members(m["chunking"], {"target_size", "piece_size"}, what="manifest chunking")
     if encrypted:  # section 10.2: the real source and files are in the private section
@@ -302,7 +305,8 @@ def check_source(source):
 
 
 def check_files(m, sizes, segment=None):
-    """Sections 4.3 and 7 on `files`; with `segment`, also the encrypted rules of 10.3."""
+    """Sections 4.3 and 7 on `files`; with `segment`, also the encrypted rules of 10.3 (in
+    version 5, chunks may share an object: identical chunks seal to one object)."""
     used, chunk_digest = set(), {"sha256"} if m["format_version"] < 3 else set()
     for f in m["files"]:
         members(f, {"path", "size", "mode", "sha256", "chunks"}, what="manifest file")
@@ -346,7 +350,7 @@ def check_files(m, sizes, segment=None):
                     f"{what}: raw object {c['object']} does not hold {c['length']} bytes",
                 )
                 check(
-                    c["object"] not in used,
+                    c["object"] not in used or m["format_version"] == 5,
                     f"{what}: object {c['object']} is shared with another chunk (encrypted)",
                 )
             used.add(c["object"])
@@ -358,13 +362,17 @@ def check_files(m, sizes, segment=None):
 
 def check_encryption(enc, version):
     """Sections 10.2 and 10.5: the encryption member. Returns its payload file paths."""
+    lineage = {"lineage_salt"} if version == 5 else set()  # section 10.2: version 5 only
     members(
         enc,
-        {"scheme", "salt", "segment_size", "key_check", "private", "envelopes", "shares"},
+        {"scheme", "salt", "segment_size", "key_check", "private", "envelopes", "shares"}
+        | lineage,
         what="manifest encryption",
     )
-    check(enc["scheme"] == "weightvault-aead-1", f"unknown encryption scheme {enc['scheme']!r}")
+    scheme = "weightvault-aead-2" if version == 5 else "weightvault-aead-1"
+    check(enc["scheme"] == scheme, f"encryption scheme {enc['scheme']!r} is not {scheme}")
     check(is_hex(enc["salt"]), "manifest encryption: salt is not 32 bytes of hex")
+    check(not lineage or is_hex(enc["lineage_salt"]), "manifest encryption: bad lineage_salt")
     check(
         is_uint(enc["segment_size"]) and enc["segment_size"] == SEGMENT_SIZE,
         f"manifest encryption: segment_size {enc['segment_size']!r} is not {SEGMENT_SIZE}",
@@ -449,6 +457,7 @@ def associated_data(label, salt, index):
     return b"weightvault/2 " + label + b"\x00" + salt + struct.pack(">Q", index)
 
 
+
 def hkdf(ikm, salt, info):
     """Section 10.1: HKDF-SHA256, 32 bytes."""
     from cryptography.hazmat.primitives import hashes
@@ -488,7 +497,10 @@ def open_sealed(data, key, enc, label, index, what):
     check(length is not None, f"{what}: {len(data)} bytes is not the size of a sealed object")
     check(data[:5] == SEALED_MAGIC, f"{what}: not a sealed object (magic or version byte)")
     aead = AESGCM(hkdf(key, data[5:21], b"weightvault/2 object key"))
-    ad = associated_data(label, bytes.fromhex(enc["salt"]), index)
+    if label == b"chunk" and enc.get("scheme") == "weightvault-aead-2":  # the lineage, not position
+        ad = b"weightvault/3 chunk\x00" + bytes.fromhex(enc["lineage_salt"])
+    else:
+        ad = associated_data(label, bytes.fromhex(enc["salt"]), index)
     count = max(1, -(-length // segment))
     view, out, pos = memoryview(data), bytearray(), 21
     for i in range(count):
@@ -687,7 +699,7 @@ def restore(bag, dest, trust, key=None):
                         if codec == "zstd"
                         else unfsplit(data, c["length"], codec)
                     )
-                    check(  # versions 1 and 2: the chunk digest; 3 and 4 have only the file's
+                    check(  # versions 1 and 2: the chunk digest; 3 to 5 have only the file's
                         len(plain) == c["length"]
                         and (version >= 3 or hashlib.sha256(plain).hexdigest() == c["sha256"]),
                         f"{f['path']}: chunk at {c['offset']} (object {c['object']}) is damaged",

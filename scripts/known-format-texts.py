@@ -31,7 +31,7 @@ def add(text: bytes) -> None:
     if not m:
         return
     top = max(int(n) for n in re.findall(r"\d+", m.group(1)))
-    if top <= 3:  # version 4 texts are named by the signed manifest's `spec` member
+    if top <= 3:  # texts of version 4 and later are named by the signed manifest's `spec`
         texts[hashlib.sha256(text).hexdigest()] = top
 
 

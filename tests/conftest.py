@@ -138,6 +138,18 @@ def ssh_server(tmp_path_factory):
         yield s
 
 
+def minilm_changed(minilm_dir: Path, dest: Path) -> Path:
+    """A copy of the real model whose last tensor changed (the low bit of its last 4096
+    bytes flipped): a new version of it, as a lab would seal with --supersedes."""
+    shutil.copytree(minilm_dir, dest)
+    p = dest / "model.safetensors"
+    data = bytearray(p.read_bytes())
+    for i in range(len(data) - 4096, len(data)):
+        data[i] ^= 1
+    p.write_bytes(bytes(data))
+    return dest
+
+
 def s3_env(s3) -> dict:
     """Credentials the way a user provides them: AWS environment variables."""
     return {**os.environ, "AWS_ACCESS_KEY_ID": s3.access_key,

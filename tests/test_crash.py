@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import Result, write_config, wv
+from conftest import Result, minilm_changed, write_config, wv
 from support.stepper import Stepper, cli, tree
 
 MARKER = "tagmanifest-sha256.txt"
@@ -381,13 +381,7 @@ def custody_record() -> KillPoint:
 def new_version_case(tmp_path, lab_key, templates, minilm_dir) -> Case:
     """`seal --supersedes m` of the model with one tensor changed: it writes only the changed
     chunks' objects and reuses the rest from the pool (issue 17)."""
-    src = tmp_path / "model-v2"
-    shutil.copytree(minilm_dir, src)
-    p = src / "model.safetensors"
-    data = bytearray(p.read_bytes())
-    for i in range(len(data) - 4096, len(data)):  # the last tensor
-        data[i] ^= 1
-    p.write_bytes(bytes(data))
+    src = minilm_changed(minilm_dir, tmp_path / "model-v2")
     w = _world(tmp_path, lab_key, templates, primary="full")
     return Case("new-version", w, ["seal", str(src), "--name", "m.2", "--supersedes", "m",
                                    "--chunk-size", "1", "--workers", "2", "--quiet"],

@@ -101,3 +101,25 @@ def test_shares_split_and_combine():
     # words survive case and spacing changes made while copying them by hand
     again = crypt.parse_share("  " + shares[1].text.upper().replace(" ", "\n  ") + "\n", "paper")
     assert again.text == shares[1].text
+
+
+def test_a_lineage_chunk_waits_encrypted_on_disk():
+    """Version 5 seals a chunk only once its whole plaintext has been through the nonce's
+    HMAC: a chunk beyond the spool's memory limit waits in a temporary file, encrypted under a
+    key that never leaves memory, and comes back exactly."""
+    import os
+
+    from weightvault.format.crypt import Spool
+
+    plain = os.urandom(1 << 20) * 12  # 12 MiB, a recognisable repeat
+    s = Spool(8 << 20)
+    for i in range(0, len(plain), 3_000_000):
+        s.write(plain[i : i + 3_000_000])
+    s._file.seek(0)
+    on_disk = s._file.read()
+    assert len(on_disk) == len(plain) and plain[: 1 << 20] not in on_disk
+    assert b"".join(s.pieces(4 << 20)) == plain
+    s.close()
+    small = Spool(8 << 20)
+    small.write(b"abc")
+    assert small._file is None and b"".join(small.pieces(2)) == b"abc"

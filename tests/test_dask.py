@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ok, one_error, plain_count, s3_env, write_config, wv
+from conftest import minilm_changed, ok, one_error, plain_count, s3_env, write_config, wv
 
 from weightvault.archive import distributed
 from weightvault.archive.seal import SealOptions, seal
@@ -165,6 +165,24 @@ def test_cluster_seal_is_byte_identical_and_audits(tmp_path, minilm_dir, lab_key
               "--deep", "--executor", "local-cluster:2", "--json", env=small))  # fmt: skip
     # the split file is read twice: by its chunk tasks and, in order, by its hashing task
     assert r.json()["ok"] and r.json()["bytes_checked"] >= rec["bytes_read"]
+
+
+def test_new_version_on_a_cluster_equals_one_process(tmp_path, minilm_dir, lab_key):
+    """seal --supersedes on a cluster: unchanged files are judged by the driver first, and
+    workers compare the changed file's chunks with the previous objects (trial decode) as one
+    process does; the two vaults end byte-identical."""
+    env = {**os.environ, **EPOCH}
+    v2 = minilm_changed(minilm_dir, tmp_path / "v2")
+    outs = []
+    for where, extra in (("one", ()), ("dask", ("--executor", "local-cluster:2"))):
+        ok(wv("seal", minilm_dir, "--vault", tmp_path / where, "--key", lab_key, "--name", "m",
+              "--chunk-size", "16", env=env))  # fmt: skip
+        r = ok(wv("seal", v2, "--vault", tmp_path / where, "--key", lab_key, "--name", "m.2",
+                  "--chunk-size", "16", "--supersedes", "m", "--json", *extra, env=env))  # fmt: skip
+        outs.append(r.json())
+    assert tree(tmp_path / "one") == tree(tmp_path / "dask")
+    assert outs[0]["chunks_reused"] == outs[1]["chunks_reused"] > 0
+    assert outs[0]["files_reused"] == outs[1]["files_reused"] > 0
 
 
 @pytest.mark.slow

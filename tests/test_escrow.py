@@ -103,7 +103,7 @@ def test_escrow_done_when_on_seaweedfs(tmp_path, lab_key, minilm_dir, s3_server)
               s3_env(s3_server))  # fmt: skip
     sealed = ok(w.seal(minilm_dir)).json()
     manifest = json.loads((tmp_path / "lab-vault/bundles/minilm/data/weightvault.json").read_text())
-    assert manifest["format_version"] == 4 and manifest["files"] == []
+    assert manifest["format_version"] == 5 and manifest["files"] == []
     enc = manifest["encryption"]
     assert [e["kind"] for e in enc["envelopes"]] == ["recipient"] * 2 + ["share"] * 3
     assert enc["shares"]["threshold"] == 2 and enc["shares"]["count"] == 3

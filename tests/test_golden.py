@@ -178,3 +178,52 @@ def test_v3_golden_reads_verifies_replicates_and_restores(golden, tmp_path, lab_
     assert restored(tmp_path / "ref") == expected_files()
     p = subprocess.run(["bagit.py", "--validate", str(bag)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+# -- format version 4, encrypted (weightvault-aead-1), sealed by weightvault at commit b07382c,
+# the last to write encrypted bundles as version 4
+
+
+def test_v4_encrypted_golden_still_reads_audits_and_restores(golden, tmp_path, lab_key):
+    """An encrypted version 4 bundle (random nonces, objects bound to the bundle's salt and
+    their position: FORMAT.md 10.3) keeps reading after version 5 changed how encrypted
+    chunks are sealed: the steward's checks need no key, both restorers give the model back
+    with the reader's identity or two of three shares, and a new version cannot share it."""
+    vault = golden("v4")
+    t4 = ["--trust", str(KEYS / "golden-v4.key.pub")]
+    bag = vault / "bundles" / "golden-v4-enc"
+    m = json.loads((bag / "data/weightvault.json").read_bytes())
+    assert (m["format_version"], m["encryption"]["scheme"]) == (4, "weightvault-aead-1")
+    ok(wv("verify", "golden-v4-enc", "--vault", vault, *t4))  # no key: the steward's check
+    r = ok(wv("audit", "--vault", vault, "--level", "full", *t4, "--key", lab_key,
+              "--state-dir", tmp_path / "state", "--json"))  # fmt: skip
+    assert r.json()["replicas"][0]["record"]["failures"] == []
+    reader = ["--identity", golden.keys / "reader.age"]
+    ok(wv("verify", "golden-v4-enc", "--vault", vault, *t4, "--deep", *reader))
+    ok(wv("restore", "golden-v4-enc", tmp_path / "out", "--vault", vault, *t4, "--quiet",
+          *reader))  # fmt: skip
+    assert restored(tmp_path / "out") == expected_files()
+    two = ["--identity", golden.keys / "alice.age", "--identity", golden.keys / "carol.age"]
+    ok(wv("restore", "golden-v4-enc", tmp_path / "out2", "--vault", vault, *t4, "--quiet", *two))
+    assert restored(tmp_path / "out2") == expected_files()
+    from pyrage import decrypt, x25519
+
+    secret = (golden.keys / "reader.age").read_text().strip().splitlines()[-1]
+    envelope = bag / "data" / "keys" / "recipient-1.age"
+    dk = decrypt(envelope.read_bytes(), [x25519.Identity.from_str(secret)]).decode().strip()
+    proc = subprocess.run([sys.executable, RESTORER, bag, tmp_path / "ref", *t4, "--data-key",
+                           dk], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert restored(tmp_path / "ref") == expected_files()
+    # a new version of it: the same data key (it opens with the same identity), a lineage salt
+    # of its own, format version 5; no object is shared with the version 4 bundle
+    recipient = str(x25519.Identity.from_str(secret).to_public())
+    r = ok(wv("seal", tmp_path / "out", "--vault", vault, "--key", lab_key, "--name", "next",
+              "--chunk-size", "1", "--supersedes", "golden-v4-enc", *t4, "--encrypt-to",
+              recipient, *reader, "--json"))  # fmt: skip
+    assert r.json()["format_version"] == 5 and r.json()["chunks_reused"] == 0
+    m5 = json.loads((vault / "bundles/next/data/weightvault.json").read_bytes())
+    assert not {o["name"] for o in m5["objects"]} & {o["name"] for o in m["objects"]}
+    ok(wv("restore", "next", tmp_path / "out5", "--vault", vault, "--trust",
+          f"{lab_key}.pub", "--quiet", *reader))  # fmt: skip
+    assert restored(tmp_path / "out5") == expected_files()

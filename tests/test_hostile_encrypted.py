@@ -1,6 +1,7 @@
-"""Hostile encrypted (version 2) bundles: each is re-signed by the trusted key after the
-attack, so only the checks below the signature stand between it and the disk. Restore must
-refuse each with one error line and the documented exit code, and write nothing."""
+"""Hostile encrypted bundles (format version 5, scheme weightvault-aead-2): each is re-signed
+by the trusted key after the attack (and its private section re-sealed with the data key), so
+only the checks below the signature stand between it and the disk. Restore must refuse each
+with one error line and the documented exit code, and write nothing."""
 
 from __future__ import annotations
 
@@ -43,9 +44,29 @@ class Bundle:
         env = (root / "data/keys/recipient-1.age").read_bytes()
         self.dk = bytes.fromhex(pyrage.decrypt(env, [ident]).decode().strip())
         self.salt = self.doc["encryption"]["salt"]
+        self.lineage = self.doc["encryption"]["lineage_salt"]
         sealed = (root / "data/private/manifest.sealed").read_bytes()
         self.private = json.loads(crypt.open_bytes(self.dk, self.salt, "private", 0, sealed,
                                                    1 << 26))  # fmt: skip
+
+    def seal_chunk(self, plain: bytes) -> bytes:
+        s = crypt.LineageSealer(self.dk, self.lineage)
+        s.feed(plain)
+        return b"".join(s.finish_parts())
+
+    def open_chunk(self, name: str) -> bytes:
+        data = self.obj(name).read_bytes()
+        pos = 0
+
+        def read(n: int) -> bytes:
+            nonlocal pos
+            pos += n
+            return data[pos - n : pos]
+
+        d = crypt.chunk_opener(self.dk, self.doc["encryption"], 0)(read, len(data))
+        out = b"".join(iter(lambda: d.read(1 << 20), b""))
+        d.finish()
+        return out
 
     def obj(self, name: str) -> Path:
         # format version 4: the vault's pool (FORMAT.md section 2.2)
@@ -102,9 +123,12 @@ def private_dotdot(b):
 
 
 def shared_object(b):
+    """Chunk 2 (a.bin's short last chunk) names chunk 0's object: version 5 lets identical
+    chunks share an object, so this one is caught by the codec (the object decodes to
+    another length), as any substitution is by the file's digest."""
     cs = chunks(b)
-    gone = cs[1]["object"]
-    cs[1]["object"] = cs[0]["object"]
+    gone = cs[2]["object"]
+    cs[2]["object"] = cs[0]["object"]
     b.obj(gone).unlink()
     b.doc["objects"] = [o for o in b.doc["objects"] if o["name"] != gone]
 
@@ -114,8 +138,10 @@ def files_in_the_clear(b):
 
 
 def swapped_chunks(b):
+    """a.bin's first and b.txt's chunks trade objects (version 5 binds an object to its
+    lineage, not its position: the sealed, signed file table binds the position)."""
     cs = chunks(b)
-    cs[0]["object"], cs[1]["object"] = cs[1]["object"], cs[0]["object"]
+    cs[0]["object"], cs[3]["object"] = cs[3]["object"], cs[0]["object"]
 
 
 def impossible_size(b):
@@ -128,8 +154,25 @@ def trailing_plaintext(b):
     cs = chunks(b)
     i = 3  # b.txt's one chunk (files sorted: a.bin has chunks 0..2)
     c = cs[i]
-    plain = crypt.open_bytes(b.dk, b.salt, "chunk", i, b.obj(c["object"]).read_bytes(), 1 << 26)
-    b.replace_object(c["object"], crypt.seal_bytes(b.dk, b.salt, "chunk", i, plain + b"tail"))
+    b.replace_object(c["object"], b.seal_chunk(b.open_chunk(c["object"]) + b"tail"))
+
+
+def version_4_scheme(b):
+    b.doc["encryption"]["scheme"] = crypt.SCHEME
+    del b.doc["encryption"]["lineage_salt"]
+
+
+def another_lineage(b):
+    """Objects sealed under another lineage salt fail their tags."""
+    b.doc["encryption"]["lineage_salt"] = crypt.new_salt()
+
+
+def sealed_at_a_position(b):
+    """An object sealed the version 4 way (random nonce, bundle salt and position in its
+    associated data) in a version 5 bundle."""
+    c = chunks(b)[3]
+    plain = b.open_chunk(c["object"])
+    b.replace_object(c["object"], crypt.seal_bytes(b.dk, b.salt, "chunk", 3, plain))
 
 
 def bad_key_check(b):
@@ -155,15 +198,18 @@ CASES = [
     (private_name, 1, "belongs to another bundle"),
     (private_salt, 1, "belongs to another bundle"),
     (private_dotdot, 1, ".."),
-    (shared_object, 1, "used by two chunks"),
+    (shared_object, 1, "cannot be decoded"),
     (files_in_the_clear, 1, "in the clear"),
-    (swapped_chunks, 1, "fails authentication"),
+    (swapped_chunks, 1, "cannot be decoded"),
     (impossible_size, 1, "sealed object"),
     (trailing_plaintext, 1, "cannot be decoded"),
     (bad_key_check, 1, "key check"),
     (wrong_magic, 1, "bad magic"),
     (unknown_scheme, 1, "schema"),
     (version_1_with_encryption, 1, "encryption"),
+    (version_4_scheme, 1, "not one of format version 5"),
+    (another_lineage, 1, "fails authentication"),
+    (sealed_at_a_position, 1, "fails authentication"),
 ]
 
 
@@ -200,3 +246,17 @@ def test_untouched_rebuild_still_restores(base, lab_key, tmp_path):
            "--identity", d / "id.agekey", "--quiet")  # fmt: skip
     assert r.code == 0, r.err
     assert (tmp_path / "out/a.bin").read_bytes() == bytes(range(256)) * (10 * 1024 + 7)
+
+
+def test_identical_chunks_share_one_object(base, lab_key, tmp_path):
+    """Version 5 (FORMAT.md 10.3): a.bin's first two 1 MiB chunks hold the same bytes, so they
+    are sealed to one object, listed once; the bundle restores."""
+    d, ident = base
+    b = Bundle(d / "vault/bundles/m", ident, lab_key)
+    cs = chunks(b)
+    assert cs[0]["object"] == cs[1]["object"] != cs[2]["object"]
+    assert len(b.doc["objects"]) == 3  # four chunks, three objects
+    r = wv("restore", "m", tmp_path / "out", "--vault", d / "vault", "--trust", f"{lab_key}.pub",
+           "--identity", d / "id.agekey", "--quiet")  # fmt: skip
+    assert r.code == 0, r.err
+    assert (tmp_path / "out/a.bin").read_bytes() == (d / "model/a.bin").read_bytes()

@@ -291,7 +291,8 @@ def data_key(bag: Path, identity: Path) -> str:
 def assert_encrypted(bag: Path) -> None:
     """The signed manifest shows neither file names nor the source (section 10.2)."""
     manifest = json.loads((bag / "data" / "weightvault.json").read_bytes())
-    assert manifest["format_version"] == 4 and manifest["encryption"]
+    assert manifest["format_version"] == 5 and manifest["encryption"]
+    assert manifest["encryption"]["scheme"] == "weightvault-aead-2"
     assert manifest["files"] == [] and manifest["source"] == {"kind": "encrypted"}
     assert (bag / "data" / "private" / "manifest.sealed").is_file()
 
@@ -411,6 +412,57 @@ def seal_object(dk: bytes, salt: bytes, label: bytes, index: int, plain: bytes) 
     for i, piece in enumerate(pieces):
         out += aead.encrypt(struct.pack(">QI", i, i == len(pieces) - 1), piece, ad)
     return out
+
+
+def seal_lineage_object(dk: bytes, lineage: bytes, plain: bytes) -> bytes:
+    """FORMAT.md 10.3, scheme weightvault-aead-2, written from the text: the nonce is the first
+    16 bytes of HMAC-SHA256(K_nonce, P), the chunk AD names the lineage salt only."""
+    import hmac
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    k_nonce = HKDF(hashes.SHA256(), 32, lineage, b"weightvault/3 chunk nonce").derive(dk)
+    nonce = hmac.new(k_nonce, plain, hashlib.sha256).digest()[:16]
+    aead = AESGCM(HKDF(hashes.SHA256(), 32, nonce, b"weightvault/2 object key").derive(dk))
+    ad = b"weightvault/3 chunk\x00" + lineage
+    S = 1048576  # section 10.2: the scheme's segment_size
+    pieces = [plain[i : i + S] for i in range(0, len(plain), S)] or [b""]
+    out = b"WVE2\x01" + nonce
+    for i, piece in enumerate(pieces):
+        out += aead.encrypt(struct.pack(">QI", i, i == len(pieces) - 1), piece, ad)
+    return out
+
+
+@pytest.mark.parametrize("length", [0, 1, 1 << 20, (2 << 20) + 5, 9 << 20])
+def test_lineage_objects_are_what_the_spec_says(length, monkeypatch):
+    """weightvault's sealer of version 5 chunk objects (spooling P to compute its nonce)
+    writes exactly the bytes the spec's construction gives, byte for byte; equal plaintexts
+    under one lineage give one object, another lineage or key another; the reference
+    restorer opens it with the lineage's associated data and refuses it at any position of
+    a version 4 bundle."""
+    from weightvault.format import crypt
+
+    rr = restorer_module()
+    monkeypatch.setattr(crypt.LineageSealer, "SPOOL", 4 << 20)  # 9 MiB waits on disk
+    dk, lineage, plain = os.urandom(32), os.urandom(32), os.urandom(length)
+    s = crypt.LineageSealer(dk, lineage.hex())
+    parts = [s.feed(plain[i : i + 3000000]) for i in range(0, len(plain), 3000000)]
+    ours = b"".join(parts) + b"".join(s.finish_parts())
+    assert ours == seal_lineage_object(dk, lineage, plain)
+    again = crypt.LineageSealer(dk, lineage.hex())
+    again.feed(plain)
+    assert b"".join(again.finish_parts()) == ours
+    other = crypt.LineageSealer(dk, os.urandom(32).hex())
+    other.feed(plain)
+    assert b"".join(other.finish_parts())[5:21] != ours[5:21]
+    enc = {"scheme": "weightvault-aead-2", "salt": os.urandom(32).hex(),
+           "lineage_salt": lineage.hex(), "segment_size": 1 << 20}  # fmt: skip
+    assert rr.open_sealed(ours, dk, enc, b"chunk", 9, "object") == plain
+    v4 = {"scheme": "weightvault-aead-1", "salt": lineage.hex(), "segment_size": 1 << 20}
+    with pytest.raises(rr.Refused, match="fails authentication"):
+        rr.open_sealed(ours, dk, v4, b"chunk", 0, "object")
 
 
 @pytest.mark.parametrize("length", [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT])

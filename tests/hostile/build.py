@@ -816,9 +816,15 @@ def case_codec_unknown(w: Work) -> None:
     w.edit(lambda d: d["files"][0]["chunks"][0].update(codec="lz4"))
 
 
-@case(**both(INTEGRITY, "format version 5 is not supported"))
+@case(**both(INTEGRITY, "format version 6 is not supported"))
 def case_format_version_unknown(w: Work) -> None:
-    """format_version 5 (this weightvault reads 1 to 4)."""
+    """format_version 6 (this weightvault reads 1 to 5)."""
+    w.edit(lambda d: d.update(format_version=6))
+
+
+@case(**both(INTEGRITY, "format version 5 requires encryption"))
+def case_format_version_5_clear(w: Work) -> None:
+    """format_version 5 is written for encrypted bundles only (FORMAT.md section 9)."""
     w.edit(lambda d: d.update(format_version=5))
 
 

@@ -151,7 +151,7 @@ class FileDigests(Lane):
 
 
 def run(
-    jobs: Sequence[J],
+    jobs: Iterable[J],
     work: Callable[[J, Emit], R],
     *,
     lane: Lane[J] | None = None,
@@ -166,7 +166,8 @@ def run(
     keep_freed_memory()
     workers = workers or default_workers()
     window = window or 2 * workers
-    workers = min(workers, max(1, len(jobs)))
+    if isinstance(jobs, Sequence):  # else an iterator that may yield jobs as others finish
+        workers = min(workers, max(1, len(jobs)))
     cancelled = threading.Event()
     slots = threading.Semaphore(window)
     gate = _Gate(budget, cancelled)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,10 +20,10 @@ from weightvault.errors import Conflict, InputError, IntegrityError, NotFound, T
 from weightvault.executors import Executor
 from weightvault.format import canon, chunking, codec, crypt
 from weightvault.format.keys import PublicKey, SigningKey
-from weightvault.format.manifest import FORMAT_VERSION, PAYLOAD_TYPE, Manifest
+from weightvault.format.manifest import ENCRYPTED_VERSION, FORMAT_VERSION, PAYLOAD_TYPE, Manifest
 from weightvault.format.paths import check_name, check_relpath
 from weightvault.format.spec import spec_files
-from weightvault.storage.chunkio import drop_cached
+from weightvault.storage.chunkio import drop_cached, trial_decode
 from weightvault.storage.store import Store
 from weightvault.storage.vault import (
     BUNDLES,
@@ -62,6 +65,9 @@ class SealOptions:
     # in the signed manifest; its files that are unchanged are not encoded or stored again.
     supersedes: str | None = None
     trusted: list[PublicKey] = field(default_factory=list)  # for it; default: the sealing key
+    # what opens an encrypted previous version (custody.unlock.Keys: identities, shares): the
+    # new version shares its data key (FORMAT.md 10.3)
+    unlock: object | None = None
 
     @property
     def encrypted(self) -> bool:
@@ -81,7 +87,11 @@ class SealResult:
     notes: list[str] = field(default_factory=list)
     supersedes: str | None = None  # bundle id of the previous version
     files_reused: int = 0  # files unchanged since the previous version: not encoded again
+    # chunks of changed files whose previous-version object decodes to the same bytes: named
+    # again, not encoded or stored again (the chunks of reused files are not counted)
+    chunks_reused: int = 0
     bytes_new: int = 0  # stored bytes of objects this seal added to the vault
+    format_version: int = FORMAT_VERSION
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -94,7 +104,10 @@ class _Job:
     piece: chunking.Piece
     last: bool  # last chunk of its file
     multi: bool  # file has more than one chunk (needs the ordered whole-file digest)
-    index: int  # position among all chunks (an encrypted object is bound to it)
+    index: int  # position in the chunk job list (a cluster returns results by it)
+    # (chunk, object) of the previous version at this file's same offset and length, from its
+    # signed manifest: named again if its object decodes to this chunk's bytes (trial decode)
+    prev: tuple[dict, dict] | None = None
 
 
 def default_name(spec: str, src: sources.Source) -> str:
@@ -138,7 +151,10 @@ def seal(
     files = sorted(src.files, key=lambda f: f.path)
     signers = [key] if isinstance(key, SigningKey) else list(key)
     prev = previous_version(vault, opts.supersedes, opts.trusted or [k.public for k in signers])
-    keys = _KeyPlan.new(opts) if opts.encrypted else None
+    keys = _KeyPlan.new(opts, _previous_key(store, prev, opts)) if opts.encrypted else None
+    if prev is not None and keys is None and prev.manifest.encryption is not None:
+        raise InputError(f"--supersedes {prev.name}: it is encrypted, and a lineage stays one "
+                         "kind: encrypt the new version too (--encrypt-to or --custodians)")  # fmt: skip
     if keys and executor is not None and executor.distributed:
         raise InputError(f"--executor {executor.spec} cannot seal an encrypted bundle: workers "
                          "would need the data key; seal it with the default executor")  # fmt: skip
@@ -183,6 +199,25 @@ def remove_unclaimed(store: Store, keys: list[str]) -> list[str]:
         return gone
 
 
+def _previous_key(store: Store, prev: Bundle | None, opts: SealOptions):
+    """The opened previous version of an encrypted new version (FORMAT.md 10.3: a lineage has
+    one data key), or None for a first version. Opened like restore opens a bundle: the
+    identity or shares given (`opts.unlock`), the key check, the private section."""
+    from weightvault.custody.unlock import open_bundle
+    from weightvault.format.crypt import KeyAccessError
+
+    if prev is None:
+        return None
+    if prev.manifest.encryption is None:
+        raise InputError(f"--supersedes {prev.name}: it is not encrypted, and a lineage stays "
+                         "one kind: seal the new version without --encrypt-to/--custodians")  # fmt: skip
+    try:
+        return open_bundle(store, prev, opts.unlock)
+    except KeyAccessError as e:
+        raise type(e)(f"--supersedes {prev.name}: the new version shares its data key, so "
+                      f"it must be opened: {e}") from None
+
+
 def previous_version(vault: Vault, ref: str | None, trusted: list[PublicKey]) -> Bundle | None:
     """The bundle a new version supersedes, loaded and its signature checked: a lineage is
     only as good as the link, so a missing or untrusted one is refused, never skipped."""
@@ -202,15 +237,17 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
     workers = opts.workers or default_workers()
     if on_start:
         on_start(sum(f.size for f in files))
-    reuse = _reusable(files, files_io, prev, store, workers, on_bytes) if prev and not keys \
-        else {}  # fmt: skip
-    jobs: list[_Job] = []
-    for i, (f, plan) in enumerate(zip(files, remote_source.plans(files, files_io,
-                                                                opts.chunk_size), strict=True)):
-        if i in reuse:
-            continue
-        for j, p in enumerate(plan):
-            jobs.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1, len(jobs)))
+    plans = list(remote_source.plans(files, files_io, opts.chunk_size))
+    ver = _Versions(files, plans, _previous_table(keys.prev.manifest if keys and keys.prev
+                                                  else prev and prev.manifest, keys), store)
+    if executor is not None and executor.distributed:
+        # a cluster takes its chunk list whole: the unchanged files are decided first
+        reuse = {i: e for i, e in ver.judged(run(
+            list(ver.candidates), lambda j, _emit: ver.whole(j, files_io, on_bytes),
+            workers=workers))}  # fmt: skip
+        jobs = [j for i in range(len(files)) if i not in reuse for j in ver.chunk_jobs(i)]
+    else:
+        jobs, reuse = [], {}  # filled as run() takes them (ver.feed)
 
     written: list[str] = []  # bundle files this seal wrote: removed if it fails
 
@@ -220,7 +257,9 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
         else:
             finisher.submit(lambda: _commit_object(store, w, okey, created))
 
-    def work(job: _Job, emit: Emit) -> dict:
+    def work(job: _Job | _Whole, emit: Emit) -> dict:
+        if isinstance(job, _Whole):
+            return ver.whole(job, files_io, on_bytes)
         return seal_chunk(job, emit, files_io, store, name, opts.level, opts.codec, keys,
                           commit, on_bytes)  # fmt: skip
 
@@ -235,15 +274,22 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
                                                on_cluster, on_bytes)  # fmt: skip
             created += [(k, 0) for k in on_cluster]
         else:
+            fed: list = []
             try:
-                results = run(jobs, work, lane=lane, needs_lane=lambda j: j.multi,
+                results = run(ver.feed(fed), ver.guarded(work), lane=lane,
+                              needs_lane=lambda j: isinstance(j, _Job) and j.multi,
                               workers=workers)  # fmt: skip
             except BaseException:
                 with contextlib.suppress(BaseException):
                     finisher.drain()  # the first error is the one to report
                 raise
+            reuse = dict(ver.judged(r for j, r in zip(fed, results, strict=True)
+                                    if isinstance(j, _Whole)))  # fmt: skip
+            jobs = [j for j in fed if isinstance(j, _Job)]
+            results = [r for j, r in zip(fed, results, strict=True) if isinstance(j, _Job)]
             digests = lane.done
         finisher.drain()  # every object durable (or its error raised) before the manifest
+        chunks_reused = sum(1 for r in results if r.get("reused"))
         doc = _manifest_doc(name, src, files, jobs, results, digests, opts, reuse, prev)
         del jobs, results, digests  # the manifest holds what it needs (10 TB: 163,840 chunks)
         record = [_store_record_file(store, name, *r, written) for r in opts.record]
@@ -288,7 +334,9 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
         notes=src.notes,
         supersedes=prev.bundle_id if prev else None,
         files_reused=len(reuse),
+        chunks_reused=chunks_reused,
         bytes_new=sum(size for _k, size in created),
+        format_version=manifest.version,
     )
 
 
@@ -313,33 +361,115 @@ def store_spec(store: Store, name: str, written: list[str]) -> list[dict]:
             for p, data in spec_files()]  # fmt: skip
 
 
-def _reusable(files, files_io, prev: Bundle, store: Store, workers: int,
-              on_bytes) -> dict[int, dict]:  # fmt: skip
-    """Files unchanged since the previous version, by index: every byte is read and hashed
-    (the new manifest vouches for them), but not encoded or stored again. A file counts as
-    unchanged when its path, size and SHA-256 equal the previous version's and every object
-    of its chunks is in this vault's pool at its listed size."""
-    m = prev.manifest
-    if not m.pooled or m.encryption is not None:
-        return {}
-    old = {f["path"]: f for f in m.files}
-    cands = [(i, f) for i, f in enumerate(files)
-             if f.size and f.path in old and old[f.path]["size"] == f.size]  # fmt: skip
-    if not cands:
-        return {}
-    pool = store.list(POOL)
-    objs = m.objects
-    cands = [(i, f) for i, f in cands
-             if all(pool.get(pool_key(c["object"])) == objs[c["object"]]["size"]
-                    for c in old[f.path]["chunks"])]  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class _Whole:
+    """Hash a file the previous version has at the same path and size: if the digest is the
+    signed one, its chunk entries are reused whole (no decoding, no encoding)."""
 
-    got = run(cands, lambda item, _emit: file_sha256(files_io, item[1], on_bytes),
-              workers=workers)  # fmt: skip
-    out = {}
-    for (i, f), d in zip(cands, got, strict=True):
-        if d == old[f.path]["sha256"] and (not f.expected_sha256 or f.expected_sha256 == d):
-            out[i] = {**old[f.path], "mode": f.mode & 0o777}
-    return out
+    file: int
+    src: sources.SourceFile
+
+
+def _previous_table(m: Manifest | None, keys: _KeyPlan | None) -> tuple[dict, dict]:
+    """(path -> file entry, name -> object) of the previous version's signed file table (an
+    encrypted one opened): what a new version may name again. Only a pooled version's
+    objects can be named by another bundle, and of an encrypted one only chunk objects of
+    scheme weightvault-aead-2, sealed under the lineage (FORMAT.md 10.3)."""
+    if m is None or not m.pooled or (m.encryption is None) != (keys is None):
+        return {}, {}
+    if m.encryption is not None and m.encryption["scheme"] != crypt.SCHEME_LINEAGE:
+        return {}, {}
+    return {f["path"]: f for f in m.files}, m.objects
+
+
+class _Versions:
+    """What a new version takes from the previous one (FORMAT.md 4.8): whole files whose
+    SHA-256 is unchanged (_Whole jobs), and, in changed files, chunks whose previous object
+    decodes to the same bytes (_Job.prev, the trial decode in seal_chunk). Every source byte
+    is read and hashed either way. In one process the changed files' chunk jobs follow their
+    verdicts into the same worker pool (`feed`), so they run while other files are hashed."""
+
+    def __init__(self, files, plans, table: tuple[dict, dict], store: Store):
+        self.files, self.plans = files, plans
+        self.old, self.objects = table
+        self.count = 0  # chunk jobs made (their `index`)
+        self.candidates: list[_Whole] = []
+        self._verdicts: queue.SimpleQueue = queue.SimpleQueue()
+        self._failed = threading.Event()
+        if not self.old:
+            return
+        pool = store.list(POOL)
+        for i, f in enumerate(files):
+            e = self.old.get(f.path)
+            if f.size and e and e["size"] == f.size and all(
+                    pool.get(pool_key(c["object"])) == self.objects[c["object"]]["size"]
+                    for c in e["chunks"]):  # fmt: skip
+                self.candidates.append(_Whole(i, f))
+
+    def whole(self, job: _Whole, files_io, on_bytes) -> dict:
+        f = job.src
+        d = file_sha256(files_io, f, on_bytes)
+        same = d == self.old[f.path]["sha256"] and (not f.expected_sha256 or
+                                                    f.expected_sha256 == d)  # fmt: skip
+        self._verdicts.put((job.file, same))
+        return {"file": job.file,
+                "whole": {**self.old[f.path], "mode": f.mode & 0o777} if same else None}
+
+    def judged(self, results) -> list[tuple[int, dict]]:
+        """(file index, reused entry) from the results of `whole`."""
+        return [(r["file"], r["whole"]) for r in results if r["whole"] is not None]
+
+    def chunk_jobs(self, i: int) -> list[_Job]:
+        f, plan = self.files[i], self.plans[i]
+        old = self.old.get(f.path)
+        at = {(c["offset"], c["length"]): (c, self.objects[c["object"]])
+              for c in old["chunks"]} if old else {}  # fmt: skip
+        out = []
+        for j, p in enumerate(plan):
+            out.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1, self.count,
+                            at.get((p.offset, p.length))))  # fmt: skip
+            self.count += 1
+        return out
+
+    def guarded(self, work):
+        """`work` that tells `feed` when any job failed (run then cancels the rest, and
+        verdicts may never come)."""
+
+        def run_one(job, emit):
+            try:
+                return work(job, emit)
+            except BaseException:
+                self._failed.set()
+                raise
+
+        if not self.candidates:
+            return work
+        return run_one
+
+    def feed(self, fed: list):
+        """Jobs for run(), recorded in `fed`: the candidates' hashing first, the chunks of
+        every other file, then each candidate's chunks as soon as its digest differs."""
+        cands = {c.file for c in self.candidates}
+        for c in self.candidates:
+            fed.append(c)
+            yield c
+        for i in range(len(self.files)):
+            if i not in cands:
+                for j in self.chunk_jobs(i):
+                    fed.append(j)
+                    yield j
+        for _ in cands:
+            while True:
+                try:
+                    i, same = self._verdicts.get(timeout=0.2)
+                    break
+                except queue.Empty:
+                    if self._failed.is_set():
+                        return  # run() raises the failure
+            if not same:
+                for j in self.chunk_jobs(i):
+                    fed.append(j)
+                    yield j
 
 
 def file_sha256(files_io, f, on_bytes: Callable[[int], None] | None = None) -> str:
@@ -364,50 +494,75 @@ def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: 
                codec_name: str, keys: _KeyPlan | None, commit: Callable,
                on_bytes: Callable[[int], None] | None) -> dict:  # fmt: skip
     """Read, encode and store one chunk; `commit(writer, key)` makes it durable. The same code
-    runs in this process's threads and in a cluster worker's task."""
+    runs in this process's threads and in a cluster worker's task. A chunk that the previous
+    version holds at the same place (`job.prev`) is first compared with that object's decoded
+    bytes: equal, the new manifest names the old object, and nothing is encoded or stored."""
     p = job.piece
     # Each byte is hashed once per form (FORMAT.md section 9, version 3): a chunk that is
     # its whole file is hashed here, a longer file's chunks in order by the lane
     h = None if job.multi else hashlib.sha256()
-    enc = codec.ChunkEncoder(p.length, p.dtype, level, codec_name)
-    s256 = hashlib.sha256()
-    sealer = keys.encryptor("chunk", job.index) if keys else None
-    w = store.new_object()
-    try:
-        fh = files_io.open(job.src, p.offset, p.offset + p.length)
-        try:
-            for off, n in pieces(p.length, codec.PIECE):
-                buf = fh.pread(n, p.offset + off)
-                if len(buf) != n:
-                    raise InputError(f"{job.src.abspath}: file shrank while sealing")
+    seen = 0  # source bytes of this chunk hashed (or handed to the lane) so far
+
+    def source(fh):
+        nonlocal seen
+        for off, n in pieces(p.length, codec.PIECE):
+            buf = fh.pread(n, p.offset + off)
+            if len(buf) != n:
+                raise InputError(f"{job.src.abspath}: file shrank while sealing")
+            if off >= seen:  # a trial decode that found a difference read these already
                 if h is None:
                     emit(buf)
                 else:
                     h.update(buf)
+                if on_bytes:
+                    on_bytes(n)
+                seen = off + n
+            yield buf
+
+    fh = files_io.open(job.src, p.offset, p.offset + p.length)
+    try:
+        trial = ("differs", "")
+        if job.prev is not None:
+            chunk, obj = job.prev
+            trial = trial_decode(store, pool_key(obj["name"]), obj, chunk, source(fh),
+                                 keys.opener if keys else None)  # fmt: skip
+            if trial[0] == "same":
+                chunk = {**chunk, "offset": p.offset, "length": p.length}
+                return {"chunk": chunk, "size": obj["size"], "reused": True,
+                        "file_sha256": h.hexdigest() if h else None}  # fmt: skip
+        enc = codec.ChunkEncoder(p.length, p.dtype, level, codec_name)
+        s256 = hashlib.sha256()
+        sealer = keys.chunk_sealer() if keys else None
+        w = store.new_object()
+        try:
+            for buf in source(fh):
                 for out in enc.feed_parts(buf):
                     if sealer:
                         out = sealer.feed(out)
                     if out:
                         s256.update(out)
                         w.write(out)
-                if on_bytes:
-                    on_bytes(n)
-        finally:
-            fh.close()
-        out = enc.finish()
-        if sealer:
-            out = sealer.feed(out) + sealer.finish()
-        if out:
-            s256.update(out)
-            w.write(out)
-        obj = s256.hexdigest()
-        size = w.size
-        # inside the try: if the commit step refuses (an earlier commit failed), nothing else
-        # would ever commit or remove this object
-        commit(w, pool_key(obj))  # format version 4: the vault's pool (FORMAT.md 2.2)
-    except BaseException:
-        w.abort()
-        raise
+            tail = enc.finish()
+            for out in itertools.chain((sealer.feed(tail),), sealer.finish_parts()) if sealer \
+                    else (tail,):  # fmt: skip
+                if out:
+                    s256.update(out)
+                    w.write(out)
+            obj = s256.hexdigest()
+            size = w.size
+            if trial[0] == "damaged" and obj == job.prev[1]["name"]:
+                # the pool's file of this name is damaged, and an object is never rewritten:
+                # naming it would commit a bundle that cannot be restored (FORMAT.md 2.2)
+                raise IntegrityError(f"{trial[1]}; run `weightvault repair` before sealing a "
+                                     "new version that names it")  # fmt: skip
+            # inside the try: if the commit step refuses (an earlier commit failed), nothing
+            # else would ever commit or remove this object
+            commit(w, pool_key(obj))  # format version 4: the vault's pool (FORMAT.md 2.2)
+        except BaseException:
+            w.abort()
+            raise
+    finally:
+        fh.close()
     chunk = {"offset": p.offset, "length": p.length, "codec": enc.codec, "object": obj}
     if p.dtype:
         chunk["dtype"] = p.dtype
@@ -458,15 +613,24 @@ def _store_plain(store: Store, name: str, path: str, pieces, written: list[str])
 
 
 class _KeyPlan:
-    """The data key of one encrypted seal and what it is wrapped and split into."""
+    """The data key of one encrypted seal and what it is wrapped and split into. A first
+    version draws a data key and a lineage salt; a new version of an encrypted lineage takes
+    both from its opened predecessor (`prev`), and draws only the bundle's own salt (private
+    section, key check, share digests)."""
 
-    def __init__(self, opts: SealOptions):
-        self.opts = opts
-        self.dk = crypt.new_data_key()
+    def __init__(self, opts: SealOptions, prev=None):
+        self.opts, self.prev = opts, prev
+        penc = prev.manifest.encryption if prev else None
+        self.dk = prev.data_key if prev else crypt.new_data_key()
+        self.lineage = penc["lineage_salt"] if penc and "lineage_salt" in penc \
+            else crypt.new_salt()  # fmt: skip
         self.salt = crypt.new_salt()
+        # how the trial decode opens a previous chunk object: same key, same lineage
+        self.opener = crypt.chunk_opener(self.dk, {"scheme": crypt.SCHEME_LINEAGE,
+                                                   "lineage_salt": self.lineage}, 0)  # fmt: skip
 
     @classmethod
-    def new(cls, opts: SealOptions) -> _KeyPlan:
+    def new(cls, opts: SealOptions, prev=None) -> _KeyPlan:
         for r in opts.encrypt_to:
             crypt.parse_recipient(r)
         names = [n for n, _ in opts.custodians]
@@ -482,14 +646,15 @@ class _KeyPlan:
         if opts.custodians and not 1 <= opts.threshold <= len(opts.custodians):
             raise InputError(f"threshold {opts.threshold} is out of range 1..{len(names)} "
                              "(the number of custodians)")  # fmt: skip
-        return cls(opts)
+        return cls(opts, prev)
 
-    def encryptor(self, label: str, index: int) -> crypt.Encryptor:
-        return crypt.Encryptor(self.dk, self.salt, label, index)
+    def chunk_sealer(self) -> crypt.LineageSealer:
+        return crypt.LineageSealer(self.dk, self.lineage)
 
     def seal_manifest(self, doc: dict, store: Store, name: str, written: list[str]) -> dict:
         """FORMAT.md section 10: the file table and source go into the sealed private
         section; the signed manifest keeps what an auditor needs (objects, sizes, digests)."""
+        doc = {**doc, "format_version": ENCRYPTED_VERSION}
         private = {"format": "weightvault-private", "format_version": doc["format_version"],
                    "bundle": {"name": name, "salt": self.salt},
                    "source": doc["source"], "files": doc["files"]}  # fmt: skip
@@ -512,7 +677,8 @@ class _KeyPlan:
             shares = {"scheme": "slip39", "threshold": self.opts.threshold,
                       "count": len(split), "identifier": split[0].identifier}  # fmt: skip
         return {**doc, "source": {"kind": "encrypted"}, "files": [],
-                "encryption": {"scheme": crypt.SCHEME, "salt": self.salt,
+                "encryption": {"scheme": crypt.SCHEME_LINEAGE, "salt": self.salt,
+                               "lineage_salt": self.lineage,
                                "segment_size": crypt.SEGMENT,
                                "key_check": crypt.key_check(self.dk, self.salt),
                                "private": priv,

@@ -301,7 +301,11 @@ def keygen(path: str, protect: bool) -> None:
                    "record (docs/MODEL-SIGNING.md).")  # fmt: skip
 @click.option("--supersedes", metavar="BUNDLE",
               help="The previous version of this model (name or id prefix in the vault): "
-                   "recorded in the signed manifest; unchanged files are not stored again.")  # fmt: skip
+                   "recorded in the signed manifest; unchanged chunks are not stored again. "
+                   "An encrypted one is opened with --identity/--share: the new version "
+                   "shares its data key (FORMAT.md 10.3).")  # fmt: skip
+@identity_opt
+@share_opt
 @trust_only_opt
 @click.option("--follow-external-links", is_flag=True,
               help="Seal the bytes a symbolic link points to even when its target lies outside "
@@ -313,8 +317,8 @@ def keygen(path: str, protect: bool) -> None:
 @click.pass_obj
 def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exclude, hf_cache,
          source_options, report, interviews, record_toml, attachments, encrypt_to, custodians,
-         threshold, oms_key, supersedes, trust, follow_external_links, workers, executor, as_json,
-         quiet) -> None:  # fmt: skip
+         threshold, oms_key, supersedes, identities, shares, trust, follow_external_links,
+         workers, executor, as_json, quiet) -> None:  # fmt: skip
     """Seal SOURCE (a directory, hf://ORG/NAME@REVISION, or a Hub cache snapshot) into every
     replica: the first reachable one is written, then the bundle is replicated to the rest."""
     from weightvault.archive.seal import SealOptions
@@ -353,7 +357,8 @@ def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exc
                        custodians=load_custodians(Path(custodians)) if custodians else [],
                        threshold=threshold, supersedes=supersedes,
                        trusted=ctx.trusted(trust) if (trust or supersedes) else [],
-                       external_links=follow_external_links)  # fmt: skip
+                       external_links=follow_external_links,
+                       unlock=_keys(identities, shares))  # fmt: skip
     opts.source_options = source_opts
     opts.executor = ex
     try:
@@ -436,6 +441,7 @@ def _seal_everywhere(ctx, rs, source, key, opts, as_json, quiet, single, promise
              f"({ratio:.1%}) in {r.objects} objects, {r.seconds:.1f} s"]  # fmt: skip
     if r.supersedes:
         lines.append(f"  supersedes {r.supersedes}: {r.files_reused} files unchanged, "
+                     f"{r.chunks_reused} chunks of changed files unchanged, "
                      f"{_size(r.bytes_new)} of new objects")  # fmt: skip
     if len(order) > 1 or not single:
         lines += [f"  replica {n}: {states[n]}" for n in order]

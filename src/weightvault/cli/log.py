@@ -95,12 +95,11 @@ def log_key_for(ctx: Ctx, rs, candidates: list):
 
 
 def log_seal(ctx: Ctx, rs, r, keys_: list, encrypted: bool, held: list[str]) -> None:
-    from weightvault.format.manifest import FORMAT_VERSION
     from weightvault.log import statements as st
 
     def go() -> None:
         stmts = [st.sealed(r.bundle, r.name, r.bytes_stored, keys_[0].public.key_id,
-                           FORMAT_VERSION, encrypted)]  # fmt: skip
+                           r.format_version, encrypted)]  # fmt: skip
         stmts += [st.replicated(r.bundle, r.name, n) for n in held]
         record(ctx, rs, *stmts, key=log_key_for(ctx, rs, keys_))
 

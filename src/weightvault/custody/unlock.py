@@ -42,8 +42,7 @@ class Unlocked:
     index: dict[str, int] = field(repr=False)  # object name -> chunk position (associated data)
 
     def cipher(self, obj: str) -> Callable[[crypt.Reader, int], crypt.Decryptor]:
-        salt, i = self.manifest.encryption["salt"], self.index[obj]
-        return lambda read, size: crypt.Decryptor(read, size, self.data_key, salt, "chunk", i)
+        return crypt.chunk_opener(self.data_key, self.manifest.encryption, self.index[obj])
 
     def __repr__(self) -> str:  # the data key must never reach a log
         return f"Unlocked({self.manifest.name}, {self.method})"

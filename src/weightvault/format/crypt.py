@@ -1,4 +1,4 @@
-"""Encrypted bundles (FORMAT.md section 10, format versions 2 and 3): the data key, sealed
+"""Encrypted bundles (FORMAT.md section 10, format versions 2 to 5): the data key, sealed
 objects, envelopes, shares.
 
 A bundle's data key (32 random bytes) never leaves this module in the clear except into an
@@ -8,6 +8,10 @@ construction: segment counter and a last-segment flag in the GCM nonce) so objec
 through in bounded memory and a truncated or reordered object fails. The associated data
 names the bundle (its random salt) and the object's role and position, so an object cannot be
 swapped for another. Stored names and digests are of ciphertext: audits need no key.
+From format version 5 (scheme weightvault-aead-2) a chunk object's nonce is an HMAC of its
+plaintext under a key of the lineage, and its associated data names the lineage, not the
+bundle or position: the versions of one model (one data key) seal an identical chunk to an
+identical object, which the vault's pool then stores once (FORMAT.md 10.3).
 docs/FORMAT.md section 10 is the normative description; this file must follow it.
 """
 
@@ -17,8 +21,9 @@ import hashlib
 import hmac
 import os
 import struct
+import tempfile
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +33,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from weightvault.errors import CorruptData, InputError
+from weightvault.format.manifest import SCHEME_LINEAGE  # noqa: F401 - format version 5's
 
-SCHEME = "weightvault-aead-1"
+SCHEME = "weightvault-aead-1"  # format versions 2 to 4
 MAGIC = b"WVE2"
 HEADER = len(MAGIC) + 1 + 16  # magic, version byte, object nonce
 SEGMENT = 1 << 20  # plaintext bytes per segment (the last may be shorter)
@@ -75,6 +81,18 @@ def associated_data(salt_hex: str, label: str, index: int) -> bytes:
     )
 
 
+def chunk_ad(lineage_salt_hex: str) -> bytes:
+    """Associated data of a chunk object of scheme weightvault-aead-2: the lineage only. The
+    signed (and sealed) file table names each chunk's object by its SHA-256, which binds the
+    object to its position; naming the position here would make identical chunks of two
+    versions differ."""
+    return b"weightvault/3 chunk\0" + bytes.fromhex(lineage_salt_hex)
+
+
+def chunk_nonce_key(dk: bytes, lineage_salt_hex: str) -> bytes:
+    return _hkdf(dk, bytes.fromhex(lineage_salt_hex), b"weightvault/3 chunk nonce")
+
+
 def _nonce(counter: int, last: bool) -> bytes:
     return struct.pack(">QI", counter, 1 if last else 0)
 
@@ -99,12 +117,15 @@ def plain_size(stored: int) -> int | None:
 
 
 class Encryptor:
-    """Seals one object fed as pieces; output pieces are the stored bytes, in order."""
+    """Seals one object fed as pieces; output pieces are the stored bytes, in order. `nonce`
+    and `ad` given: a lineage chunk (LineageSealer); else a fresh random nonce and the
+    bundle's associated data."""
 
-    def __init__(self, dk: bytes, salt_hex: str, label: str, index: int):
-        nonce = os.urandom(16)
+    def __init__(self, dk: bytes, salt_hex: str | None, label: str, index: int, *,
+                 nonce: bytes | None = None, ad: bytes | None = None):  # fmt: skip
+        nonce = os.urandom(16) if nonce is None else nonce
         self._aead = AESGCM(_hkdf(dk, nonce, b"weightvault/2 object key"))
-        self._ad = associated_data(salt_hex, label, index)
+        self._ad = associated_data(salt_hex, label, index) if ad is None else ad
         self._buf = bytearray()
         self._counter = 0
         self._header = MAGIC + b"\x01" + nonce
@@ -139,14 +160,95 @@ class Encryptor:
         self._buf = bytearray()
         return out
 
+    def finish_parts(self) -> Iterator[bytes]:
+        yield self.finish()
+
+
+class LineageSealer:
+    """Seals one chunk object of scheme weightvault-aead-2 (FORMAT.md 10.3): NONCE = the first
+    16 bytes of HMAC-SHA256(K_nonce, P), so the whole plaintext P is needed before the first
+    segment. P waits in a Spool (memory stays flat whatever the chunk size); `feed` returns
+    nothing and `finish_parts` yields the stored bytes. A deterministic nonce is safe here
+    because it is a function of the plaintext under a secret key (SIV): equal nonces mean
+    equal plaintexts, never the same GCM key and nonce over two different plaintexts."""
+
+    SPOOL = 64 << 20  # bytes of P kept in memory; more waits encrypted on disk
+
+    def __init__(self, dk: bytes, lineage_salt_hex: str):
+        self._dk, self._ad = dk, chunk_ad(lineage_salt_hex)
+        self._mac = hmac.new(chunk_nonce_key(dk, lineage_salt_hex), digestmod=hashlib.sha256)
+        self._spool = Spool(self.SPOOL)
+
+    def feed(self, data) -> bytes:
+        self._mac.update(data)
+        self._spool.write(data)
+        return b""
+
+    def finish_parts(self) -> Iterator[bytes]:
+        e = Encryptor(self._dk, None, "chunk", 0, nonce=self._mac.digest()[:16], ad=self._ad)
+        try:
+            for data in self._spool.pieces(4 * SEGMENT):
+                if out := e.feed(data):
+                    yield out
+            yield e.finish()
+        finally:
+            self._spool.close()
+
+
+class Spool:
+    """Bytes written once and read back once: in memory up to `limit` (a default-sized chunk
+    of 64 MiB stays there: spilling it cost a seal 40 % more time), beyond that in an unlinked
+    temporary file, encrypted there (AES-256-CTR) under a random key that exists only in this
+    object, so a chunk's plaintext never reaches a disk in the clear."""
+
+    def __init__(self, limit: int):
+        self._parts: list[bytes] = []
+        self._size, self._limit = 0, limit
+        self._file = None
+        self._cipher = self._enc = None
+
+    def write(self, data) -> None:
+        if self._file is None and self._size + len(data) <= self._limit:
+            self._parts.append(bytes(data))
+            self._size += len(data)
+            return
+        if self._file is None:
+            from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+            self._cipher = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16)))
+            self._enc = self._cipher.encryptor()
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+            for part in self._parts:
+                self._file.write(self._enc.update(part))
+            self._parts = []
+        self._file.write(self._enc.update(data))
+
+    def pieces(self, n: int) -> Iterator[bytes]:
+        """The bytes written, in pieces of at most `n` bytes (in memory: as written)."""
+        if self._file is None:
+            for part in self._parts:
+                for i in range(0, len(part), n):
+                    yield part if len(part) <= n else part[i : i + n]
+            return
+        self._file.seek(0)
+        dec = self._cipher.decryptor()
+        while data := self._file.read(n):
+            yield dec.update(data)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._parts = []
+
 
 class Decryptor:
     """Opens one sealed object as a pull reader of its plaintext. Every segment is
     authenticated before any of its bytes are returned; `finish` proves the object ended
     where its last segment said it would."""
 
-    def __init__(self, read: Reader, stored: int, dk: bytes, salt_hex: str, label: str,
-                 index: int):  # fmt: skip
+    def __init__(self, read: Reader, stored: int, dk: bytes, salt_hex: str | None, label: str,
+                 index: int, *, ad: bytes | None = None):  # fmt: skip
         plain = plain_size(stored)
         if plain is None:
             raise CorruptData(f"{stored} bytes cannot be a sealed object")
@@ -155,7 +257,7 @@ class Decryptor:
         if head[:4] != MAGIC or head[4] != 1:
             raise CorruptData("not a sealed object (bad magic or version)")
         self._aead = AESGCM(_hkdf(dk, head[5:HEADER], b"weightvault/2 object key"))
-        self._ad = associated_data(salt_hex, label, index)
+        self._ad = associated_data(salt_hex, label, index) if ad is None else ad
         self._counter = 0
         self._buf = b""
         self._pos = 0
@@ -192,6 +294,16 @@ class Decryptor:
             raise CorruptData("plaintext continues after the encoded chunk ends")
         if self._read(1):
             raise CorruptData("bytes after the last segment")
+
+
+def chunk_opener(dk: bytes, enc: dict, index: int) -> Callable[[Reader, int], Decryptor]:
+    """How to open the chunk object at file-table position `index` of a bundle whose
+    `encryption` member is `enc` (the position matters to weightvault-aead-1 only)."""
+    if enc["scheme"] == SCHEME_LINEAGE:
+        ad = chunk_ad(enc["lineage_salt"])
+        return lambda read, size: Decryptor(read, size, dk, None, "chunk", 0, ad=ad)
+    salt = enc["salt"]
+    return lambda read, size: Decryptor(read, size, dk, salt, "chunk", index)
 
 
 def _read_exact(read: Reader, n: int) -> bytes:

@@ -15,15 +15,21 @@ from weightvault.errors import CorruptData
 from weightvault.format import canon, keys, spec
 from weightvault.format.paths import check_relpath, check_unique
 
+# the encryption scheme of format version 5 (FORMAT.md 10.3); crypt.py takes it from here
+SCHEME_LINEAGE = "weightvault-aead-2"
+
 PAYLOAD_TYPE = "application/vnd.weightvault.manifest+json; version=1"
 MANIFEST_KEY = "data/weightvault.json"
 SIGNATURE_KEY = "weightvault.sig"
 MAX_MANIFEST = canon.MAX_DOC
-# docs/FORMAT.md section 9. 4: objects in the vault's shared pool, the spec copies and every
-# tag file proven by the signed manifest, lineage (written since 0.4); 3: SHA-256 only, clear
-# or encrypted; 1: clear and 2: encrypted, both with SHA-512 and chunk digests (read only)
-FORMAT_VERSION = 4
-VERSIONS = (1, 2, 3, 4)
+# docs/FORMAT.md section 9. 5: encrypted, chunk objects shared within a lineage (scheme
+# weightvault-aead-2), written for every encrypted bundle; 4: objects in the vault's shared
+# pool, the spec copies and every tag file proven by the signed manifest, lineage (written for
+# every clear bundle, and for encrypted ones before 5); 3: SHA-256 only, clear or encrypted;
+# 1: clear and 2: encrypted, both with SHA-512 and chunk digests (read only)
+FORMAT_VERSION = 4  # clear bundles
+ENCRYPTED_VERSION = 5  # encrypted bundles
+VERSIONS = (1, 2, 3, 4, 5)
 POOLED = 4  # the first version whose objects live in the vault's pool (objects/HEX)
 # zstd never expands input by more than this (frame header + block headers); RFC 8878 section 3.1.1.2
 _ZSTD_SLACK = 64
@@ -136,7 +142,7 @@ class Manifest:
         if doc.get("format_version") not in VERSIONS:
             raise CorruptData(
                 f"{what}: format version {doc.get('format_version')!r} is not supported by this "
-                "weightvault (it reads versions 1 to 4); see the FORMAT.md inside the bundle"
+                "weightvault (it reads versions 1 to 5); see the FORMAT.md inside the bundle"
             )
         _check_version(doc, what)  # before the schema: its message is the clearer one
         spec.validate(doc, schema(doc["format_version"]), what)
@@ -192,7 +198,7 @@ def check(doc: dict, what: str, *, opened: bool = False) -> None:
                     f"{what}: {f['path']}: chunk names object {c['object']} "
                     "that the manifest does not list"
                 )
-            if sealed and c["object"] in used:
+            if sealed and c["object"] in used and enc["scheme"] != SCHEME_LINEAGE:
                 raise CorruptData(f"{what}: object {c['object']} is used by two chunks "
                                   "(each encrypted chunk has its own)")  # fmt: skip
             used.add(c["object"])
@@ -236,10 +242,14 @@ def check(doc: dict, what: str, *, opened: bool = False) -> None:
 
 def _check_version(doc: dict, what: str) -> None:
     version, enc = doc["format_version"], doc.get("encryption")
-    if version < 3 and (version == 2) != (enc is not None):
+    if (version < 3 or version == 5) and (version in (2, 5)) != (enc is not None):
         raise CorruptData(f"{what}: format version {version} "
-                          f"{'requires' if version == 2 else 'does not allow'} "
+                          f"{'requires' if version in (2, 5) else 'does not allow'} "
                           "encryption")  # fmt: skip
+    if isinstance(enc, dict) and enc.get("scheme") in (SCHEME_LINEAGE, "weightvault-aead-1") \
+            and (enc["scheme"] == SCHEME_LINEAGE) != (version == 5):  # others: the schema says
+        raise CorruptData(f"{what}: encryption scheme {enc.get('scheme')!r} is not one of "
+                          f"format version {version}")  # fmt: skip
 
 
 def _check_encryption(doc: dict, what: str, opened: bool) -> None:

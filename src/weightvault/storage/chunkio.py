@@ -127,6 +127,53 @@ def iter_plain(read: Callable[[int], bytes], obj: dict, chunk: dict, cipher=None
         opened.finish()
 
 
+def trial_decode(store: Store, key: str, obj: dict, chunk: dict, source: Iterator[bytes],
+                 cipher=None) -> tuple[str, str]:
+    """Whether a stored object decodes to exactly the bytes `source` yields (a chunk of a new
+    version compared with the previous version's chunk at the same place): ("same", "") only
+    when it does AND the stored bytes match `obj`'s size and name (SHA-256), as every reader
+    checks them; ("differs", "") when it decodes to other bytes (`source` is not consumed past
+    the first difference); ("absent", why) when the store has no such object; ("damaged", why)
+    when its stored bytes do not match `obj` or do not decode. Decodes with `iter_plain`, the
+    decoder restore uses, one piece at a time. The stored bytes are hashed to the end either
+    way: damage that decodes to other bytes looks like a changed chunk until then."""
+    try:
+        f = store.open_read(key)
+    except StorageError:
+        return "absent", f"{store.describe(key)}: missing"
+    with f:
+        r = _HashingReader(f, True, obj)
+        try:
+            same = _same_plain(iter_plain(r.read, obj, chunk, cipher, reuse=True), source)
+        except CorruptData as e:
+            return "damaged", f"{store.describe(key)}: cannot be decoded ({e})"
+        r.drain()
+    diff = r.fixity.difference(obj["size"], obj["name"], obj.get("sha512"))
+    if diff is not None:
+        return "damaged", _stored_problem(diff, store.describe(key))
+    return ("same" if same else "differs"), ""
+
+
+def _same_plain(plain: Iterator, source: Iterator[bytes]) -> bool:
+    """Whether two streams of pieces hold the same bytes (cut anywhere); stops at the first
+    difference. `plain`'s pieces may be reused buffers: each is compared before the next."""
+    plain = (p for p in plain if len(p))
+    pend = memoryview(b"")
+    for buf in source:
+        at = 0
+        while at < len(buf):
+            if not pend:
+                pend = memoryview(next(plain, b""))
+                if not pend:
+                    return False
+            k = min(len(pend), len(buf) - at)
+            # bytes == bytes is a memcmp; comparing memoryviews goes element by element
+            if bytes(pend[:k]) != (buf if k == len(buf) else buf[at : at + k]):
+                return False
+            pend, at = pend[k:], at + k
+    return not pend and next(plain, None) is None
+
+
 class VerifiedObject:
     """A private copy of one stored object whose size and stored digests (its name: SHA-256
     of the stored bytes, and SHA-512 where the format has it) matched the signed manifest.
@@ -294,9 +341,13 @@ def _compare_stored(r: _HashingReader, obj: dict, where: str) -> None:
 
 
 def _raise_stored(diff: tuple, where: str) -> None:
+    raise IntegrityError(_stored_problem(diff, where))
+
+
+def _stored_problem(diff: tuple, where: str) -> str:
     what, got, want = diff
     if what == "size":
-        raise IntegrityError(f"{where}: {got} bytes stored, expected {want}")
+        return f"{where}: {got} bytes stored, expected {want}"
     if what == "sha256":
-        raise IntegrityError(f"{where}: sha256 of stored bytes is {got}, expected {want}")
-    raise IntegrityError(f"{where}: sha512 of stored bytes does not match the manifest")
+        return f"{where}: sha256 of stored bytes is {got}, expected {want}"
+    return f"{where}: sha512 of stored bytes does not match the manifest"
