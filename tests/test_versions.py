@@ -173,6 +173,41 @@ def test_a_changed_tensor_in_a_multi_chunk_file_re_encodes_only_its_chunk(tmp_pa
     assert same_tree(v2, tmp_path / "ref")
 
 
+def test_a_changed_file_written_to_between_its_two_reads_is_refused(tmp_path, lab_key,
+                                                                     monkeypatch):  # fmt: skip
+    """A changed file is hashed once, in order, then its chunks are compared and encoded in a
+    second read without hashing them again: if the file is written to in between, the seal's
+    end check (size and mtime, as for every file) refuses it and nothing is committed."""
+    import weightvault.archive.seal as sealmod
+    from weightvault.errors import InputError
+    from weightvault.storage.store import LocalStore
+
+    v1 = shards(tmp_path / "v1", n=2, tensors=6)
+    v2 = shards(tmp_path / "v2", n=2, tensors=6, change=(1, 3))
+    v = tmp_path / "v"
+    ok(wv("seal", v1, "--vault", v, "--key", lab_key, "--name", "m", "--chunk-size", "1",
+          "--quiet"))  # fmt: skip
+    real = sealmod._Versions.whole
+    target = v2 / "model-00001-of-00002.safetensors"
+
+    def then_written(self, job, files_io, on_bytes):
+        out = real(self, job, files_io, on_bytes)
+        if job.src.path == target.name:  # after its digest, before its chunks are read
+            with open(target, "r+b") as fh:  # in place: same size, new bytes
+                fh.seek(-1, os.SEEK_END)
+                last = fh.read(1)
+                fh.seek(-1, os.SEEK_END)
+                fh.write(bytes([last[0] ^ 0xFF]))
+        return out
+
+    monkeypatch.setattr(sealmod._Versions, "whole", then_written)
+    key, pub = load_signing_key(lab_key), load_public_key(Path(f"{lab_key}.pub"))
+    with pytest.raises(InputError, match="changed while it was being sealed"):
+        sealmod.seal(str(v2), LocalStore(v), key, sealmod.SealOptions(
+            name="m.2", chunk_size=MiB, supersedes="m", trusted=[pub]))  # fmt: skip
+    assert not (v / "bundles/m.2").exists()
+
+
 def test_a_damaged_previous_object_is_never_named_again(tmp_path, lab_key):
     """A previous-version object with its right name and size but other bytes: the trial
     decode finds it, the chunk is encoded anew, and since the fresh bytes have that very name

@@ -108,6 +108,9 @@ class _Job:
     # (chunk, object) of the previous version at this file's same offset and length, from its
     # signed manifest: named again if its object decodes to this chunk's bytes (trial decode)
     prev: tuple[dict, dict] | None = None
+    # the whole-file digest is known already (hashed in order to compare it with the previous
+    # version's): this chunk's bytes are not hashed again
+    hashed: bool = False
 
 
 def default_name(spec: str, src: sources.Source) -> str:
@@ -277,7 +280,8 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
             fed: list = []
             try:
                 results = run(ver.feed(fed), ver.guarded(work), lane=lane,
-                              needs_lane=lambda j: isinstance(j, _Job) and j.multi,
+                              needs_lane=lambda j: isinstance(j, _Job) and j.multi
+                              and not j.hashed,
                               workers=workers)  # fmt: skip
             except BaseException:
                 with contextlib.suppress(BaseException):
@@ -287,7 +291,7 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
                                     if isinstance(j, _Whole)))  # fmt: skip
             jobs = [j for j in fed if isinstance(j, _Job)]
             results = [r for j, r in zip(fed, results, strict=True) if isinstance(j, _Job)]
-            digests = lane.done
+            digests = {**lane.done, **ver.digests}
         finisher.drain()  # every object durable (or its error raised) before the manifest
         chunks_reused = sum(1 for r in results if r.get("reused"))
         doc = _manifest_doc(name, src, files, jobs, results, digests, opts, reuse, prev)
@@ -321,6 +325,8 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
             for key in set(written):
                 with contextlib.suppress(Exception):
                     store.delete(key)
+            with contextlib.suppress(Exception):
+                store.prune_dirs(prefix(name))  # no empty bundle directory either
         raise
     return SealResult(
         bundle=manifest.bundle_id,
@@ -393,6 +399,7 @@ class _Versions:
         self.files, self.plans = files, plans
         self.old, self.objects = table
         self.count = 0  # chunk jobs made (their `index`)
+        self.digests: dict[int, str] = {}  # changed candidates: whole-file SHA-256, in order
         self.candidates: list[_Whole] = []
         self._verdicts: queue.SimpleQueue = queue.SimpleQueue()
         self._failed = threading.Event()
@@ -411,6 +418,8 @@ class _Versions:
         d = file_sha256(files_io, f, on_bytes)
         same = d == self.old[f.path]["sha256"] and (not f.expected_sha256 or
                                                     f.expected_sha256 == d)  # fmt: skip
+        if not same:
+            self.digests[job.file] = d
         self._verdicts.put((job.file, same))
         return {"file": job.file,
                 "whole": {**self.old[f.path], "mode": f.mode & 0o777} if same else None}
@@ -419,7 +428,7 @@ class _Versions:
         """(file index, reused entry) from the results of `whole`."""
         return [(r["file"], r["whole"]) for r in results if r["whole"] is not None]
 
-    def chunk_jobs(self, i: int) -> list[_Job]:
+    def chunk_jobs(self, i: int, hashed: bool = False) -> list[_Job]:
         f, plan = self.files[i], self.plans[i]
         old = self.old.get(f.path)
         at = {(c["offset"], c["length"]): (c, self.objects[c["object"]])
@@ -427,7 +436,7 @@ class _Versions:
         out = []
         for j, p in enumerate(plan):
             out.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1, self.count,
-                            at.get((p.offset, p.length))))  # fmt: skip
+                            at.get((p.offset, p.length)), hashed))  # fmt: skip
             self.count += 1
         return out
 
@@ -467,7 +476,11 @@ class _Versions:
                     if self._failed.is_set():
                         return  # run() raises the failure
             if not same:
-                for j in self.chunk_jobs(i):
+                # Its SHA-256 came from one in-order read; that the bytes compared and encoded
+                # now are the same ones is what the end-of-seal check of size and mtime says
+                # (check_unchanged), as for every file: hashing them twice cost a new version
+                # a quarter of its time
+                for j in self.chunk_jobs(i, hashed=True):
                     fed.append(j)
                     yield j
 
@@ -500,7 +513,7 @@ def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: 
     p = job.piece
     # Each byte is hashed once per form (FORMAT.md section 9, version 3): a chunk that is
     # its whole file is hashed here, a longer file's chunks in order by the lane
-    h = None if job.multi else hashlib.sha256()
+    h = None if job.multi or job.hashed else hashlib.sha256()
     seen = 0  # source bytes of this chunk hashed (or handed to the lane) so far
 
     def source(fh):
@@ -510,10 +523,10 @@ def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: 
             if len(buf) != n:
                 raise InputError(f"{job.src.abspath}: file shrank while sealing")
             if off >= seen:  # a trial decode that found a difference read these already
-                if h is None:
-                    emit(buf)
-                else:
+                if h is not None:
                     h.update(buf)
+                elif not job.hashed:
+                    emit(buf)
                 if on_bytes:
                     on_bytes(n)
                 seen = off + n
