@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -318,12 +319,17 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     os.environ.setdefault("PYTHONPATH", str(REPO / "src"))
-    if args.work is None:
+    own = args.work is None
+    if own:
         args.work = tempfile.mkdtemp(prefix="wv-cluster-bench-")
     if args.what == "_plan10tb_child":
         _plan10tb_child(args)
         return
-    res = {"overhead": overhead, "s3-source": s3_source, "plan10tb": plan10tb}[args.what](args)
+    try:
+        res = {"overhead": overhead, "s3-source": s3_source, "plan10tb": plan10tb}[args.what](args)
+    finally:
+        if own:  # a 1 GiB model and its vaults: a GB or more left in /tmp otherwise
+            shutil.rmtree(args.work, ignore_errors=True)
     text = json.dumps(res, indent=2)
     print(text)
     if args.json:
