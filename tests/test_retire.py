@@ -162,6 +162,8 @@ def test_a_retirement_killed_after_the_signature_went_is_finished_by_running_it_
 def test_replicate_does_not_copy_a_retired_bundle_back_unless_asked(lab):
     cfg, d = lab
     ok(wv("-c", cfg, "retire", "m1", "--replica", "mirror", "--reason", "no\x1b[2J", "--yes"))
+    st = ok(wv("-c", cfg, "status", "--json")).json()  # nothing to act on: exit 0
+    assert st["m1"]["mirror"]["state"] == "retired" and st["m1"]["primary"]["state"] == "complete"
     line = one_error(wv("-c", cfg, "replicate", "m1", "--to", "mirror"), 5, "retired from mirror",
                      "--unretire")  # fmt: skip
     assert "\x1b" not in line  # the signed reason is still text from storage

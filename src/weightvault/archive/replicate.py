@@ -226,7 +226,7 @@ def _hash_differs(store: Store, key: str, sha: str) -> str | None:
 @dataclass
 class BundleState:
     # complete | incomplete | uncommitted | absent | unreachable | conflict | untrusted |
-    # committed (present, not verified: no trusted key)
+    # committed (present, not verified: no trusted key) | retired (a trusted notice says so)
     state: str
     bundle: str | None = None
     missing: int = 0
@@ -284,7 +284,7 @@ def needs_action(row: dict[str, BundleState]) -> bool:
     states = {s.state for s in row.values()} - {"unreachable"}
     if states & {"incomplete", "conflict"}:
         return True
-    return "complete" in states and bool(states - {"complete"})
+    return "complete" in states and bool(states - {"complete", "retired"})
 
 
 def status(stores: dict[str, Store | None], errors: dict[str, str],
@@ -308,4 +308,23 @@ def status(stores: dict[str, Store | None], errors: dict[str, str],
                 row[rname] = BundleState("unreachable", detail=str(e))
             ref_id = ref_id or row[rname].bundle
         out[n] = row
+    if trusted:
+        _mark_retired(out, stores, trusted)
     return out
+
+
+def _mark_retired(table: dict[str, dict], stores: dict[str, Store | None],
+                  trusted: list[PublicKey]) -> None:  # fmt: skip
+    """A bundle absent from a replica that a trusted key retired it from (its signed notice
+    there, archive/retire.py) is `retired` there, not something to act on."""
+    from weightvault.archive.retire import retired_ids
+
+    for rname, st in stores.items():
+        if st is None:
+            continue
+        for bid, d in retired_ids(st, trusted, rname).items():
+            row = table.get(d["name"])
+            if row is None or row[rname].state not in ("absent", "uncommitted"):
+                continue
+            if bid in {s.bundle for s in row.values() if s.bundle}:
+                row[rname] = BundleState("retired", bundle=bid, detail=d["reason"])

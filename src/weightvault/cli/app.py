@@ -903,7 +903,7 @@ def status(ctx: Ctx, vault, trust, as_json) -> None:
         from rich.text import Text
 
         t = _table("bundle", *rs.names)
-        colour = {"complete": "green", "absent": "dim", "unreachable": "yellow"}
+        colour = {"complete": "green", "absent": "dim", "retired": "dim", "unreachable": "yellow"}
         for b, row in table.items():
             t.add_row(Text(b), *(Text(f"{s.state}{f' ({s.missing})' if s.missing else ''}",
                                       colour.get(s.state, "red")) for s in row.values()))  # fmt: skip
