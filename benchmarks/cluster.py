@@ -83,7 +83,8 @@ def warm(path: Path) -> None:
                     pass
 
 
-def overhead(args) -> dict:
+def _inputs(args) -> tuple[Path, Path, Path]:
+    """(work dir, the bf16 model of run.py at --size, a signing key), made once per work dir."""
     from run import make_bf16_model
 
     work = Path(args.work)
@@ -91,6 +92,11 @@ def overhead(args) -> dict:
     key = work / "bench.key"
     if not key.exists():
         subprocess.run(wv("keygen", key), check=True, capture_output=True)
+    return work, src, key
+
+
+def overhead(args) -> dict:
+    work, src, key = _inputs(args)
     akey = work / "audit.key"  # an audit key is never a bundle signer
     if not akey.exists():
         subprocess.run(wv("keygen", akey), check=True, capture_output=True)
@@ -160,14 +166,9 @@ def _overhead_runs(args, work, src, key, akey, cluster, out) -> None:
 
 
 def s3_source(args) -> dict:
-    from run import make_bf16_model
     from support.servers import SeaweedS3
 
-    work = Path(args.work)
-    src = make_bf16_model(work / "inputs" / f"bf16-{args.size >> 20}MiB", args.size)
-    key = work / "bench.key"
-    if not key.exists():
-        subprocess.run(wv("keygen", key), check=True, capture_output=True)
+    work, src, key = _inputs(args)
     out: dict = {"size": args.size}
     with SeaweedS3(base_dir=work) as s3:
         bucket = s3.make_bucket("bench-src")

@@ -851,7 +851,8 @@ def replicate(ctx: Ctx, bundle, to, from_, trust, insecure, verify_existing, unr
     if not unretire:
         from weightvault.archive.retire import retired_ids
 
-        bid = Vault(lead).bundle_id_of(Vault(lead).resolve(bundle))
+        src_vault = Vault(lead)
+        bid = src_vault.bundle_id_of(src_vault.resolve(bundle))
         gone = retired_ids(dst, trusted, to_name).get(bid)
         if gone is not None:  # a routine copy from cron must not undo a deliberate removal
             raise Conflict(f"bundle {gone['name']} ({bid[:16]}) was retired from {to_name} on "

@@ -234,8 +234,7 @@ def retire(ctx: Ctx, bundle, vault, replicas, reason, key_path, grace, yes, trus
             collected.append(gc_one(r.replica, rs.store(r.replica)))
         except StorageError as e:
             unreachable[r.replica] = f"gc after retiring: {e}"
-    escrow = [n for n in rs.names if n not in held and n not in targets
-              and rs.replica(n).role not in HOLDS_ALL]  # fmt: skip
+    escrow = [n for n in rs.names if n not in targets and rs.replica(n).role not in HOLDS_ALL]
     lines = [summary(r) for r in done]
     lines += [x for g in collected for x in gc_summary(g)]
     lines += [f"note: escrow replica {n} is not touched unless named with --replica" for n in escrow]
