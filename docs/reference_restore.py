@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference restorer for weightvault bundles, format versions 1 to 5.
+"""Reference restorer for weightvault bundles, format versions 1 to 6.
 
 The proof that the format spec (docs/FORMAT.md with its fsplit appendix; every bundle carries
 a copy as data/FORMAT.md) is complete: written from the spec alone, sharing no code with
@@ -9,7 +9,7 @@ weightvault, and tested to restore bit-exact what weightvault seals. Read it in 
                                 [--data-key HEX | --data-key-file FILE]
 
 BAG_DIR is a bundle directory: VAULT/bundles/NAME/ in a vault, or a standalone bag (an export,
-or a copy of a version 1-3 bundle directory); DEST must not exist or be empty. A version 4 or 5
+or a copy of a version 1-3 bundle directory); DEST must not exist or be empty. A version 4 to 6
 bundle's objects are read from BAG_DIR/data/objects/ if the bag holds them, else from the
 vault's shared pool, BAG_DIR/../../objects/ (section 2.2).
 Needs Python 3.11+, `zstandard`, `numpy` (fsplit-* chunks) and, with --trust, `cryptography`.
@@ -17,7 +17,10 @@ Version 4 is the main text of the spec; version 3 differs as section 9.2 lists (
 `supersedes`, `bag_info`; objects inside the bag), versions 1 and 2 also as section 9.1 lists
 (SHA-512 digests, chunk digests, version 1 always clear, version 2 always encrypted), and
 version 5 is version 4 always encrypted, with chunk objects of scheme weightvault-aead-2
-(section 10.3: bound to the lineage, not to the chunk's position).
+(section 10.3: bound to the lineage, not to the chunk's position), and version 6 is version 4
+always clear, each chunk with a `blake3` digest of its plaintext (section 4.3). The file's
+SHA-256 proves every restored byte, so the chunk digest is checked only where the `blake3`
+module is installed (optional; nothing else here needs it).
 Encrypted bundles (section 10: versions 2 and 5, or 3 and 4 with `encryption`) need their data key:
 the 64 hex digits that `age -d -i IDENTITY data/keys/recipient-N.age` prints, given as
 --data-key HEX or as --data-key-file FILE holding that output (combining SLIP-39 shares is
@@ -43,6 +46,11 @@ import unicodedata
 from pathlib import Path
 
 import zstandard
+
+try:  # format version 6's chunk digests: checked if available (the file's SHA-256 suffices)
+    import blake3
+except ImportError:
+    blake3 = None
 
 PAYLOAD_TYPE = "application/vnd.weightvault.manifest+json; version=1"
 DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
@@ -212,7 +220,7 @@ def check_manifest(m):
     """Sections 4 and 7: members, types, invariants, paths. Returns {object name: size}."""
     version = m.get("format_version") if isinstance(m, dict) else None
     check(
-        is_uint(version) and version in (1, 2, 3, 4, 5),
+        is_uint(version) and version in (1, 2, 3, 4, 5, 6),
         f"manifest: unknown format_version {version!r}",
     )
     members(
@@ -234,7 +242,8 @@ def check_manifest(m):
         what="manifest",
     )
     check(m["format"] == "weightvault-manifest", "manifest: not a weightvault manifest")
-    check(version != 1 or m["encryption"] is None, "manifest: version 1 must not be encrypted")
+    check(version not in (1, 6) or m["encryption"] is None,
+          f"manifest: version {version} must not be encrypted")  # fmt: skip
     check(version not in (2, 5) or m["encryption"] is not None,
           f"manifest: version {version} must be encrypted")  # fmt: skip
     encrypted = m["encryption"] is not None  # versions 2 and 5, or 3 and 4 with encryption
@@ -321,6 +330,7 @@ def check_files(m, sizes, segment=None):
         for c in f["chunks"]:
             what = f"{f['path']} chunk at {end}"
             required = {"offset", "length", "codec", "object"} | chunk_digest  # 4.3, 9.1
+            required |= {"blake3"} if m["format_version"] == 6 else set()  # 4.3
             members(c, required, {"dtype"}, what=what)
             check(
                 is_uint(c["offset"])
@@ -330,8 +340,10 @@ def check_files(m, sizes, segment=None):
                 f"{what}: chunks do not tile the file",
             )
             check(
-                ("sha256" not in c or is_hex(c["sha256"])) and c["object"] in sizes,
-                f"{what}: bad sha256 or object",
+                ("sha256" not in c or is_hex(c["sha256"]))
+                and ("blake3" not in c or is_hex(c["blake3"]))
+                and c["object"] in sizes,
+                f"{what}: bad sha256, blake3 or object",
             )
             check(
                 c["codec"] not in FSPLIT
@@ -701,7 +713,9 @@ def restore(bag, dest, trust, key=None):
                     )
                     check(  # versions 1 and 2: the chunk digest; 3 to 5 have only the file's
                         len(plain) == c["length"]
-                        and (version >= 3 or hashlib.sha256(plain).hexdigest() == c["sha256"]),
+                        and (version >= 3 or hashlib.sha256(plain).hexdigest() == c["sha256"])
+                        and (blake3 is None or version != 6
+                             or blake3.blake3(plain).hexdigest() == c["blake3"]),
                         f"{f['path']}: chunk at {c['offset']} (object {c['object']}) is damaged",
                     )
                     digest.update(plain)

@@ -169,7 +169,7 @@ def test_cluster_seal_is_byte_identical_and_audits(tmp_path, minilm_dir, lab_key
 
 def test_new_version_on_a_cluster_equals_one_process(tmp_path, minilm_dir, lab_key):
     """seal --supersedes on a cluster: unchanged files are judged by the driver first, and
-    workers compare the changed file's chunks with the previous objects (trial decode) as one
+    workers take the changed file's chunks that its digests proved equal, as one
     process does; the two vaults end byte-identical."""
     env = {**os.environ, **EPOCH}
     v2 = minilm_changed(minilm_dir, tmp_path / "v2")

@@ -45,7 +45,7 @@ def test_seal_list_verify_restore_bit_exact(sealed_minilm, minilm_dir, lab_key, 
 
 def test_seal_json_summary_and_manifest(sealed_minilm, minilm_dir):
     m = json.loads((sealed_minilm / "bundles/minilm/data/weightvault.json").read_bytes())
-    assert m["format_version"] == 4 and m["source"]["kind"] == "local"
+    assert m["format_version"] == 6 and m["source"]["kind"] == "local"
     st = next(f for f in m["files"] if f["path"] == "model.safetensors")
     assert st["size"] == 90868376
     assert st["sha256"] == "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"

@@ -241,7 +241,7 @@ STRUCTURE = [
     (lambda d: d["files"].append(copy.deepcopy(d["files"][0])), "duplicate path"),
     (lambda d: d["files"][0].update(path="../x"), "unsafe path"),
     (lambda d: d["files"][0].update(path="/abs"), "unsafe path"),
-    (lambda d: d.update(format_version=6), "format version 6 is not supported"),
+    (lambda d: d.update(format_version=7), "format version 7 is not supported"),
     (lambda d: d.update(format_version=5), "format version 5 requires encryption"),
     (lambda d: d.update(extra=1), "schema"),
     (lambda d: d["files"][0]["chunks"][0].update(length=0), "schema"),

@@ -91,7 +91,7 @@ def lineage(tmp_path_factory, lab_key) -> tuple[Path, Path, Path, dict]:
 def test_a_new_version_stores_only_the_changed_chunks(lineage, lab_key):
     vault, _v1, _v2, s = lineage
     m1, m2 = manifest(vault, "m"), manifest(vault, "m.2")
-    assert m2["format_version"] == 4
+    assert m2["format_version"] == 6
     assert m2["supersedes"] == {"bundle": hashlib.sha256(
         (vault / "bundles/m/data/weightvault.json").read_bytes()).hexdigest(), "name": "m"}  # fmt: skip
     new = {o["name"]: o["size"] for o in m2["objects"]} .items() - \
@@ -135,11 +135,16 @@ def _counting_encoder(monkeypatch) -> list[int]:
     return made
 
 
+@pytest.mark.parametrize("version", [4, 6])
 def test_a_changed_tensor_in_a_multi_chunk_file_re_encodes_only_its_chunk(tmp_path, lab_key,
-                                                                           monkeypatch):  # fmt: skip
-    """Trial decode (issue 17): the changed file's other chunks are compared with the previous
-    version's objects, decoded as restore decodes them, and named again; one chunk is encoded
-    and one object written."""
+                                                                           monkeypatch, version):  # fmt: skip
+    """The changed file's other chunks are proven equal to the previous version's and named
+    again; one chunk is encoded and one object written. Against version 6 by the chunks'
+    signed BLAKE3 digests, reading no object; against version 4 by a trial decode of the
+    previous objects, as restore decodes them."""
+    import blake3
+
+    import weightvault.archive.seal as sealmod
     from weightvault.archive.seal import SealOptions, seal
     from weightvault.storage.store import LocalStore
 
@@ -147,14 +152,33 @@ def test_a_changed_tensor_in_a_multi_chunk_file_re_encodes_only_its_chunk(tmp_pa
     v2 = shards(tmp_path / "v2", n=2, tensors=6, change=(1, 3))
     v = tmp_path / "v"
     ok(wv("seal", v1, "--vault", v, "--key", lab_key, "--name", "m", "--chunk-size", "1",
-          "--quiet"))  # fmt: skip
+          "--format-version", str(version), "--quiet"))  # fmt: skip
     before = {p.name for p in (v / "objects").iterdir()}
     encoded = _counting_encoder(monkeypatch)
+    trials: list = []
+    real_trial = sealmod.trial_decode
+    monkeypatch.setattr(sealmod, "trial_decode", lambda *a, **k: trials.append(a[1]) or
+                        real_trial(*a, **k))  # fmt: skip
+    read: list[str] = []
+    real_open = LocalStore.open_read
+    monkeypatch.setattr(LocalStore, "open_read", lambda self, key, *a, **k: read.append(key) or
+                        real_open(self, key, *a, **k))  # fmt: skip
     key, pub = load_signing_key(lab_key), load_public_key(Path(f"{lab_key}.pub"))
     store = LocalStore(v)
     r = seal(str(v2), store, key, SealOptions(name="m.2", chunk_size=MiB, supersedes="m",
                                               trusted=[pub]))  # fmt: skip
     m2 = manifest(v, "m.2")
+    assert m2["format_version"] == 6  # a version 4 lineage goes on as version 6
+    pool_reads = [k for k in read if k.startswith("objects/")]
+    if version == 6:
+        assert not trials and not pool_reads, (trials, pool_reads)
+    else:
+        assert len(trials) == 4 and len(pool_reads) == 4  # the changed chunk's as well
+    for f in m2["files"]:  # every chunk has the digest of its plaintext, reused ones too
+        data = (v2 / f["path"]).read_bytes()
+        for c in f["chunks"]:
+            want = blake3.blake3(data[c["offset"]:c["offset"] + c["length"]]).hexdigest()
+            assert c["blake3"] == want, (f["path"], c["offset"])
     (changed,) = [f for f in m2["files"] if f["path"] == "model-00001-of-00002.safetensors"]
     assert len(changed["chunks"]) == 4  # the header, and six tensors two by two
     assert encoded == [MiB], encoded  # one chunk encoded: the changed tensor's
@@ -164,7 +188,8 @@ def test_a_changed_tensor_in_a_multi_chunk_file_re_encodes_only_its_chunk(tmp_pa
     # written to the store: the one object, then the bag's plain files (no other object)
     plain = sum(p.stat().st_size for p in (v / "bundles/m.2").rglob("*") if p.is_file())
     assert store.counters.bytes_written == r.bytes_new + plain
-    assert m2["files"][:2] == manifest(v, "m")["files"][:2]  # config and shard 0, as they were
+    if version == 6:  # config and shard 0, as they were
+        assert m2["files"][:2] == manifest(v, "m")["files"][:2]
     ok(wv("verify", "m.2", "--vault", v, "--trust", f"{lab_key}.pub", "--deep"))
     ok(wv("restore", "m.2", tmp_path / "out", "--vault", v, "--trust", f"{lab_key}.pub"))
     assert same_tree(v2, tmp_path / "out")
@@ -216,8 +241,9 @@ def test_a_damaged_previous_object_is_never_named_again(tmp_path, lab_key):
     v1 = shards(tmp_path / "v1", n=1, tensors=4)
     v2 = shards(tmp_path / "v2", n=1, tensors=4, change=(0, 2))
     v = tmp_path / "v"
+    # version 4: no chunk digests, so a changed file's chunks are compared by decoding
     ok(wv("seal", v1, "--vault", v, "--key", lab_key, "--name", "m", "--chunk-size", "1",
-          "--quiet"))  # fmt: skip
+          "--format-version", "4", "--quiet"))  # fmt: skip
     (f,) = [f for f in manifest(v, "m")["files"] if f["path"].endswith(".safetensors")]
     kept, changed = f["chunks"][1], f["chunks"][2]  # tensor 0's chunk; tensor 2's (changes)
     for c in (kept, changed):
@@ -234,7 +260,7 @@ def test_a_damaged_previous_object_is_never_named_again(tmp_path, lab_key):
     # damaged object of the changed tensor is simply not used
     fresh = tmp_path / "fresh"
     ok(wv("seal", v1, "--vault", fresh, "--key", lab_key, "--name", "m", "--chunk-size", "1",
-          "--quiet"))  # fmt: skip
+          "--format-version", "4", "--quiet"))  # fmt: skip
     shutil.copy(fresh / "objects" / kept["object"], v / "objects" / kept["object"])
     s = ok(wv("seal", v2, "--vault", v, "--key", lab_key, "--name", "m.2", "--chunk-size", "1",
               "--supersedes", "m", "--json")).json()  # fmt: skip
@@ -257,14 +283,14 @@ def test_a_failure_while_judging_unchanged_files_ends_the_seal(tmp_path, lab_key
     v = tmp_path / "v"
     ok(wv("seal", v1, "--vault", v, "--key", lab_key, "--name", "m", "--chunk-size", "1",
           "--quiet"))  # fmt: skip
-    real = sealmod.file_sha256
+    real = sealmod.hash_file
 
-    def shrinking(files_io, f, on_bytes=None):
+    def shrinking(files_io, f, *args, **kw):
         if f.path.startswith("model-00001"):
             raise InputError(f"{f.abspath}: file shrank while sealing")
-        return real(files_io, f, on_bytes)
+        return real(files_io, f, *args, **kw)
 
-    monkeypatch.setattr(sealmod, "file_sha256", shrinking)
+    monkeypatch.setattr(sealmod, "hash_file", shrinking)
     key, pub = load_signing_key(lab_key), load_public_key(Path(f"{lab_key}.pub"))
     got: list = []
     t = threading.Thread(target=lambda: got.append(_raises(lambda: sealmod.seal(
@@ -382,6 +408,95 @@ def test_amend_with_a_record_failing_its_schema_is_refused(lineage, lab_key, tmp
     assert sorted(p.relative_to(v) for p in v.rglob("*")) == before, "amend left files behind"
 
 
+def forge(v: Path, doc: dict, key: Path, name: str) -> None:
+    """Commit `doc` (a manifest of bundle m of vault `v`, edited) as bundle `name`, validly
+    signed by `key`: what a signer's bug, or a stolen key, would write."""
+    from weightvault.format.manifest import Manifest
+    from weightvault.storage.vault import commit_files
+
+    doc = {**doc, "name": name, "supersedes": None}
+    raw = canon.canonical(doc)
+    sk = load_signing_key(key)
+    sig = {"format": "weightvault-signature", "format_version": 1, "payload_type": PAYLOAD_TYPE,
+           "payload_sha256": hashlib.sha256(raw).hexdigest(),
+           "signatures": [sk.sign(PAYLOAD_TYPE, raw)]}  # fmt: skip
+    b = v / "bundles" / name
+    for e in doc["spec"]:
+        (b / "data" / e["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(v / "bundles/m/data" / e["path"], b / "data" / e["path"])
+    for k, data in commit_files(Manifest.parse(raw, name), canon.canonical(sig)):
+        (b / k).write_bytes(data)
+
+
+def test_a_wrong_chunk_digest_is_found_by_a_deep_verify_and_never_reused(lineage, lab_key,
+                                                                         tmp_path):  # fmt: skip
+    """A signed manifest whose chunk `blake3` does not match what the object decodes to (a
+    signer's bug): the stored bytes are right, so a plain verify passes; `verify --deep` finds
+    it, naming the object and the file range; and a new version superseding it does not name
+    the object on the strength of that digest: the source's bytes do not match it, so the
+    chunk is encoded anew (and, the encoding being deterministic, lands on the same object,
+    now with the right digest)."""
+    import blake3
+
+    vault, v1, *_ = lineage
+    v = tmp_path / "v"
+    shutil.copytree(vault, v)
+    trust = ("--trust", f"{lab_key}.pub")
+    doc = manifest(v, "m")
+    f = next(f for f in doc["files"] if len(f["chunks"]) > 2)
+    c = f["chunks"][1]
+    right = c["blake3"]
+    c["blake3"] = blake3.blake3(b"not these bytes").hexdigest()
+    forge(v, doc, lab_key, "liar")
+    ok(wv("verify", "liar", "--vault", v, *trust))
+    r = wv("verify", "liar", "--vault", v, *trust, "--deep")
+    assert r.code == 1 and f"objects/{c['object']}" in r.out and "blake3" in r.out, r.out
+    assert f"{f['path']} bytes {c['offset']}..{c['offset'] + c['length']}" in r.out, r.out
+    s = ok(wv("seal", v1, "--vault", v, "--key", lab_key, "--name", "fixed", "--supersedes",
+              "liar", "--chunk-size", "1", "--json")).json()  # fmt: skip
+    assert s["files_reused"] == len(doc["files"]) - 1 and s["bytes_new"] == 0
+    g = next(g for g in manifest(v, "fixed")["files"] if g["path"] == f["path"])
+    assert g["chunks"][1] == {**c, "blake3": right}
+    ok(wv("verify", "fixed", "--vault", v, *trust, "--deep"))
+
+
+def test_a_version_6_manifest_without_chunk_digests_or_a_4_with_them_is_refused(lineage, lab_key,
+                                                                                tmp_path):  # fmt: skip
+    """The member set is the version's: a reader refuses a version 6 chunk without `blake3`,
+    a version 4 chunk with one, and a version 6 bundle that is encrypted; one line each,
+    exit 1 (the bundle is damaged), nothing read beyond the manifest."""
+    vault, *_ = lineage
+    v = tmp_path / "v"
+    shutil.copytree(vault, v)
+    trust = ("--trust", f"{lab_key}.pub")
+    doc = manifest(v, "m")
+    c = doc["files"][1]["chunks"][0]
+    del c["blake3"]
+    with pytest.raises(Exception, match="lacks a blake3 digest"):
+        forge(v, doc, lab_key, "nodigest")
+    from weightvault.format.manifest import Manifest
+
+    doc4 = {**manifest(v, "m"), "format_version": 4}
+    with pytest.raises(Exception, match="has a blake3 digest, which format version 4 does not"):
+        Manifest.parse(canon.canonical(doc4), "doc4")
+    with pytest.raises(Exception, match="format version 6 does not allow encryption"):
+        Manifest.parse(canon.canonical({**manifest(v, "m"), "encryption": {}}), "enc6")
+    # as stored, signed: the reader's one line
+    doc = manifest(v, "m")
+    del doc["files"][1]["chunks"][0]["blake3"]
+    raw = canon.canonical({**doc, "name": "bare"})
+    b = v / "bundles/bare"
+    shutil.copytree(v / "bundles/m", b)
+    (b / "data/weightvault.json").write_bytes(raw)
+    sk = load_signing_key(lab_key)
+    (b / "weightvault.sig").write_bytes(canon.canonical({
+        "format": "weightvault-signature", "format_version": 1, "payload_type": PAYLOAD_TYPE,
+        "payload_sha256": hashlib.sha256(raw).hexdigest(),
+        "signatures": [sk.sign(PAYLOAD_TYPE, raw)]}))  # fmt: skip
+    r = wv("verify", "bare", "--vault", v, *trust)
+    assert r.code == 1 and "lacks a blake3 digest" in r.err and len(r.err.splitlines()) == 1, r
+
+
 def test_a_manifest_claiming_another_size_for_a_shared_object(lineage, lab_key, tmp_path):
     """Bundle `liar` (validly signed) names one of m's pool objects with another size: it is
     damaged and cannot be copied, and nothing of m is touched or lost."""
@@ -393,22 +508,7 @@ def test_a_manifest_claiming_another_size_for_a_shared_object(lineage, lab_key, 
     doc = manifest(v, "m")
     victim = max(doc["objects"], key=lambda o: o["size"])
     victim["size"] += 1
-    doc["name"] = "liar"
-    doc["supersedes"] = None
-    raw = canon.canonical(doc)
-    sk = load_signing_key(lab_key)
-    sig = {"format": "weightvault-signature", "format_version": 1, "payload_type": PAYLOAD_TYPE,
-           "payload_sha256": hashlib.sha256(raw).hexdigest(),
-           "signatures": [sk.sign(PAYLOAD_TYPE, raw)]}  # fmt: skip
-    from weightvault.format.manifest import Manifest
-    from weightvault.storage.vault import commit_files
-
-    b = v / "bundles/liar"
-    for e in manifest(v, "m")["spec"]:
-        (b / "data" / e["path"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(v / "bundles/m/data" / e["path"], b / "data" / e["path"])
-    for k, data in commit_files(Manifest.parse(raw, "liar"), canon.canonical(sig)):
-        (b / k).write_bytes(data)
+    forge(v, doc, lab_key, "liar")
     r = wv("verify", "liar", "--vault", v, *trust)
     assert r.code == 1 and f"objects/{victim['name']}" in r.out and "expected" in r.out, r.out
     r = wv("replicate", "liar", "--from", v, "--to", mirror, *trust, "--quiet")

@@ -584,7 +584,9 @@ def add_file(w: Work, doc: dict, path: str, stored: bytes, length: int, count: i
     w.object_path(name).write_bytes(stored)
     doc["files"].append({"path": path, "size": count * length, "mode": 420, "sha256": "0" * 64,
                          "chunks": [{"offset": i * length, "length": length,
-                                     "codec": "zstd", "object": name} for i in range(count)]})  # fmt: skip
+                                     "codec": "zstd", "object": name,
+                                     **({"blake3": "0" * 64} if doc["format_version"] >= 6
+                                        else {})} for i in range(count)]})  # fmt: skip
     doc["objects"].append({"name": name, "size": len(stored)})
     resort(doc)
 
@@ -816,10 +818,10 @@ def case_codec_unknown(w: Work) -> None:
     w.edit(lambda d: d["files"][0]["chunks"][0].update(codec="lz4"))
 
 
-@case(**both(INTEGRITY, "format version 6 is not supported"))
+@case(**both(INTEGRITY, "format version 7 is not supported"))
 def case_format_version_unknown(w: Work) -> None:
-    """format_version 6 (this weightvault reads 1 to 5)."""
-    w.edit(lambda d: d.update(format_version=6))
+    """format_version 7 (this weightvault reads 1 to 6)."""
+    w.edit(lambda d: d.update(format_version=7))
 
 
 @case(**both(INTEGRITY, "format version 5 requires encryption"))
@@ -877,9 +879,9 @@ def case_format_wrong(w: Work) -> None:
     w.edit(lambda d: d.update(format="weightvault-signature"))
 
 
-@case(cli=False, **both(INTEGRITY, "does not match the manifest schema at encryption"))
+@case(cli=False, **both(INTEGRITY, "format version 6 does not allow encryption"))
 def case_encryption_not_null(w: Work) -> None:
-    """An `encryption` member that version 1 readers must refuse."""
+    """An `encryption` member in a version that is always clear."""
     w.edit(lambda d: d.update(encryption={"alg": "none"}))
 
 

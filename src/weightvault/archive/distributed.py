@@ -114,13 +114,16 @@ def _hash_task(files_io, index: int, f) -> tuple[int, str]:
 def seal_on_cluster(ex: Executor, jobs: list, files_io, store, name: str, opts,
                     written: list[str], on_bytes: Callable[[int], None] | None) -> tuple:  # fmt: skip
     """(results in job order, {file index: sha256} of multi-chunk files), as seal's one-process
-    pipeline returns them."""
+    pipeline returns them; not of files whose digest the driver has already (`_Job.hashed`:
+    a changed file of a new version)."""
     spec = store_spec(store)
     tasks, split = plan_tasks(jobs, ex.task_bytes)
     threads = opts.workers or default_workers()
-    items: list[tuple] = [("hash", files_io, i, j.src) for i, j in split.items()]
-    items += [seal_task_args(spec, files_io, name, opts.level, opts.codec, t, lanes, threads)
-              for t, lanes in tasks]  # fmt: skip
+    hashed = {j.file for j in jobs if j.hashed}
+    items: list[tuple] = [("hash", files_io, i, j.src) for i, j in split.items()
+                          if i not in hashed]  # fmt: skip
+    items += [seal_task_args(spec, files_io, name, opts.level, opts.codec, t, lanes - hashed,
+                             threads) for t, lanes in tasks]  # fmt: skip
     results: list = [None] * len(jobs)
     digests: dict[int, str] = {}
 
@@ -148,7 +151,7 @@ def seal_on_cluster(ex: Executor, jobs: list, files_io, store, name: str, opts,
         if (c.get("offset"), c.get("length")) != (job.piece.offset, job.piece.length):
             raise IntegrityError(f"{job.src.path}: chunk at offset {job.piece.offset} did not "
                                  "come back from the cluster as planned")  # fmt: skip
-    missing = [i for i in {j.file for j in jobs if j.multi} if i not in digests]
+    missing = [i for i in {j.file for j in jobs if j.multi and not j.hashed} if i not in digests]
     if missing:
         raise IntegrityError(f"the cluster returned no SHA-256 for {len(missing)} file(s)")
     return results, digests
@@ -242,7 +245,8 @@ def _verify_task(spec: StoreSpec, name: str, jobs: list, lane_files: set[int],
         key = _okey(name, j.chunk["object"])
         try:
             decode_chunk(store, key, j.obj, j.chunk, file_path=j.path,
-                         emit=emit if j.file in lane_files else None, expect=j.expect)  # fmt: skip
+                         emit=emit if j.file in lane_files else None, expect=j.expect,
+                         chunk_digest=True)  # fmt: skip
         except IntegrityError as e:
             return _problem(store, key, e)
         return None

@@ -19,8 +19,15 @@ from weightvault.archive.pipeline import Emit, FileDigests, Finisher, default_wo
 from weightvault.errors import Conflict, InputError, IntegrityError, NotFound, TrustError
 from weightvault.executors import Executor
 from weightvault.format import canon, chunking, codec, crypt
+from weightvault.format.fixity import chunk_digest
 from weightvault.format.keys import PublicKey, SigningKey
-from weightvault.format.manifest import ENCRYPTED_VERSION, FORMAT_VERSION, PAYLOAD_TYPE, Manifest
+from weightvault.format.manifest import (
+    ENCRYPTED_VERSION,
+    FORMAT_VERSION,
+    PAYLOAD_TYPE,
+    POOLED,
+    Manifest,
+)
 from weightvault.format.paths import check_name, check_relpath
 from weightvault.format.spec import spec_files
 from weightvault.storage.chunkio import drop_cached, trial_decode
@@ -68,10 +75,18 @@ class SealOptions:
     # what opens an encrypted previous version (custody.unlock.Keys: identities, shares): the
     # new version shares its data key (FORMAT.md 10.3)
     unlock: object | None = None
+    # a clear bundle's format version: FORMAT_VERSION (6), or 4 for older readers (None: the
+    # default; encrypted bundles are always ENCRYPTED_VERSION)
+    format_version: int | None = None
 
     @property
     def encrypted(self) -> bool:
         return bool(self.encrypt_to or self.custodians)
+
+    @property
+    def chunk_digests(self) -> bool:
+        """The manifest gives each chunk its BLAKE3 (format version 6: clear bundles)."""
+        return not self.encrypted and self.format_version in (None, FORMAT_VERSION)
 
 
 @dataclass
@@ -111,6 +126,10 @@ class _Job:
     # the whole-file digest is known already (hashed in order to compare it with the previous
     # version's): this chunk's bytes are not hashed again
     hashed: bool = False
+    # `prev`'s plaintext is this chunk's: their BLAKE3 digests matched (the previous version
+    # is of format version 6, _Versions.whole): `prev` is named again without reading a byte
+    same: bool = False
+    digest: bool = True  # record the chunk's BLAKE3 (a clear bundle: format version 6)
 
 
 def default_name(spec: str, src: sources.Source) -> str:
@@ -154,6 +173,11 @@ def seal(
     files = sorted(src.files, key=lambda f: f.path)
     signers = [key] if isinstance(key, SigningKey) else list(key)
     prev = previous_version(vault, opts.supersedes, opts.trusted or [k.public for k in signers])
+    if opts.format_version is not None and (opts.encrypted or opts.format_version not in (
+            POOLED, FORMAT_VERSION)):  # fmt: skip
+        raise InputError(f"--format-version {opts.format_version}: a weightvault of this version "
+                         f"writes clear bundles as version {POOLED} or {FORMAT_VERSION}, "
+                         f"encrypted ones as {ENCRYPTED_VERSION}")  # fmt: skip
     keys = _KeyPlan.new(opts, _previous_key(store, prev, opts)) if opts.encrypted else None
     if prev is not None and keys is None and prev.manifest.encryption is not None:
         raise InputError(f"--supersedes {prev.name}: it is encrypted, and a lineage stays one "
@@ -242,13 +266,15 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
         on_start(sum(f.size for f in files))
     plans = list(remote_source.plans(files, files_io, opts.chunk_size))
     ver = _Versions(files, plans, _previous_table(keys.prev.manifest if keys and keys.prev
-                                                  else prev and prev.manifest, keys), store)
+                                                  else prev and prev.manifest, keys), store,
+                    digest=opts.chunk_digests)  # fmt: skip
     if executor is not None and executor.distributed:
         # a cluster takes its chunk list whole: the unchanged files are decided first
         reuse = {i: e for i, e in ver.judged(run(
             list(ver.candidates), lambda j, _emit: ver.whole(j, files_io, on_bytes),
             workers=workers))}  # fmt: skip
-        jobs = [j for i in range(len(files)) if i not in reuse for j in ver.chunk_jobs(i)]
+        jobs = [j for i in range(len(files)) if i not in reuse
+                for j in ver.chunk_jobs(i, hashed=i in ver.digests)]
     else:
         jobs, reuse = [], {}  # filled as run() takes them (ver.feed)
 
@@ -275,6 +301,7 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
             on_cluster: list[str] = []  # pool objects the workers stored
             results, digests = seal_on_cluster(executor, jobs, files_io, store, name, opts,
                                                on_cluster, on_bytes)  # fmt: skip
+            digests.update(ver.digests)
             created += [(k, 0) for k in on_cluster]
         else:
             fed: list = []
@@ -389,17 +416,26 @@ def _previous_table(m: Manifest | None, keys: _KeyPlan | None) -> tuple[dict, di
 
 
 class _Versions:
-    """What a new version takes from the previous one (FORMAT.md 4.8): whole files whose
-    SHA-256 is unchanged (_Whole jobs), and, in changed files, chunks whose previous object
-    decodes to the same bytes (_Job.prev, the trial decode in seal_chunk). Every source byte
-    is read and hashed either way. In one process the changed files' chunk jobs follow their
-    verdicts into the same worker pool (`feed`), so they run while other files are hashed."""
+    """What a new version takes from the previous one (FORMAT.md 4.8): whole files that are
+    unchanged (_Whole jobs), and, in changed files, chunks equal to the previous version's
+    chunk at the same place. Every source byte is read and hashed either way. The proof of
+    "unchanged" is the previous version's signed digests: each chunk's BLAKE3 where it has
+    them (format version 6: one cheap hash, no SHA-256 of an unchanged file, no object read),
+    else the file's SHA-256 and, for the chunks of a changed file, a trial decode of the
+    previous object (_Job.prev, in seal_chunk). In one process the changed files' chunk jobs
+    follow their verdicts into the same worker pool (`feed`), so they run while other files
+    are hashed."""
 
-    def __init__(self, files, plans, table: tuple[dict, dict], store: Store):
+    def __init__(self, files, plans, table: tuple[dict, dict], store: Store,
+                 digest: bool = True):  # fmt: skip
         self.files, self.plans = files, plans
         self.old, self.objects = table
+        self.digest = digest  # the new manifest gives each chunk its BLAKE3 (clear: version 6)
         self.count = 0  # chunk jobs made (their `index`)
         self.digests: dict[int, str] = {}  # changed candidates: whole-file SHA-256, in order
+        # changed candidates whose previous version has chunk digests: the (offset, length)
+        # of each previous chunk whose BLAKE3 the source matched
+        self.matched: dict[int, set[tuple[int, int]]] = {}
         self.candidates: list[_Whole] = []
         self._verdicts: queue.SimpleQueue = queue.SimpleQueue()
         self._failed = threading.Event()
@@ -415,14 +451,32 @@ class _Versions:
 
     def whole(self, job: _Whole, files_io, on_bytes) -> dict:
         f = job.src
-        d = file_sha256(files_io, f, on_bytes)
-        same = d == self.old[f.path]["sha256"] and (not f.expected_sha256 or
-                                                    f.expected_sha256 == d)  # fmt: skip
-        if not same:
-            self.digests[job.file] = d
+        old = self.old[f.path]
+        chunks = old["chunks"]
+        ranges = [(c["offset"], c["length"]) for c in chunks]
+        if self.digest and all("blake3" in c for c in chunks):
+            _, got = hash_file(files_io, f, on_bytes, ranges, sha256=False)
+            matched = {r for r, c, g in zip(ranges, chunks, got, strict=True) if g == c["blake3"]}
+            same = len(matched) == len(chunks) and f.expected_sha256 in (None, old["sha256"])
+            if not same:
+                self.matched[job.file] = matched
+                # its chunk jobs may start now: they do not need the file's SHA-256, which is
+                # still needed whole, from a second read of this file alone
+                self._verdicts.put((job.file, False))
+                self.digests[job.file] = hash_file(files_io, f)[0]
+                return {"file": job.file, "whole": None}
+            entry = old
+        else:
+            d, got = hash_file(files_io, f, on_bytes, ranges if self.digest else None)
+            same = d == old["sha256"] and f.expected_sha256 in (None, d)
+            if not same:
+                self.digests[job.file] = d
+            # a version 6 manifest naming a version 4 file's chunks gives them their digests
+            entry = {**old, "chunks": [{**c, "blake3": g} for c, g in zip(chunks, got,
+                                                                         strict=True)]} \
+                if self.digest else old  # fmt: skip
         self._verdicts.put((job.file, same))
-        return {"file": job.file,
-                "whole": {**self.old[f.path], "mode": f.mode & 0o777} if same else None}
+        return {"file": job.file, "whole": {**entry, "mode": f.mode & 0o777} if same else None}
 
     def judged(self, results) -> list[tuple[int, dict]]:
         """(file index, reused entry) from the results of `whole`."""
@@ -433,10 +487,15 @@ class _Versions:
         old = self.old.get(f.path)
         at = {(c["offset"], c["length"]): (c, self.objects[c["object"]])
               for c in old["chunks"]} if old else {}  # fmt: skip
+        matched = self.matched.get(i)
         out = []
         for j, p in enumerate(plan):
-            out.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1, self.count,
-                            at.get((p.offset, p.length)), hashed))  # fmt: skip
+            prev = at.get((p.offset, p.length))
+            same = matched is not None and (p.offset, p.length) in matched
+            if prev is not None and matched is not None and not same:
+                prev = None  # its digest differs: no trial decode can find it equal
+            out.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1, self.count, prev,
+                            hashed, same, self.digest))  # fmt: skip
             self.count += 1
         return out
 
@@ -486,21 +545,37 @@ class _Versions:
 
 
 def file_sha256(files_io, f, on_bytes: Callable[[int], None] | None = None) -> str:
-    """A source file's SHA-256, read in order in PIECE-sized range reads (a file reused from
-    the previous version, or one split across cluster tasks)."""
-    h = hashlib.sha256()
+    """A source file's SHA-256, read in order (a file split across cluster tasks)."""
+    return hash_file(files_io, f, on_bytes)[0]
+
+
+def hash_file(files_io, f, on_bytes: Callable[[int], None] | None = None,
+              ranges: list[tuple[int, int]] | None = None, *,
+              sha256: bool = True) -> tuple[str | None, list[str]]:  # fmt: skip
+    """One in-order read of a source file in PIECE-sized range reads: its SHA-256 (unless not
+    `sha256`) and the BLAKE3 of each of `ranges` ((offset, length) tiling the file, in
+    order: the previous version's chunks)."""
+    h = hashlib.sha256() if sha256 else None
+    out: list[str] = []
     fh = files_io.open(f, 0, f.size)
     try:
-        for off, n in pieces(f.size, codec.PIECE):
-            buf = fh.pread(n, off)
-            if len(buf) != n:
-                raise InputError(f"{f.abspath}: file shrank while sealing")
-            h.update(buf)
-            if on_bytes:
-                on_bytes(n)
+        for start, length in ranges or [(0, f.size)]:
+            b3 = chunk_digest() if ranges is not None else None
+            for off, n in pieces(length, codec.PIECE):
+                buf = fh.pread(n, start + off)
+                if len(buf) != n:
+                    raise InputError(f"{f.abspath}: file shrank while sealing")
+                if h is not None:
+                    h.update(buf)
+                if b3 is not None:
+                    b3.update(buf)
+                if on_bytes:
+                    on_bytes(n)
+            if b3 is not None:
+                out.append(b3.hexdigest())
     finally:
         fh.close()
-    return h.hexdigest()
+    return (h.hexdigest() if h else None), out
 
 
 def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: int,
@@ -511,9 +586,15 @@ def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: 
     version holds at the same place (`job.prev`) is first compared with that object's decoded
     bytes: equal, the new manifest names the old object, and nothing is encoded or stored."""
     p = job.piece
+    if job.same:
+        chunk, obj = job.prev
+        return {"chunk": {**chunk, "offset": p.offset, "length": p.length}, "size": obj["size"],
+                "reused": True, "file_sha256": None}  # fmt: skip
     # Each byte is hashed once per form (FORMAT.md section 9, version 3): a chunk that is
-    # its whole file is hashed here, a longer file's chunks in order by the lane
+    # its whole file is hashed here, a longer file's chunks in order by the lane; and, in
+    # version 6, once more by the chunk's own digest, here
     h = None if job.multi or job.hashed else hashlib.sha256()
+    b3 = chunk_digest() if job.digest else None
     seen = 0  # source bytes of this chunk hashed (or handed to the lane) so far
 
     def source(fh):
@@ -527,6 +608,8 @@ def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: 
                     h.update(buf)
                 elif not job.hashed:
                     emit(buf)
+                if b3 is not None:
+                    b3.update(buf)
                 if on_bytes:
                     on_bytes(n)
                 seen = off + n
@@ -539,8 +622,10 @@ def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: 
             chunk, obj = job.prev
             trial = trial_decode(store, pool_key(obj["name"]), obj, chunk, source(fh),
                                  keys.opener if keys else None)  # fmt: skip
-            if trial[0] == "same":
+            if trial[0] == "same":  # source(fh) was read to its end
                 chunk = {**chunk, "offset": p.offset, "length": p.length}
+                if b3 is not None:  # a version 4 chunk named again by version 6
+                    chunk["blake3"] = b3.hexdigest()
                 return {"chunk": chunk, "size": obj["size"], "reused": True,
                         "file_sha256": h.hexdigest() if h else None}  # fmt: skip
         enc = codec.ChunkEncoder(p.length, p.dtype, level, codec_name)
@@ -579,6 +664,8 @@ def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: 
     chunk = {"offset": p.offset, "length": p.length, "codec": enc.codec, "object": obj}
     if p.dtype:
         chunk["dtype"] = p.dtype
+    if b3 is not None:
+        chunk["blake3"] = b3.hexdigest()
     return {"chunk": chunk, "size": size, "file_sha256": h.hexdigest() if h else None}
 
 
@@ -764,7 +851,7 @@ def _manifest_doc(name, src, files, jobs, results, digests, opts, reuse, prev) -
         prov["verified_files"] = checked
     return {
         "format": "weightvault-manifest",
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if opts.chunk_digests else POOLED,
         "name": name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_epoch())),
         "tool": {"name": "weightvault", "version": __version__},

@@ -307,6 +307,10 @@ def keygen(path: str, protect: bool) -> None:
 @identity_opt
 @share_opt
 @trust_only_opt
+@click.option("--format-version", type=click.Choice(["4", "6"]), default=None,
+              help="Format version of a clear bundle: 6 (the default) gives every chunk a "
+                   "BLAKE3 digest that later versions are proven against; 4 is for readers "
+                   "older than version 6 (FORMAT.md section 9). Encrypted bundles are 5.")  # fmt: skip
 @click.option("--follow-external-links", is_flag=True,
               help="Seal the bytes a symbolic link points to even when its target lies outside "
                    "SOURCE (refused by default: a link can reach a credentials file).")  # fmt: skip
@@ -317,8 +321,8 @@ def keygen(path: str, protect: bool) -> None:
 @click.pass_obj
 def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exclude, hf_cache,
          source_options, report, interviews, record_toml, attachments, encrypt_to, custodians,
-         threshold, oms_key, supersedes, identities, shares, trust, follow_external_links,
-         workers, executor, as_json, quiet) -> None:  # fmt: skip
+         threshold, oms_key, supersedes, identities, shares, trust, format_version,
+         follow_external_links, workers, executor, as_json, quiet) -> None:  # fmt: skip
     """Seal SOURCE (a directory, hf://ORG/NAME@REVISION, or a Hub cache snapshot) into every
     replica: the first reachable one is written, then the bundle is replicated to the rest."""
     from weightvault.archive.seal import SealOptions
@@ -358,7 +362,8 @@ def seal(ctx: Ctx, source, vault, key_paths, name, chunk_size, level, codec, exc
                        threshold=threshold, supersedes=supersedes,
                        trusted=ctx.trusted(trust) if (trust or supersedes) else [],
                        external_links=follow_external_links,
-                       unlock=_keys(identities, shares))  # fmt: skip
+                       unlock=_keys(identities, shares),
+                       format_version=int(format_version) if format_version else None)  # fmt: skip
     opts.source_options = source_opts
     opts.executor = ex
     try:

@@ -24,6 +24,7 @@ PROFILE_IDS = {
     3: "urn:weightvault:bagit-profile:2",
     4: "urn:weightvault:bagit-profile:3",
     5: "urn:weightvault:bagit-profile:3",  # the same bag as version 4
+    6: "urn:weightvault:bagit-profile:3",  # likewise
 }  # by format version
 ALGS_OLD = ("sha256", "sha512")  # format versions 1 and 2
 ALGS = ("sha256",)  # format version 3

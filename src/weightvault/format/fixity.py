@@ -55,3 +55,13 @@ class Fixity:
 
     def differs_from(self, entry: dict) -> tuple[str, object, object] | None:
         return self.difference(entry["size"], entry["sha256"], entry.get("sha512"))
+
+
+def chunk_digest():
+    """A hasher for a chunk's plaintext digest (format version 6, FORMAT.md 4.3): BLAKE3-256.
+    Not SHA-256: this is a second hash of every plaintext byte at seal (the file's SHA-256 is
+    the first), and BLAKE3 costs 0.22 s of CPU per GiB here against SHA-256's 0.64 s with
+    SHA-NI; its collision resistance (128 bits) is SHA-256's."""
+    import blake3  # noqa: PLC0415 - only sealing and deep checks hash chunks
+
+    return blake3.blake3()

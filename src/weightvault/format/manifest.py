@@ -22,14 +22,16 @@ PAYLOAD_TYPE = "application/vnd.weightvault.manifest+json; version=1"
 MANIFEST_KEY = "data/weightvault.json"
 SIGNATURE_KEY = "weightvault.sig"
 MAX_MANIFEST = canon.MAX_DOC
-# docs/FORMAT.md section 9. 5: encrypted, chunk objects shared within a lineage (scheme
+# docs/FORMAT.md section 9. 6: clear, every chunk with the BLAKE3 digest of its plaintext (a new
+# version proves an unchanged chunk by hashing it, not by decoding its object); 5: encrypted, chunk objects shared within a lineage (scheme
 # weightvault-aead-2), written for every encrypted bundle; 4: objects in the vault's shared
 # pool, the spec copies and every tag file proven by the signed manifest, lineage (written for
 # every clear bundle, and for encrypted ones before 5); 3: SHA-256 only, clear or encrypted;
 # 1: clear and 2: encrypted, both with SHA-512 and chunk digests (read only)
-FORMAT_VERSION = 4  # clear bundles
+FORMAT_VERSION = 6  # clear bundles
 ENCRYPTED_VERSION = 5  # encrypted bundles
-VERSIONS = (1, 2, 3, 4, 5)
+VERSIONS = (1, 2, 3, 4, 5, 6)
+CHUNK_DIGESTS = 6  # the first version whose chunks carry `blake3` (clear bundles only)
 POOLED = 4  # the first version whose objects live in the vault's pool (objects/HEX)
 # zstd never expands input by more than this (frame header + block headers); RFC 8878 section 3.1.1.2
 _ZSTD_SLACK = 64
@@ -92,6 +94,11 @@ class Manifest:
         return self.doc["format_version"] >= POOLED
 
     @property
+    def chunk_digests(self) -> bool:
+        """Every chunk carries `blake3`, its plaintext's digest (format version 6)."""
+        return self.doc["format_version"] >= CHUNK_DIGESTS
+
+    @property
     def supersedes(self) -> dict | None:
         return self.doc.get("supersedes")
 
@@ -142,7 +149,7 @@ class Manifest:
         if doc.get("format_version") not in VERSIONS:
             raise CorruptData(
                 f"{what}: format version {doc.get('format_version')!r} is not supported by this "
-                "weightvault (it reads versions 1 to 5); see the FORMAT.md inside the bundle"
+                "weightvault (it reads versions 1 to 6); see the FORMAT.md inside the bundle"
             )
         _check_version(doc, what)  # before the schema: its message is the clearer one
         spec.validate(doc, schema(doc["format_version"]), what)
@@ -183,9 +190,15 @@ def check(doc: dict, what: str, *, opened: bool = False) -> None:
     check_unique(paths, what)
     used: set[str] = set()
     sealed = enc is not None
+    digests = doc["format_version"] >= CHUNK_DIGESTS  # every chunk has blake3, else none does
     for f in doc["files"]:
         pos = 0
         for c in f["chunks"]:
+            if ("blake3" in c) != digests:
+                raise CorruptData(f"{what}: {f['path']}: chunk at offset {c['offset']} "
+                                  f"{'lacks' if digests else 'has'} a blake3 digest, which "
+                                  f"format version {doc['format_version']} "
+                                  f"{'requires' if digests else 'does not have'}")  # fmt: skip
             if c["offset"] != pos:
                 raise CorruptData(
                     f"{what}: {f['path']}: chunk at offset {c['offset']} should start at {pos} "
@@ -242,7 +255,7 @@ def check(doc: dict, what: str, *, opened: bool = False) -> None:
 
 def _check_version(doc: dict, what: str) -> None:
     version, enc = doc["format_version"], doc.get("encryption")
-    if (version < 3 or version == 5) and (version in (2, 5)) != (enc is not None):
+    if (version < 3 or version >= 5) and (version in (2, 5)) != (enc is not None):
         raise CorruptData(f"{what}: format version {version} "
                           f"{'requires' if version in (2, 5) else 'does not allow'} "
                           "encryption")  # fmt: skip
