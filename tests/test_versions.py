@@ -936,44 +936,49 @@ def test_amend_an_encrypted_version(enc_amended, lab_key, tmp_path):
     assert same_tree(src, tmp_path / "e3")
 
 
-def test_amend_of_an_encrypted_bundle_needs_a_key_that_opens_it(enc_amended, enc_lineage, lab_key,
-                                                                tmp_path):  # fmt: skip
+@pytest.mark.parametrize("case", ["no-key", "not-a-recipient", "another-lineages-shares",
+                                  "record-failing-its-schema", "version-4-encrypted"])
+def test_amend_of_an_encrypted_bundle_needs_a_key_that_opens_it(case, enc_amended, enc_lineage,
+                                                                lab_key, tmp_path):  # fmt: skip
     """Refused with one line and exit 2, nothing written: no key for an encrypted bundle; an
     identity that is not its recipient; a quorum of another lineage's shares (the key check
     refuses their key); a record failing its schema (checked before the key is even asked
     for). An encrypted version 4 bundle (scheme weightvault-aead-1: its objects are bound to
     it) cannot be amended."""
     base, vault, *_ = enc_amended
-    v = tmp_path / "v"
-    shutil.copytree(vault, v)
-    before = sorted((p.relative_to(v), p.stat().st_size) for p in v.rglob("*"))
     later = base / "later.jsonl"
-    amend = ("amend", "e.2", "--vault", v, "--key", lab_key, "--interview", later)
-    one_error(wv(*amend), 2, "amend e.2", "encrypted", "--identity")
-    _age_identity(tmp_path / "stranger.key")
-    one_error(wv(*amend, "--identity", tmp_path / "stranger.key"), 2, "amend e.2",
-              "not a recipient")  # fmt: skip
-    lbase, lvault = enc_lineage[0], enc_lineage[1]
-    theirs = [_share_file(lvault / "bundles/m", lbase / f"{c}.key", c, tmp_path / f"{c}.txt")
-              for c in ("alice", "bob")]  # fmt: skip
-    one_error(wv(*amend, "--share", theirs[0], "--share", theirs[1]), 2, "amend e.2",
-              "another bundle", "key check")  # fmt: skip
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"role": "model", "time": "2026-01-05T10:01:00Z"}\n')
-    one_error(wv("amend", "e.2", "--vault", v, "--key", lab_key, "--interview", bad,
-                 "--identity", base / "reader.key"), 2, "bad.jsonl", "line 1", "content")  # fmt: skip
+    v = tmp_path / "v"
+    if case == "version-4-encrypted":
+        shutil.copytree(ROOT / "tests/golden/v4", v)
+        (v / "tmp").mkdir(exist_ok=True)
+        shutil.copy(ROOT / "tests/golden/keys/reader.age", tmp_path / "reader.age")
+        (tmp_path / "reader.age").chmod(0o600)
+        args = ("golden-v4-enc", "--interview", later, "--trust",
+                ROOT / "tests/golden/keys/golden-v4.key.pub", "--identity", tmp_path / "reader.age")
+        needles = ("golden-v4-enc", "weightvault-aead-1")
+    else:
+        shutil.copytree(vault, v)
+        args, needles = ("e.2", "--interview", later), ("amend e.2",)
+    if case == "no-key":
+        needles += ("encrypted", "--identity")
+    elif case == "not-a-recipient":
+        _age_identity(tmp_path / "stranger.key")
+        args += ("--identity", tmp_path / "stranger.key")
+        needles += ("not a recipient",)
+    elif case == "another-lineages-shares":
+        lbase, lvault = enc_lineage[0], enc_lineage[1]
+        for c in ("alice", "bob"):
+            args += ("--share", _share_file(lvault / "bundles/m", lbase / f"{c}.key", c,
+                                            tmp_path / f"{c}.txt"))  # fmt: skip
+        needles += ("another bundle", "key check")
+    elif case == "record-failing-its-schema":
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"role": "model", "time": "2026-01-05T10:01:00Z"}\n')
+        args = ("e.2", "--interview", bad, "--identity", base / "reader.key")
+        needles = ("bad.jsonl", "line 1", "content")
+    before = sorted((p.relative_to(v), p.stat().st_size) for p in v.rglob("*"))
+    one_error(wv("amend", *args, "--vault", v, "--key", lab_key), 2, *needles)
     assert sorted((p.relative_to(v), p.stat().st_size) for p in v.rglob("*")) == before
-    g = tmp_path / "g"
-    shutil.copytree(ROOT / "tests/golden/v4", g)
-    (g / "tmp").mkdir(exist_ok=True)
-    keys = tmp_path / "keys"
-    shutil.copytree(ROOT / "tests/golden/keys", keys)
-    (keys / "reader.age").chmod(0o600)
-    g_before = sorted(p.relative_to(g) for p in g.rglob("*"))
-    one_error(wv("amend", "golden-v4-enc", "--vault", g, "--key", lab_key, "--interview", later,
-                 "--trust", ROOT / "tests/golden/keys/golden-v4.key.pub", "--identity",
-                 keys / "reader.age"), 2, "golden-v4-enc", "weightvault-aead-1")  # fmt: skip
-    assert sorted(p.relative_to(g) for p in g.rglob("*")) == g_before
 
 
 def test_an_earlier_versions_shares_open_a_later_version(enc_lineage, enc_amended, lab_key,
