@@ -87,7 +87,8 @@ def test_key_check():
 
 def test_shares_split_and_combine():
     shares = crypt.split(DK, 2, 3)
-    enc = {"salt": SALT, "shares": {"threshold": 2, "identifier": shares[0].identifier},
+    enc = {"salt": SALT, "key_check": crypt.key_check(DK, SALT),
+           "shares": {"threshold": 2, "identifier": shares[0].identifier},
            "envelopes": [{"kind": "share", "share_digest": crypt.share_digest(SALT, s.text)}
                          for s in shares]}  # fmt: skip
     assert crypt.combine([("a", shares[0]), ("c", shares[2])], enc) == DK
@@ -98,6 +99,19 @@ def test_shares_split_and_combine():
     other = crypt.split(crypt.new_data_key(), 2, 3)[0]
     with pytest.raises(crypt.KeyAccessError, match="another bundle"):
         crypt.combine([("a", shares[0]), ("x", other)], enc)
+    # more than K of them: SLIP-39 combines exactly K, the rest are spare
+    assert crypt.combine([(w, s) for w, s in zip("abc", shares, strict=True)], enc) == DK
+    # another split of the same key (an earlier version's shares, FORMAT.md 10.8): taken,
+    # because the key they combine to passes this bundle's key check
+    older = crypt.split(DK, 2, 2)
+    assert crypt.recover([("o1", older[0]), ("o2", older[1])], enc) == (DK, ["o1", "o2"], False)
+    # a quorum of another key's split: the key check refuses it
+    x = crypt.split(crypt.new_data_key(), 2, 2)
+    with pytest.raises(crypt.KeyAccessError, match="x1, x2: .*another bundle.*key check"):
+        crypt.combine([("x1", x[0]), ("x2", x[1])], enc)
+    # one of this bundle's and one of another split of the same key: a quorum of neither
+    with pytest.raises(crypt.KeyAccessError, match="o1: .*another bundle.*1 of the 2 shares"):
+        crypt.combine([("a", shares[0]), ("o1", older[0])], enc)
     # words survive case and spacing changes made while copying them by hand
     again = crypt.parse_share("  " + shares[1].text.upper().replace(" ", "\n  ") + "\n", "paper")
     assert again.text == shares[1].text

@@ -867,3 +867,258 @@ def test_a_damaged_encrypted_object_is_never_named_again(enc_lineage, lab_key, t
            _age_identity(tmp_path / "third.key"))  # fmt: skip
     one_error(r, 1, f"objects/{victim.name}", "repair")
     assert not (v / "bundles/m.3").exists()
+
+
+# -- amending an encrypted version; shares of another version of the lineage
+
+
+def _share_file(bag: Path, identity: Path, custodian: str, out: Path) -> Path:
+    """The custodian's share words, as it would recover them with `age -d` from its envelope
+    of bundle `bag`, written to `out`."""
+    from pyrage import decrypt, x25519
+
+    ident = x25519.Identity.from_str(identity.read_text().strip())
+    text = decrypt((bag / f"data/keys/share-{custodian}.age").read_bytes(), [ident])
+    out.write_text(text.decode().split("\n")[0] + "\n")
+    return out
+
+
+def _reads_logged(store) -> list[str]:
+    """Every key this store instance is asked to read (whole or streamed)."""
+    keys: list[str] = []
+    for meth in ("read_bytes", "open_read"):
+        real = getattr(store, meth)
+
+        def logged(key, *a, _real=real, **kw):
+            keys.append(key)
+            return _real(key, *a, **kw)
+
+        setattr(store, meth, logged)
+    return keys
+
+
+@pytest.fixture(scope="module")
+def enc_amended(tmp_path_factory, lab_key):
+    """An encrypted bundle `e` (a report in its record; encrypted to a reader and split 2-of-3
+    among alice, bob and carol) amended through the library with the reader's identity and a
+    later interview, as `e.2`; every key the amendment read is logged.
+    (base, vault, model source, AmendResult, keys read, pool before, pool after)"""
+    from weightvault.archive.versions import amend
+    from weightvault.custody.unlock import Keys
+    from weightvault.storage.store import LocalStore
+
+    base = tmp_path_factory.mktemp("enc-amend")
+    src = shards(base / "src", n=2, tensors=3)
+    reader = _age_identity(base / "reader.key")
+    custodians = base / "custodians.toml"
+    custodians.write_text("".join(
+        f'[[custodian]]\nname = "{n}"\nrecipient = "{_age_identity(base / f"{n}.key")}"\n\n'
+        for n in ("alice", "bob", "carol")))  # fmt: skip
+    report = base / "report.md"
+    report.write_text("# Post-deployment report\n\nRetired after two years.\n")
+    vault = base / "vault"
+    ok(wv("seal", src, "--vault", vault, "--key", lab_key, "--name", "e", "--chunk-size", "1",
+          "--encrypt-to", reader, "--custodians", custodians, "--threshold", "2", "--report",
+          report, "--quiet"))  # fmt: skip
+    later = base / "later.jsonl"
+    later.write_text('{"role": "interviewer", "content": "Anything else?", '
+                     '"time": "2026-01-05T10:00:00Z"}\n'
+                     '{"role": "model", "content": "No.", "time": "2026-01-05T10:01:00Z"}\n')  # fmt: skip
+    pool_before = sorted((p.name, p.stat().st_size) for p in (vault / "objects").iterdir())
+    store = LocalStore(vault)
+    read = _reads_logged(store)
+    r = amend(store, "e", load_signing_key(lab_key), [load_public_key(Path(f"{lab_key}.pub"))],
+              [("interview", later, "record/interviews/later.jsonl")],
+              unlock=Keys([base / "reader.key"]))  # fmt: skip
+    pool_after = sorted((p.name, p.stat().st_size) for p in (vault / "objects").iterdir())
+    return base, vault, src, r, read, pool_before, pool_after
+
+
+def test_amend_an_encrypted_version(enc_amended, lab_key, tmp_path):
+    """Issue 17: `amend` of a format version 5 bundle, opened with an identity, names the same
+    chunk objects without reading one, adds only record files and metadata, keeps the data key
+    and lineage salt, binds a new private section to the new bundle, and never writes the data
+    key or the identity in the clear; the steward verifies and audits it with no key, and it
+    restores bit-exact with an identity and with 2 of 3 shares, with weightvault and with the
+    reference restorer."""
+    import shamir_mnemonic
+
+    from weightvault.format import crypt
+
+    base, vault, src, r, read, pool_before, pool_after = enc_amended
+    assert (r.name, r.format_version, r.record_files) == ("e.2", 5, 2)
+    # no weight object read, none written: the pool is as it was
+    assert not [k for k in read if k.startswith("objects/")], read
+    assert pool_after == pool_before
+    m1, m2 = manifest(vault, "e"), manifest(vault, "e.2")
+    e1, e2 = m1["encryption"], m2["encryption"]
+    assert m2["format_version"] == 5 and e2["scheme"] == "weightvault-aead-2"
+    assert m2["objects"] == m1["objects"] and m2["files"] == [] and m2["source"] == {
+        "kind": "encrypted"}  # fmt: skip
+    assert e2["lineage_salt"] == e1["lineage_salt"] and e2["salt"] != e1["salt"]
+    assert m2["supersedes"] == {"name": "e", "bundle": hashlib.sha256(
+        (vault / "bundles/e/data/weightvault.json").read_bytes()).hexdigest()}  # fmt: skip
+    # the same recipients and custodians, the same threshold; a new split under the new salt
+    def custody(e: dict) -> list:
+        return sorted((x["kind"], x["label"], x["recipient"]) for x in e["envelopes"])
+
+    assert custody(e2) == custody(e1) and e2["shares"]["threshold"] == 2
+    # record files: stored as any encrypted seal stores them (plain, named by the manifest)
+    bag = vault / "bundles/e.2"
+    assert [x["path"] for x in m2["record"]] == ["record/interviews/later.jsonl",
+                                                 "record/report.md"]  # fmt: skip
+    assert (bag / "data/record/interviews/later.jsonl").read_bytes() == \
+        (base / "later.jsonl").read_bytes()  # fmt: skip
+    assert (bag / "data/record/report.md").read_bytes() == (base / "report.md").read_bytes()
+    # growth: the record files and metadata (manifest, spec copies, private section,
+    # envelopes, tag files) only
+    files = [p for p in bag.rglob("*") if p.is_file()]
+    added = sum(p.stat().st_size for p in files)
+    record = sum(x["size"] for x in m2["record"])
+    assert r.bytes_added == added < record + 256 * 1024
+    # one data key for the lineage; it is nowhere in the new bag in the clear, nor the identity
+    dk = _data_key(bag, base / "reader.key")
+    assert dk == _data_key(vault / "bundles/e", base / "reader.key")
+    secret = (base / "reader.key").read_text().strip().encode()
+    for p in files:
+        data = p.read_bytes()
+        assert dk.encode() not in data and bytes.fromhex(dk) not in data and secret not in data
+    # the private section: the previous file table, bound to the new bundle's name and salt
+    private = json.loads(crypt.open_bytes(bytes.fromhex(dk), e2["salt"], "private", 0,
+                                          (bag / "data/private/manifest.sealed").read_bytes(),
+                                          1 << 26))  # fmt: skip
+    old = json.loads(crypt.open_bytes(bytes.fromhex(dk), e1["salt"], "private", 0,
+                                      (vault / "bundles/e/data/private/manifest.sealed")
+                                      .read_bytes(), 1 << 26))  # fmt: skip
+    assert private["bundle"] == {"name": "e.2", "salt": e2["salt"]}
+    assert private["files"] == old["files"] and private["source"] == old["source"]
+    # the steward: verify and a full audit, no key
+    trust = ("--trust", f"{lab_key}.pub")
+    ok(wv("verify", "e.2", "--vault", vault, *trust))
+    akey = tmp_path / "audit.key"
+    ok(wv("keygen", akey))
+    a = ok(wv("audit", "--vault", vault, "--level", "full", *trust, "--key", akey,
+              "--state-dir", tmp_path / "state", "--json"))  # fmt: skip
+    assert a.json()["replicas"][0]["record"]["failures"] == []
+    # restores: the identity; two of the three new shares (alice's and carol's words)
+    ok(wv("restore", "e.2", tmp_path / "id", "--vault", vault, *trust, "--identity",
+          base / "reader.key", "--quiet"))  # fmt: skip
+    assert same_tree(src, tmp_path / "id")
+    shares = [_share_file(bag, base / f"{c}.key", c, tmp_path / f"{c}.txt")
+              for c in ("alice", "carol")]  # fmt: skip
+    ok(wv("restore", "e.2", tmp_path / "sh", "--vault", vault, *trust, "--share", shares[0],
+          "--share", shares[1], "--quiet"))  # fmt: skip
+    assert same_tree(src, tmp_path / "sh")
+    # the reference restorer, with the key the stock tools recover: age (the identity) and
+    # SLIP-39's reference implementation (the two shares)
+    from_shares = shamir_mnemonic.combine_mnemonics([p.read_text().strip() for p in shares])
+    for how, key in (("id", dk), ("sh", from_shares.hex())):
+        assert key == dk
+        p = subprocess.run([sys.executable, str(ROOT / "docs/reference_restore.py"), str(bag),
+                            str(tmp_path / f"ref-{how}"), "--trust", f"{lab_key}.pub",
+                            "--data-key", key], capture_output=True, text=True)  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        assert same_tree(src, tmp_path / f"ref-{how}")
+    # the CLI, opened with two of e.2's own shares this time, and a report replaced
+    v = tmp_path / "v"
+    shutil.copytree(vault, v)
+    report = tmp_path / "report.md"
+    report.write_text("# Report, revised\n")
+    s = ok(wv("amend", "e.2", "--vault", v, "--key", lab_key, "--report", report, "--share",
+              shares[0], "--share", shares[1], "--json")).json()  # fmt: skip
+    assert (s["name"], s["format_version"]) == ("e.3", 5)
+    m3 = manifest(v, "e.3")
+    assert m3["objects"] == m1["objects"] and m3["encryption"]["lineage_salt"] == e1[
+        "lineage_salt"]  # fmt: skip
+    assert (v / "bundles/e.3/data/record/report.md").read_text() == "# Report, revised\n"
+    ok(wv("restore", "e.3", tmp_path / "e3", "--vault", v, *trust, "--identity",
+          base / "reader.key", "--quiet"))  # fmt: skip
+    assert same_tree(src, tmp_path / "e3")
+
+
+@pytest.mark.parametrize("case", ["no-key", "not-a-recipient", "another-lineages-shares",
+                                  "record-failing-its-schema", "version-4-encrypted"])
+def test_amend_of_an_encrypted_bundle_needs_a_key_that_opens_it(case, enc_amended, enc_lineage,
+                                                                lab_key, tmp_path):  # fmt: skip
+    """Refused with one line and exit 2, nothing written: no key for an encrypted bundle; an
+    identity that is not its recipient; a quorum of another lineage's shares (the key check
+    refuses their key); a record failing its schema (checked before the key is even asked
+    for). An encrypted version 4 bundle (scheme weightvault-aead-1: its objects are bound to
+    it) cannot be amended."""
+    base, vault, *_ = enc_amended
+    later = base / "later.jsonl"
+    v = tmp_path / "v"
+    if case == "version-4-encrypted":
+        shutil.copytree(ROOT / "tests/golden/v4", v)
+        (v / "tmp").mkdir(exist_ok=True)
+        shutil.copy(ROOT / "tests/golden/keys/reader.age", tmp_path / "reader.age")
+        (tmp_path / "reader.age").chmod(0o600)
+        args = ("golden-v4-enc", "--interview", later, "--trust",
+                ROOT / "tests/golden/keys/golden-v4.key.pub", "--identity", tmp_path / "reader.age")
+        needles = ("golden-v4-enc", "weightvault-aead-1")
+    else:
+        shutil.copytree(vault, v)
+        args, needles = ("e.2", "--interview", later), ("amend e.2",)
+    if case == "no-key":
+        needles += ("encrypted", "--identity")
+    elif case == "not-a-recipient":
+        _age_identity(tmp_path / "stranger.key")
+        args += ("--identity", tmp_path / "stranger.key")
+        needles += ("not a recipient",)
+    elif case == "another-lineages-shares":
+        lbase, lvault = enc_lineage[0], enc_lineage[1]
+        for c in ("alice", "bob"):
+            args += ("--share", _share_file(lvault / "bundles/m", lbase / f"{c}.key", c,
+                                            tmp_path / f"{c}.txt"))  # fmt: skip
+        needles += ("another bundle", "key check")
+    elif case == "record-failing-its-schema":
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"role": "model", "time": "2026-01-05T10:01:00Z"}\n')
+        args = ("e.2", "--interview", bad, "--identity", base / "reader.key")
+        needles = ("bad.jsonl", "line 1", "content")
+    before = sorted((p.relative_to(v), p.stat().st_size) for p in v.rglob("*"))
+    one_error(wv("amend", *args, "--vault", v, "--key", lab_key), 2, *needles)
+    assert sorted((p.relative_to(v), p.stat().st_size) for p in v.rglob("*")) == before
+
+
+def test_an_earlier_versions_shares_open_a_later_version(enc_lineage, enc_amended, lab_key,
+                                                         tmp_path):  # fmt: skip
+    """FORMAT.md 10.8: a quorum of an earlier version's shares combines to the lineage's data
+    key; restore takes it for a later version because the key passes THAT bundle's key check
+    (m.2 has no shares of its own at all; e.2 has a new split). A mix of one old and one new
+    share is a quorum of neither split, and is refused with one line."""
+    from weightvault.custody.unlock import Keys, check_keys
+    from weightvault.storage.store import LocalStore
+    from weightvault.storage.vault import Vault
+
+    trust = ("--trust", f"{lab_key}.pub")
+    lbase, lvault, _v1, v2, _s = enc_lineage
+    old = [_share_file(lvault / "bundles/m", lbase / f"{c}.key", c, tmp_path / f"m-{c}.txt")
+           for c in ("alice", "bob")]  # fmt: skip
+    assert manifest(lvault, "m.2")["encryption"]["shares"] is None
+    r = ok(wv("restore", "m.2", tmp_path / "out", "--vault", lvault, *trust, "--share", old[0],
+              "--share", old[1], "--quiet"))  # fmt: skip
+    assert same_tree(v2, tmp_path / "out"), r.err
+    # the steward's key check at acceptance says which shares opened it
+    st = LocalStore(lvault)
+    b = Vault(st).load("m.2", [load_public_key(Path(f"{lab_key}.pub"))])
+    method, result = check_keys(st, b, Keys(shares=old))
+    assert method == "shares" and "2 shares of another version" in result
+    # the amended lineage: e's shares open e.2, whose own split is another one
+    base, vault, src, *_ = enc_amended
+    e_old = [_share_file(vault / "bundles/e", base / f"{c}.key", c, tmp_path / f"e-{c}.txt")
+             for c in ("bob", "carol")]  # fmt: skip
+    ok(wv("restore", "e.2", tmp_path / "e2", "--vault", vault, *trust, "--share", e_old[0],
+          "--share", e_old[1], "--quiet"))  # fmt: skip
+    assert same_tree(src, tmp_path / "e2")
+    # one share of e and one of e.2: two shares, but of two splits, each one short
+    e2_alice = _share_file(vault / "bundles/e.2", base / "alice.key", "alice",
+                           tmp_path / "e2-alice.txt")  # fmt: skip
+    one_error(wv("restore", "e.2", tmp_path / "mix", "--vault", vault, *trust, "--share",
+                 e_old[0], "--share", e2_alice), 2, e_old[0].name, "another bundle",
+              "1 of the 2 shares")  # fmt: skip
+    assert not (tmp_path / "mix").exists()
+    # a quorum of another lineage's shares: its key fails this bundle's key check
+    one_error(wv("restore", "e.2", tmp_path / "theirs", "--vault", vault, *trust, "--share",
+                 old[0], "--share", old[1]), 2, "another bundle", "key check")  # fmt: skip
+    assert not (tmp_path / "theirs").exists()

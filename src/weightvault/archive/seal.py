@@ -178,7 +178,7 @@ def seal(
         raise InputError(f"--format-version {opts.format_version}: a weightvault of this version "
                          f"writes clear bundles as version {POOLED} or {FORMAT_VERSION}, "
                          f"encrypted ones as {ENCRYPTED_VERSION}")  # fmt: skip
-    keys = _KeyPlan.new(opts, _previous_key(store, prev, opts)) if opts.encrypted else None
+    keys = _KeyPlan.new(opts, _previous_key(store, prev, opts.unlock)) if opts.encrypted else None
     if prev is not None and keys is None and prev.manifest.encryption is not None:
         raise InputError(f"--supersedes {prev.name}: it is encrypted, and a lineage stays one "
                          "kind: encrypt the new version too (--encrypt-to or --custodians)")  # fmt: skip
@@ -226,22 +226,23 @@ def remove_unclaimed(store: Store, keys: list[str]) -> list[str]:
         return gone
 
 
-def _previous_key(store: Store, prev: Bundle | None, opts: SealOptions):
+def _previous_key(store: Store, prev: Bundle | None, unlock, what: str = "--supersedes"):
     """The opened previous version of an encrypted new version (FORMAT.md 10.3: a lineage has
     one data key), or None for a first version. Opened like restore opens a bundle: the
-    identity or shares given (`opts.unlock`), the key check, the private section."""
+    identity or shares given (`unlock`: custody.unlock.Keys), the key check, the private
+    section. `what` names the request in errors (seal's --supersedes, or amend)."""
     from weightvault.custody.unlock import open_bundle
     from weightvault.format.crypt import KeyAccessError
 
     if prev is None:
         return None
     if prev.manifest.encryption is None:
-        raise InputError(f"--supersedes {prev.name}: it is not encrypted, and a lineage stays "
+        raise InputError(f"{what} {prev.name}: it is not encrypted, and a lineage stays "
                          "one kind: seal the new version without --encrypt-to/--custodians")  # fmt: skip
     try:
-        return open_bundle(store, prev, opts.unlock)
+        return open_bundle(store, prev, unlock)
     except KeyAccessError as e:
-        raise type(e)(f"--supersedes {prev.name}: the new version shares its data key, so "
+        raise type(e)(f"{what} {prev.name}: the new version shares its data key, so "
                       f"it must be opened: {e}") from None
 
 

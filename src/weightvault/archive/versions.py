@@ -90,6 +90,7 @@ class AmendResult:
     record_files: int
     bytes_added: int  # bytes written into the vault: record files, spec copies and bag files
     seconds: float
+    format_version: int = 4  # 5: an encrypted version (FORMAT.md 10.8)
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -107,12 +108,22 @@ def next_name(vault: Vault, base: str) -> str:
 
 
 def amend(store: Store, ref: str, key: SigningKey, trusted: list[PublicKey],
-          record: list[tuple[str, Path, str]], *, name: str | None = None) -> AmendResult:  # fmt: skip
+          record: list[tuple[str, Path, str]], *, name: str | None = None,
+          unlock=None) -> AmendResult:  # fmt: skip
     """Seal a new version of bundle `ref` that names the same weight objects and carries its
     record files plus `record` ((role, local file, path in the bundle) as a RecordPlan gives;
     a new file replaces one at the same path). The weights are not read: the pool's listing
-    shows every object at its signed size, and the new manifest repeats the signed file table."""
+    shows every object at its signed size, and the new manifest repeats the signed file table.
+
+    An encrypted bundle (format version 5) is opened first with `unlock` (custody.unlock.Keys:
+    an identity or shares, the key check run), as `seal --supersedes` opens it: the new
+    version keeps the lineage's data key and lineage salt, so it names the same chunk objects,
+    and gets what every encrypted seal writes (FORMAT.md 10.8): a new salt, its own private
+    section (the same file table, bound to the new name and salt), and the data key wrapped
+    anew for the previous version's recipients and split anew among its custodians."""
     from weightvault.archive.seal import (
+        _KeyPlan,
+        _previous_key,
         _store_plain,
         _store_record_file,
         previous_version,
@@ -127,12 +138,20 @@ def amend(store: Store, ref: str, key: SigningKey, trusted: list[PublicKey],
     if not m.pooled:
         raise InputError(f"bundle {prev.name} is of format version {m.version}: its objects are "
                          "not in the vault's pool; seal a new version with --supersedes instead")  # fmt: skip
-    if m.encryption is not None:
-        raise InputError(f"bundle {prev.name} is encrypted: its private section is bound to its "
-                         "name, so amending needs its data key; seal a new version with "
-                         "--supersedes instead")  # fmt: skip
     if not record:
         raise InputError("nothing to amend: give --interview, --report, --record or --attach")
+    keys = None
+    if m.encryption is not None:
+        from weightvault.format import crypt
+
+        if m.encryption["scheme"] != crypt.SCHEME_LINEAGE:
+            raise InputError(f"bundle {prev.name} is encrypted with scheme "
+                             f"{m.encryption['scheme']}: its chunk objects are bound to that "
+                             "bundle, so no other bundle can name them; seal a new version "
+                             "with --supersedes instead")  # fmt: skip
+        opened = _previous_key(store, prev, unlock, "amend")  # refuses before any write
+        keys = _KeyPlan.new(_same_custody(m.encryption), opened)
+        m = opened.manifest  # the file table and source, for the new private section
     new_name = check_name(name) if name else next_name(vault, prev.name)
     if vault.is_committed(new_name):
         raise already_sealed(vault, new_name)
@@ -159,16 +178,36 @@ def amend(store: Store, ref: str, key: SigningKey, trusted: list[PublicKey],
                    "record": sorted(entries, key=lambda r: r["path"]),
                    "spec": store_spec(store, new_name, written),
                    "supersedes": {"bundle": prev.bundle_id, "name": prev.name}}  # fmt: skip
+            if keys:  # as every encrypted seal: the file table into the sealed private section
+                doc = keys.seal_manifest(doc, store, new_name, written)
             manifest = sign_and_commit(vault, doc, key)
         except BaseException:
             if not vault.is_committed(new_name):
                 for k in set(written):
                     with contextlib.suppress(Exception):
                         store.delete(k)
+                with contextlib.suppress(Exception):
+                    store.prune_dirs(prefix(new_name))  # no empty bundle directory either
             raise
     added = sum(store.size(k) or 0 for k in store.list(prefix(new_name)))
     return AmendResult(manifest.bundle_id, new_name, prev.bundle_id, len(manifest.record),
-                       added, round(time.monotonic() - t0, 3))  # fmt: skip
+                       added, round(time.monotonic() - t0, 3), manifest.version)  # fmt: skip
+
+
+def _same_custody(enc: dict):
+    """Seal options that wrap a data key for the same recipients and split it among the same
+    custodians, with the same threshold, as the encrypted bundle whose `encryption` is `enc`."""
+    from weightvault.archive.seal import SealOptions
+
+    def order(e: dict) -> tuple[int, str]:  # recipient-2 before recipient-10
+        return len(e["label"]), e["label"]
+
+    envs = sorted(enc["envelopes"], key=order)
+    return SealOptions(
+        encrypt_to=[e["recipient"] for e in envs if e["kind"] == "recipient"],
+        custodians=[(e["label"], e["recipient"]) for e in envs if e["kind"] == "share"],
+        threshold=enc["shares"]["threshold"] if enc["shares"] else None,
+    )
 
 
 def _read_checked(store: Store, key: str, entry: dict, limit: int = 1 << 30) -> bytes:

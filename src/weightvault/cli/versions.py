@@ -9,9 +9,12 @@ import click
 from weightvault.cli.app import (
     Ctx,
     _emit,
+    _keys,
     cli,
+    identity_opt,
     json_opt,
     replica_opt,
+    share_opt,
     state_opt,
     trust_opt,
     vault_opt,
@@ -92,14 +95,18 @@ def diff(ctx: Ctx, a, b, vault, replica, trust, as_json) -> None:
               help="Interview transcript (repeatable).")  # fmt: skip
 @click.option("--record", "record_toml", metavar="FILE.toml", help="Structured retirement record.")
 @click.option("--attach", "attachments", multiple=True, metavar="FILE", help="Other file.")
+@identity_opt
+@share_opt
 @trust_opt
 @json_opt
 @click.pass_obj
 def amend(ctx: Ctx, bundle, vault, key_path, name, report, interviews, record_toml, attachments,
-          trust, as_json) -> None:  # fmt: skip
+          identities, shares, trust, as_json) -> None:  # fmt: skip
     """Seal a new version of BUNDLE that names the same weight objects and adds (or replaces)
-    retirement-record files, without reading the weights back. Written to the first replica;
-    replicate it to the others as usual."""
+    retirement-record files, without reading the weights back. An encrypted BUNDLE is opened
+    with --identity or a quorum of --share (its key check run): the new version keeps its data
+    key, wrapped anew for the same recipients and custodians (docs/FORMAT.md 10.8). Written to
+    the first replica; replicate it to the others as usual."""
     from weightvault.archive.versions import amend as do_amend
     from weightvault.record.retirement import build_record
 
@@ -110,8 +117,9 @@ def amend(ctx: Ctx, bundle, vault, key_path, name, report, interviews, record_to
     try:
         for w in plan.warnings:
             click.echo(f"weightvault: warning: {w}", err=True)
+        unlock = _keys(identities, shares)
         where, r = rs.first(lambda _n, st: do_amend(st, bundle, key, trusted, plan.files,
-                                                    name=name), None)  # fmt: skip
+                                                    name=name, unlock=unlock), None)  # fmt: skip
     finally:
         plan.close()
     _emit({**r.as_dict(), "replica": where}, as_json,

@@ -558,34 +558,75 @@ def parse_share(text: str, where: str) -> Share:
 
 
 def combine(shares: list[tuple[str, Share]], enc: dict) -> bytes:
-    """The data key from a quorum of shares, each checked against the bundle first so the
-    error names the share at fault."""
+    """The data key from a quorum of shares, proved by the bundle's key check."""
+    return recover(shares, enc)[0]
+
+
+def recover(shares: list[tuple[str, Share]], enc: dict) -> tuple[bytes, list[str], bool]:
+    """(data key, the shares combined, whether they are this bundle's own) from `shares`,
+    ((where, share) each), the key proved by the bundle's key check (FORMAT.md 10.6, 10.8).
+
+    This bundle's own shares are those whose digest its signed manifest lists: checked one by
+    one, so an error names the share at fault. Any other share may be one of another version
+    of the same lineage (same data key, another split): the shares of one split (SLIP-39
+    identifier) that reach its threshold are combined, and the key is taken only if it passes
+    THIS bundle's key check. What a share says of itself (identifier, threshold) only groups
+    it; the key check alone decides."""
     import shamir_mnemonic as sm
 
     info = enc.get("shares")
+    known = {e["share_digest"] for e in enc["envelopes"] if e["kind"] == "share"}
+    own: dict[int, tuple[str, Share]] = {}
+    other: dict[int, dict[int, tuple[str, Share]]] = {}  # identifier -> member index -> share
+    for where, s in shares:
+        mine = share_digest(enc["salt"], s.text) in known
+        group = own if mine else other.setdefault(s.identifier, {})
+        if s.index in group:
+            first = group[s.index][0]
+            if group[s.index][1].text == s.text:
+                raise KeyAccessError(f"{where}: the same share as {first}")
+            raise KeyAccessError(f"{where}: another share with the member index of {first}: "
+                                 "they are not of one key split")  # fmt: skip
+        group[s.index] = (where, s)
+    tries = [(own, info["threshold"], True)] if info and own else []
+    tries += [(g, next(iter(g.values()))[1].threshold, False) for g in other.values()]
+    failed: list[str] = []
+    for group, k, mine in tries:
+        if len(group) < k:
+            continue
+        used = [group[i] for i in sorted(group)[:k]]  # SLIP-39 combines exactly K
+        names = ", ".join(w for w, _ in used)
+        try:
+            dk = sm.combine_mnemonics([s.text for _, s in used])
+        except sm.MnemonicError as e:
+            raise KeyAccessError(f"{names}: the shares do not combine ({e})") from None
+        if key_opens(dk, enc):
+            return dk, [w for w, _ in used], mine
+        if mine:  # listed in the signed manifest, yet the key fails: the bundle lies
+            raise KeyAccessError("the shares combine to a key that does not open this bundle")
+        failed.append(names)
+    if failed:
+        raise KeyAccessError(f"{failed[0]}: these shares belong to another bundle: they "
+                             "combine to a key that fails this bundle's key check")  # fmt: skip
+    if other:  # a split short of its threshold: nothing to test, so nothing to trust
+        group = next(iter(other.values()))
+        where, s = next(iter(group.values()))
+        raise KeyAccessError(
+            f"{where}: this share belongs to another bundle or key split (its digest is not "
+            f"in this bundle's manifest), and {len(group)} of the {s.threshold} shares of its "
+            f"split {'is' if len(group) == 1 else 'are'} too few to combine and test against "
+            "this bundle's key check"
+        )
     if not info:
         raise KeyAccessError("this bundle was not split into shares; use --identity")
-    known = {e["share_digest"]: e for e in enc["envelopes"] if e["kind"] == "share"}
-    seen: dict[int, str] = {}
-    for where, s in shares:
-        if s.identifier != info["identifier"] or share_digest(enc["salt"], s.text) not in known:
-            raise KeyAccessError(f"{where}: this share belongs to another bundle or key split")
-        if s.index in seen:
-            raise KeyAccessError(f"{where}: the same share as {seen[s.index]}")
-        seen[s.index] = where
     k = info["threshold"]
-    if len(seen) < k:
-        more = k - len(seen)
-        raise NotEnoughShares(
-            f"{len(seen)} of the {k} shares needed: {more} more share{'s' * (more > 1)} "
-            f"needed to open the bundle",
-            [seen[i] for i in sorted(seen)],
-            k,
-        )
-    try:
-        return sm.combine_mnemonics([s.text for _, s in shares])
-    except sm.MnemonicError as e:
-        raise KeyAccessError(f"the shares do not combine ({e})") from None
+    more = k - len(own)
+    raise NotEnoughShares(
+        f"{len(own)} of the {k} shares needed: {more} more share{'s' * (more > 1)} "
+        f"needed to open the bundle",
+        [own[i][0] for i in sorted(own)],
+        k,
+    )
 
 
 def load_custodians(path: Path) -> list[tuple[str, str]]:
