@@ -29,7 +29,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import GiB, MiB, dir_size, human, log, make_bf16_model, measure, parse_size, warm  # noqa: E402
+from run import (  # noqa: E402
+    GiB,
+    MiB,
+    dir_size,
+    human,
+    log,
+    make_bf16_model,
+    measure,
+    parse_size,
+    wait_quiet,
+    warm,
+)
+
+QUIET = [0.0]  # --wait-quiet: seconds to wait, before each measured seal, for an idle machine
 
 WV = [sys.executable, "-m", "weightvault.cli"]
 
@@ -90,12 +103,14 @@ def pair(label: str, v1: Path, v2: Path, key: Path, vault_args: list, size_of, r
          env: dict | None = None, enc: tuple[list, list] = ([], [])) -> dict:
     """Seal v1 into an empty vault, then v2 --supersedes v1: walls, ratio and growth. `enc`:
     extra arguments of the two seals (encryption, and what opens v1)."""
+    wait_quiet(QUIET[0])
     r1 = measure([*WV, "seal", v1, *vault_args, "--key", key, "--name", "m", "-q", *enc[0]],
                  env=env)  # fmt: skip
     if r1["rc"] != 0:
         raise SystemExit(f"{label} seal v1 failed: {r1['stderr']}")
     before_pool, before_vault = size_of()
     warm(v2)
+    wait_quiet(QUIET[0])
     r2 = measure([*WV, "seal", v2, *vault_args, "--key", key, "--name", "m.2", "--supersedes",
                   "m", "--json", *enc[1]], env=env)  # fmt: skip
     if r2["rc"] != 0:
@@ -163,9 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--repeat", type=int, default=3, help="v1/v2 pairs per store (median)")
     ap.add_argument("--s3", action="store_true", help="also with the vault on SeaweedFS S3")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                    help="before each seal, wait up to S seconds for an idle machine")
+    ap.add_argument("--formats", default="6",
+                    help="clear format versions to pair locally, e.g. 6,4 (4: no chunk digests, "
+                         "so v2 compares a changed file's chunks by decoding v1's objects)")
     ap.add_argument("--encrypted", action="store_true",
                     help="also encrypted (format version 5: the lineage shares its data key)")
     args = ap.parse_args(argv)
+    QUIET[0] = args.wait_quiet
     work = args.work or Path(tempfile.mkdtemp(prefix="wv-versions-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"size": args.size, "steps": {}}
@@ -179,19 +200,29 @@ def main(argv: list[str] | None = None) -> int:
         if not key.exists():
             measure([*WV, "keygen", key])
         warm(v1, v2)
-        runs = []
-        for rep in range(args.repeat):
-            vault = work / "vault"
-            shutil.rmtree(vault, ignore_errors=True)
-            warm(v1)
-            runs.append(pair(f"local run {rep + 1}", v1, v2, key, ["--vault", vault],
-                             lambda vault=vault: (pool(vault), dir_size(vault)), results))  # fmt: skip
-        m1, m2 = manifest(vault, "m"), manifest(vault, "m.2")
-        old = {o["name"] for o in m1["objects"]}
-        changed = sum(o["size"] for o in m2["objects"] if o["name"] not in old)
-        results["v2"] = summarize(runs, changed)
-        log(f"local: median seal v2 / seal v1 = {results['v2']['seal_ratio']}; vault grew "
-            f"{human(results['v2']['vault_growth'])} for {human(changed)} of changed chunks")
+        formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+        by_format: dict[str, list] = {f: [] for f in formats}
+        for rep in range(args.repeat):  # the formats alternate, so both see the same minutes
+            for fmt in formats:
+                vault = work / f"vault-v{fmt}"
+                shutil.rmtree(vault, ignore_errors=True)
+                warm(v1)
+                fv = ["--format-version", fmt]
+                by_format[fmt].append(pair(
+                    f"local format {fmt} run {rep + 1}", v1, v2, key, ["--vault", vault],
+                    lambda vault=vault: (pool(vault), dir_size(vault)), results,
+                    enc=(fv, fv)))  # fmt: skip
+        for fmt in formats:
+            vault = work / f"vault-v{fmt}"
+            m1, m2 = manifest(vault, "m"), manifest(vault, "m.2")
+            old = {o["name"] for o in m1["objects"]}
+            changed = sum(o["size"] for o in m2["objects"] if o["name"] not in old)
+            label = "v2" if fmt == formats[0] else f"v2_format{fmt}"
+            results[label] = summarize(by_format[fmt], changed)
+            log(f"local, format {fmt}: median seal v2 / seal v1 = "
+                f"{results[label]['seal_ratio']}; vault grew "
+                f"{human(results[label]['vault_growth'])} for {human(changed)} of changed chunks")
+        vault = work / f"vault-v{formats[0]}"
         if args.encrypted:
             from pyrage import x25519
 
