@@ -278,11 +278,11 @@ def _plan10tb_child(args) -> None:
                                                 "length": j.piece.length,
                                                 "codec": "fsplit-bf16" if j.piece.dtype else "zstd",
                                                 "object": hashlib.sha256(
-                                                    j.index.to_bytes(8, "big")).hexdigest(),
-                                                "blake3": hashlib.sha256(  # format version 6
-                                                    j.index.to_bytes(9, "big")).hexdigest()}
+                                                    j.index.to_bytes(8, "big")).hexdigest()}
                                       | ({"dtype": j.piece.dtype} if j.piece.dtype else {}),
-                                      "size": j.piece.length * 7 // 10, "file_sha256": None})
+                                      "size": j.piece.length * 7 // 10, "file_sha256": None,
+                                      "blake3": hashlib.sha256(  # format version 6
+                                          j.index.to_bytes(9, "big")).hexdigest()})
                            for j in jobs]  # fmt: skip
                     r = (res, {}, [])
                 if on_done:

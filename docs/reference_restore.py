@@ -18,9 +18,9 @@ Version 4 is the main text of the spec; version 3 differs as section 9.2 lists (
 (SHA-512 digests, chunk digests, version 1 always clear, version 2 always encrypted), and
 version 5 is version 4 always encrypted, with chunk objects of scheme weightvault-aead-2
 (section 10.3: bound to the lineage, not to the chunk's position), and version 6 is version 4
-always clear, each chunk with a `blake3` digest of its plaintext (section 4.3). The file's
-SHA-256 proves every restored byte, so the chunk digest is checked only where the `blake3`
-module is installed (optional; nothing else here needs it).
+always clear, each file with `chunks_blake3`, the BLAKE3 digests of its chunks' plaintexts
+(section 4.3). The file's SHA-256 proves every restored byte, so the chunk digests are checked
+only where the `blake3` module is installed (optional; nothing else here needs it).
 Encrypted bundles (section 10: versions 2 and 5, or 3 and 4 with `encryption`) need their data key:
 the 64 hex digits that `age -d -i IDENTITY data/keys/recipient-N.age` prints, given as
 --data-key HEX or as --data-key-file FILE holding that output (combining SLIP-39 shares is
@@ -318,7 +318,14 @@ def check_files(m, sizes, segment=None):
     version 5, chunks may share an object: identical chunks seal to one object)."""
     used, chunk_digest = set(), {"sha256"} if m["format_version"] < 3 else set()
     for f in m["files"]:
-        members(f, {"path", "size", "mode", "sha256", "chunks"}, what="manifest file")
+        b3 = {"chunks_blake3"} if m["format_version"] == 6 else set()  # 4.3
+        members(f, {"path", "size", "mode", "sha256", "chunks"} | b3, what="manifest file")
+        check(
+            not b3
+            or (re.fullmatch(r"([0-9a-f]{64})*", str(f["chunks_blake3"])) is not None
+                and len(f["chunks_blake3"]) == 64 * len(f["chunks"])),
+            f"{f['path']}: chunks_blake3 is not 64 hex digits per chunk",
+        )
         check(
             is_uint(f["size"])
             and is_uint(f["mode"], 511)
@@ -330,7 +337,6 @@ def check_files(m, sizes, segment=None):
         for c in f["chunks"]:
             what = f"{f['path']} chunk at {end}"
             required = {"offset", "length", "codec", "object"} | chunk_digest  # 4.3, 9.1
-            required |= {"blake3"} if m["format_version"] == 6 else set()  # 4.3
             members(c, required, {"dtype"}, what=what)
             check(
                 is_uint(c["offset"])
@@ -340,10 +346,8 @@ def check_files(m, sizes, segment=None):
                 f"{what}: chunks do not tile the file",
             )
             check(
-                ("sha256" not in c or is_hex(c["sha256"]))
-                and ("blake3" not in c or is_hex(c["blake3"]))
-                and c["object"] in sizes,
-                f"{what}: bad sha256, blake3 or object",
+                ("sha256" not in c or is_hex(c["sha256"])) and c["object"] in sizes,
+                f"{what}: bad sha256 or object",
             )
             check(
                 c["codec"] not in FSPLIT
@@ -699,7 +703,7 @@ def restore(bag, dest, trust, key=None):
             target.parent.mkdir(parents=True, exist_ok=True)
             digest = hashlib.sha256()
             with open(target, "xb") as out:
-                for c in f["chunks"]:
+                for k, c in enumerate(f["chunks"]):
                     data, codec = read_object(bag, c["object"], sizes[c["object"]], version), c["codec"]
                     if opened is not None:
                         data = opened(data, index, c["object"])
@@ -715,7 +719,8 @@ def restore(bag, dest, trust, key=None):
                         len(plain) == c["length"]
                         and (version >= 3 or hashlib.sha256(plain).hexdigest() == c["sha256"])
                         and (blake3 is None or version != 6
-                             or blake3.blake3(plain).hexdigest() == c["blake3"]),
+                             or blake3.blake3(plain).hexdigest()
+                             == f["chunks_blake3"][64 * k : 64 * k + 64]),
                         f"{f['path']}: chunk at {c['offset']} (object {c['object']}) is damaged",
                     )
                     digest.update(plain)

@@ -176,9 +176,9 @@ def test_a_changed_tensor_in_a_multi_chunk_file_re_encodes_only_its_chunk(tmp_pa
         assert len(trials) == 4 and len(pool_reads) == 4  # the changed chunk's as well
     for f in m2["files"]:  # every chunk has the digest of its plaintext, reused ones too
         data = (v2 / f["path"]).read_bytes()
-        for c in f["chunks"]:
-            want = blake3.blake3(data[c["offset"]:c["offset"] + c["length"]]).hexdigest()
-            assert c["blake3"] == want, (f["path"], c["offset"])
+        assert f["chunks_blake3"] == "".join(
+            blake3.blake3(data[c["offset"]:c["offset"] + c["length"]]).hexdigest()
+            for c in f["chunks"]), f["path"]  # fmt: skip
     (changed,) = [f for f in m2["files"] if f["path"] == "model-00001-of-00002.safetensors"]
     assert len(changed["chunks"]) == 4  # the header, and six tensors two by two
     assert encoded == [MiB], encoded  # one chunk encoded: the changed tensor's
@@ -430,7 +430,7 @@ def forge(v: Path, doc: dict, key: Path, name: str) -> None:
 
 def test_a_wrong_chunk_digest_is_found_by_a_deep_verify_and_never_reused(lineage, lab_key,
                                                                          tmp_path):  # fmt: skip
-    """A signed manifest whose chunk `blake3` does not match what the object decodes to (a
+    """A signed manifest whose `chunks_blake3` does not match what an object decodes to (a
     signer's bug): the stored bytes are right, so a plain verify passes; `verify --deep` finds
     it, naming the object and the file range; and a new version superseding it does not name
     the object on the strength of that digest: the source's bytes do not match it, so the
@@ -445,8 +445,8 @@ def test_a_wrong_chunk_digest_is_found_by_a_deep_verify_and_never_reused(lineage
     doc = manifest(v, "m")
     f = next(f for f in doc["files"] if len(f["chunks"]) > 2)
     c = f["chunks"][1]
-    right = c["blake3"]
-    c["blake3"] = blake3.blake3(b"not these bytes").hexdigest()
+    right = f["chunks_blake3"]
+    f["chunks_blake3"] = right[:64] + blake3.blake3(b"not these").hexdigest() + right[128:]
     forge(v, doc, lab_key, "liar")
     ok(wv("verify", "liar", "--vault", v, *trust))
     r = wv("verify", "liar", "--vault", v, *trust, "--deep")
@@ -456,34 +456,37 @@ def test_a_wrong_chunk_digest_is_found_by_a_deep_verify_and_never_reused(lineage
               "liar", "--chunk-size", "1", "--json")).json()  # fmt: skip
     assert s["files_reused"] == len(doc["files"]) - 1 and s["bytes_new"] == 0
     g = next(g for g in manifest(v, "fixed")["files"] if g["path"] == f["path"])
-    assert g["chunks"][1] == {**c, "blake3": right}
+    assert g["chunks"][1] == c and g["chunks_blake3"] == right
     ok(wv("verify", "fixed", "--vault", v, *trust, "--deep"))
 
 
 def test_a_version_6_manifest_without_chunk_digests_or_a_4_with_them_is_refused(lineage, lab_key,
                                                                                 tmp_path):  # fmt: skip
-    """The member set is the version's: a reader refuses a version 6 chunk without `blake3`,
-    a version 4 chunk with one, and a version 6 bundle that is encrypted; one line each,
-    exit 1 (the bundle is damaged), nothing read beyond the manifest."""
+    """The member set is the version's: a reader refuses a version 6 file without
+    `chunks_blake3` or with one that has a digest too few, a version 4 file with one, and a
+    version 6 bundle that is encrypted; one line each, exit 1 (the bundle is damaged)."""
     vault, *_ = lineage
     v = tmp_path / "v"
     shutil.copytree(vault, v)
     trust = ("--trust", f"{lab_key}.pub")
     doc = manifest(v, "m")
-    c = doc["files"][1]["chunks"][0]
-    del c["blake3"]
-    with pytest.raises(Exception, match="lacks a blake3 digest"):
+    del doc["files"][1]["chunks_blake3"]
+    with pytest.raises(Exception, match="no chunks_blake3, which format version 6 requires"):
         forge(v, doc, lab_key, "nodigest")
     from weightvault.format.manifest import Manifest
 
+    doc = manifest(v, "m")
+    doc["files"][1]["chunks_blake3"] = doc["files"][1]["chunks_blake3"][64:]
+    with pytest.raises(Exception, match="chunks_blake3 holds 2 digests for 3 chunks"):
+        Manifest.parse(canon.canonical(doc), "short")
     doc4 = {**manifest(v, "m"), "format_version": 4}
-    with pytest.raises(Exception, match="has a blake3 digest, which format version 4 does not"):
+    with pytest.raises(Exception, match="a chunks_blake3, which format version 4 does not"):
         Manifest.parse(canon.canonical(doc4), "doc4")
     with pytest.raises(Exception, match="format version 6 does not allow encryption"):
         Manifest.parse(canon.canonical({**manifest(v, "m"), "encryption": {}}), "enc6")
     # as stored, signed: the reader's one line
     doc = manifest(v, "m")
-    del doc["files"][1]["chunks"][0]["blake3"]
+    del doc["files"][1]["chunks_blake3"]
     raw = canon.canonical({**doc, "name": "bare"})
     b = v / "bundles/bare"
     shutil.copytree(v / "bundles/m", b)
@@ -494,7 +497,7 @@ def test_a_version_6_manifest_without_chunk_digests_or_a_4_with_them_is_refused(
         "payload_sha256": hashlib.sha256(raw).hexdigest(),
         "signatures": [sk.sign(PAYLOAD_TYPE, raw)]}))  # fmt: skip
     r = wv("verify", "bare", "--vault", v, *trust)
-    assert r.code == 1 and "lacks a blake3 digest" in r.err and len(r.err.splitlines()) == 1, r
+    assert r.code == 1 and "no chunks_blake3" in r.err and len(r.err.splitlines()) == 1, r
 
 
 def test_a_manifest_claiming_another_size_for_a_shared_object(lineage, lab_key, tmp_path):

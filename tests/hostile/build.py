@@ -584,9 +584,9 @@ def add_file(w: Work, doc: dict, path: str, stored: bytes, length: int, count: i
     w.object_path(name).write_bytes(stored)
     doc["files"].append({"path": path, "size": count * length, "mode": 420, "sha256": "0" * 64,
                          "chunks": [{"offset": i * length, "length": length,
-                                     "codec": "zstd", "object": name,
-                                     **({"blake3": "0" * 64} if doc["format_version"] >= 6
-                                        else {})} for i in range(count)]})  # fmt: skip
+                                     "codec": "zstd", "object": name} for i in range(count)],
+                         **({"chunks_blake3": "0" * 64 * count} if doc["format_version"] >= 6
+                            else {})})  # fmt: skip
     doc["objects"].append({"name": name, "size": len(stored)})
     resort(doc)
 
@@ -1158,7 +1158,7 @@ def case_many_files(w: Work) -> None:
     def add(doc: dict) -> None:
         for i in range(3000):
             doc["files"].append({"path": f"many/{i:05d}", "size": 0, "mode": 420,
-                                 "sha256": sha256(b""), "chunks": []})  # fmt: skip
+                                 "sha256": sha256(b""), "chunks": [], "chunks_blake3": ""})  # fmt: skip
         resort(doc)
 
     w.edit(add)
@@ -1192,7 +1192,7 @@ def case_empty_file_wrong_digest(w: Work) -> None:
 
     def add(doc: dict) -> None:
         doc["files"].append({"path": "empty.bin", "size": 0, "mode": 420, "sha256": "0" * 64,
-                             "chunks": []})  # fmt: skip
+                             "chunks": [], "chunks_blake3": ""})  # fmt: skip
         resort(doc)
 
     w.edit(add)

@@ -21,6 +21,7 @@ from weightvault.archive.pipeline import Emit, FileDigests, default_workers, run
 from weightvault.errors import Conflict, InputError, IntegrityError, StorageError
 from weightvault.format.codec import PIECE
 from weightvault.format.keys import PublicKey
+from weightvault.format.manifest import chunk_digests
 from weightvault.storage.chunkio import decode_chunk, drop_pages
 from weightvault.storage.store import Store
 from weightvault.storage.vault import Bundle, Vault, object_key
@@ -45,13 +46,15 @@ class _Job:
     chunk: dict
     last: bool
     multi: bool
+    blake3: str | None = None  # the chunk's digest (format version 6), for a deep check
 
 
 def chunk_jobs(files: list[dict]) -> list[_Job]:
     jobs = []
     for i, f in enumerate(files):
         n = len(f["chunks"])
-        jobs.extend(_Job(i, c, j == n - 1, n > 1) for j, c in enumerate(f["chunks"]))
+        b3 = chunk_digests(f) or [None] * n
+        jobs.extend(_Job(i, c, j == n - 1, n > 1, b3[j]) for j, c in enumerate(f["chunks"]))
     return jobs
 
 

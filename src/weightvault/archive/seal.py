@@ -15,7 +15,15 @@ from pathlib import Path
 
 from weightvault import __version__
 from weightvault.archive import remote_source, sources
-from weightvault.archive.pipeline import Emit, FileDigests, Finisher, default_workers, pieces, run
+from weightvault.archive.pipeline import (
+    Emit,
+    FileDigests,
+    Finisher,
+    default_workers,
+    pieces,
+    release_freed_memory,
+    run,
+)
 from weightvault.errors import Conflict, InputError, IntegrityError, NotFound, TrustError
 from weightvault.executors import Executor
 from weightvault.format import canon, chunking, codec, crypt
@@ -27,6 +35,7 @@ from weightvault.format.manifest import (
     PAYLOAD_TYPE,
     POOLED,
     Manifest,
+    chunk_digests,
 )
 from weightvault.format.paths import check_name, check_relpath
 from weightvault.format.spec import spec_files
@@ -126,9 +135,9 @@ class _Job:
     # the whole-file digest is known already (hashed in order to compare it with the previous
     # version's): this chunk's bytes are not hashed again
     hashed: bool = False
-    # `prev`'s plaintext is this chunk's: their BLAKE3 digests matched (the previous version
-    # is of format version 6, _Versions.whole): `prev` is named again without reading a byte
-    same: bool = False
+    # `prev`'s BLAKE3, which this chunk's source bytes matched (the previous version is of
+    # format version 6, _Versions.whole): `prev` is named again without reading a byte
+    known: str | None = None
     digest: bool = True  # record the chunk's BLAKE3 (a clear bundle: format version 6)
 
 
@@ -300,8 +309,8 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
             from weightvault.archive.distributed import seal_on_cluster
 
             on_cluster: list[str] = []  # pool objects the workers stored
-            results, digests = seal_on_cluster(executor, jobs, files_io, store, name, opts,
-                                               on_cluster, on_bytes)  # fmt: skip
+            results, digests, b3 = seal_on_cluster(executor, jobs, files_io, store, name,
+                                                   opts, on_cluster, on_bytes)  # fmt: skip
             digests.update(ver.digests)
             created += [(k, 0) for k in on_cluster]
         else:
@@ -320,10 +329,12 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
             jobs = [j for j in fed if isinstance(j, _Job)]
             results = [r for j, r in zip(fed, results, strict=True) if isinstance(j, _Job)]
             digests = {**lane.done, **ver.digests}
+            b3 = {}  # each result carries its chunk's
         finisher.drain()  # every object durable (or its error raised) before the manifest
         chunks_reused = sum(1 for r in results if r.get("reused"))
-        doc = _manifest_doc(name, src, files, jobs, results, digests, opts, reuse, prev)
-        del jobs, results, digests  # the manifest holds what it needs (10 TB: 163,840 chunks)
+        doc = _manifest_doc(name, src, files, jobs, results, digests, opts, reuse, prev, b3)
+        del jobs, results, digests, b3  # the manifest holds what it needs (10 TB: 163,840 chunks)
+        release_freed_memory()
         record = [_store_record_file(store, name, *r, written) for r in opts.record]
         if opts.oms_key is not None:
             record.append(_model_signing(store, name, doc, opts.oms_key, written))
@@ -434,9 +445,9 @@ class _Versions:
         self.digest = digest  # the new manifest gives each chunk its BLAKE3 (clear: version 6)
         self.count = 0  # chunk jobs made (their `index`)
         self.digests: dict[int, str] = {}  # changed candidates: whole-file SHA-256, in order
-        # changed candidates whose previous version has chunk digests: the (offset, length)
-        # of each previous chunk whose BLAKE3 the source matched
-        self.matched: dict[int, set[tuple[int, int]]] = {}
+        # changed candidates whose previous version has chunk digests: (offset, length) ->
+        # BLAKE3 of each previous chunk that the source matched
+        self.matched: dict[int, dict[tuple[int, int], str]] = {}
         self.candidates: list[_Whole] = []
         self._verdicts: queue.SimpleQueue = queue.SimpleQueue()
         self._failed = threading.Event()
@@ -455,9 +466,10 @@ class _Versions:
         old = self.old[f.path]
         chunks = old["chunks"]
         ranges = [(c["offset"], c["length"]) for c in chunks]
-        if self.digest and all("blake3" in c for c in chunks):
+        olds = chunk_digests(old)
+        if self.digest and olds is not None:
             _, got = hash_file(files_io, f, on_bytes, ranges, sha256=False)
-            matched = {r for r, c, g in zip(ranges, chunks, got, strict=True) if g == c["blake3"]}
+            matched = {r: d for r, g, d in zip(ranges, got, olds, strict=True) if g == d}
             same = len(matched) == len(chunks) and f.expected_sha256 in (None, old["sha256"])
             if not same:
                 self.matched[job.file] = matched
@@ -473,9 +485,8 @@ class _Versions:
             if not same:
                 self.digests[job.file] = d
             # a version 6 manifest naming a version 4 file's chunks gives them their digests
-            entry = {**old, "chunks": [{**c, "blake3": g} for c, g in zip(chunks, got,
-                                                                         strict=True)]} \
-                if self.digest else old  # fmt: skip
+            entry = {**old, "chunks_blake3": "".join(got)} if self.digest else \
+                {k: v for k, v in old.items() if k != "chunks_blake3"}  # a version 4 seal
         self._verdicts.put((job.file, same))
         return {"file": job.file, "whole": {**entry, "mode": f.mode & 0o777} if same else None}
 
@@ -492,11 +503,11 @@ class _Versions:
         out = []
         for j, p in enumerate(plan):
             prev = at.get((p.offset, p.length))
-            same = matched is not None and (p.offset, p.length) in matched
-            if prev is not None and matched is not None and not same:
+            known = matched.get((p.offset, p.length)) if matched is not None else None
+            if prev is not None and matched is not None and known is None:
                 prev = None  # its digest differs: no trial decode can find it equal
             out.append(_Job(i, f, p, j == len(plan) - 1, len(plan) > 1, self.count, prev,
-                            hashed, same, self.digest))  # fmt: skip
+                            hashed, known, self.digest))  # fmt: skip
             self.count += 1
         return out
 
@@ -587,10 +598,10 @@ def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: 
     version holds at the same place (`job.prev`) is first compared with that object's decoded
     bytes: equal, the new manifest names the old object, and nothing is encoded or stored."""
     p = job.piece
-    if job.same:
+    if job.known is not None:
         chunk, obj = job.prev
         return {"chunk": {**chunk, "offset": p.offset, "length": p.length}, "size": obj["size"],
-                "reused": True, "file_sha256": None}  # fmt: skip
+                "reused": True, "file_sha256": None, "blake3": job.known}  # fmt: skip
     # Each byte is hashed once per form (FORMAT.md section 9, version 3): a chunk that is
     # its whole file is hashed here, a longer file's chunks in order by the lane; and, in
     # version 6, once more by the chunk's own digest, here
@@ -625,10 +636,9 @@ def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: 
                                  keys.opener if keys else None)  # fmt: skip
             if trial[0] == "same":  # source(fh) was read to its end
                 chunk = {**chunk, "offset": p.offset, "length": p.length}
-                if b3 is not None:  # a version 4 chunk named again by version 6
-                    chunk["blake3"] = b3.hexdigest()
                 return {"chunk": chunk, "size": obj["size"], "reused": True,
-                        "file_sha256": h.hexdigest() if h else None}  # fmt: skip
+                        "file_sha256": h.hexdigest() if h else None,
+                        "blake3": b3.hexdigest() if b3 else None}  # fmt: skip
         enc = codec.ChunkEncoder(p.length, p.dtype, level, codec_name)
         s256 = hashlib.sha256()
         sealer = keys.chunk_sealer() if keys else None
@@ -665,9 +675,8 @@ def seal_chunk(job: _Job, emit: Emit, files_io, store: Store, name: str, level: 
     chunk = {"offset": p.offset, "length": p.length, "codec": enc.codec, "object": obj}
     if p.dtype:
         chunk["dtype"] = p.dtype
-    if b3 is not None:
-        chunk["blake3"] = b3.hexdigest()
-    return {"chunk": chunk, "size": size, "file_sha256": h.hexdigest() if h else None}
+    return {"chunk": chunk, "size": size, "file_sha256": h.hexdigest() if h else None,
+            "blake3": b3.hexdigest() if b3 else None}
 
 
 def _where(src: sources.Source, files_io, f) -> str:
@@ -820,7 +829,8 @@ def _epoch() -> int | None:
     return int(v)
 
 
-def _manifest_doc(name, src, files, jobs, results, digests, opts, reuse, prev) -> dict:
+def _manifest_doc(name, src, files, jobs, results, digests, opts, reuse, prev,
+                  b3_hex: dict[int, str]) -> dict:  # fmt: skip
     entries = [
         reuse.get(i) or
         {"path": f.path, "size": f.size, "mode": f.mode & 0o777, "sha256": "", "chunks": []}
@@ -832,9 +842,12 @@ def _manifest_doc(name, src, files, jobs, results, digests, opts, reuse, prev) -
         for c in e["chunks"]:
             o = old_objects[c["object"]]
             objects[o["name"]] = {"name": o["name"], "size": o["size"]}
+    b3: dict[int, list[str]] = {}  # file index -> its chunks' BLAKE3, in order
     for job, r in zip(jobs, results, strict=True):
         e = entries[job.file]
         e["chunks"].append(r["chunk"])
+        if r.get("blake3"):
+            b3.setdefault(job.file, []).append(r["blake3"])
         if not job.multi:
             e["sha256"] = r["file_sha256"]
         objects[r["chunk"]["object"]] = {"name": r["chunk"]["object"], "size": r["size"]}
@@ -843,6 +856,8 @@ def _manifest_doc(name, src, files, jobs, results, digests, opts, reuse, prev) -
             e["sha256"] = hashlib.sha256(b"").hexdigest()
         elif not e["sha256"]:
             e["sha256"] = digests[i]
+        if opts.chunk_digests and i not in reuse:
+            e["chunks_blake3"] = b3_hex.pop(i, None) or "".join(b3.pop(i, ()))
     prov = dict(src.provenance)
     if opts.excludes:
         prov["excluded"] = list(opts.excludes)

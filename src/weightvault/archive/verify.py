@@ -84,7 +84,7 @@ def verify(
             try:
                 decode_chunk(store, key, objects[c["object"]], c, file_path=files[job.file]["path"],
                              emit=emit if job.multi else None, on_bytes=on_bytes,
-                             expect=chunk_digest(files[job.file], c), chunk_digest=True,
+                             expect=chunk_digest(files[job.file], c), blake3=job.blake3,
                              cipher=opened.cipher(c["object"]) if opened else None)  # fmt: skip
             except IntegrityError as e:
                 return _problem(store, key, e)

@@ -35,13 +35,46 @@ def encode(obj: Any, headroom: int = 0) -> bytearray:
     the str, the bytes and their pieces were the driver's peak (benchmarks/README.md). Containers
     are walked here (checking what has no canonical form on the way); runs of flat items (a
     list's scalars and dicts of scalars, such as chunk entries) go through the C encoder in
-    batches, so the pieces stay small and the calls few."""
-    out = bytearray(headroom)
+    batches, so the pieces stay small and the calls few.
+
+    Two passes: the first only counts, so that the buffer is allocated once at its final size.
+    Grown piece by piece instead, it left about 20 MB of abandoned smaller copies in the heap
+    for a 50 MB manifest (10 TB), which the driver's peak RSS paid for; the count costs about
+    2.7 ms of CPU per 1,000 chunks."""
+    size = _Count()
+    _write(obj, 0, size)
+    out = _Fill(bytearray(headroom + size.n), headroom)
     _write(obj, 0, out)
-    return out
+    if out.pos != len(out.buf):
+        raise RuntimeError("canonical encoding changed between its two passes")
+    return out.buf
 
 
-def _write(obj: Any, depth: int, out: bytearray) -> None:
+class _Count:
+    """Stands in for the output buffer in the first pass: counts what would be written."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __iadd__(self, data: bytes) -> _Count:
+        self.n += len(data)
+        return self
+
+
+class _Fill:
+    """Stands in for it in the second: writes into the buffer allocated at its size."""
+
+    def __init__(self, buf: bytearray, pos: int):
+        self.buf, self.pos = buf, pos
+
+    def __iadd__(self, data: bytes) -> _Fill:
+        end = self.pos + len(data)
+        self.buf[self.pos : end] = data
+        self.pos = end
+        return self
+
+
+def _write(obj: Any, depth: int, out: Any) -> None:
     if depth > MAX_DEPTH:
         raise ValueError("document nested too deeply")
     if isinstance(obj, dict):
@@ -82,7 +115,7 @@ def _write(obj: Any, depth: int, out: bytearray) -> None:
         out += _ENC.encode(obj).encode()
 
 
-def _flush(batch: list, first: bool, out: bytearray) -> bool:
+def _flush(batch: list, first: bool, out: Any) -> bool:
     if not first:
         out += b","
     out += _ENC.encode(batch)[1:-1].encode()

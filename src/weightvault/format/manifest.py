@@ -31,12 +31,19 @@ MAX_MANIFEST = canon.MAX_DOC
 FORMAT_VERSION = 6  # clear bundles
 ENCRYPTED_VERSION = 5  # encrypted bundles
 VERSIONS = (1, 2, 3, 4, 5, 6)
-CHUNK_DIGESTS = 6  # the first version whose chunks carry `blake3` (clear bundles only)
+CHUNK_DIGESTS = 6  # the first version whose files carry `chunks_blake3` (clear bundles only)
 POOLED = 4  # the first version whose objects live in the vault's pool (objects/HEX)
 # zstd never expands input by more than this (frame header + block headers); RFC 8878 section 3.1.1.2
 _ZSTD_SLACK = 64
 _FSPLIT_SLACK = 64
 _FSPLIT_DTYPE = {"fsplit-bf16": "BF16", "fsplit-f16": "F16", "fsplit-f32": "F32"}
+
+
+def chunk_digests(f: dict) -> list[str] | None:
+    """A file entry's chunks' BLAKE3 digests, in chunk order (format version 6: its
+    `chunks_blake3`, 64 hex digits per chunk), or None where the version has none."""
+    s = f.get("chunks_blake3")
+    return None if s is None else [s[i : i + 64] for i in range(0, len(s), 64)]
 
 
 def zstd_bound(n: int) -> int:
@@ -95,7 +102,7 @@ class Manifest:
 
     @property
     def chunk_digests(self) -> bool:
-        """Every chunk carries `blake3`, its plaintext's digest (format version 6)."""
+        """Every file carries `chunks_blake3`, its chunks' digests (format version 6)."""
         return self.doc["format_version"] >= CHUNK_DIGESTS
 
     @property
@@ -190,15 +197,14 @@ def check(doc: dict, what: str, *, opened: bool = False) -> None:
     check_unique(paths, what)
     used: set[str] = set()
     sealed = enc is not None
-    digests = doc["format_version"] >= CHUNK_DIGESTS  # every chunk has blake3, else none does
+    digests = doc["format_version"] >= CHUNK_DIGESTS  # every file has chunks_blake3, or none
     for f in doc["files"]:
         pos = 0
+        if ("chunks_blake3" in f) != digests:
+            raise CorruptData(f"{what}: {f['path']}: {'no' if digests else 'a'} chunks_blake3, "
+                              f"which format version {doc['format_version']} "
+                              f"{'requires' if digests else 'does not have'}")  # fmt: skip
         for c in f["chunks"]:
-            if ("blake3" in c) != digests:
-                raise CorruptData(f"{what}: {f['path']}: chunk at offset {c['offset']} "
-                                  f"{'lacks' if digests else 'has'} a blake3 digest, which "
-                                  f"format version {doc['format_version']} "
-                                  f"{'requires' if digests else 'does not have'}")  # fmt: skip
             if c["offset"] != pos:
                 raise CorruptData(
                     f"{what}: {f['path']}: chunk at offset {c['offset']} should start at {pos} "
@@ -229,6 +235,10 @@ def check(doc: dict, what: str, *, opened: bool = False) -> None:
             raise CorruptData(
                 f"{what}: {f['path']}: chunks cover {pos} bytes but the file has {f['size']}"
             )
+        if digests and len(f["chunks_blake3"]) != 64 * len(f["chunks"]):
+            raise CorruptData(f"{what}: {f['path']}: chunks_blake3 holds "
+                              f"{len(f['chunks_blake3']) / 64:g} digests for "
+                              f"{len(f['chunks'])} chunks")  # fmt: skip
     rpaths = [check_relpath(r["path"], what) for r in doc["record"]]
     if rpaths != sorted(rpaths):
         raise CorruptData(f"{what}: record files are not sorted by path")

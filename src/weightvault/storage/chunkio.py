@@ -72,22 +72,22 @@ def decode_chunk(
     expect: str | None = None,
     on_bytes: Callable[[int], None] | None = None,
     cipher: Callable[[Callable[[int], bytes], int], object] | None = None,
-    chunk_digest: bool = False,
+    blake3: str | None = None,
 ) -> None:
     """Decode one chunk; raise IntegrityError naming the object and the file range it holds.
     `expect`: the SHA-256 the decoded bytes must have (the chunk's own in format versions 1
     and 2, or its file's when the chunk is the whole file), None to leave the check to a
     whole-file digest computed elsewhere.
     `cipher(read, stored_size)` opens an encrypted object (unlock.Unlocked.cipher).
-    `chunk_digest`: also check the chunk's `blake3` (format version 6), as a deep verify does:
-    restore leaves it out, the file's SHA-256 proving every byte it writes.
+    `blake3`: the BLAKE3 the decoded bytes must have (format version 6's chunk digest), as a
+    deep verify checks it: restore leaves it out, the file's SHA-256 proving every byte.
     `sink` and `emit` get each piece for the time of the call only (it may be a view of a
     buffer that the next piece overwrites): they write, hash or copy it, never keep it."""
     where = store.describe(key)
     span = f"{file_path} bytes {chunk['offset']}..{chunk['offset'] + chunk['length']}"
     f = _open(store, key, obj)
     h = hashlib.sha256() if expect is not None else None
-    b3 = fixity.chunk_digest() if chunk_digest and "blake3" in chunk else None
+    b3 = fixity.chunk_digest() if blake3 is not None else None
     pos = chunk["offset"]
     with f:
         r = _HashingReader(f, stored_digests, obj)
@@ -113,9 +113,9 @@ def decode_chunk(
             raise IntegrityError(f"{where}: cannot be decoded ({e}); it holds {span}") from None
     if stored_digests:
         _compare_stored(r, obj, where)
-    if b3 is not None and b3.hexdigest() != chunk["blake3"]:
-        raise IntegrityError(f"{where}: decodes to blake3 {b3.hexdigest()}, the manifest's chunk "
-                             f"says {chunk['blake3']} ({span})")  # fmt: skip
+    if b3 is not None and b3.hexdigest() != blake3:
+        raise IntegrityError(f"{where}: decodes to blake3 {b3.hexdigest()}, the manifest's "
+                             f"chunks_blake3 says {blake3} ({span})")  # fmt: skip
     if h is None:
         return
     got = h.hexdigest()
