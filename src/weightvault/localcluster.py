@@ -1,6 +1,6 @@
 """`--executor local-cluster:N`: a Dask LocalCluster in a process of its own.
 
-    python -m weightvault.localcluster N
+    python -m weightvault.localcluster N [NICE]
 
 The driver starts this at the top of a command and goes on with its own work (executors.py).
 It prints the scheduler's address once the N workers are up, then waits until its standard
@@ -9,6 +9,11 @@ it (each watches its parent through a pipe: distributed's AsyncProcess). A separ
 rather than a LocalCluster inside the driver, keeps the scheduler off the driver's interpreter
 while the driver works, and lets a command that finished early stop a cluster still starting
 without waiting for it. It is exec'd fresh: nothing of the driver's memory (no signing key).
+
+NICE (executors.py: $WEIGHTVAULT_CLUSTER_NICE, default 10) is added to this process's nice
+value before anything else, so its imports, the forkserver, the scheduler and the workers (all
+of which inherit it) take the CPU only where the driver leaves it idle; why that costs a long
+job nothing is in executors.py.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import sys
 
 
 def main() -> None:
+    if len(sys.argv) > 2 and int(sys.argv[2]):
+        os.nice(int(sys.argv[2]))  # first: the imports below are most of the start's CPU
     from weightvault.executors import _start_local
 
     # the address goes out on a copy of stdout that the cluster's processes do not inherit (they
