@@ -550,16 +550,20 @@ def test_local_cluster_workers_are_forked_from_a_fresh_forkserver_not_the_driver
     driver, and nothing the driver loaded reaches them that way."""
     from weightvault.executors import parse
 
-    def parent() -> tuple[int, bytes, int]:
+    def parent() -> tuple[int, bytes, int, int]:
         pp = os.getppid()
-        return pp, Path(f"/proc/{pp}/cmdline").read_bytes(), os.getpriority(os.PRIO_PROCESS, 0)
+        return (pp, Path(f"/proc/{pp}/cmdline").read_bytes(), os.getpriority(os.PRIO_PROCESS, 0),
+                os.sched_getscheduler(0))  # fmt: skip
 
     monkeypatch.setenv("WEIGHTVAULT_DRIVER_TASKS", "0")
     monkeypatch.delenv("WEIGHTVAULT_CLUSTER_NICE", raising=False)
     ex = parse("local-cluster:1")
     with ex.session():
-        [(ppid, cmdline, nice)] = ex.map(parent, [()])
+        [(ppid, cmdline, nice, policy)] = ex.map(parent, [()])
     assert ppid != os.getpid() and b"multiprocessing.forkserver" in cmdline
     assert ex.tasks == {"driver": 0, "workers": 1}
     # the worker (like the forkserver and scheduler) gives way to the driver (executors.py)
+    # at a lower nice value, never the idle policy its imports ran at (a worker could not
+    # leave it, and would wait for any other work on the machine)
     assert nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + ex.nice) > 0
+    assert policy == os.SCHED_OTHER

@@ -10,21 +10,23 @@ source's URL and options, chunk plans. Never a signing key, an identity or a dat
 driver alone signs and commits. Filesystems are made inside tasks (s3fs is not fork-safe,
 and a worker on another machine has its own network and credentials).
 
-A LocalCluster runs at a lower CPU priority than the driver (nice +CLUSTER_NICE, inherited by
-its forkserver, scheduler and workers; $WEIGHTVAULT_CLUSTER_NICE, 0 turns it off). It is
-started speculatively at the top of a command, and while it starts, the driver is doing the
-command's own work (keys, listing, headers, planning, and its first tasks): on the same cores,
-about a CPU-second of cluster start-up competed with that work, and a job of one task, which
-never uses the cluster, paid for it. At a lower priority the start takes only what the driver
-leaves idle. It costs a long job nothing: a LocalCluster shares the driver's machine, so while
-the driver's threads keep the cores busy the work gets done either way, and once the workers
-are up the driver mostly waits for them, and a nice value decides nothing between a process
-and an idle CPU. Workers do keep the lower priority (an unprivileged process cannot raise its
-own back), so against other CPU-bound work on the machine they get a smaller share than the
-threads executor would; with Linux's per-session autogroups (or separate cgroups), only
-against work of the same session. Background fixity and sealing yielding to what a machine's
-users are doing is what one wants of an archive; where it is not, set the variable to 0.
-An existing cluster (dask://) is never touched.
+A LocalCluster runs at a lower CPU priority than the driver: nice +CLUSTER_NICE, inherited by
+its forkserver, scheduler and workers ($WEIGHTVAULT_CLUSTER_NICE; 0 turns all of this off),
+and its imports of Dask, most of its start-up CPU, on a thread at Linux's idle scheduling
+policy (localcluster.py). It is started speculatively at the top of a command, and while it
+starts the driver is doing the command's own work (keys, listing, headers, planning, its first
+tasks): on the same cores, about a CPU-second of start-up competed with that work, and a job
+of one task, which never uses the cluster, paid for it in wall time. Now the start takes what
+the driver leaves idle. It costs a long job nothing: a LocalCluster shares the driver's
+machine, so while the driver's threads keep the cores busy the job advances as fast either
+way, and once the workers are up the driver mostly waits for them, and a priority decides
+nothing between a process and an idle core. The workers do keep the nice value (an
+unprivileged process cannot take it back; they never get the idle policy, which they could
+not leave at all), so against other CPU-bound work on the machine they get a smaller share
+than the threads executor would: with Linux's per-session autogroups or separate cgroups,
+only against work of the same session or cgroup. Background sealing and fixity giving way to
+what a machine's users run is what one wants of an archive; where it is not, set the
+variable to 0. An existing cluster (dask://) is never touched.
 """
 
 from __future__ import annotations
@@ -266,11 +268,12 @@ _PRELOAD = ("distributed", "dask", "cloudpickle", "msgpack", "tornado", "toolz",
             "weightvault.archive.verify", "weightvault.storage.opener")  # fmt: skip
 
 
-def _start_local(n_workers: int) -> Any:
+def _start_local(n_workers: int, *, idle: bool = False) -> Any:
     """A LocalCluster of worker processes forked from a forkserver (run by localcluster.py, in
     a process of its own). The forkserver is a fresh interpreter that imports Dask and
-    weightvault once; each worker is a fork of it, so none pays the imports again, as spawned
-    workers did (about 1 s of start-up each on this project's machine)."""
+    weightvault once (`idle`: at the idle scheduling policy, clusterpreload.py); each worker
+    is a fork of it, so none pays the imports again, as spawned workers did (about 1 s of
+    start-up each on this project's machine)."""
     import multiprocessing
 
     import dask
@@ -279,8 +282,13 @@ def _start_local(n_workers: int) -> Any:
 
     method = {"distributed.worker.multiprocessing-method": "forkserver"}
     with _quiet(), dask.config.set(method):
-        dutils.get_mp_context()  # Dask's own preload list, set once per process...
-        multiprocessing.get_context("forkserver").set_forkserver_preload(list(_PRELOAD))
+        # Dask sets its own forkserver preload list once per process, importing every optional
+        # package it knows (pandas among them) here to build it: ours replaces it, so say it
+        # is set (a Dask without the flag sets its list on first use instead: workers then
+        # import weightvault at their first task, slower but the same)
+        dutils._forkserver_preload_set = True
+        preload = ["weightvault.clusterpreload"] if idle else list(_PRELOAD)
+        multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                             dashboard_address=None)  # fmt: skip
 
