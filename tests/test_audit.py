@@ -370,3 +370,55 @@ def test_audit_takes_a_local_pool_listing_as_a_stream(vault_copy, lab_key, tmp_p
     a = audit.audit_replica("v", LocalStore(vault_copy), level="full", trusted=[pk],
                             key=keys.generate(tmp_path / "audit.key"), state=tmp_path / "s")  # fmt: skip
     assert a.outcome == "pass" and a.record["objects_checked"] > 4
+
+
+def test_report_shows_the_first_failures_and_names_a_file_with_all(vault_copy, lab_key,
+                                                                   tmp_path, monkeypatch):  # fmt: skip
+    """A replica gone wholesale fails every object: the report (--json and the lines) shows
+    the first REPORT_FAILURES failures in full, the exact total, and a file in the audit state
+    listing every one; the signed record keeps them all. Forced to 2 here."""
+    from pathlib import Path
+
+    from conftest import objects_of
+
+    from weightvault.archive import audit
+    from weightvault.archive.auditlog import Chain, replica_dir
+    from weightvault.cli.app import _audit_lines
+    from weightvault.format import keys
+    from weightvault.storage.store import LocalStore
+
+    monkeypatch.setattr(audit, "REPORT_FAILURES", 2)
+    pk = keys.load_public_key(Path(f"{lab_key}.pub"))
+    auditor = keys.generate(tmp_path / "audit.key")
+
+    def run():
+        return audit.audit_replica("v", LocalStore(vault_copy), level="full", trusted=[pk],
+                                   key=auditor, state=tmp_path / "state")  # fmt: skip
+
+    a = run()
+    assert a.outcome == "pass" and a.as_dict()["failures_total"] == 0
+    assert a.as_dict()["failures_file"] is None
+    objs = objects_of(vault_copy)
+    for p in objs[:4]:
+        p.unlink()
+    data = bytearray(objs[4].read_bytes())
+    data[0] ^= 1
+    objs[4].write_bytes(bytes(data))
+    a = run()
+    d = a.as_dict()
+    assert a.outcome == "fail" and d["failures_total"] == 5
+    signed = Chain(replica_dir(tmp_path / "state", a.url), None).head().record
+    assert len(signed["failures"]) == 5 and signed == a.record  # the evidence is whole
+    assert d["record"]["failures"] == signed["failures"][:2]
+    assert {k: v for k, v in d["record"].items() if k != "failures"} == \
+        {k: v for k, v in signed.items() if k != "failures"}  # fmt: skip
+    listed = Path(d["failures_file"]).read_text().splitlines()
+    assert [json.loads(x) for x in listed] == signed["failures"]
+    assert Path(d["failures_file"]).parent == Chain(replica_dir(tmp_path / "state", a.url),
+                                                    None, auditor.public.key_id).local  # fmt: skip
+    lines = _audit_lines(a, 90)
+    assert sum(1 for x in lines if x.startswith(("  missing:", "  damaged:"))) == 2
+    assert f"3 more failures (5 in all): every one is listed in {d['failures_file']}" in lines[-1]
+    json.dumps(d)  # the report stays JSON
+    # the chain still reads: the next audit continues it, the failures file is not a record
+    assert run().record["sequence"] == 3
