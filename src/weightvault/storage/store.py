@@ -186,8 +186,9 @@ class Store:
 
     def iter_list(self, prefix: str) -> Iterator[tuple[str, int]]:
         """(key, size) of every object under `prefix`/, in no promised order: list() for
-        callers that move a large listing elsewhere as it comes (a store that can page
-        through its listing does, so the whole of it is never in memory at once)."""
+        callers that move a large listing elsewhere as it comes (local, S3 and SFTP stores
+        stream it, so the whole of it is never in memory at once). A key may come twice
+        where a listing that cannot resume was retried part way (SFTP), never not at all."""
         yield from self.list(prefix).items()
 
     def list_times(self, prefix: str) -> dict[str, tuple[int, float | None]]:
