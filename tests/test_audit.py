@@ -283,3 +283,142 @@ def test_s3_listing_pages_give_what_list_gives(s3_server, monkeypatch):
     assert len(want) == 7
     assert sorted(store.iter_list("objects", page=3)) == want
     assert list(store.iter_list("nothing-here", page=3)) == []
+
+
+def test_local_listing_streams_as_the_directory_is_read(tmp_path):
+    """An audit moves a local pool's listing to disk as it is read (LocalStore.iter_list): the
+    pool is one directory, about 15 million entries at 1 PB, which list() holds whole. Each
+    entry is looked at when it is reached, so objects removed after the first one came are
+    not listed; a listing read whole before the first came would still name them."""
+    from weightvault.storage.store import LocalStore
+
+    store = LocalStore(tmp_path / "v", create=True)
+    keys = [f"objects/{i:064x}" for i in range(40)]
+    for i, k in enumerate(keys):
+        store.put_bytes(k, b"x" * i)
+    store.put_bytes("objectsX/not-in-the-pool", b"y")
+    for k in ("bundles/m/bagit.txt", "bundles/m/data/a/b/c.json", "bundles/n/data/x"):
+        store.put_bytes(k, b"z" * len(k))
+    for prefix in ("objects", "bundles", "bundles/m", "nothing-here"):
+        assert sorted(store.iter_list(prefix)) == sorted(store.list(prefix).items()), prefix
+    it = store.iter_list("objects")
+    first, _size = next(it)
+    for k in keys:
+        if k != first:
+            (tmp_path / "v" / k).unlink()
+    assert list(it) == []
+
+
+def test_sftp_listing_streams_as_the_directory_is_read(ssh_server, monkeypatch):
+    """An SFTP pool's listing comes as the server sends the directory (paramiko's
+    listdir_iter), on an SSH connection of its own: when the first key reaches the caller,
+    one entry has been taken from the server's replies, not the whole directory; and the
+    stream holds what list() holds, subdirectories included."""
+    import uuid
+
+    import paramiko
+
+    from weightvault.storage.opener import open_store
+
+    root = ssh_server.root / uuid.uuid4().hex[:8]
+    for i in range(120):
+        p = root / "objects" / f"{i:064x}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x" * i)
+    for k in ("objectsX/not-in-the-pool", "bundles/m/bagit.txt", "bundles/m/data/a/b.json"):
+        (root / k).parent.mkdir(parents=True, exist_ok=True)
+        (root / k).write_bytes(b"z" * len(k))
+    store = open_store(f"sftp://{ssh_server.user}@127.0.0.1:{ssh_server.port}{root}",
+                       {"identity": str(ssh_server.client_key_path),
+                        "host_key": ssh_server.host_public_key})  # fmt: skip
+    real, taken = paramiko.SFTPClient.listdir_iter, []
+
+    def counting(self, path, *a, **kw):
+        for attr in real(self, path, *a, **kw):
+            taken.append(attr.filename)
+            yield attr
+
+    monkeypatch.setattr(paramiko.SFTPClient, "listdir_iter", counting)
+    it = store.iter_list("objects")
+    first = next(it)
+    assert len(taken) == 1
+    rest = list(it)
+    assert sorted([first, *rest]) == sorted(store.list("objects").items())
+    assert len(rest) == 119
+    for prefix in ("bundles", "nothing-here"):
+        assert sorted(store.iter_list(prefix)) == sorted(store.list(prefix).items()), prefix
+
+
+def test_audit_takes_a_local_pool_listing_as_a_stream(vault_copy, lab_key, tmp_path,
+                                                      monkeypatch):  # fmt: skip
+    """The audit's work tables are filled from the pool's listing as it streams: a local pool
+    is never listed whole (store.list of the pool would hold every key and size at once)."""
+    from pathlib import Path
+
+    from weightvault.archive import audit
+    from weightvault.format import keys
+    from weightvault.storage.store import LocalStore
+
+    whole = LocalStore.list
+
+    def no_whole_pool(self, prefix):
+        assert prefix != "objects", "the pool was listed whole"
+        return whole(self, prefix)
+
+    monkeypatch.setattr(LocalStore, "list", no_whole_pool)
+    pk = keys.load_public_key(Path(f"{lab_key}.pub"))
+    a = audit.audit_replica("v", LocalStore(vault_copy), level="full", trusted=[pk],
+                            key=keys.generate(tmp_path / "audit.key"), state=tmp_path / "s")  # fmt: skip
+    assert a.outcome == "pass" and a.record["objects_checked"] > 4
+
+
+def test_report_shows_the_first_failures_and_names_a_file_with_all(vault_copy, lab_key,
+                                                                   tmp_path, monkeypatch):  # fmt: skip
+    """A replica gone wholesale fails every object: the report (--json and the lines) shows
+    the first REPORT_FAILURES failures in full, the exact total, and a file in the audit state
+    listing every one; the signed record keeps them all. Forced to 2 here."""
+    from pathlib import Path
+
+    from conftest import objects_of
+
+    from weightvault.archive import audit
+    from weightvault.archive.auditlog import Chain, replica_dir
+    from weightvault.cli.app import _audit_lines
+    from weightvault.format import keys
+    from weightvault.storage.store import LocalStore
+
+    monkeypatch.setattr(audit, "REPORT_FAILURES", 2)
+    pk = keys.load_public_key(Path(f"{lab_key}.pub"))
+    auditor = keys.generate(tmp_path / "audit.key")
+
+    def run():
+        return audit.audit_replica("v", LocalStore(vault_copy), level="full", trusted=[pk],
+                                   key=auditor, state=tmp_path / "state")  # fmt: skip
+
+    a = run()
+    assert a.outcome == "pass" and a.as_dict()["failures_total"] == 0
+    assert a.as_dict()["failures_file"] is None
+    objs = objects_of(vault_copy)
+    for p in objs[:4]:
+        p.unlink()
+    data = bytearray(objs[4].read_bytes())
+    data[0] ^= 1
+    objs[4].write_bytes(bytes(data))
+    a = run()
+    d = a.as_dict()
+    assert a.outcome == "fail" and d["failures_total"] == 5
+    signed = Chain(replica_dir(tmp_path / "state", a.url), None).head().record
+    assert len(signed["failures"]) == 5 and signed == a.record  # the evidence is whole
+    assert d["record"]["failures"] == signed["failures"][:2]
+    assert {k: v for k, v in d["record"].items() if k != "failures"} == \
+        {k: v for k, v in signed.items() if k != "failures"}  # fmt: skip
+    listed = Path(d["failures_file"]).read_text().splitlines()
+    assert [json.loads(x) for x in listed] == signed["failures"]
+    assert Path(d["failures_file"]).parent == Chain(replica_dir(tmp_path / "state", a.url),
+                                                    None, auditor.public.key_id).local  # fmt: skip
+    lines = _audit_lines(a, 90)
+    assert sum(1 for x in lines if x.startswith(("  missing:", "  damaged:"))) == 2
+    assert f"3 more failures (5 in all): every one is listed in {d['failures_file']}" in lines[-1]
+    json.dumps(d)  # the report stays JSON
+    # the chain still reads: the next audit continues it, the failures file is not a record
+    assert run().record["sequence"] == 3

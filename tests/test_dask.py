@@ -95,6 +95,24 @@ def test_bad_executor_is_one_line(tmp_path, minilm_dir, lab_key):
            "--source-option", "novalue")  # fmt: skip
     one_error(r, 2, "KEY=VALUE")
     assert parse("dask://10.0.0.1:8786").address == "tcp://10.0.0.1:8786"
+    for bad in ("-5", "20", "low"):
+        r = wv("seal", minilm_dir, "--vault", tmp_path / "v", "--key", lab_key, "--executor",
+               "local-cluster:2", env={**os.environ, "WEIGHTVAULT_CLUSTER_NICE": bad})  # fmt: skip
+        one_error(r, 2, "WEIGHTVAULT_CLUSTER_NICE")
+    assert not (tmp_path / "v").exists()
+
+
+def test_local_cluster_priority_is_lowered_by_cluster_nice(monkeypatch):
+    """A LocalCluster starts beside the driver's own work, at CLUSTER_NICE below it unless
+    $WEIGHTVAULT_CLUSTER_NICE says otherwise (0: the driver's priority); dask:// is not ours."""
+    from weightvault.executors import CLUSTER_NICE
+
+    assert parse("local-cluster:2").nice == CLUSTER_NICE == 10
+    monkeypatch.setenv("WEIGHTVAULT_CLUSTER_NICE", "0")
+    assert parse("local-cluster:2").nice == 0
+    monkeypatch.setenv("WEIGHTVAULT_CLUSTER_NICE", "19")
+    assert parse("local-cluster:2").nice == 19
+    assert parse("dask://10.0.0.1:8786").nice == 0
 
 
 def test_workers_get_no_key_and_split_files_hash_as_in_one_process(tmp_path, minilm_dir,
@@ -532,13 +550,20 @@ def test_local_cluster_workers_are_forked_from_a_fresh_forkserver_not_the_driver
     driver, and nothing the driver loaded reaches them that way."""
     from weightvault.executors import parse
 
-    def parent() -> tuple[int, bytes]:
+    def parent() -> tuple[int, bytes, int, int]:
         pp = os.getppid()
-        return pp, Path(f"/proc/{pp}/cmdline").read_bytes()
+        return (pp, Path(f"/proc/{pp}/cmdline").read_bytes(), os.getpriority(os.PRIO_PROCESS, 0),
+                os.sched_getscheduler(0))  # fmt: skip
 
     monkeypatch.setenv("WEIGHTVAULT_DRIVER_TASKS", "0")
+    monkeypatch.delenv("WEIGHTVAULT_CLUSTER_NICE", raising=False)
     ex = parse("local-cluster:1")
     with ex.session():
-        [(ppid, cmdline)] = ex.map(parent, [()])
+        [(ppid, cmdline, nice, policy)] = ex.map(parent, [()])
     assert ppid != os.getpid() and b"multiprocessing.forkserver" in cmdline
     assert ex.tasks == {"driver": 0, "workers": 1}
+    # the worker (like the forkserver and scheduler) gives way to the driver (executors.py)
+    # at a lower nice value, never the idle policy its imports ran at (a worker could not
+    # leave it, and would wait for any other work on the machine)
+    assert nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + ex.nice) > 0
+    assert policy == os.SCHED_OTHER

@@ -9,6 +9,24 @@ What crosses to a worker is only what the task needs: a store's URL and storage 
 source's URL and options, chunk plans. Never a signing key, an identity or a data key: the
 driver alone signs and commits. Filesystems are made inside tasks (s3fs is not fork-safe,
 and a worker on another machine has its own network and credentials).
+
+A LocalCluster runs at a lower CPU priority than the driver: nice +CLUSTER_NICE, inherited by
+its forkserver, scheduler and workers ($WEIGHTVAULT_CLUSTER_NICE; 0 turns all of this off),
+and its imports of Dask, most of its start-up CPU, on a thread at Linux's idle scheduling
+policy (localcluster.py). It is started speculatively at the top of a command, and while it
+starts the driver is doing the command's own work (keys, listing, headers, planning, its first
+tasks): on the same cores, about a CPU-second of start-up competed with that work, and a job
+of one task, which never uses the cluster, paid for it in wall time. Now the start takes what
+the driver leaves idle. It costs a long job nothing: a LocalCluster shares the driver's
+machine, so while the driver's threads keep the cores busy the job advances as fast either
+way, and once the workers are up the driver mostly waits for them, and a priority decides
+nothing between a process and an idle core. The workers do keep the nice value (an
+unprivileged process cannot take it back; they never get the idle policy, which they could
+not leave at all), so against other CPU-bound work on the machine they get a smaller share
+than the threads executor would: with Linux's per-session autogroups or separate cgroups,
+only against work of the same session or cgroup. Background sealing and fixity giving way to
+what a machine's users run is what one wants of an archive; where it is not, set the
+variable to 0. An existing cluster (dask://) is never touched.
 """
 
 from __future__ import annotations
@@ -30,6 +48,10 @@ TASK_BYTES = 2 << 30  # one task's share of chunks (the brief: 1-4 GiB)
 # default 3); a task that raises is not retried: the error (bad credentials, a source that
 # changed) is an answer, and our storage layer already retried what was transient.
 RETRIES = 3
+# added to a LocalCluster's nice value: a conventional "background" priority (nice(1)'s default
+# increment), about a tenth of the CPU share of a nice-0 process that wants the same core; not
+# 19, so that its scheduler, still on the path of every task, never waits long for a turn
+CLUSTER_NICE = 10
 
 
 @dataclass
@@ -40,6 +62,7 @@ class Executor:
     kind: str = THREADS  # threads | local | remote
     n_workers: int = 0
     address: str = ""
+    nice: int = 0  # added to a LocalCluster's nice value (CLUSTER_NICE)
     # bytes of chunks per task; $WEIGHTVAULT_TASK_BYTES overrides (tests split small files)
     task_bytes: int = field(default_factory=lambda: int(os.environ.get("WEIGHTVAULT_TASK_BYTES",
                                                                        TASK_BYTES)))  # fmt: skip
@@ -67,7 +90,7 @@ class Executor:
 
         err = tempfile.TemporaryFile()  # noqa: SIM115 - read if the cluster fails to start
         proc = subprocess.Popen([sys.executable, "-m", "weightvault.localcluster",
-                                 str(self.n_workers)], stdin=subprocess.PIPE,
+                                 str(self.n_workers), str(self.nice)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err)  # fmt: skip
         box: dict = {}
 
@@ -129,7 +152,9 @@ class Executor:
             address = box["address"]
         with _quiet():
             try:
-                self._client = Client(address, timeout="10s")
+                # a LocalCluster that printed its address is up; one slow to answer is
+                # waiting for CPU at its lower priority (CLUSTER_NICE), not unreachable
+                self._client = Client(address, timeout="30s" if self.kind == "local" else "10s")
             except (OSError, TimeoutError) as e:
                 raise StorageError(f"--executor {self.spec}: cannot reach the Dask "
                                    f"scheduler ({e})") from None  # fmt: skip
@@ -243,11 +268,12 @@ _PRELOAD = ("distributed", "dask", "cloudpickle", "msgpack", "tornado", "toolz",
             "weightvault.archive.verify", "weightvault.storage.opener")  # fmt: skip
 
 
-def _start_local(n_workers: int) -> Any:
+def _start_local(n_workers: int, *, idle: bool = False) -> Any:
     """A LocalCluster of worker processes forked from a forkserver (run by localcluster.py, in
     a process of its own). The forkserver is a fresh interpreter that imports Dask and
-    weightvault once; each worker is a fork of it, so none pays the imports again, as spawned
-    workers did (about 1 s of start-up each on this project's machine)."""
+    weightvault once (`idle`: at the idle scheduling policy, clusterpreload.py); each worker
+    is a fork of it, so none pays the imports again, as spawned workers did (about 1 s of
+    start-up each on this project's machine)."""
     import multiprocessing
 
     import dask
@@ -256,8 +282,13 @@ def _start_local(n_workers: int) -> Any:
 
     method = {"distributed.worker.multiprocessing-method": "forkserver"}
     with _quiet(), dask.config.set(method):
-        dutils.get_mp_context()  # Dask's own preload list, set once per process...
-        multiprocessing.get_context("forkserver").set_forkserver_preload(list(_PRELOAD))
+        # Dask sets its own forkserver preload list once per process, importing every optional
+        # package it knows (pandas among them) here to build it: ours replaces it, so say it
+        # is set (a Dask without the flag sets its list on first use instead: workers then
+        # import weightvault at their first task, slower but the same)
+        dutils._forkserver_preload_set = True
+        preload = ["weightvault.clusterpreload"] if idle else list(_PRELOAD)
+        multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                             dashboard_address=None)  # fmt: skip
 
@@ -308,7 +339,11 @@ def parse(spec: str | None) -> Executor:
         n = spec.split(":", 1)[1]
         if not n.isdigit() or not 1 <= int(n) <= 256:
             raise InputError(f"--executor {spec}: expected local-cluster:N with N workers 1..256")
-        return Executor(spec, "local", n_workers=int(n))
+        nice = os.environ.get("WEIGHTVAULT_CLUSTER_NICE", str(CLUSTER_NICE)).strip()
+        if not nice.isdigit() or int(nice) > 19:
+            raise InputError(f"$WEIGHTVAULT_CLUSTER_NICE={nice!r}: expected 0..19 (added to "
+                             "the LocalCluster's nice value; 0: the driver's priority)")  # fmt: skip
+        return Executor(spec, "local", n_workers=int(n), nice=int(nice))
     for scheme in ("dask://", "tcp://", "tls://"):
         if spec.startswith(scheme):
             rest = spec[len(scheme):]

@@ -36,6 +36,10 @@ from weightvault.storage.vault import BUNDLES, POOL, Vault, commit_order, object
 
 LEVELS = ("metadata", "sample", "full")
 DAY = 86400.0
+# failures of one replica a command's report shows in full (its --json and its lines): a
+# replica gone wholesale fails every object, millions of lines; past this many, the full list
+# goes to a file in the audit state, named in the report (the signed record keeps them all)
+REPORT_FAILURES = 1000
 
 
 @dataclass
@@ -219,10 +223,26 @@ class ReplicaAudit:
     outcome: str = "pass"
     record: dict = field(default_factory=dict)
     error: str = ""
+    failures_file: str = ""  # every failure, one JSON object a line, when the report has not
+
+    @property
+    def failures_total(self) -> int:
+        return len(self.record.get("failures", ()))
+
+    def shown_failures(self) -> list[dict]:
+        """The failures a report shows in full: the first REPORT_FAILURES, in record order."""
+        return self.record.get("failures", [])[:REPORT_FAILURES]
 
     def as_dict(self) -> dict:
+        """The report of this replica: the signed record, but past REPORT_FAILURES failures
+        only the first of them, with `failures_total` and the `failures_file` holding all."""
+        rec = self.record
+        if self.failures_total > REPORT_FAILURES:
+            rec = {**rec, "failures": self.shown_failures()}
         return {"replica": self.replica, "url": self.url, "level": self.level,
-                "outcome": self.outcome, "error": self.error, "record": self.record}  # fmt: skip
+                "outcome": self.outcome, "error": self.error, "record": rec,
+                "failures_total": self.failures_total,
+                "failures_file": self.failures_file or None}  # fmt: skip
 
 
 def _failure(t: Target | None, kind: str, expected: str, found: str, obj: str = "",
@@ -350,7 +370,24 @@ def audit_replica(
         "coverage": coverage,
     }  # fmt: skip
     entry = chain.append(record, key)
-    return ReplicaAudit(name, store.url, level, record["eventOutcome"], entry.record)
+    out = ReplicaAudit(name, store.url, level, record["eventOutcome"], entry.record)
+    if out.failures_total > REPORT_FAILURES:
+        out.failures_file = str(_write_failures(chain.local / f"{entry.seq:08d}.failures.jsonl",
+                                                entry.record["failures"]))  # fmt: skip
+    return out
+
+
+def _write_failures(path: Path, failures: list[dict]) -> Path:
+    """Every failure of a record, one canonical JSON object a line, in record order: beside
+    the record in the local audit state (which reads only NNNNNNNN.json files as records)."""
+    from weightvault.format import canon
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        for fl in failures:
+            f.write(canon.canonical(fl) + b"\n")
+    os.replace(tmp, path)
+    return path
 
 
 def _sample(work: _Work, at: float, cycle_days: int, interval_days: float | None,

@@ -1083,7 +1083,10 @@ def _audit_lines(a, cycle: int) -> list[str]:
     out = [f"{a.replica}: {a.outcome.upper()} ({a.level}) {did}; {cov['verified_within_cycle']}/"
            f"{cov['objects']} objects hashed by an audit within the last {cycle} days"]  # fmt: skip
     out += [f"  {f['kind']}: {f['object']}: expected {f['expected']}, found {f['found']}"
-            for f in fails]  # fmt: skip
+            for f in a.shown_failures()]  # fmt: skip
+    if a.failures_file:
+        out.append(f"  ... {a.failures_total - len(a.shown_failures())} more failures "
+                   f"({a.failures_total} in all): every one is listed in {a.failures_file}")
     out += [f"  transient (passed on re-read): {f['object']}" for f in r["transient"]]
     if r.get("objects_unverifiable"):
         out.append(f"  {r['objects_unverifiable']} objects not verifiable at this level "

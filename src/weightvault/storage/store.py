@@ -186,8 +186,9 @@ class Store:
 
     def iter_list(self, prefix: str) -> Iterator[tuple[str, int]]:
         """(key, size) of every object under `prefix`/, in no promised order: list() for
-        callers that move a large listing elsewhere as it comes (a store that can page
-        through its listing does, so the whole of it is never in memory at once)."""
+        callers that move a large listing elsewhere as it comes (local, S3 and SFTP stores
+        stream it, so the whole of it is never in memory at once). A key may come twice
+        where a listing that cannot resume was retried part way (SFTP), never not at all."""
         yield from self.list(prefix).items()
 
     def list_times(self, prefix: str) -> dict[str, tuple[int, float | None]]:
@@ -296,50 +297,60 @@ class LocalStore(Store):
             raise StorageError(f"{self._path(key)}: cannot stat ({e.strerror})") from None
         return st.st_size
 
-    def _walk(self, prefix: str, *, bottom_up: bool = False) -> Iterator[tuple[str, list]]:
-        """(directory, its non-directory entries) under `prefix`, with an explicit stack: a
-        tree thousands of levels deep planted in a vault must not exhaust Python's recursion
-        (os.walk recurses on 3.11). Deeper than MAX_DEPTH is not a layout this tool writes:
-        it is skipped and noted once."""
-        start = self._path(prefix)
-        stack = [(str(start), 0)]
-        seen: list[str] = []
+    def _scan(self, prefix: str) -> Iterator[tuple[str, os.DirEntry | None]]:
+        """(directory, None) as each directory under `prefix` is entered, then (directory,
+        entry) for each of its non-directory entries, as the directory is read: nothing is
+        held but the directories still to visit, so a pool of millions of objects in one
+        directory streams. An explicit stack: a tree thousands of levels deep planted in a
+        vault must not exhaust Python's recursion (os.walk recurses on 3.11). Deeper than
+        MAX_DEPTH is not a layout this tool writes: it is skipped and noted once."""
+        stack = [(str(self._path(prefix)), 0)]
         while stack:
             d, depth = stack.pop()
             try:
-                with os.scandir(d) as it:
-                    entries = list(it)
+                it = os.scandir(d)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as e:
                 raise StorageError(f"{d}: cannot list ({e.strerror})") from None
-            files = []
-            for e in entries:
-                if e.is_symlink() and e.is_dir():
-                    continue  # as os.walk: neither a file nor followed (a vault has neither)
-                if e.is_dir(follow_symlinks=False):
-                    if depth + 1 > MAX_DEPTH:
-                        self.note(f"{e.path}: directories nested deeper than {MAX_DEPTH} "
-                                  "levels; not a weightvault layout, skipped")
+            yield d, None
+            with it:
+                while True:
+                    try:
+                        e = next(it, None)
+                    except OSError as err:
+                        raise StorageError(f"{d}: cannot list ({err.strerror})") from None
+                    if e is None:
+                        break
+                    if e.is_symlink() and e.is_dir():
+                        continue  # as os.walk: neither a file nor followed (a vault has neither)
+                    if e.is_dir(follow_symlinks=False):
+                        if depth + 1 > MAX_DEPTH:
+                            self.note(f"{e.path}: directories nested deeper than {MAX_DEPTH} "
+                                      "levels; not a weightvault layout, skipped")  # fmt: skip
+                        else:
+                            stack.append((e.path, depth + 1))
                     else:
-                        stack.append((e.path, depth + 1))
-                else:
-                    files.append(e)
-            if bottom_up:
-                seen.append(d)
-            else:
-                yield d, files
-        for d in reversed(seen):
-            yield d, []
+                        yield d, e
+
+    def _stats(self, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+        """(key, lstat) of every file under `prefix`, streamed (one gone meanwhile: skipped)."""
+        rel = ""
+        for d, e in self._scan(prefix):
+            if e is None:
+                rel = Path(d).relative_to(self.root).as_posix()
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                yield f"{rel}/{e.name}", e.stat(follow_symlinks=False)
 
     def list(self, prefix: str) -> dict[str, int]:
-        out = {}
-        for dirpath, files in self._walk(prefix):
-            rel = Path(dirpath).relative_to(self.root).as_posix()
-            for f in files:
-                with contextlib.suppress(FileNotFoundError):
-                    out[f"{rel}/{f.name}"] = f.stat(follow_symlinks=False).st_size
-        return dict(sorted(out.items()))
+        return dict(sorted((k, st.st_size) for k, st in self._stats(prefix)))
+
+    def iter_list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Streamed as the directories are read (the pool is one directory: at 1 PB, about 15
+        million entries, which list() would hold at once)."""
+        for k, st in self._stats(prefix):
+            yield k, st.st_size
 
     def list_dirs(self, prefix: str) -> list[str]:
         try:
@@ -348,19 +359,13 @@ class LocalStore(Store):
             return []
 
     def list_times(self, prefix: str) -> dict[str, tuple[int, float | None]]:
-        out = {}
-        for dirpath, files in self._walk(prefix):
-            rel = Path(dirpath).relative_to(self.root).as_posix()
-            for f in files:
-                with contextlib.suppress(FileNotFoundError):
-                    st = f.stat(follow_symlinks=False)
-                    out[f"{rel}/{f.name}"] = (st.st_size, st.st_mtime)
-        return dict(sorted(out.items()))
+        return dict(sorted((k, (st.st_size, st.st_mtime)) for k, st in self._stats(prefix)))
 
     def prune_dirs(self, prefix: str) -> None:
-        for dirpath, _files in self._walk(prefix, bottom_up=True):
+        dirs = [d for d, e in self._scan(prefix) if e is None]
+        for d in reversed(dirs):  # the deepest first: a parent empties once its children go
             with contextlib.suppress(OSError):  # not empty (or gone): leave it
-                os.rmdir(dirpath)
+                os.rmdir(d)
 
     def new_object(self) -> ObjectWriter:
         tmp_key = f"{TMP}/{secrets.token_hex(12)}.part"
