@@ -231,6 +231,14 @@ def _fill_and_seal(fs: Path, model: Path, ref: Path, lab_key: Path, free: int) -
     ok(wv("gc", "--vault", vault, "--trust", trust, "--grace", "0"))
     left = {k for k in tree(vault) if not k.endswith(".lock")}
     want = {k for k in tree(ref) if not k.endswith(".lock")} if r.code == 0 else set()
+    if r.code == 0 and "preservation log not updated after seal" in r.err:
+        # the disk filled between the bundle's commit and the log's append: the bundle is
+        # whole, the log as far as the append got (a later append, gc's here, goes on from
+        # there), and the note says why (a known gap: no command appends a committed bundle's
+        # statement later; docs/OPERATIONS.md section 5)
+        assert "no space left on device" in r.err, r.err
+        want = {k for k in want if not k.startswith("log/")}
+        left = {k for k in left if not k.startswith("log/")}
     assert left == want, left
     shutil.rmtree(vault)
     return r.code
