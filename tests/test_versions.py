@@ -797,6 +797,20 @@ def test_encrypted_versions_share_the_unchanged_chunks(enc_lineage, lab_key, tmp
         assert same_tree(src, tmp_path / f"ref-{name}")
 
 
+def test_a_format_version_this_weightvault_does_not_write_is_refused(tmp_path, lab_key):
+    """`--format-version` is 6 or 4 for a clear bundle: 4 with encryption is refused with one
+    line (an encrypted bundle is version 5), any other number by the option itself; exit 2,
+    no vault written."""
+    v1 = shards(tmp_path / "v1", n=1, tensors=2)
+    v = tmp_path / "v"
+    r = wv("seal", v1, "--vault", v, "--key", lab_key, "--format-version", "4",
+           "--encrypt-to", _age_identity(tmp_path / "r.key"))  # fmt: skip
+    one_error(r, 2, "--format-version 4", "encrypted ones as 5")
+    r = wv("seal", v1, "--vault", v, "--key", lab_key, "--format-version", "5")
+    assert r.code == 2 and "'5' is not one of '4', '6'" in r.err, r.err
+    assert not (v / "bundles").exists() or not any((v / "bundles").iterdir())
+
+
 def test_an_encrypted_lineage_needs_its_key_and_stays_one_kind(enc_lineage, lab_key, tmp_path):
     base, vault, v1, _v2, _s = enc_lineage
     v = tmp_path / "v"
