@@ -29,6 +29,7 @@ import selectors
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -88,12 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="1GiB")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--work", default="/tmp/weightvault-serve-bench")
+    ap.add_argument("--work", default=None, help="scratch dir, kept (default: a temp dir)")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
-    size = parse_size(args.size)
-    work = Path(args.work)
+    own = args.work is None
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="wv-serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _bench(args, work)
+    finally:
+        if own:  # a 1 GiB model, its vault and caches: 1.7 GB was left in /tmp before
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _bench(args, work: Path) -> int:
+    size = parse_size(args.size)
     src = make_bf16_model(work / "model", size)
     weights = src / "model.safetensors"
     want = sha256_file(weights)
