@@ -166,18 +166,23 @@ def _overhead_runs(args, work, src, key, akey, cluster, out) -> None:
 
 
 def s3_source(args) -> dict:
+    """Also the SeaweedFS server's own CPU (it shares this machine's cores with the seal)."""
+    from serve_bench import proc_cpu_s
     from support.servers import SeaweedS3
 
     work, src, key = _inputs(args)
     out: dict = {"size": args.size}
     with SeaweedS3(base_dir=work) as s3:
+        server = s3._proc.pid
         bucket = s3.make_bucket("bench-src")
+        cpu0 = proc_cpu_s(server)
         c = s3.client()
         for p in src.rglob("*"):
             if p.is_file():
                 with open(p, "rb") as body:
                     c.put_object(Bucket=bucket, Key=f"m/{p.relative_to(src).as_posix()}",
                                  Body=body)  # fmt: skip
+        out["server_cpu_s_upload"] = round(proc_cpu_s(server) - cpu0, 2)
         env = {**os.environ, "AWS_ACCESS_KEY_ID": s3.access_key,
                "AWS_SECRET_ACCESS_KEY": s3.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
         for rep in range(args.reps):
@@ -187,10 +192,12 @@ def s3_source(args) -> dict:
                                                        "--name", "m", "--json", "-q"), env))  # fmt: skip
             subprocess.run(["rm", "-rf", str(v)], check=True)
             v = work / f"vault-s3-{rep}"
+            cpu0 = proc_cpu_s(server)
             out.setdefault("s3", []).append(timed(wv(
                 "seal", f"s3://{bucket}/m/", "--source-option",
                 f"endpoint_url={s3.endpoint_url}", "--vault", v, "--key", key, "--name", "m",
                 "--json", "-q"), env))  # fmt: skip
+            out["s3"][-1]["server_cpu_s"] = round(proc_cpu_s(server) - cpu0, 2)
             subprocess.run(["rm", "-rf", str(v)], check=True)
     d = min(out["disk"], key=lambda r: r["wall_s"])
     s = min(out["s3"], key=lambda r: r["wall_s"])
