@@ -300,15 +300,11 @@ def verify_on_cluster(ex: Executor, store, name: str, files: list[dict], objects
     """verify --deep's chunk decoding on the cluster: (problems or None per chunk, {file index:
     sha256} of multi-chunk files), as the one-process pipeline returns them. `name`: the
     bundle whose bag holds the objects (format versions 1-3), None for the vault's pool."""
-    from weightvault.archive.restore import chunk_digest
-    from weightvault.format.manifest import chunk_digests
+    from weightvault.archive.restore import chunk_digest, chunk_jobs
 
-    jobs = []
-    for i, f in enumerate(files):
-        n = len(f["chunks"])
-        b3 = chunk_digests(f) or [None] * n
-        jobs += [VJob(i, k == n - 1, n > 1, c, objects[c["object"]], f["path"],
-                      chunk_digest(f, c), b3[k]) for k, c in enumerate(f["chunks"])]  # fmt: skip
+    jobs = [VJob(j.file, j.last, j.multi, j.chunk, objects[j.chunk["object"]],
+                 files[j.file]["path"], chunk_digest(files[j.file], j.chunk), j.blake3)
+            for j in chunk_jobs(files)]  # fmt: skip
     spec = store_spec(store)
     threads = workers or default_workers()
     tasks, split = plan_tasks(jobs, ex.task_bytes, lambda j: j.chunk["length"])

@@ -62,21 +62,6 @@ def keep_freed_memory() -> None:
     mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
-def release_freed_memory() -> None:
-    """Hand the heap's free memory back to the kernel now (glibc malloc_trim), where a big
-    step follows a big free: seal's driver frees its job and result lists (about 300 bytes a
-    chunk, 50 MB at 10 TB) just before the manifest's canonical bytes take 50 MB more, which
-    keep_freed_memory would otherwise stack on top of the kept ones."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
-    trim(0)
-
-
 class _Gate:
     """The lane's byte budget. `take` waits while admitting a piece would queue more than the
     budget, except for the job the lane is consuming once its own pieces are drained: so at

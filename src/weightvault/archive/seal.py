@@ -21,7 +21,6 @@ from weightvault.archive.pipeline import (
     Finisher,
     default_workers,
     pieces,
-    release_freed_memory,
     run,
 )
 from weightvault.errors import Conflict, InputError, IntegrityError, NotFound, TrustError
@@ -334,7 +333,6 @@ def _seal(src, files_io, name: str, files, prev: Bundle | None, keys, vault: Vau
         chunks_reused = sum(1 for r in results if r.get("reused"))
         doc = _manifest_doc(name, src, files, jobs, results, digests, opts, reuse, prev, b3)
         del jobs, results, digests, b3  # the manifest holds what it needs (10 TB: 163,840 chunks)
-        release_freed_memory()
         record = [_store_record_file(store, name, *r, written) for r in opts.record]
         if opts.oms_key is not None:
             record.append(_model_signing(store, name, doc, opts.oms_key, written))

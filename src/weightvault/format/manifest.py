@@ -101,11 +101,6 @@ class Manifest:
         return self.doc["format_version"] >= POOLED
 
     @property
-    def chunk_digests(self) -> bool:
-        """Every file carries `chunks_blake3`, its chunks' digests (format version 6)."""
-        return self.doc["format_version"] >= CHUNK_DIGESTS
-
-    @property
     def supersedes(self) -> dict | None:
         return self.doc.get("supersedes")
 
