@@ -102,7 +102,10 @@ class _Gate:
 
 class Emit:
     """What a worker holds for its chunk: hand pieces to the lane (or drop them if unneeded).
-    A piece is bytes, or anything with its size given (restore hands over (offset, length))."""
+    A piece is bytes, or anything with its size given (restore hands over (offset, length)).
+    A writable memoryview may be scratch its owner writes again, so the lane gets a copy; a
+    read-only one is a view of memory nobody writes again (bytes, or a source block read
+    for this piece alone, remote_source._RemoteHandle) and is queued as it is."""
 
     def __init__(self, q: queue.SimpleQueue | None, cancelled: threading.Event,
                  gate: _Gate | None = None, seq: int = 0):  # fmt: skip
@@ -112,7 +115,7 @@ class Emit:
         if self._cancelled.is_set():
             raise Interrupted("cancelled")
         if self._q is not None:
-            if isinstance(piece, memoryview):
+            if isinstance(piece, memoryview) and not piece.readonly:
                 piece = bytes(piece)
             n = len(piece) if size is None else size
             if self._gate is not None:

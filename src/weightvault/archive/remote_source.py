@@ -86,9 +86,9 @@ class _LocalHandle:
 class FsspecFiles:
     """Files under an fsspec URL. The filesystem is made lazily in each process."""
 
-    def __init__(self, url: str, options: dict):
+    def __init__(self, url: str, options: dict, fs=None):
         self.url, self.options = url, dict(options)
-        self._fs = None
+        self._fs = fs  # the one that listed the source, in the process that listed it
 
     def __getstate__(self) -> dict:
         return {"url": self.url, "options": self.options, "_fs": None}
@@ -102,10 +102,19 @@ class FsspecFiles:
     def open(self, f: sources.SourceFile, start: int = 0, end: int | None = None) -> _RemoteHandle:
         return _RemoteHandle(self, f, start, end)
 
+    def read_range(self, f: sources.SourceFile, offset: int, n: int, what: str):
+        """Bytes [offset, offset + n) of a file: on S3 a GET pinned to the listed ETag and
+        version into a buffer of ours (storage.s3read), elsewhere fsspec's cat_file."""
+        fs, path = self.fs, str(f.abspath)
+        if hasattr(fs, "read_range"):
+            etag, version = (getattr(f, "tag", None) or (None, None))[:2]
+            return _guard(lambda: fs.read_range(path, offset, n, etag=etag, version=version,
+                                                what=what), what)  # fmt: skip
+        return _guard(lambda: fs.cat_file(path, start=offset, end=offset + n), what)
+
     def read_at(self, f: sources.SourceFile):
         def read(offset: int, n: int) -> bytes:
-            return _guard(lambda: self.fs.cat_file(str(f.abspath), start=offset, end=offset + n),
-                          self.describe(f))  # fmt: skip
+            return bytes(self.read_range(f, offset, n, self.describe(f)))
 
         return read
 
@@ -136,11 +145,9 @@ class _RemoteHandle:
         self._next = None  # (offset, future) of the block being prefetched
         self._pool = None
 
-    def _fetch(self, offset: int) -> bytes:
+    def _fetch(self, offset: int) -> bytes | memoryview:
         want = min(READ_BLOCK, max(self.end, offset + 1) - offset)
-        path = str(self.f.abspath)
-        return _guard(lambda: self.files.fs.cat_file(path, start=offset, end=offset + want),
-                      self.what)  # fmt: skip
+        return self.files.read_range(self.f, offset, want, self.what)
 
     def _prefetch(self, offset: int) -> None:
         if offset >= self.end:
@@ -151,7 +158,8 @@ class _RemoteHandle:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="weightvault-prefetch")
         self._next = (offset, self._pool.submit(self._fetch, offset))
 
-    def pread(self, n: int, offset: int):
+    def pread(self, n: int, offset: int) -> memoryview:
+        """A read-only view (see pipeline.Emit): a block is never written after its read."""
         end = offset + n
         if not (self.start <= offset and end <= self.start + len(self.buf)):
             if self._next is not None and self._next[0] == offset:
@@ -160,8 +168,8 @@ class _RemoteHandle:
                 data = self._fetch(offset)
             self._next = None
             if len(data) < n:  # a piece across two blocks (a caller reading unaligned)
-                data += self._fetch(offset + len(data))[: n - len(data)]
-            self.buf, self.start = memoryview(data), offset
+                data = bytes(data) + bytes(self._fetch(offset + len(data))[: n - len(data)])
+            self.buf, self.start = memoryview(data).toreadonly(), offset
             self._prefetch(offset + len(data))
         i = offset - self.start
         return self.buf[i : i + n]
@@ -184,6 +192,8 @@ def _guard(fn, what: str):
 
 
 def _filesystem(url: str, options: dict):
+    """(filesystem, root path) of a source URL: an s3:// one through storage.s3read where its
+    options allow (WEIGHTVAULT_S3_READER=fsspec: s3fs always, as a benchmark's baseline)."""
     import fsspec
 
     opts = dict(options)
@@ -193,6 +203,13 @@ def _filesystem(url: str, options: dict):
             opts.setdefault("client_kwargs", {})["endpoint_url"] = ep
         opts.setdefault("config_kwargs", {}).setdefault("proxies", {})
         opts.setdefault("skip_instance_cache", True)
+        if os.environ.get("WEIGHTVAULT_S3_READER") != "fsspec":
+            from weightvault.storage import s3read
+
+            fast = s3read.for_options(url, opts)
+            if fast is not None:
+                u = urlparse(url)
+                return fast, f"{u.netloc}{u.path}"
     try:
         return fsspec.core.url_to_fs(url, **opts)
     except (ImportError, ValueError) as e:
@@ -266,4 +283,4 @@ def resolve(url: str, options: dict, *, excludes: tuple[str, ...] = ()) -> Remot
         raise InputError(str(e)) from None
     shown = url if url.endswith("/") else url + "/"
     return RemoteSource(out, {"kind": "local", "path": shown}, Path(root),
-                        files_io=FsspecFiles(url, options))
+                        files_io=FsspecFiles(url, options, fs))
