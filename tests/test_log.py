@@ -320,6 +320,25 @@ def test_a_crash_at_any_write_never_forks_the_log(lab):
     assert size == log.head().size
 
 
+def test_a_writer_with_state_starts_from_a_published_checkpoint_past_the_pointer(lab):
+    """Another machine's writer published checkpoints/8 and died before the pointer: a writer
+    whose own state is older starts from 8, never from the pointer's 5 (from 5 it would have
+    overwritten tiles that the signed checkpoint 8 covers: a fork)."""
+    k, log, tmp = lab
+    mine = State.load(tmp / "state", "lab")
+    append(log, k, _statements(5), mine)
+    other = LogStore(CrashingStore(tmp / "vault", 3), log.verifier)  # tiles, checkpoints/8
+    with pytest.raises(Crash, match="log/checkpoint$"):
+        append(other, k, _statements(3, 50), None)
+    pointer = log._read(CHECKPOINT, 1 << 16).split(b"\n")[1]
+    assert pointer == b"5" and log.checkpoint_sizes()[-1] == 8
+    head = append(log, k, _statements(2, 100), mine)
+    assert head.size == 10
+    check.verify(log)
+    assert list(log.read_all(10))[5:8] == _statements(3, 50)
+    assert _independent(tmp / "vault", k)[0] == 10
+
+
 def test_two_writers_racing_never_fork(lab):
     k, log, tmp = lab
     append(log, k, _statements(1), None)
@@ -785,3 +804,36 @@ def test_add_sealed_appends_what_a_failed_seal_append_missed(tmp_path, lab_key, 
               "split", "2 different bundles")  # fmt: skip
     assert ok(wv("log", "verify", tmp_path / "a", "--key", pub, "--json")).json()["size"] \
         == size + 3
+
+
+@pytest.mark.parametrize("reader", ["s3read", "fsspec"])
+def test_audits_append_to_a_log_on_s3_without_forking_it(tmp_path, s3_server, lab_key, reader):
+    """Each audit appends to the log on an S3 replica, from a fresh state directory (a new
+    machine each time): every append lands and the log stays one tree. s3fs's listing cache
+    once made a key written after a listing read as missing, so a writer took its own
+    published tiles for leftovers and overwrote them with other entries (a fork)."""
+    import secrets
+
+    from conftest import s3_env, write_config
+
+    bucket = s3_server.make_bucket("log-" + secrets.token_hex(4))
+    cfg = write_config(tmp_path / "wv.toml", lab_key, {"s3": {
+        "url": f"s3://{bucket}/v", "storage_options": {"endpoint_url": s3_server.endpoint_url}}})
+    env = {**s3_env(s3_server), "XDG_STATE_HOME": str(tmp_path / "state"),
+           "WEIGHTVAULT_S3_READER": reader}  # fmt: skip
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "w.bin").write_bytes(os.urandom(100_000))
+    ok(wv("-c", cfg, "seal", src, "--name", "m", "-q", env=env))
+    akey = tmp_path / "audit.key"
+    ok(wv("keygen", akey))
+    for i in range(3):
+        r = ok(wv("-c", cfg, "audit", "--level", "full", "--key", akey, "--state-dir",
+                  tmp_path / f"audit-state-{i}", env={**env, "XDG_STATE_HOME":
+                                                      str(tmp_path / f"state-{i}")}))  # fmt: skip
+        assert "not updated" not in r.err, r.err
+    shown = ok(wv("-c", cfg, "log", "show", "--json", env=env)).json()
+    assert shown["*"]["audited/s3"]["result"] == "ok"
+    pub = f"{lab_key}.pub"
+    size = ok(wv("-c", cfg, "log", "verify", "s3", "--key", pub, "--json", env=env)).json()["size"]
+    assert size == 2 + 3

@@ -121,15 +121,14 @@ class LogStore:
                 return None
             raise
 
-    def head(self, *, scan: bool = True) -> Head | None:
+    def head(self) -> Head | None:
         """The latest checkpoint, verified: the larger of the `log/checkpoint` pointer and the
         newest write-once `log/checkpoints/<size>` (a pointer left behind by a crash, or rolled
         back by whoever holds the storage, does not hide a published checkpoint; the two must be
-        consistent). None for a log that was never written. `scan=False` reads the pointer only
-        (a writer, whose own state already guards against a rollback)."""
+        consistent). None for a log that was never written."""
         ptr = self._read(CHECKPOINT, note.MAX_NOTE)
         head = open_note(ptr, self.describe(CHECKPOINT), self.verifier)[0] if ptr else None
-        sizes = self.checkpoint_sizes() if scan or head is None else []
+        sizes = self.checkpoint_sizes()
         if sizes and (head is None or sizes[-1] > head.size):
             key = f"{CHECKPOINTS}/{sizes[-1]}"
             data = self._read(key, note.MAX_NOTE)
@@ -304,7 +303,10 @@ def append(log: LogStore, key, entries: list[bytes], state: State | None) -> Hea
 
 
 def _trusted_start(log: LogStore, state: State | None) -> Head | None:
-    head = log.head(scan=state is None or state.raw is None)
+    # Always the newest published checkpoint, not the pointer alone, even with a state: a
+    # writer elsewhere may have published checkpoints/<size> and died before the pointer, and
+    # starting from the pointer would overwrite tiles that checkpoint covers (a fork).
+    head = log.head()
     if state is None or state.raw is None:
         return head
     mine = open_note(state.raw, str(state.path), log.verifier)[0]
@@ -360,7 +362,7 @@ def _append_once(log, sign_raw, public, entries, state) -> Head | None:
         # Objects beyond the checkpoint are uncommitted: no signature covers them. Under this
         # machine's lock they are a crashed writer's leftovers; elsewhere they are leftovers
         # only if no checkpoint appeared meanwhile (else another writer won: start again).
-        if not log.store.process_lock and _moved(log.head(scan=False), head):
+        if not log.store.process_lock and _moved(log.head(), head):
             return None
         for p in clashes:
             log.store.put_bytes(f"{ROOT}/{p}", objects[p])

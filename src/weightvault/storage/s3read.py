@@ -202,19 +202,28 @@ class S3Objects:
 
     # -- the bytes
 
-    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
-        conns = getattr(self._local, "conns", None)
-        if conns is None:
-            conns = self._local.conns = {}
-        conn = conns.get((scheme, netloc))
-        if conn is None:
-            if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=TIMEOUT,
-                                                   context=self._tls())  # fmt: skip
-            else:
-                conn = http.client.HTTPConnection(netloc, timeout=TIMEOUT)
-            conns[(scheme, netloc)] = conn
-        return conn
+    def _idle(self) -> dict:
+        idle = getattr(self._local, "idle", None)
+        if idle is None:
+            idle = self._local.idle = {}
+        return idle
+
+    def _take(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        """An idle keep-alive connection of this thread to `netloc`, or a new one. It is the
+        caller's until it gives it back (`_give`) after reading an answer to its end."""
+        spare = self._idle().get((scheme, netloc))
+        if spare:
+            return spare.pop()
+        if scheme == "https":
+            return http.client.HTTPSConnection(netloc, timeout=TIMEOUT, context=self._tls())
+        return http.client.HTTPConnection(netloc, timeout=TIMEOUT)
+
+    def _give(self, scheme: str, netloc: str, conn: http.client.HTTPConnection) -> None:
+        spare = self._idle().setdefault((scheme, netloc), [])
+        if len(spare) < 4:  # a thread rarely holds more than two at once
+            spare.append(conn)
+        else:
+            conn.close()
 
     def _tls(self):
         import ssl
@@ -246,7 +255,7 @@ class S3Objects:
         headers = {"Range": f"bytes={offset}-{offset + n - 1}"}
         if etag:
             headers["If-Match"] = etag
-        conn = self._connection(u.scheme, u.netloc)
+        conn = self._take(u.scheme, u.netloc)
         done = False
         try:
             conn.request("GET", f"{u.path}?{u.query}", headers=headers)
@@ -272,8 +281,67 @@ class S3Objects:
             done = True
             return memoryview(buf).toreadonly()
         finally:
-            if not done:  # the connection's state is unknown: a fresh one next time
+            if done:
+                self._give(u.scheme, u.netloc, conn)
+            else:  # its state is unknown: closed, and a fresh one next time
                 conn.close()
+
+    def open_stream(self, path: str, *, what: str = "") -> Stream:
+        """The whole object as a stream (one GET; read/readinto straight from the socket).
+        Raises as read_range does; a body that ends early raises IncompleteReadError."""
+        u = urlsplit(self._url(path, None))
+        conn = self._take(u.scheme, u.netloc)
+        try:
+            conn.request("GET", f"{u.path}?{u.query}")
+            r = conn.getresponse()
+            if r.status == 404:
+                raise FileNotFoundError(what or path)
+            if r.status != 200:
+                raise _error(r)
+            length = r.getheader("Content-Length")
+            if length is None or not length.isdigit():
+                raise S3ResponseError(r.status, "BadLength", f"Content-Length {length!r}")
+        except BaseException:
+            conn.close()
+            raise
+        return Stream(self, u, conn, r, int(length))
+
+
+class Stream:
+    """One object's body; its connection goes back to the pool only when read to its end."""
+
+    def __init__(self, owner: S3Objects, u, conn, r, length: int):
+        self._owner, self._u, self._conn, self._r = owner, u, conn, r
+        self.left = length
+
+    def readinto(self, b) -> int:
+        if self.left == 0 or len(b) == 0:
+            return 0
+        view = memoryview(b)[: self.left]
+        n = self._r.readinto(view)
+        if not n:
+            raise IncompleteReadError(f"body ended with {self.left} bytes still to come")
+        self.left -= n
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.left
+        buf = bytearray(min(n, self.left))
+        got = 0
+        while got < len(buf):
+            k = self.readinto(memoryview(buf)[got:])
+            got += k
+        return bytes(buf)
+
+    def close(self) -> None:
+        if self._conn is None:
+            return
+        if self.left == 0:
+            self._owner._give(self._u.scheme, self._u.netloc, self._conn)
+        else:
+            self._conn.close()
+        self._conn = None
 
 
 def _error(r: http.client.HTTPResponse) -> S3ResponseError:
