@@ -4,6 +4,7 @@
     python benchmarks/cluster.py overhead [--reps 2] [--existing]   # threads vs local-cluster:2
                                                                     # (--existing: vs dask://)
     python benchmarks/cluster.py s3-source [--size 1GiB]             # SeaweedFS bucket vs disk
+    python benchmarks/cluster.py s3-audit [--reps 2]                 # audit of an S3 replica
     python benchmarks/cluster.py plan10tb [--chunks 163840]          # driver RSS and CPU only
 
 Every measured command is a child process; wall time, CPU and peak RSS come from its rusage
@@ -225,6 +226,51 @@ def s3_source(args) -> dict:
     return out
 
 
+def s3_audit(args) -> dict:
+    """A full audit of the 1 GiB model on an S3 replica (SeaweedFS on this machine): objects
+    read by storage/s3read (one GET streamed from the socket) against s3fs's file objects
+    (WEIGHTVAULT_S3_READER=fsspec), and a local replica for scale. Server CPU counted too."""
+    from conftest import write_config
+    from serve_bench import proc_cpu_s
+    from support.servers import SeaweedS3
+
+    work, src, key = _inputs(args)
+    akey = work / "audit.key"
+    if not akey.exists():
+        subprocess.run(wv("keygen", akey), check=True, capture_output=True)
+    out: dict = {"size": args.size}
+    with SeaweedS3(base_dir=work) as s3:
+        server = s3._proc.pid
+        bucket = s3.make_bucket("bench-vault")
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": s3.access_key,
+               "AWS_SECRET_ACCESS_KEY": s3.secret_key, "AWS_DEFAULT_REGION": "us-east-1",
+               "XDG_STATE_HOME": str(work / "xdg")}  # fmt: skip
+        cfgs = {"s3": write_config(work / "s3.toml", key, {"r": {
+                    "url": f"s3://{bucket}/v",
+                    "storage_options": {"endpoint_url": s3.endpoint_url}}}),
+                "local": write_config(work / "local.toml", key, {"r": {
+                    "url": str(work / "audit-vault")}})}  # fmt: skip
+        for cfg in cfgs.values():
+            subprocess.run(wv("-c", cfg, "seal", src, "--name", "m", "-q"), env=env,
+                           check=True, capture_output=True)  # fmt: skip
+        runs = {"local": (cfgs["local"], env), "s3": (cfgs["s3"], env),
+                "s3-s3fs": (cfgs["s3"], {**env, "WEIGHTVAULT_S3_READER": "fsspec"})}
+        for rep in range(args.reps):
+            for name, (cfg, e) in runs.items():
+                cpu0 = proc_cpu_s(server)
+                r = timed(wv("-c", cfg, "audit", "--level", "full", "--key", akey, "--json",
+                             "--state-dir", work / f"astate-{name}-{rep}"), e)  # fmt: skip
+                r["server_cpu_s"] = round(proc_cpu_s(server) - cpu0, 2)
+                out.setdefault(name, []).append(r)
+                subprocess.run(["rm", "-rf", str(work / f"astate-{name}-{rep}")], check=True)
+        best = {n: min(out[n], key=lambda r: r["wall_s"]) for n in runs}
+        out["s3fs_over_s3read_cpu"] = round(best["s3-s3fs"]["cpu_s"] / best["s3"]["cpu_s"], 2)
+        out["s3_MBps"] = round(args.size / MiB / best["s3"]["wall_s"], 1)
+        out["s3-s3fs_MBps"] = round(args.size / MiB / best["s3-s3fs"]["wall_s"], 1)
+        out["local_MBps"] = round(args.size / MiB / best["local"]["wall_s"], 1)
+    return out
+
+
 # -- the 10 TB planning and signing simulation (driver only; workers' results are synthetic)
 
 
@@ -337,7 +383,8 @@ def _plan10tb_child(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["overhead", "s3-source", "plan10tb", "_plan10tb_child"])
+    ap.add_argument("what", choices=["overhead", "s3-source", "s3-audit", "plan10tb",
+                                     "_plan10tb_child"])  # fmt: skip
     ap.add_argument("--size", type=int, default=GiB)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--chunks", type=int, default=163840)
@@ -354,7 +401,8 @@ def main() -> None:
         _plan10tb_child(args)
         return
     try:
-        res = {"overhead": overhead, "s3-source": s3_source, "plan10tb": plan10tb}[args.what](args)
+        res = {"overhead": overhead, "s3-source": s3_source, "s3-audit": s3_audit,
+               "plan10tb": plan10tb}[args.what](args)  # fmt: skip
     finally:
         if own:  # a 1 GiB model and its vaults: a GB or more left in /tmp otherwise
             shutil.rmtree(args.work, ignore_errors=True)
