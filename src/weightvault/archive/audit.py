@@ -16,7 +16,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weightvault.archive.auditlog import Chain, Verified, now, replica_dir, tool
+from weightvault.archive import auditlog
+from weightvault.archive.auditlog import (
+    RECORD_VERSION,
+    Chain,
+    FailureList,
+    Verified,
+    empty_failures,
+    failures_total,
+    now,
+    replica_dir,
+    tool,
+    truncated,
+)
 from weightvault.archive.pipeline import run
 from weightvault.archive.replicate import ReplicateResult, replicate
 from weightvault.archive.verify import check_bag
@@ -36,9 +48,10 @@ from weightvault.storage.vault import BUNDLES, POOL, Vault, commit_order, object
 
 LEVELS = ("metadata", "sample", "full")
 DAY = 86400.0
-# failures of one replica a command's report shows in full (its --json and its lines): a
-# replica gone wholesale fails every object, millions of lines; past this many, the full list
-# goes to a file in the audit state, named in the report (the signed record keeps them all)
+# failures of one replica a command's report lines show in full: a replica gone wholesale
+# fails every object, millions of lines. The signed record (version 2) holds the first
+# RECORD_FAILURES of them and the report's --json shows that record; past those, the full
+# list is a file beside the record (auditlog.FailureList), named in the report
 REPORT_FAILURES = 1000
 
 
@@ -223,22 +236,33 @@ class ReplicaAudit:
     outcome: str = "pass"
     record: dict = field(default_factory=dict)
     error: str = ""
-    failures_file: str = ""  # every failure, one JSON object a line, when the report has not
+    failures_file: str = ""  # every failure, one JSON object a line, when the record has not
 
     @property
     def failures_total(self) -> int:
-        return len(self.record.get("failures", ()))
+        return failures_total(self.record) if self.record else 0
 
     def shown_failures(self) -> list[dict]:
-        """The failures a report shows in full: the first REPORT_FAILURES, in record order."""
-        return self.record.get("failures", [])[:REPORT_FAILURES]
+        """The failures a report's lines show in full: the first REPORT_FAILURES, in record
+        order (past the record's own, from the failures file this audit just wrote)."""
+        inline = self.record.get("failures", [])
+        if not self.failures_file or len(inline) >= REPORT_FAILURES:
+            return inline[:REPORT_FAILURES]
+        out = []
+        with open(self.failures_file, "rb") as f:
+            for line in f:
+                if len(out) >= REPORT_FAILURES:
+                    break
+                out.append(json.loads(line))
+        return out
 
     def as_dict(self) -> dict:
-        """The report of this replica: the signed record, but past REPORT_FAILURES failures
-        only the first of them, with `failures_total` and the `failures_file` holding all."""
+        """The report of this replica: the signed record (version 2: the first
+        RECORD_FAILURES failures), `failures_total`, and the `failures_file` holding all
+        when the record does not."""
         rec = self.record
-        if self.failures_total > REPORT_FAILURES:
-            rec = {**rec, "failures": self.shown_failures()}
+        if len(rec.get("failures", ())) > REPORT_FAILURES:  # a version 1 record
+            rec = {**rec, "failures": rec["failures"][:REPORT_FAILURES]}
         return {"replica": self.replica, "url": self.url, "level": self.level,
                 "outcome": self.outcome, "error": self.error, "record": rec,
                 "failures_total": self.failures_total,
@@ -288,8 +312,9 @@ def audit_replica(
     verified = Verified(local)
     before = store.counters.payload_read
     vault = Vault(store)
-    failures: list[dict] = []
-    transient: list[dict] = []
+    failures = FailureList(chain.local)  # on disk past the record's share: flat memory
+    transient: list[dict] = []  # the record's share of them; transient_n counts all
+    transient_n = 0
     bundles: list[dict] = []
     checked = 0
     unverifiable = 0  # metadata level: objects the server kept no usable checksum of
@@ -298,21 +323,23 @@ def audit_replica(
     try:
         listed = set(store.list_dirs(BUNDLES))  # fails only when the replica cannot be listed
         for bname in sorted(listed | set(expected)):
-            before_n = len(failures)
+            found: list[dict] = []  # this bundle's, from its inventory
             try:
                 mine, state, bid = _inventory(vault, bname, bname in expected,
-                                              expected.get(bname), trusted, level, failures,
+                                              expected.get(bname), trusted, level, found,
                                               work)  # fmt: skip
             except StorageError as e:
                 store.list_dirs(BUNDLES)  # the replica itself gone: unreachable, not damage
                 mine, state, bid = [], "unreadable", expected.get(bname)
-                failures.append(_failure(None, "unreadable", "readable files", str(e),
-                                         obj=prefix(bname), bundle=bname))  # fmt: skip
+                found.append(_failure(None, "unreadable", "readable files", str(e),
+                                      obj=prefix(bname), bundle=bname))  # fmt: skip
             checked += sum(1 for t in mine if t.server_verified)
             unverifiable += sum(1 for t in mine if t.server_verified is False)
-            work.add(mine, {f["object"] for f in failures[before_n:]})
+            work.add(mine, {f["object"] for f in found})
             del mine  # one bundle's objects at a time in memory
-            if state == "intact" and len(failures) > before_n:
+            for f in found:
+                failures.add(f)
+            if state == "intact" and found:
                 state = "damaged"
             bundles.append({"name": bname, "bundle": bid, "state": state})
         # choose what to hash, and hash it in bounded batches
@@ -339,17 +366,22 @@ def audit_replica(
                 again = _hash_check(store, t)  # a transient bad read is not rot
                 reread += store.counters.payload_read - mark  # not counted: read once
                 if again is None:
-                    transient.append(f)
+                    transient_n += 1
+                    if len(transient) < auditlog.RECORD_FAILURES:
+                        transient.append(f)
                     verified.mark(t.key, t0)
                 else:
-                    failures.append(again)
-        for f in failures:
-            for b in bundles:
-                if b["name"] == f["bundle"] and b["state"] == "intact":
-                    b["state"] = "damaged"
+                    failures.add(again)
+        for b in bundles:
+            if b["name"] in failures.bundles and b["state"] == "intact":
+                b["state"] = "damaged"
         verified.save()
         cycle = cycle_days or 90
         n, within, oldest = work.coverage(t0, cycle * DAY)
+        full_list = failures.finish()
+    except BaseException:
+        failures.discard()
+        raise
     finally:
         verified.close()  # the work tables go with it; marks only if saved (a finished audit)
     coverage = {
@@ -359,35 +391,25 @@ def audit_replica(
         "oldest_age_seconds": None if oldest is None else int(oldest),
     }  # fmt: skip
     record = {
-        "format": "weightvault-audit", "format_version": 1,
+        "format": "weightvault-audit", "format_version": RECORD_VERSION,
         "eventType": "fixity check", "eventDateTime": started, "ended": now(),
-        "eventOutcome": "fail" if failures else "pass",
+        "eventOutcome": "fail" if failures.total else "pass",
         "replica": {"name": name, "url": store.url}, "level": level,
         "agent": {"tool": tool(), "key": key.public.key_id},
         "objects_checked": checked, "bytes_read": store.counters.payload_read - before - reread,
         "objects_unverifiable": unverifiable,
-        "bundles": bundles, "failures": failures, "transient": transient, "repairs": [],
-        "coverage": coverage,
+        "bundles": bundles, **failures.fields(), "transient": transient,
+        "transient_total": transient_n, "repairs": [], "coverage": coverage,
     }  # fmt: skip
-    entry = chain.append(record, key)
+    try:
+        entry = chain.append(record, key, full_list)
+    finally:
+        if full_list is not None:
+            full_list.unlink(missing_ok=True)  # moved into place unless the append failed
     out = ReplicaAudit(name, store.url, level, record["eventOutcome"], entry.record)
-    if out.failures_total > REPORT_FAILURES:
-        out.failures_file = str(_write_failures(chain.local / f"{entry.seq:08d}.failures.jsonl",
-                                                entry.record["failures"]))  # fmt: skip
+    if truncated(entry.record):
+        out.failures_file = str(chain.failures_path(entry.record))
     return out
-
-
-def _write_failures(path: Path, failures: list[dict]) -> Path:
-    """Every failure of a record, one canonical JSON object a line, in record order: beside
-    the record in the local audit state (which reads only NNNNNNNN.json files as records)."""
-    from weightvault.format import canon
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        for fl in failures:
-            f.write(canon.canonical(fl) + b"\n")
-    os.replace(tmp, path)
-    return path
 
 
 def _sample(work: _Work, at: float, cycle_days: int, interval_days: float | None,
@@ -461,10 +483,13 @@ def repair_replica(
     chain = Chain(local, store, key.public.key_id)
     head = chain.head()
     fixity = head.record if head and head.record["eventType"] == "fixity check" else None
-    if fixity is None or not fixity["failures"]:
+    if fixity is None or not failures_total(fixity):
         return ReplicaAudit(name, store.url, "repair", "pass"), []
+    # every failure, not only the record's first: from the failures file beside the record,
+    # checked against the signed record before any line is used. The objects to repair are
+    # held (they are copied and reported one by one anyway)
     by_bundle: dict[str, set[str]] = {}
-    for f in fixity["failures"]:
+    for f in chain.failures(head):
         by_bundle.setdefault(f["bundle"], set()).add(f["object"])
     repairs, lost = [], []
     for bname, suspects in sorted(by_bundle.items()):
@@ -490,13 +515,13 @@ def repair_replica(
                 repairs.append({"object": obj, "bundle": bname, "outcome": "unrepairable",
                                 "detail": str(e)[:4000]})  # fmt: skip
     record = {
-        "format": "weightvault-audit", "format_version": 1,
+        "format": "weightvault-audit", "format_version": RECORD_VERSION,
         "eventType": "replication", "eventDateTime": started, "ended": now(),
         "eventOutcome": "fail" if lost else "pass",
         "replica": {"name": name, "url": store.url}, "level": "repair",
         "agent": {"tool": tool(), "key": key.public.key_id},
         "objects_checked": len(repairs), "bytes_read": 0, "bundles": [],
-        "failures": [], "transient": [], "repairs": repairs,
+        **empty_failures(), "transient": [], "transient_total": 0, "repairs": repairs,
         "coverage": {"cycle_days": None, "objects": 0, "verified_within_cycle": 0,
                      "oldest_age_seconds": None},
     }  # fmt: skip

@@ -11,8 +11,11 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from weightvault import __version__
@@ -21,9 +24,22 @@ from weightvault.format import canon, spec
 from weightvault.format.keys import PublicKey, SigningKey, verify_signatures
 from weightvault.storage.store import Store
 
-PAYLOAD_TYPE = "application/vnd.weightvault.audit+json; version=1"
+# the DSSE payload type of each record version (FORMAT.md section 8): a record is verified
+# under its own version's type, so version 1 records keep verifying in a chain that goes on
+# in version 2
+PAYLOAD_TYPES = {1: "application/vnd.weightvault.audit+json; version=1",
+                 2: "application/vnd.weightvault.audit+json; version=2"}  # fmt: skip
+RECORD_VERSION = 2  # what this version writes
+PAYLOAD_TYPE = PAYLOAD_TYPES[RECORD_VERSION]
 PREFIX = "audits"  # on the replica: audits/<signer>/<seq>.json (and legacy audits/<seq>.json)
 MAX_RECORD = 64 << 20
+# Version 2: failures (and transient failures) a record carries inline; the rest of the list
+# is in a file named by its digest (FORMAT.md section 8.1). A failure's canonical form is at
+# most MAX_FAILURE_LINE - 1 bytes (every string at its schema's maxLength, every character a
+# control character escaped as \u00XX), so the two lists take at most 2 x 100 x 74,567 =
+# 14.9 MB of a record's 64 MiB whatever an audit finds. The schema's maxItems says the same.
+RECORD_FAILURES = 100
+MAX_FAILURE_LINE = 74_567  # bytes, the newline included (tests/test_audit_record_v2.py)
 
 
 def now() -> str:
@@ -71,7 +87,168 @@ def parse(raw: bytes, what: str) -> dict:
     if not isinstance(env, dict) or set(env) != {"record", "signatures"}:
         raise CorruptData(f"{what}: not a signed audit record")
     spec.validate(env["record"], "audit-record", what)
+    consistent(env["record"], what)
     return env
+
+
+def consistent(rec: dict, what: str) -> None:
+    """What a version 2 record's schema cannot say about its own counts (FORMAT.md 8.1)."""
+    if rec["format_version"] < 2:
+        return
+    total, inline = rec["failures_total"], rec["failures"]
+    problem = ""
+    if len(inline) != min(total, RECORD_FAILURES):
+        problem = f"holds {len(inline)} failures inline of {total} (the first " \
+                  f"{RECORD_FAILURES} must be)"  # fmt: skip
+    elif sum(rec["failures_by_kind"].values()) != total:
+        problem = f"failures_by_kind does not add up to failures_total {total}"
+    elif len(rec["transient"]) != min(rec["transient_total"], RECORD_FAILURES):
+        problem = f"holds {len(rec['transient'])} transient failures inline of " \
+                  f"{rec['transient_total']}"  # fmt: skip
+    elif total == len(inline):
+        h = hashlib.sha256(b"".join(canon.canonical(f) + b"\n" for f in inline)).hexdigest()
+        kinds: dict[str, int] = {}
+        for f in inline:
+            kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
+        if h != rec["failures_sha256"]:
+            problem = "failures_sha256 is not the digest of its failures"
+        elif kinds != rec["failures_by_kind"]:
+            problem = "failures_by_kind does not count its failures"
+    if problem:
+        raise CorruptData(f"{what}: {problem}")
+
+
+def truncated(rec: dict) -> bool:
+    """Whether the record's full failures list is in a file rather than inline."""
+    return rec["format_version"] >= 2 and rec["failures_total"] > len(rec["failures"])
+
+
+def failures_total(rec: dict) -> int:
+    return rec["failures_total"] if rec["format_version"] >= 2 else len(rec["failures"])
+
+
+def failures_by_kind(rec: dict) -> dict[str, int]:
+    """kind -> how many failures of the record are of it (version 1: counted inline)."""
+    if rec["format_version"] >= 2:
+        return dict(rec["failures_by_kind"])
+    out: dict[str, int] = {}
+    for f in rec["failures"]:
+        out[f["kind"]] = out.get(f["kind"], 0) + 1
+    return out
+
+
+def failures_name(sha256: str) -> str:
+    """Where a record's full failures list lives, under its chain's directory (on the replica
+    and in the local state): named by its digest, so it is written before the record's number
+    is final and two writers never contend for a name (FORMAT.md 8.1)."""
+    return f"failures/{sha256}.jsonl"
+
+
+class FailureList:
+    """A record's failures as an audit finds them: each hashed and written as one canonical
+    line to a temporary file in the local chain directory, only the first RECORD_FAILURES
+    kept in memory for the record itself. A replica gone wholesale fails millions of objects;
+    they never sit in memory together."""
+
+    def __init__(self, tmp_dir: Path):
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=".failures.", suffix=".tmp")
+        self.path = Path(name)
+        self._f = os.fdopen(fd, "wb")
+        self._h = hashlib.sha256()
+        self.inline: list[dict] = []
+        self.total = 0
+        self.kinds: dict[str, int] = {}
+        self.bundles: set[str] = set()  # bundles with at least one failure
+
+    def add(self, f: dict) -> None:
+        line = canon.canonical(f) + b"\n"
+        self._h.update(line)
+        self._f.write(line)
+        self.total += 1
+        self.kinds[f["kind"]] = self.kinds.get(f["kind"], 0) + 1
+        self.bundles.add(f["bundle"])
+        if len(self.inline) < RECORD_FAILURES:
+            self.inline.append(f)
+
+    def fields(self) -> dict:
+        """The record's members that describe the list (version 2)."""
+        return {"failures": self.inline, "failures_total": self.total,
+                "failures_sha256": self._h.hexdigest(),
+                "failures_by_kind": dict(sorted(self.kinds.items()))}  # fmt: skip
+
+    def finish(self) -> Path | None:
+        """The file holding every failure when the record cannot hold them all, else None
+        (and the file is gone)."""
+        self._f.close()
+        if self.total > len(self.inline):
+            return self.path
+        self.discard()
+        return None
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._f.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def __enter__(self) -> FailureList:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is not None:
+            self.discard()
+
+
+def empty_failures() -> dict:
+    """The list members of a record without failures (a repair)."""
+    return {"failures": [], "failures_total": 0, "failures_sha256": hashlib.sha256().hexdigest(),
+            "failures_by_kind": {}}  # fmt: skip
+
+
+def check_failures(src, what: str, rec: dict, out=None) -> None:
+    """Read a failures file (an open binary stream: hostile bytes) and check it against the
+    signed record before any line of it is used: at most failures_total lines, each ending in
+    a newline and at most MAX_FAILURE_LINE bytes, exactly failures_total of them, and the
+    SHA-256 of the whole equal to failures_sha256. The bytes go to `out` (a private copy to
+    read the lines from: the stored file could change between two reads) as they are
+    checked. IntegrityError, one line naming the file, when anything differs."""
+    total, want = rec["failures_total"], rec["failures_sha256"]
+    h, lines, cur = hashlib.sha256(), 0, 0
+
+    def bad(why: str) -> IntegrityError:
+        return IntegrityError(f"{what}: {why}; the signed audit record's full failures list "
+                              "cannot be trusted")  # fmt: skip
+
+    while chunk := src.read(1 << 20):
+        h.update(chunk)
+        if out is not None:
+            out.write(chunk)
+        start = 0
+        while (i := chunk.find(b"\n", start)) != -1:
+            if cur + i - start + 1 > MAX_FAILURE_LINE:
+                raise bad(f"line {lines + 1} is longer than {MAX_FAILURE_LINE} bytes")
+            lines, cur, start = lines + 1, 0, i + 1
+            if lines > total:
+                raise bad(f"more lines than the {total} failures the record counts")
+        cur += len(chunk) - start
+        if cur > MAX_FAILURE_LINE:
+            raise bad(f"line {lines + 1} is longer than {MAX_FAILURE_LINE} bytes")
+    if cur:
+        raise bad("the last line has no newline (the file was truncated or edited)")
+    if lines != total:
+        raise bad(f"{lines} lines where the record counts {total} failures (truncated)")
+    if h.hexdigest() != want:
+        raise bad("its SHA-256 differs from the record's failures_sha256 (edited)")
+
+
+def _lines(path: Path, what: str) -> Iterator[dict]:
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            obj = canon.parse(line, f"{what} line {n}")
+            if not isinstance(obj, dict) or "object" not in obj or "bundle" not in obj:
+                raise CorruptData(f"{what} line {n}: not a failure")
+            yield obj
 
 
 class Chain:
@@ -158,10 +335,26 @@ class Chain:
         for seq, raw in local:
             if seq not in rmap:
                 with contextlib.suppress(StorageError):
+                    rec = parse(raw, str(self.local / _name(seq)))["record"]
+                    if truncated(rec):  # the list before the record that names it
+                        self._put_failures(sub, rec["failures_sha256"],
+                                           self.local / failures_name(rec["failures_sha256"]))  # fmt: skip
                     self.store.put_bytes(f"{PREFIX}/{sub}/{_name(seq)}", raw, exclusive=True)
         return local
 
-    def append(self, record: dict, key: SigningKey) -> Entry:
+    def _put_failures(self, sub: str, sha256: str, path: Path) -> None:
+        """A record's failures file onto the replica, exclusively (named by its digest: one
+        already there is this list, or is refused when read), streamed from the local copy."""
+        key = f"{PREFIX}/{sub}/{failures_name(sha256)}"
+        with self.store.new_object() as w, open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                w.write(chunk)
+            w.commit(key, exclusive=True, sha256=sha256)
+
+    def append(self, record: dict, key: SigningKey, failures_file: Path | None = None) -> Entry:
+        """Sign and store `record`. `failures_file`: every failure, one canonical line each
+        (FailureList), when the record holds only the first of them; it is stored beside the
+        chain before the record, on the replica and locally, and moved away from its path."""
         if self.signer is None:
             self.signer = key.public.key_id
         sub = signer_dir(key.public.key_id)
@@ -171,32 +364,83 @@ class Chain:
             seq = (head.seq + 1) if head else 1
             rec = {**record, "sequence": seq, "previous": head.digest if head else None}
             spec.validate(rec, "audit-record", "new audit record")
+            consistent(rec, "new audit record")
+            version = rec["format_version"]
             body = canon.canonical(rec)
-            raw = canon.canonical({"record": rec, "signatures": [key.sign(PAYLOAD_TYPE, body)]})
+            raw = canon.canonical({"record": rec,
+                                   "signatures": [key.sign(PAYLOAD_TYPES[version], body)]})  # fmt: skip
             if self.store is not None:
                 try:
+                    if failures_file is not None:
+                        self._put_failures(sub, rec["failures_sha256"], failures_file)
                     if not self.store.put_bytes(f"{PREFIX}/{sub}/{_name(seq)}", raw,
                                                 exclusive=True):  # fmt: skip
                         continue  # another writer with this key took the number: catch up
                 except StorageError:
                     pass  # the local copy stands; the next append puts it on the replica
             self.local.mkdir(parents=True, exist_ok=True)
+            if failures_file is not None:
+                dest = self.local / failures_name(rec["failures_sha256"])
+                dest.parent.mkdir(exist_ok=True)
+                os.replace(failures_file, dest)  # the same name is the same bytes
             _write_local(self.local / _name(seq), raw)
             return Entry(seq, raw, rec)
         raise IntegrityError(f"{self.store.describe(f'{PREFIX}/{sub}')}: could not append an "
                              "audit record after 8 tries (another writer keeps taking the "
                              "next number)")  # fmt: skip
 
+    def failures_path(self, rec: dict) -> Path:
+        """The local copy of a truncated record's full failures list."""
+        return self.local / failures_name(rec["failures_sha256"])
+
+    def failures(self, entry: Entry) -> Iterator[dict]:
+        """Every failure of a record of this signer's chain, in record order. A record that
+        holds only the first of them is completed from its failures file, the local copy or
+        else the replica's, checked against the signed record before a line of it is used
+        (check_failures); the record itself was verified when the chain was read."""
+        rec = entry.record
+        if not truncated(rec):
+            return iter(rec["failures"])
+        sub = signer_dir(self.signer or rec["agent"]["key"])
+        local = self.local_root / sub / failures_name(rec["failures_sha256"])
+        sources: list[tuple[str, Callable]] = [(str(local), partial(open, local, "rb"))]
+        if self.store is not None:
+            key = f"{PREFIX}/{sub}/{failures_name(rec['failures_sha256'])}"
+            sources.append((self.store.describe(key), lambda: self.store.open_read(key)))
+        errors = []
+        for i, (what, opener) in enumerate(sources):
+            fd, name = tempfile.mkstemp(dir=local.parent.parent, prefix=".failures.",
+                                        suffix=".tmp")  # fmt: skip
+            copy = Path(name)
+            try:
+                with os.fdopen(fd, "wb") as out, opener() as src:
+                    check_failures(src, what, rec, out)
+            except FileNotFoundError:
+                copy.unlink()
+                errors.append(f"{what}: missing")
+                continue
+            except (IntegrityError, StorageError, OSError) as e:
+                copy.unlink()
+                errors.append(str(e))
+                continue
+            if i and not local.exists():  # the replica's copy, verified: keep it locally too
+                local.parent.mkdir(exist_ok=True)
+                with contextlib.suppress(OSError):
+                    os.link(copy, local)
+            return _consumed(copy, what)
+        raise IntegrityError(f"the full failures list of audit record {entry.seq} cannot be "
+                             f"read: {'; '.join(errors)}")  # fmt: skip
+
     def verify(self, trusted: list[PublicKey]) -> tuple[int, list[str]]:
         """(records checked, problems) over every chain's local copy, and against the
-        replica's copy."""
+        replica's copy; a record's failures file (version 2) is checked in each copy."""
         problems: list[str] = []
         count = 0
         for sub in self._subdirs():
             local = self._local_entries(sub)
             count += len(local)
             where = self.local_root / sub if sub else self.local_root
-            problems += _check(local, trusted, str(where))
+            problems += _check(local, trusted, str(where), self._local_file(sub))
             if self.store is None:
                 continue
             try:
@@ -205,7 +449,8 @@ class Chain:
                 problems.append(f"replica copy unreadable: {e}")
                 continue
             problems += _check(remote, trusted,
-                               self.store.describe(f"{PREFIX}/{sub}" if sub else PREFIX))
+                               self.store.describe(f"{PREFIX}/{sub}" if sub else PREFIX),
+                               self._remote_file(sub))  # fmt: skip
             lmap, rmap = dict(local), dict(remote)
             label = f"{sub}/" if sub else ""
             for seq in sorted(set(lmap) | set(rmap)):
@@ -221,6 +466,25 @@ class Chain:
         return count, problems
 
 
+    def _local_file(self, sub: str | None) -> Callable[[str], tuple[str, Callable]]:
+        d = self.local_root / sub if sub else self.local_root
+        return lambda name: (str(d / name), partial(open, d / name, "rb"))
+
+    def _remote_file(self, sub: str | None) -> Callable[[str], tuple[str, Callable]]:
+        pre = f"{PREFIX}/{sub}" if sub else PREFIX
+        return lambda name: (self.store.describe(f"{pre}/{name}"),
+                             lambda: self.store.open_read(f"{pre}/{name}"))  # fmt: skip
+
+
+def _consumed(path: Path, what: str) -> Iterator[dict]:
+    """The failures of a checked private copy, which is removed once read (or abandoned)."""
+    try:
+        yield from _lines(path, what)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 def _last(entries: list[tuple[int, bytes]], where: Path) -> Entry | None:
     if not entries:
         return None
@@ -234,7 +498,11 @@ def _write_local(path: Path, raw: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _check(entries: list[tuple[int, bytes]], trusted: list[PublicKey], where: str) -> list[str]:
+def _check(entries: list[tuple[int, bytes]], trusted: list[PublicKey], where: str,
+           files: Callable[[str], tuple[str, Callable]] | None = None) -> list[str]:  # fmt: skip
+    """Problems of one copy of a chain: each record's signature first (under its own
+    version's payload type), then its links; `files` (name -> (description, opener)): also
+    check each truncated record's failures file in this copy."""
     problems = []
     prev_digest = None
     for i, (seq, raw) in enumerate(entries, 1):
@@ -247,11 +515,21 @@ def _check(entries: list[tuple[int, bytes]], trusted: list[PublicKey], where: st
         try:
             env = parse(raw, what)
             body = canon.canonical(env["record"])
-            verify_signatures(PAYLOAD_TYPE, body, env["signatures"], trusted, what)
+            verify_signatures(PAYLOAD_TYPES[env["record"]["format_version"]], body,
+                              env["signatures"], trusted, what)  # fmt: skip
         except (CorruptData, TrustError) as e:
             problems.append(str(e))
             return problems
         rec = env["record"]
+        if files is not None and truncated(rec):
+            fwhat, opener = files(failures_name(rec["failures_sha256"]))
+            try:
+                with opener() as src:
+                    check_failures(src, fwhat, rec)
+            except FileNotFoundError:
+                problems.append(f"{fwhat}: missing (the full failures list of record {seq})")
+            except (IntegrityError, StorageError, OSError) as e:
+                problems.append(str(e))
         if rec["sequence"] != seq:
             problems.append(f"{what}: says it is record {rec['sequence']}")
         if rec["previous"] != prev_digest:
