@@ -437,9 +437,9 @@ class Chain:
         problems: list[str] = []
         count = 0
         for sub in self._subdirs():
-            local = self._local_entries(sub)
-            count += len(local)
             where = self.local_root / sub if sub else self.local_root
+            local = self._entries_in(where)  # (sub None: the legacy chain, whatever the signer)
+            count += len(local)
             problems += _check(local, trusted, str(where), self._local_file(sub))
             if self.store is None:
                 continue
