@@ -314,3 +314,32 @@ def test_failures_past_the_record_are_not_held_in_memory(tmp_path):
     assert path.stat().st_size == 300_000 * 217
     assert hashlib.sha256(path.read_bytes()).hexdigest() == fl.fields()["failures_sha256"]
     path.unlink()
+
+
+class _Endless:
+    """A hostile failures file that never ends: `unit` repeated; reading past `limit` bytes
+    fails the test (the reader should have stopped long before)."""
+
+    def __init__(self, unit: bytes, limit: int = 64 << 20):
+        self.unit, self.limit, self.given = unit, limit, 0
+
+    def read(self, n: int) -> bytes:
+        assert self.given < self.limit, "read on past any bound"
+        data = (self.unit * (n // len(self.unit) + 1))[:n]
+        self.given += n
+        return data
+
+
+def test_an_endless_failures_file_is_refused_early(tmp_path):
+    """The checks bound what is read from storage: lines past failures_total, or one line
+    past MAX_FAILURE_LINE, stop the reading there."""
+    rec, path = _simulated(tmp_path, 150)
+    line = path.read_bytes().split(b"\n", 1)[0] + b"\n"
+    src = _Endless(line)
+    with pytest.raises(IntegrityError, match="^f: more lines than the 150"):
+        auditlog.check_failures(src, "f", rec)
+    assert src.given <= 2 << 20  # the first read's megabyte, and the next
+    src = _Endless(b"x")
+    with pytest.raises(IntegrityError, match=f"^f: line 1 is longer than {MAX_FAILURE_LINE}"):
+        auditlog.check_failures(src, "f", rec)
+    assert src.given <= 1 << 20

@@ -408,6 +408,7 @@ class Chain:
             key = f"{PREFIX}/{sub}/{failures_name(rec['failures_sha256'])}"
             sources.append((self.store.describe(key), lambda: self.store.open_read(key)))
         errors = []
+        local.parent.parent.mkdir(parents=True, exist_ok=True)
         for i, (what, opener) in enumerate(sources):
             fd, name = tempfile.mkstemp(dir=local.parent.parent, prefix=".failures.",
                                         suffix=".tmp")  # fmt: skip
