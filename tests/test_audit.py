@@ -415,11 +415,11 @@ def test_report_shows_the_first_failures_and_names_a_file_with_all(vault_copy, l
     assert signed == a.record and d["record"] == signed
     assert len(signed["failures"]) == 3 and signed["failures_total"] == 5
     assert signed["failures_by_kind"] == {"damaged": 1, "missing": 4}
-    everything = list(chain.failures(head))
+    everything = list(chain.full_list(head))
     assert len(everything) == 5 and everything[:3] == signed["failures"]
     listed = Path(d["failures_file"]).read_text().splitlines()
     assert [json.loads(x) for x in listed] == everything
-    assert Path(d["failures_file"]).parent == chain.local / "failures"
+    assert Path(d["failures_file"]).parent == chain.local / "lists"
     lines = _audit_lines(a, 90)
     assert sum(1 for x in lines if x.startswith(("  missing:", "  damaged:"))) == 4
     assert f"1 more failures (5 in all): every one is listed in {d['failures_file']}" in lines[-1]

@@ -14,11 +14,11 @@ from conftest import objects_of, wv
 
 from weightvault.archive import audit, auditlog
 from weightvault.archive.auditlog import (
-    MAX_FAILURE_LINE,
+    MAX_LINE,
     MAX_RECORD,
     PAYLOAD_TYPES,
+    BoundedList,
     Chain,
-    FailureList,
     replica_dir,
     signer_dir,
 )
@@ -46,7 +46,7 @@ def _record(version: int, failures: list[dict] | None = None, **fields) -> dict:
                      "oldest_age_seconds": None},
     }  # fmt: skip
     if version == 2:
-        rec["transient_total"] = 0
+        rec |= {"transient_total": 0, **auditlog.empty_list("repairs")}
     return {**rec, **fields}
 
 
@@ -54,7 +54,7 @@ def _simulated(tmp: Path, n: int, version: int = 2) -> tuple[dict, Path | None]:
     """A record of an audit that found `n` failures (version 2: and its failures file)."""
     if version == 1:
         return _record(1, [_fake(i) for i in range(n)]), None
-    fl = FailureList(tmp)
+    fl = BoundedList(tmp)
     for i in range(n):
         fl.add(_fake(i, "damaged" if i % 10 == 0 else "missing"))
     path = fl.finish()
@@ -71,34 +71,44 @@ def _chain(tmp_path, store, key) -> Chain:
 
 
 def _remote_file(store: LocalStore, key, rec) -> Path:
-    return store.root / "audits" / signer_dir(key.public.key_id) / "failures" / \
+    return store.root / "audits" / signer_dir(key.public.key_id) / "lists" / \
         f"{rec['failures_sha256']}.jsonl"  # fmt: skip
 
 
 def test_worst_case_failure_size_and_record_bound(tmp_path, auditor):
     """FORMAT.md 8.1's arithmetic, with the real constants: the largest failure the schema
-    allows (every character a control character, escaped as six bytes) is MAX_FAILURE_LINE
+    allows (every character a control character, escaped as six bytes) is MAX_LINE
     bytes with its newline, and a record with both inline lists full of them is signed,
-    stored and read back, under a quarter of MAX_RECORD."""
+    stored and read back: with the largest repairs too, under a third of MAX_RECORD."""
     worst = {"object": "\x01" * 4096, "bundle": "\x01" * 128, "kind": "unreadable",
              "expected": "\x01" * 4096, "found": "\x01" * 4096}  # fmt: skip
     line = canon.canonical(worst) + b"\n"
-    assert len(line) == MAX_FAILURE_LINE == 74_567
-    fl = FailureList(tmp_path / "tmp")
+    assert len(line) == MAX_LINE == 74_567
+    fl = BoundedList(tmp_path / "tmp")
     for _ in range(auditlog.RECORD_FAILURES):
         fl.add(worst)
     for i in range(50):  # past the record's share: only in the file
         fl.add(_fake(i))
     path = fl.finish()
     assert path is not None and fl.total == 150 and len(fl.inline) == 100
+    # the largest repair: smaller than a failure
+    fix = {"object": "\x01" * 4096, "bundle": "\x01" * 128, "outcome": "unrepairable",
+           "detail": "\x01" * 4096}  # fmt: skip
+    assert len(canon.canonical(fix)) + 1 == 49_983
+    reps = BoundedList(tmp_path / "tmp", "repairs")
+    for _ in range(120):
+        reps.add(fix)
+    rpath = reps.finish()
     rec = _record(2, **fl.fields(), transient=[worst] * 100, transient_total=100)
+    rec |= reps.fields()
     store = LocalStore(tmp_path / "v", create=True)
     chain = _chain(tmp_path, store, auditor)
-    entry = chain.append(rec, auditor, path)
-    assert len(entry.raw) < MAX_RECORD // 4, len(entry.raw)
-    assert 2 * 100 * MAX_FAILURE_LINE == 14_913_400 < MAX_RECORD // 4
+    entry = chain.append(rec, auditor, {"failures": path, "repairs": rpath})
+    assert 2 * 100 * MAX_LINE + 100 * 49_983 == 19_911_700 < MAX_RECORD // 3
+    assert 19_911_700 < len(entry.raw) < 19_911_700 + 4096, len(entry.raw)
     assert chain.verify([auditor.public]) == (1, [])
-    assert [f["kind"] for f in chain.failures(chain.head())] == ["unreadable"] * 100 + \
+    assert len(list(chain.full_list(entry, "repairs"))) == 120
+    assert [f["kind"] for f in chain.full_list(chain.head())] == ["unreadable"] * 100 + \
         ["missing"] * 50  # fmt: skip
 
 
@@ -132,7 +142,7 @@ def test_audit_past_the_record_bound_keeps_its_chain_and_repairs_everything(
     assert remote.read_bytes() == local.read_bytes()
     assert hashlib.sha256(local.read_bytes()).hexdigest() == rec["failures_sha256"]
     chain = _chain(tmp_path, store, auditor)
-    every = list(chain.failures(chain.head()))
+    every = list(chain.full_list(chain.head()))
     assert {f["object"].rsplit("/", 1)[-1] for f in every} == {p.name for p in objs}
     assert every[:3] == rec["failures"]
     assert chain.verify([auditor.public, pk]) == (2, [])
@@ -143,8 +153,18 @@ def test_audit_past_the_record_bound_keeps_its_chain_and_repairs_everything(
     r, lost = audit.repair_replica("v", store, [("good", LocalStore(good))], trusted=[pk],
                                    key=auditor, state=tmp_path / "state")  # fmt: skip
     assert not lost and r.outcome == "pass"
-    assert {x["object"].rsplit("/", 1)[-1] for x in r.record["repairs"]} == \
-        {p.name for p in objs}  # fmt: skip
+    # the repair record is bounded the same way: its first 3 repairs, the count, the file
+    rr = r.record
+    assert len(rr["repairs"]) == 3 and rr["repairs_total"] == len(objs)
+    assert rr["repairs_by_outcome"] == {"repaired": len(objs)} and r.repaired == \
+        {"minilm": len(objs)}  # fmt: skip
+    chain = _chain(tmp_path, store, auditor)
+    repairs = list(chain.full_list(chain.head(), "repairs"))
+    assert {x["object"].rsplit("/", 1)[-1] for x in repairs} == {p.name for p in objs}
+    assert Path(r.as_dict()["repairs_file"]).read_bytes() == \
+        (store.root / "audits" / signer_dir(auditor.public.key_id) / "lists" /
+         f"{rr['repairs_sha256']}.jsonl").read_bytes()  # fmt: skip
+    assert all(p.exists() for p in objs)
     a = run()
     assert a.outcome == "pass" and a.record["sequence"] == 4
     assert _chain(tmp_path, store, auditor).verify([auditor.public, pk]) == (4, [])
@@ -155,7 +175,7 @@ EDITS = {
     "truncated": lambda b: b[: b.rindex(b"\n", 0, len(b) - 1) + 1],
     "cut mid-line": lambda b: b[:-5],
     "extra line": lambda b: b + b.split(b"\n", 1)[0] + b"\n",
-    "long line": lambda b: b"x" * MAX_FAILURE_LINE + b"\n" + b,
+    "long line": lambda b: b"x" * MAX_LINE + b"\n" + b,
 }
 
 
@@ -167,17 +187,17 @@ def test_a_changed_failures_file_is_refused_naming_it(tmp_path, auditor, how):
     store = LocalStore(tmp_path / "v", create=True)
     chain = _chain(tmp_path, store, auditor)
     rec, path = _simulated(tmp_path / "tmp", 150)
-    entry = chain.append(rec, auditor, path)
-    local, remote = chain.failures_path(entry.record), _remote_file(store, auditor, rec)
-    want = list(chain.failures(entry))
+    entry = chain.append(rec, auditor, {"failures": path})
+    local, remote = chain.list_path(entry.record), _remote_file(store, auditor, rec)
+    want = list(chain.full_list(entry))
     assert len(want) == 150
     local.write_bytes(EDITS[how](local.read_bytes()))
-    assert list(chain.failures(entry)) == want  # the replica's copy checks
+    assert list(chain.full_list(entry)) == want  # the replica's copy checks
     count, problems = chain.verify([auditor.public])
     assert count == 1 and len(problems) == 1 and str(local) in problems[0], problems
     remote.write_bytes(EDITS[how](remote.read_bytes()))
     with pytest.raises(IntegrityError) as e:
-        list(chain.failures(entry))
+        list(chain.full_list(entry))
     msg = str(e.value)
     assert "\n" not in msg and str(local) in msg and str(remote) in msg, msg
     assert e.value.exit_code == 1
@@ -195,12 +215,12 @@ def test_cli_verify_and_repair_refuse_a_changed_failures_file(vault_copy, lab_ke
     state = tmp_path / "state"
     chain = Chain(replica_dir(state, store.url), store, auditor.public.key_id)
     rec, path = _simulated(tmp_path / "tmp", 150)
-    entry = chain.append(rec, auditor, path)
+    entry = chain.append(rec, auditor, {"failures": path})
     common = ("--vault", vault_copy, "--trust", f"{lab_key}.pub", "--key", tmp_path / "audit.key",
               "--state-dir", state)  # fmt: skip
     r = wv("audit-log", "verify", *common)
     assert r.code == 0 and "1 records, INTACT" in r.out, r.out + r.err
-    for p in (chain.failures_path(entry.record), _remote_file(store, auditor, rec)):
+    for p in (chain.list_path(entry.record), _remote_file(store, auditor, rec)):
         p.write_bytes(p.read_bytes()[:-1])
     r = wv("audit-log", "verify", *common)
     assert r.code == 1 and "BROKEN" in r.out, r.out + r.err
@@ -209,7 +229,7 @@ def test_cli_verify_and_repair_refuse_a_changed_failures_file(vault_copy, lab_ke
     assert r.code == 1, r.out + r.err
     lines = [x for x in r.err.splitlines() if x.strip()]
     assert len(lines) == 1 and "weightvault: error:" in lines[0], r.err
-    assert str(chain.failures_path(entry.record)) in lines[0]
+    assert str(chain.list_path(entry.record)) in lines[0]
 
 
 def test_version_1_chain_continued_in_version_2_verifies(vault_copy, lab_key, tmp_path, auditor):
@@ -226,7 +246,7 @@ def test_version_1_chain_continued_in_version_2_verifies(vault_copy, lab_key, tm
     assert env["record"]["format_version"] == 1
     keys.verify_signatures(PAYLOAD_TYPES[1], canon.canonical(env["record"]), env["signatures"],
                            [auditor.public], "v1")  # fmt: skip
-    assert len(list(chain.failures(first))) == 150  # inline, no file
+    assert len(list(chain.full_list(first))) == 150  # inline, no file
     a = audit.audit_replica("v", store, level="full", trusted=[pk], key=auditor,
                             state=tmp_path / "state")  # fmt: skip
     assert a.record["format_version"] == 2 and a.record["sequence"] == 2
@@ -250,7 +270,8 @@ def test_schema_and_counts_of_each_version(tmp_path):
     auditlog.consistent(full, "v2")
     v1 = {**_record(1, [_fake(1)]), "sequence": 1, "previous": None}
     spec.validate(v1, "audit-record", "v1")
-    for member in ("failures_total", "failures_sha256", "failures_by_kind"):
+    for member in ("failures_total", "failures_sha256", "failures_by_kind", "repairs_total",
+                   "repairs_sha256", "repairs_by_outcome", "transient_total"):
         with pytest.raises(CorruptData, match="audit-record schema"):
             spec.validate({**v1, member: full[member]}, "audit-record", "v1")
         with pytest.raises(CorruptData, match="audit-record schema"):
@@ -277,32 +298,32 @@ def test_the_failures_file_goes_to_the_replica_before_its_record(tmp_path, audit
     store = LocalStore(tmp_path / "v", create=True)
     chain = _chain(tmp_path, store, auditor)
     rec, path = _simulated(tmp_path / "tmp", 150)
-    real = Chain._put_failures
+    real = Chain._put_list
 
     def refuse(self, *a):
         raise StorageError("replica full")
 
-    monkeypatch.setattr(Chain, "_put_failures", refuse)
-    entry = chain.append(rec, auditor, path)
+    monkeypatch.setattr(Chain, "_put_list", refuse)
+    entry = chain.append(rec, auditor, {"failures": path})
     sub = store.root / "audits" / signer_dir(auditor.public.key_id)
-    assert not sub.exists() and chain.failures_path(entry.record).exists()
-    monkeypatch.setattr(Chain, "_put_failures", real)
+    assert not sub.exists() and chain.list_path(entry.record).exists()
+    monkeypatch.setattr(Chain, "_put_list", real)
     rec2, path2 = _simulated(tmp_path / "tmp", 3)
     assert path2 is None
     chain.append(rec2, auditor)
     assert sorted(p.name for p in sub.glob("*.json")) == ["00000001.json", "00000002.json"]
     assert _remote_file(store, auditor, rec).read_bytes() == \
-        chain.failures_path(entry.record).read_bytes()  # fmt: skip
+        chain.list_path(entry.record).read_bytes()  # fmt: skip
     assert chain.verify([auditor.public]) == (2, [])
 
 
 @pytest.mark.slow
 def test_failures_past_the_record_are_not_held_in_memory(tmp_path):
     """300,000 failures (a replica that lost about 19 TB of 64 MiB objects) go through the
-    audit's FailureList with a flat memory: only the record's first 100 are held."""
+    audit's BoundedList with a flat memory: only the record's first 100 are held."""
     import tracemalloc
 
-    fl = FailureList(tmp_path)
+    fl = BoundedList(tmp_path)
     tracemalloc.start()
     for i in range(300_000):
         fl.add(_fake(i))
@@ -332,14 +353,14 @@ class _Endless:
 
 def test_an_endless_failures_file_is_refused_early(tmp_path):
     """The checks bound what is read from storage: lines past failures_total, or one line
-    past MAX_FAILURE_LINE, stop the reading there."""
+    past MAX_LINE, stop the reading there."""
     rec, path = _simulated(tmp_path, 150)
     line = path.read_bytes().split(b"\n", 1)[0] + b"\n"
     src = _Endless(line)
     with pytest.raises(IntegrityError, match="^f: more lines than the 150"):
-        auditlog.check_failures(src, "f", rec)
+        auditlog.check_list(src, "f", rec)
     assert src.given <= 2 << 20  # the first read's megabyte, and the next
     src = _Endless(b"x")
-    with pytest.raises(IntegrityError, match=f"^f: line 1 is longer than {MAX_FAILURE_LINE}"):
-        auditlog.check_failures(src, "f", rec)
+    with pytest.raises(IntegrityError, match=f"^f: line 1 is longer than {MAX_LINE}"):
+        auditlog.check_list(src, "f", rec)
     assert src.given <= 1 << 20

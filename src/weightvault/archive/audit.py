@@ -19,10 +19,10 @@ from pathlib import Path
 from weightvault.archive import auditlog
 from weightvault.archive.auditlog import (
     RECORD_VERSION,
+    BoundedList,
     Chain,
-    FailureList,
     Verified,
-    empty_failures,
+    empty_list,
     failures_total,
     now,
     replica_dir,
@@ -51,7 +51,7 @@ DAY = 86400.0
 # failures of one replica a command's report lines show in full: a replica gone wholesale
 # fails every object, millions of lines. The signed record (version 2) holds the first
 # RECORD_FAILURES of them and the report's --json shows that record; past those, the full
-# list is a file beside the record (auditlog.FailureList), named in the report
+# list is a file beside the record (auditlog.BoundedList), named in the report
 REPORT_FAILURES = 1000
 
 
@@ -237,6 +237,8 @@ class ReplicaAudit:
     record: dict = field(default_factory=dict)
     error: str = ""
     failures_file: str = ""  # every failure, one JSON object a line, when the record has not
+    repairs_file: str = ""  # the same for a repair's repairs
+    repaired: dict[str, int] = field(default_factory=dict)  # a repair: bundle -> objects fixed
 
     @property
     def failures_total(self) -> int:
@@ -266,7 +268,8 @@ class ReplicaAudit:
         return {"replica": self.replica, "url": self.url, "level": self.level,
                 "outcome": self.outcome, "error": self.error, "record": rec,
                 "failures_total": self.failures_total,
-                "failures_file": self.failures_file or None}  # fmt: skip
+                "failures_file": self.failures_file or None}  \
+            | ({"repairs_file": self.repairs_file or None} if self.level == "repair" else {})  # fmt: skip
 
 
 def _failure(t: Target | None, kind: str, expected: str, found: str, obj: str = "",
@@ -312,7 +315,7 @@ def audit_replica(
     verified = Verified(local)
     before = store.counters.payload_read
     vault = Vault(store)
-    failures = FailureList(chain.local)  # on disk past the record's share: flat memory
+    failures = BoundedList(chain.local)  # on disk past the record's share: flat memory
     transient: list[dict] = []  # the record's share of them; transient_n counts all
     transient_n = 0
     bundles: list[dict] = []
@@ -399,16 +402,16 @@ def audit_replica(
         "objects_checked": checked, "bytes_read": store.counters.payload_read - before - reread,
         "objects_unverifiable": unverifiable,
         "bundles": bundles, **failures.fields(), "transient": transient,
-        "transient_total": transient_n, "repairs": [], "coverage": coverage,
+        "transient_total": transient_n, **empty_list("repairs"), "coverage": coverage,
     }  # fmt: skip
     try:
-        entry = chain.append(record, key, full_list)
+        entry = chain.append(record, key, {"failures": full_list} if full_list else None)
     finally:
         if full_list is not None:
             full_list.unlink(missing_ok=True)  # moved into place unless the append failed
     out = ReplicaAudit(name, store.url, level, record["eventOutcome"], entry.record)
     if truncated(entry.record):
-        out.failures_file = str(chain.failures_path(entry.record))
+        out.failures_file = str(chain.list_path(entry.record))
     return out
 
 
@@ -487,46 +490,63 @@ def repair_replica(
         return ReplicaAudit(name, store.url, "repair", "pass"), []
     # every failure, not only the record's first: from the failures file beside the record,
     # checked against the signed record before any line is used. The objects to repair are
-    # held (they are copied and reported one by one anyway)
+    # held (replicate takes each bundle's suspects as a set)
     by_bundle: dict[str, set[str]] = {}
-    for f in chain.failures(head):
+    for f in chain.full_list(head):
         by_bundle.setdefault(f["bundle"], set()).add(f["object"])
-    repairs, lost = [], []
-    for bname, suspects in sorted(by_bundle.items()):
-        ok_sources = [s for _n, s in sources if _holds(s, bname, trusted)]
-        try:
-            if not ok_sources:
-                raise IntegrityError(f"no other replica holds bundle {bname}")
-            r: ReplicateResult = replicate(ok_sources, store, bname, trusted, workers=workers,
-                                           suspect={_key(s, store) for s in suspects})  # fmt: skip
-            done = {e.key: e for e in r.events}
-            for obj in sorted(suspects):
-                k = _key(obj, store)
-                e = done.get(k)
-                detail = f"copied from {e.source}" if e else "verified in place on re-check"
-                repairs.append({"object": obj, "bundle": bname, "outcome": "repaired",
-                                "detail": detail})  # fmt: skip
-        except WeightvaultError as e:
-            files = _files_using(sources + [(name, store)], bname, suspects, trusted)
-            msg = (f"bundle {bname}: NO HEALTHY COPY of {len(suspects)} object(s) on any replica; "
-                   f"these files cannot be restored: {', '.join(files) or 'unknown'} ({e})")  # fmt: skip
-            lost.append(msg)
-            for obj in sorted(suspects):
-                repairs.append({"object": obj, "bundle": bname, "outcome": "unrepairable",
-                                "detail": str(e)[:4000]})  # fmt: skip
+    repairs = BoundedList(chain.local, "repairs")  # on disk past the record's share
+    repaired: dict[str, int] = {}
+    lost = []
+    try:
+        for bname, suspects in sorted(by_bundle.items()):
+            ok_sources = [s for _n, s in sources if _holds(s, bname, trusted)]
+            try:
+                if not ok_sources:
+                    raise IntegrityError(f"no other replica holds bundle {bname}")
+                r: ReplicateResult = replicate(ok_sources, store, bname, trusted,
+                                               workers=workers,
+                                               suspect={_key(s, store) for s in suspects})  # fmt: skip
+                done = {e.key: e for e in r.events}
+                for obj in sorted(suspects):
+                    e = done.get(_key(obj, store))
+                    detail = f"copied from {e.source}" if e else "verified in place on re-check"
+                    repairs.add({"object": obj, "bundle": bname, "outcome": "repaired",
+                                 "detail": detail})  # fmt: skip
+                repaired[bname] = len(suspects)
+            except WeightvaultError as e:
+                files = _files_using(sources + [(name, store)], bname, suspects, trusted)
+                msg = (f"bundle {bname}: NO HEALTHY COPY of {len(suspects)} object(s) on any "
+                       f"replica; these files cannot be restored: {', '.join(files) or 'unknown'}"
+                       f" ({e})")  # fmt: skip
+                lost.append(msg)
+                for obj in sorted(suspects):
+                    repairs.add({"object": obj, "bundle": bname, "outcome": "unrepairable",
+                                 "detail": str(e)[:4000]})  # fmt: skip
+        full_list = repairs.finish()
+    except BaseException:
+        repairs.discard()
+        raise
     record = {
         "format": "weightvault-audit", "format_version": RECORD_VERSION,
         "eventType": "replication", "eventDateTime": started, "ended": now(),
         "eventOutcome": "fail" if lost else "pass",
         "replica": {"name": name, "url": store.url}, "level": "repair",
         "agent": {"tool": tool(), "key": key.public.key_id},
-        "objects_checked": len(repairs), "bytes_read": 0, "bundles": [],
-        **empty_failures(), "transient": [], "transient_total": 0, "repairs": repairs,
+        "objects_checked": repairs.total, "bytes_read": 0, "bundles": [],
+        **empty_list("failures"), "transient": [], "transient_total": 0, **repairs.fields(),
         "coverage": {"cycle_days": None, "objects": 0, "verified_within_cycle": 0,
                      "oldest_age_seconds": None},
     }  # fmt: skip
-    entry = chain.append(record, key)
-    return ReplicaAudit(name, store.url, "repair", record["eventOutcome"], entry.record), lost
+    try:
+        entry = chain.append(record, key, {"repairs": full_list} if full_list else None)
+    finally:
+        if full_list is not None:
+            full_list.unlink(missing_ok=True)  # moved into place unless the append failed
+    out = ReplicaAudit(name, store.url, "repair", record["eventOutcome"], entry.record,
+                       repaired=repaired)  # fmt: skip
+    if truncated(entry.record, "repairs"):
+        out.repairs_file = str(chain.list_path(entry.record, "repairs"))
+    return out, lost
 
 
 def _holds(store: Store, bname: str, trusted: list[PublicKey]) -> bool:

@@ -1130,10 +1130,14 @@ def repair(ctx: Ctx, vault, replicas, trust, key_path, state_dir, workers, as_js
     lines = []
     for r in results:
         reps = r.record.get("repairs", []) if r.record else []
-        fixed = sum(1 for x in reps if x["outcome"] == "repaired")
-        lines.append(f"{r.replica}: {fixed} repaired, {len(reps) - fixed} unrepairable" if reps
+        total = r.record.get("repairs_total", len(reps)) if r.record else 0
+        fixed = r.record.get("repairs_by_outcome", {}).get("repaired", 0) if r.record else 0
+        lines.append(f"{r.replica}: {fixed} repaired, {total - fixed} unrepairable" if total
                      else f"{r.replica}: nothing to repair")  # fmt: skip
         lines += [f"  {x['outcome']}: {x['object']} ({x['detail'][:120]})" for x in reps]
+        if total > len(reps):
+            lines.append(f"  ... {total - len(reps)} more ({total} in all): every one is "
+                         f"listed in {r.repairs_file}")  # fmt: skip
     _emit({"replicas": [r.as_dict() for r in results], "lost": lost,
            "unreachable": rs.errors}, as_json, "\n".join(lines))  # fmt: skip
     for msg in lost:

@@ -152,11 +152,7 @@ def log_repairs(ctx: Ctx, rs, results) -> None:
     def go() -> None:
         stmts = []
         for r in results:
-            counts: dict[str, int] = {}
-            for x in (r.record or {}).get("repairs", []):
-                if x.get("outcome") == "repaired":
-                    counts[x["bundle"]] = counts.get(x["bundle"], 0) + 1
-            for name, n in counts.items():
+            for name, n in r.repaired.items():  # every object, not the record's first
                 bid = Vault(rs.store(r.replica)).bundle_id_of(name)
                 stmts.append(st.repaired(bid, name, r.replica, n))
         if stmts:
