@@ -17,6 +17,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -215,6 +216,10 @@ def s3_source(args) -> dict:
             best = {n: min(rs, key=lambda r: r["wall_s"]) for n, rs in runs.items()}
             for n in ("s3", "s3-s3fs"):  # >= 0.8 is the target
                 runs[f"speed_ratio_{n}"] = round(best["disk"]["wall_s"] / best[n]["wall_s"], 3)
+                pairs = sorted(d["wall_s"] / b["wall_s"]
+                               for d, b in zip(runs["disk"], runs[n], strict=True))
+                runs[f"pair_ratios_{n}"] = [round(x, 3) for x in pairs]  # each rep's own pair
+                runs[f"median_pair_ratio_{n}"] = round(statistics.median(pairs), 3)
                 runs[f"{n}_MBps"] = round(args.size / MiB / best[n]["wall_s"], 1)
             runs["disk_MBps"] = round(args.size / MiB / best["disk"]["wall_s"], 1)
     return out

@@ -727,3 +727,61 @@ def test_the_stewards_custody_events_reach_the_labs_log(tmp_path, lab_key, minil
     ok(w.lab("escrow", "log", "minilm"))  # anchored once: nothing new to append
     (again,) = ok(w.lab("log", "show", "minilm", "--json")).json().values()
     assert again == kinds
+
+
+def test_add_sealed_appends_what_a_failed_seal_append_missed(tmp_path, lab_key, other_key):
+    """A bundle committed on the replicas but absent from the log (its seal's append failed)
+    gets its `sealed` and `replicated` statements from `log add-sealed`, once; a bundle whose
+    signature does not verify under the trusted keys gets none (exit 4)."""
+    import shutil
+
+    from conftest import write_config
+
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    cfg = write_config(tmp_path / "wv.toml", lab_key, {
+        "a": {"url": str(tmp_path / "a"), "role": "primary"}, "b": {"url": str(tmp_path / "b")}})
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "w.bin").write_bytes(os.urandom(50_000))
+    ok(wv("-c", cfg, "seal", src, "--name", "one", "-q", env=env))
+
+    def smuggle(name: str, key: Path, to=("a", "b")) -> None:
+        """Commit `name` on replicas without the log knowing: sealed elsewhere, copied in."""
+        (src / "w.bin").write_bytes(os.urandom(50_000))
+        other = tmp_path / f"elsewhere-{name}-{to[0]}"
+        ok(wv("seal", src, "--vault", other, "--key", key, "--name", name, "-q", env=env))
+        for r in to:
+            shutil.copytree(other / "bundles" / name, tmp_path / r / "bundles" / name)
+            shutil.copytree(other / "objects", tmp_path / r / "objects", dirs_exist_ok=True)
+
+    smuggle("two", lab_key)
+    pub = f"{lab_key}.pub"
+    size = ok(wv("log", "verify", tmp_path / "a", "--key", pub, "--json")).json()["size"]
+    one_error(wv("-c", cfg, "log", "show", "two", env=env), 2, "two", "no statement")
+    r = ok(wv("-c", cfg, "log", "add-sealed", "two", "one", "--trust", pub, "--json", env=env))
+    assert [(o["name"], o["statements"], o["held_on"]) for o in r.json()] == [
+        ("two", 3, ["a", "b"]), ("one", 0, ["a", "b"])]
+    shown = ok(wv("-c", cfg, "log", "show", "two", "--json", env=env)).json()
+    (bid,) = shown
+    assert set(shown[bid]) == {"sealed", "replicated/a", "replicated/b"}
+    assert shown[bid]["sealed"]["signer"] == keys.load_public_key(Path(pub)).key_id
+    for rep in ("a", "b"):
+        assert ok(wv("log", "verify", tmp_path / rep, "--key", pub, "--json")).json()["size"] \
+            == size + 3
+    again = ok(wv("-c", cfg, "log", "add-sealed", "two", "--trust", pub, env=env))
+    assert "already in the log" in again.out
+    assert ok(wv("log", "verify", tmp_path / "a", "--key", pub, "--json")).json()["size"] \
+        == size + 3
+
+    smuggle("forged", other_key)  # signed by a key the user does not trust
+    one_error(wv("-c", cfg, "log", "add-sealed", "forged", "--trust", pub, env=env), 4,
+              "forged", "no replica holds a bundle of this name that verifies")  # fmt: skip
+    assert ok(wv("log", "verify", tmp_path / "a", "--key", pub, "--json")).json()["size"] \
+        == size + 3
+
+    smuggle("split", lab_key, ("a",))  # two different bundles of one name
+    smuggle("split", lab_key, ("b",))
+    one_error(wv("-c", cfg, "log", "add-sealed", "split", "--trust", pub, env=env), 5,
+              "split", "2 different bundles")  # fmt: skip
+    assert ok(wv("log", "verify", tmp_path / "a", "--key", pub, "--json")).json()["size"] \
+        == size + 3

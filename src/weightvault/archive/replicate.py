@@ -21,11 +21,11 @@ from weightvault.format.manifest import MANIFEST_KEY, MAX_MANIFEST, SIGNATURE_KE
 from weightvault.storage.store import Store
 from weightvault.storage.vault import (
     MAX_SIG,
-    POOL,
     Bundle,
     Vault,
     commit_files,
     object_key,
+    pool_sizes,
     prefix,
 )
 
@@ -143,10 +143,10 @@ def _replicate(sources: list[Store], dst: Store, src_vault: Vault, b: Bundle, *,
             raise Conflict(f"{dst.describe(prefix(name))}: holds a different bundle under the "
                            f"name {name!r} ({their_id[:16]}, not {m.bundle_id[:16]})")  # fmt: skip
     listing = dst.list(f"{prefix(name)}/data")
-    if m.pooled:
-        listing.update(dst.list(POOL))
     wanted = [(object_key(m, o["name"]), o["name"], o["size"], o.get("sha512"))
               for o in m.doc["objects"]]  # fmt: skip
+    if m.pooled:
+        listing.update(pool_sizes(dst, [w[0] for w in wanted]))
     wanted += [(f"{prefix(name)}/data/{r['path']}", r["sha256"], r["size"], r.get("sha512"))
                for r in m.plain_files]  # fmt: skip
     if executor is not None and executor.distributed and wanted:
@@ -264,7 +264,8 @@ def bundle_state(store: Store, name: str, bundle_id: str | None = None,
         return BundleState("conflict", m.bundle_id, detail="a different bundle under this name")
     missing = 0
     if m.pooled:
-        listing = {**listing, **store.list(POOL)}
+        listing = {**listing, **pool_sizes(store, [object_key(m, o["name"])
+                                                   for o in m.doc["objects"]])}  # fmt: skip
     for o in m.doc["objects"]:
         if listing.get(object_key(m, o["name"])) != o["size"]:
             missing += 1

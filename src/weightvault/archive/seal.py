@@ -42,13 +42,13 @@ from weightvault.storage.chunkio import drop_cached, trial_decode
 from weightvault.storage.store import Store
 from weightvault.storage.vault import (
     BUNDLES,
-    POOL,
     Bundle,
     Vault,
     already_sealed,
     commit_files,
     describe_source,
     pool_key,
+    pool_sizes,
     prefix,
 )
 
@@ -451,7 +451,9 @@ class _Versions:
         self._failed = threading.Event()
         if not self.old:
             return
-        pool = store.list(POOL)
+        pool = pool_sizes(store, [pool_key(c["object"]) for f in files
+                                  if (e := self.old.get(f.path)) and e["size"] == f.size
+                                  for c in e["chunks"]])  # fmt: skip
         for i, f in enumerate(files):
             e = self.old.get(f.path)
             if f.size and e and e["size"] == f.size and all(

@@ -25,13 +25,13 @@ from weightvault.format.paths import check_name
 from weightvault.storage.store import Store
 from weightvault.storage.vault import (
     MAX_SIG,
-    POOL,
     Bundle,
     Vault,
     already_sealed,
     commit_files,
     object_key,
     pool_key,
+    pool_sizes,
     prefix,
 )
 
@@ -157,7 +157,7 @@ def amend(store: Store, ref: str, key: SigningKey, trusted: list[PublicKey],
         raise already_sealed(vault, new_name)
     written: list[str] = []
     with store.pool_lock(shared=True):
-        pool = store.list(POOL)
+        pool = pool_sizes(store, [pool_key(o["name"]) for o in m.doc["objects"]])
         for o in m.doc["objects"]:
             have = pool.get(pool_key(o["name"]))
             if have != o["size"]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from weightvault.cli.app import Ctx, _emit, _state, cli, json_opt, vault_opt
-from weightvault.errors import InputError, StorageError, WeightvaultError
+from weightvault.cli.app import Ctx, _emit, _state, cli, json_opt, trust_opt, vault_opt
+from weightvault.errors import Conflict, InputError, StorageError, WeightvaultError
 
 
 def _pub(path: str):
@@ -506,6 +506,68 @@ def log_publish(ctx: Ctx, url, vault, log_key, as_json) -> None:
         shutil.rmtree(dst.store.root / TMP, ignore_errors=True)
     _emit({"url": url, "size": head.size, "cosignatures": copied}, as_json,
           f"published the log at tree size {head.size} to {url}")
+
+
+@log_group.command("add-sealed")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@click.option("--key", "key_path", metavar="FILE",
+              help="The lab's log signing key [default: the config's signing_key].")
+@vault_opt
+@trust_opt
+@json_opt
+@click.pass_obj
+def log_add_sealed(ctx: Ctx, names, key_path, vault, trust, as_json) -> None:
+    """Append the `sealed` (and `replicated`) statements of committed bundles the log lacks:
+    after a seal whose log append failed (its `note: preservation log not updated`).
+
+    Each bundle's manifest is verified against the trusted keys on every replica before a
+    statement names it; what the log already says is not said again."""
+    from weightvault.log import statements as st
+    from weightvault.log.archive import PreservationLog
+    from weightvault.storage.vault import Vault
+
+    rs, trusted = ctx.replicas(vault), ctx.trusted(trust)
+    key = ctx.signing_key(key_path)
+    if not trusted:
+        raise InputError("no trusted public key given: pass --trust KEY.pub (a statement names "
+                         "only a bundle whose signature verifies)")  # fmt: skip
+    said = {(d["kind"], d.get("bundle"), d.get("replica"))
+            for _, d in PreservationLog(rs, key.public.raw).statements()}  # fmt: skip
+    stmts, out = [], []
+    for name in names:
+        held: dict[str, str] = {}  # replica -> bundle id, where the bundle verifies
+        errors: dict[str, WeightvaultError] = {}
+        first = None
+        for n in rs.names:
+            try:
+                b = Vault(rs.store(n)).load_exact(name, trusted)
+                held[n] = b.manifest.bundle_id
+                first = first or b
+            except WeightvaultError as e:
+                errors[n] = e
+        if not held:  # the first replica's reason decides the exit code (trust, integrity...)
+            raise type(next(iter(errors.values())))(
+                f"{name}: no replica holds a bundle of this name that verifies "
+                f"({'; '.join(f'{n}: {e}' for n, e in errors.items())})")  # fmt: skip
+        ids = set(held.values())
+        if len(ids) > 1:
+            raise Conflict(f"{name}: the replicas hold {len(ids)} different bundles of this "
+                             f"name ({', '.join(sorted(ids))}); run `audit` first")  # fmt: skip
+        m, new = first.manifest, []
+        if ("sealed", m.bundle_id, None) not in said:
+            new.append(st.sealed(m.bundle_id, m.name, m.bytes_stored, first.signer.key_id,
+                                 m.version, m.encryption is not None))  # fmt: skip
+        new += [st.replicated(m.bundle_id, m.name, n) for n in held
+                if ("replicated", m.bundle_id, n) not in said]  # fmt: skip
+        stmts += new
+        out.append({"name": m.name, "bundle": m.bundle_id, "statements": len(new),
+                    "held_on": sorted(held)})  # fmt: skip
+    if stmts:
+        record(ctx, rs, *stmts, key=key)
+    _emit(out, as_json, "\n".join(
+        f"{o['name']} {o['bundle'][:12]}: " + (f"{o['statements']} statements appended"
+                                               if o["statements"] else "already in the log")
+        for o in out))  # fmt: skip
 
 
 @log_group.command("show")
