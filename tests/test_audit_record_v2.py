@@ -364,3 +364,28 @@ def test_an_endless_failures_file_is_refused_early(tmp_path):
     with pytest.raises(IntegrityError, match=f"^f: line 1 is longer than {MAX_LINE}"):
         auditlog.check_list(src, "f", rec)
     assert src.given <= 1 << 20
+
+
+def test_a_lost_local_state_takes_the_list_files_back_from_the_replica(tmp_path, auditor):
+    """The local state lost, the next append resumes from the replica's verified chain and
+    takes each record's list file with it (checked first), so `audit-log verify` finds both
+    copies whole; a list file that does not check is not taken (verify names it)."""
+    store = LocalStore(tmp_path / "v", create=True)
+    rec, path = _simulated(tmp_path / "tmp", 150)
+    entry = _chain(tmp_path, store, auditor).append(rec, auditor, {"failures": path})
+    shutil.rmtree(tmp_path / "state")
+    chain = _chain(tmp_path, store, auditor)
+    again, _ = _simulated(tmp_path / "tmp", 0)
+    assert chain.append(again, auditor).seq == 2
+    assert chain.list_path(entry.record).read_bytes() == \
+        _remote_file(store, auditor, rec).read_bytes()  # fmt: skip
+    assert chain.verify([auditor.public]) == (2, [])
+    shutil.rmtree(tmp_path / "state")
+    remote = _remote_file(store, auditor, rec)
+    remote.write_bytes(remote.read_bytes()[:-1])
+    chain = _chain(tmp_path, store, auditor)
+    assert chain.append(again, auditor).seq == 3
+    assert not chain.list_path(entry.record).exists()
+    problems = chain.verify([auditor.public])[1]
+    assert len(problems) == 2 and str(remote) in problems[1], problems
+    assert not list(chain.local.glob(".failures.*"))

@@ -242,8 +242,9 @@ def check_list(src, what: str, rec: dict, member: str = "failures", out=None) ->
         raise bad(f"its SHA-256 differs from the record's {member}_sha256 (edited)")
 
 
-def _lines(path: Path, what: str) -> Iterator[dict]:
-    with open(path, "rb") as f:
+def _lines(f, what: str) -> Iterator[dict]:
+    """The items of a checked list file, open for reading (closed at the end)."""
+    with f:
         for n, line in enumerate(f, 1):
             obj = canon.parse(line, f"{what} line {n}")
             if not isinstance(obj, dict) or "object" not in obj or "bundle" not in obj:
@@ -330,6 +331,10 @@ class Chain:
             self.local.mkdir(parents=True, exist_ok=True)
             for seq, raw in remote:
                 if seq not in lmap:
+                    rec = parse(raw, str(self.local / _name(seq)))["record"]
+                    for m in _files_of(rec):  # its list files too, where they check
+                        with contextlib.suppress(IntegrityError):
+                            self._checked_copy(seq, rec, m)[0].unlink()
                     _write_local(self.local / _name(seq), raw)
             return remote
         for seq, raw in local:
@@ -407,6 +412,15 @@ class Chain:
         rec = entry.record
         if not truncated(rec, member):
             return iter(rec[member])
+        copy, what = self._checked_copy(entry.seq, rec, member)
+        f = open(copy, "rb")  # noqa: SIM115 - read by the generator, closed by it or by GC
+        copy.unlink()  # nothing to clean up, however far the caller reads
+        return _lines(f, what)
+
+    def _checked_copy(self, seq: int, rec: dict, member: str) -> tuple[Path, str]:
+        """A private copy of a record's list file that checks against the record (the local
+        copy, else the replica's, which is then kept locally too), and what it was copied
+        from; IntegrityError naming each copy tried when none checks."""
         sub = signer_dir(self.signer or rec["agent"]["key"])
         local = self.local_root / sub / list_name(rec[f"{member}_sha256"])
         sources: list[tuple[str, Callable]] = [(str(local), partial(open, local, "rb"))]
@@ -434,8 +448,8 @@ class Chain:
                 local.parent.mkdir(exist_ok=True)
                 with contextlib.suppress(OSError):
                     os.link(copy, local)
-            return _consumed(copy, what)
-        raise IntegrityError(f"the full {member} list of audit record {entry.seq} cannot be "
+            return copy, what
+        raise IntegrityError(f"the full {member} list of audit record {seq} cannot be "
                              f"read: {'; '.join(errors)}")  # fmt: skip
 
     def verify(self, trusted: list[PublicKey]) -> tuple[int, list[str]]:
@@ -486,15 +500,6 @@ class Chain:
 def _files_of(rec: dict) -> list[str]:
     """The lists of a record that are kept in files."""
     return [m for m in LISTS if truncated(rec, m)]
-
-
-def _consumed(path: Path, what: str) -> Iterator[dict]:
-    """The failures of a checked private copy, which is removed once read (or abandoned)."""
-    try:
-        yield from _lines(path, what)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 def _last(entries: list[tuple[int, bytes]], where: Path) -> Entry | None:
