@@ -404,11 +404,7 @@ def audit_replica(
         "bundles": bundles, **failures.fields(), "transient": transient,
         "transient_total": transient_n, **empty_list("repairs"), "coverage": coverage,
     }  # fmt: skip
-    try:
-        entry = chain.append(record, key, {"failures": full_list} if full_list else None)
-    finally:
-        if full_list is not None:
-            full_list.unlink(missing_ok=True)  # moved into place unless the append failed
+    entry = chain.append(record, key, {"failures": full_list})
     out = ReplicaAudit(name, store.url, level, record["eventOutcome"], entry.record)
     if truncated(entry.record):
         out.failures_file = str(chain.list_path(entry.record))
@@ -537,11 +533,7 @@ def repair_replica(
         "coverage": {"cycle_days": None, "objects": 0, "verified_within_cycle": 0,
                      "oldest_age_seconds": None},
     }  # fmt: skip
-    try:
-        entry = chain.append(record, key, {"repairs": full_list} if full_list else None)
-    finally:
-        if full_list is not None:
-            full_list.unlink(missing_ok=True)  # moved into place unless the append failed
+    entry = chain.append(record, key, {"repairs": full_list})
     out = ReplicaAudit(name, store.url, "repair", record["eventOutcome"], entry.record,
                        repaired=repaired)  # fmt: skip
     if truncated(entry.record, "repairs"):

@@ -358,10 +358,18 @@ class Chain:
     def append(self, record: dict, key: SigningKey,
                files: dict[str, Path] | None = None) -> Entry:  # fmt: skip
         """Sign and store `record`. `files`: list member -> the file of all its items, one
-        canonical line each (BoundedList.finish), for each list the record holds only the
-        first of; each is stored beside the chain before the record, on the replica and
-        locally, and moved away from its path."""
-        files = dict(files or {})
+        canonical line each (BoundedList.finish: None when the record holds them all), for
+        each list the record holds only the first of; each is stored beside the chain before
+        the record, on the replica and locally, and is gone from its path afterwards (moved
+        into place, or removed when the append fails)."""
+        files = {m: p for m, p in (files or {}).items() if p is not None}
+        try:
+            return self._append(record, key, files)
+        finally:
+            for p in files.values():
+                p.unlink(missing_ok=True)
+
+    def _append(self, record: dict, key: SigningKey, files: dict[str, Path]) -> Entry:
         if self.signer is None:
             self.signer = key.public.key_id
         sub = signer_dir(key.public.key_id)
