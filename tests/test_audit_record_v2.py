@@ -389,3 +389,27 @@ def test_a_lost_local_state_takes_the_list_files_back_from_the_replica(tmp_path,
     problems = chain.verify([auditor.public])[1]
     assert len(problems) == 2 and str(remote) in problems[1], problems
     assert not list(chain.local.glob(".failures.*"))
+
+
+def test_an_outsider_recomputes_the_list_digest(tmp_path):
+    """FORMAT.md 8.1's list bytes, recomputed with nothing but json and hashlib: each item's
+    canonical JSON (sorted keys, no spaces, UTF-8) and a line feed; for the example record
+    of a real audit (manifests/examples/audit-record-v2.json) and for a list kept in a file,
+    whose bytes are exactly those."""
+    def outsider(items) -> str:
+        return hashlib.sha256(b"".join(
+            json.dumps(x, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            + b"\n" for x in items)).hexdigest()  # fmt: skip
+
+    example = Path(__file__).parent.parent / "manifests/examples/audit-record-v2.json"
+    rec = json.loads(example.read_text())
+    assert rec["failures_total"] == len(rec["failures"]) == 2
+    assert outsider(rec["failures"]) == rec["failures_sha256"]
+    assert outsider([]) == rec["repairs_sha256"]
+    odd = [{**_fake(i), "found": "é\x01\"\\ \u2028 \U0001F600"} for i in range(150)]
+    fl = BoundedList(tmp_path)
+    for x in odd:
+        fl.add(x)
+    path = fl.finish()
+    assert outsider(odd) == fl.fields()["failures_sha256"]
+    assert [json.loads(x) for x in path.read_bytes().splitlines(keepends=True)] == odd
