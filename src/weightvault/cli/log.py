@@ -265,6 +265,8 @@ def check_audit_anchors(ctx: Ctx, rs, replica: str, store) -> list[str]:
     except (StorageError, FileNotFoundError):
         listing = {}
     for key in listing:
+        if not key.rsplit("/", 1)[-1].removesuffix(".json").isdigit():
+            continue  # a record's list file (FORMAT.md 8.1), not a record: never read whole
         try:
             env = parse(store.read_bytes(key, MAX_RECORD), store.describe(key))
             held.add(hashlib.sha256(canon.canonical(env["record"])).hexdigest())
