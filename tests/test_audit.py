@@ -374,20 +374,22 @@ def test_audit_takes_a_local_pool_listing_as_a_stream(vault_copy, lab_key, tmp_p
 
 def test_report_shows_the_first_failures_and_names_a_file_with_all(vault_copy, lab_key,
                                                                    tmp_path, monkeypatch):  # fmt: skip
-    """A replica gone wholesale fails every object: the report (--json and the lines) shows
-    the first REPORT_FAILURES failures in full, the exact total, and a file in the audit state
-    listing every one; the signed record keeps them all. Forced to 2 here."""
+    """A replica gone wholesale fails every object: the signed record (version 2) holds the
+    first RECORD_FAILURES, the exact total and the digest of all; the report's lines show the
+    first REPORT_FAILURES (past the record's, from the failures file), the exact total, and
+    the file in the audit state listing every one. Forced to 3 and 4 here."""
     from pathlib import Path
 
     from conftest import objects_of
 
-    from weightvault.archive import audit
+    from weightvault.archive import audit, auditlog
     from weightvault.archive.auditlog import Chain, replica_dir
     from weightvault.cli.app import _audit_lines
     from weightvault.format import keys
     from weightvault.storage.store import LocalStore
 
-    monkeypatch.setattr(audit, "REPORT_FAILURES", 2)
+    monkeypatch.setattr(auditlog, "RECORD_FAILURES", 3)
+    monkeypatch.setattr(audit, "REPORT_FAILURES", 4)
     pk = keys.load_public_key(Path(f"{lab_key}.pub"))
     auditor = keys.generate(tmp_path / "audit.key")
 
@@ -407,18 +409,20 @@ def test_report_shows_the_first_failures_and_names_a_file_with_all(vault_copy, l
     a = run()
     d = a.as_dict()
     assert a.outcome == "fail" and d["failures_total"] == 5
-    signed = Chain(replica_dir(tmp_path / "state", a.url), None).head().record
-    assert len(signed["failures"]) == 5 and signed == a.record  # the evidence is whole
-    assert d["record"]["failures"] == signed["failures"][:2]
-    assert {k: v for k, v in d["record"].items() if k != "failures"} == \
-        {k: v for k, v in signed.items() if k != "failures"}  # fmt: skip
+    chain = Chain(replica_dir(tmp_path / "state", a.url), None, auditor.public.key_id)
+    head = chain.head()
+    signed = head.record
+    assert signed == a.record and d["record"] == signed
+    assert len(signed["failures"]) == 3 and signed["failures_total"] == 5
+    assert signed["failures_by_kind"] == {"damaged": 1, "missing": 4}
+    everything = list(chain.full_list(head))
+    assert len(everything) == 5 and everything[:3] == signed["failures"]
     listed = Path(d["failures_file"]).read_text().splitlines()
-    assert [json.loads(x) for x in listed] == signed["failures"]
-    assert Path(d["failures_file"]).parent == Chain(replica_dir(tmp_path / "state", a.url),
-                                                    None, auditor.public.key_id).local  # fmt: skip
+    assert [json.loads(x) for x in listed] == everything
+    assert Path(d["failures_file"]).parent == chain.local / "lists"
     lines = _audit_lines(a, 90)
-    assert sum(1 for x in lines if x.startswith(("  missing:", "  damaged:"))) == 2
-    assert f"3 more failures (5 in all): every one is listed in {d['failures_file']}" in lines[-1]
+    assert sum(1 for x in lines if x.startswith(("  missing:", "  damaged:"))) == 4
+    assert f"1 more failures (5 in all): every one is listed in {d['failures_file']}" in lines[-1]
     json.dumps(d)  # the report stays JSON
     # the chain still reads: the next audit continues it, the failures file is not a record
     assert run().record["sequence"] == 3

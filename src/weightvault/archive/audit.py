@@ -16,7 +16,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weightvault.archive.auditlog import Chain, Verified, now, replica_dir, tool
+from weightvault.archive import auditlog
+from weightvault.archive.auditlog import (
+    RECORD_VERSION,
+    BoundedList,
+    Chain,
+    Verified,
+    empty_list,
+    failures_total,
+    now,
+    replica_dir,
+    tool,
+    truncated,
+)
 from weightvault.archive.pipeline import run
 from weightvault.archive.replicate import ReplicateResult, replicate
 from weightvault.archive.verify import check_bag
@@ -36,9 +48,10 @@ from weightvault.storage.vault import BUNDLES, POOL, Vault, commit_order, object
 
 LEVELS = ("metadata", "sample", "full")
 DAY = 86400.0
-# failures of one replica a command's report shows in full (its --json and its lines): a
-# replica gone wholesale fails every object, millions of lines; past this many, the full list
-# goes to a file in the audit state, named in the report (the signed record keeps them all)
+# failures of one replica a command's report lines show in full: a replica gone wholesale
+# fails every object, millions of lines. The signed record (version 2) holds the first
+# RECORD_FAILURES of them and the report's --json shows that record; past those, the full
+# list is a file beside the record (auditlog.BoundedList), named in the report
 REPORT_FAILURES = 1000
 
 
@@ -223,26 +236,40 @@ class ReplicaAudit:
     outcome: str = "pass"
     record: dict = field(default_factory=dict)
     error: str = ""
-    failures_file: str = ""  # every failure, one JSON object a line, when the report has not
+    failures_file: str = ""  # every failure, one JSON object a line, when the record has not
+    repairs_file: str = ""  # the same for a repair's repairs
+    repaired: dict[str, int] = field(default_factory=dict)  # a repair: bundle -> objects fixed
 
     @property
     def failures_total(self) -> int:
-        return len(self.record.get("failures", ()))
+        return failures_total(self.record) if self.record else 0
 
     def shown_failures(self) -> list[dict]:
-        """The failures a report shows in full: the first REPORT_FAILURES, in record order."""
-        return self.record.get("failures", [])[:REPORT_FAILURES]
+        """The failures a report's lines show in full: the first REPORT_FAILURES, in record
+        order (past the record's own, from the failures file this audit just wrote)."""
+        inline = self.record.get("failures", [])
+        if not self.failures_file or len(inline) >= REPORT_FAILURES:
+            return inline[:REPORT_FAILURES]
+        out = []
+        with open(self.failures_file, "rb") as f:
+            for line in f:
+                if len(out) >= REPORT_FAILURES:
+                    break
+                out.append(json.loads(line))
+        return out
 
     def as_dict(self) -> dict:
-        """The report of this replica: the signed record, but past REPORT_FAILURES failures
-        only the first of them, with `failures_total` and the `failures_file` holding all."""
+        """The report of this replica: the signed record (version 2: the first
+        RECORD_FAILURES failures), `failures_total`, and the `failures_file` holding all
+        when the record does not."""
         rec = self.record
-        if self.failures_total > REPORT_FAILURES:
-            rec = {**rec, "failures": self.shown_failures()}
+        if len(rec.get("failures", ())) > REPORT_FAILURES:  # a version 1 record
+            rec = {**rec, "failures": rec["failures"][:REPORT_FAILURES]}
         return {"replica": self.replica, "url": self.url, "level": self.level,
                 "outcome": self.outcome, "error": self.error, "record": rec,
                 "failures_total": self.failures_total,
-                "failures_file": self.failures_file or None}  # fmt: skip
+                "failures_file": self.failures_file or None}  \
+            | ({"repairs_file": self.repairs_file or None} if self.level == "repair" else {})  # fmt: skip
 
 
 def _failure(t: Target | None, kind: str, expected: str, found: str, obj: str = "",
@@ -288,8 +315,9 @@ def audit_replica(
     verified = Verified(local)
     before = store.counters.payload_read
     vault = Vault(store)
-    failures: list[dict] = []
-    transient: list[dict] = []
+    failures = BoundedList(chain.local)  # on disk past the record's share: flat memory
+    transient: list[dict] = []  # the record's share of them; transient_n counts all
+    transient_n = 0
     bundles: list[dict] = []
     checked = 0
     unverifiable = 0  # metadata level: objects the server kept no usable checksum of
@@ -298,21 +326,23 @@ def audit_replica(
     try:
         listed = set(store.list_dirs(BUNDLES))  # fails only when the replica cannot be listed
         for bname in sorted(listed | set(expected)):
-            before_n = len(failures)
+            found: list[dict] = []  # this bundle's, from its inventory
             try:
                 mine, state, bid = _inventory(vault, bname, bname in expected,
-                                              expected.get(bname), trusted, level, failures,
+                                              expected.get(bname), trusted, level, found,
                                               work)  # fmt: skip
             except StorageError as e:
                 store.list_dirs(BUNDLES)  # the replica itself gone: unreachable, not damage
                 mine, state, bid = [], "unreadable", expected.get(bname)
-                failures.append(_failure(None, "unreadable", "readable files", str(e),
-                                         obj=prefix(bname), bundle=bname))  # fmt: skip
+                found.append(_failure(None, "unreadable", "readable files", str(e),
+                                      obj=prefix(bname), bundle=bname))  # fmt: skip
             checked += sum(1 for t in mine if t.server_verified)
             unverifiable += sum(1 for t in mine if t.server_verified is False)
-            work.add(mine, {f["object"] for f in failures[before_n:]})
+            work.add(mine, {f["object"] for f in found})
             del mine  # one bundle's objects at a time in memory
-            if state == "intact" and len(failures) > before_n:
+            for f in found:
+                failures.add(f)
+            if state == "intact" and found:
                 state = "damaged"
             bundles.append({"name": bname, "bundle": bid, "state": state})
         # choose what to hash, and hash it in bounded batches
@@ -339,17 +369,22 @@ def audit_replica(
                 again = _hash_check(store, t)  # a transient bad read is not rot
                 reread += store.counters.payload_read - mark  # not counted: read once
                 if again is None:
-                    transient.append(f)
+                    transient_n += 1
+                    if len(transient) < auditlog.RECORD_FAILURES:
+                        transient.append(f)
                     verified.mark(t.key, t0)
                 else:
-                    failures.append(again)
-        for f in failures:
-            for b in bundles:
-                if b["name"] == f["bundle"] and b["state"] == "intact":
-                    b["state"] = "damaged"
+                    failures.add(again)
+        for b in bundles:
+            if b["name"] in failures.bundles and b["state"] == "intact":
+                b["state"] = "damaged"
         verified.save()
         cycle = cycle_days or 90
         n, within, oldest = work.coverage(t0, cycle * DAY)
+        full_list = failures.finish()
+    except BaseException:
+        failures.discard()
+        raise
     finally:
         verified.close()  # the work tables go with it; marks only if saved (a finished audit)
     coverage = {
@@ -359,35 +394,21 @@ def audit_replica(
         "oldest_age_seconds": None if oldest is None else int(oldest),
     }  # fmt: skip
     record = {
-        "format": "weightvault-audit", "format_version": 1,
+        "format": "weightvault-audit", "format_version": RECORD_VERSION,
         "eventType": "fixity check", "eventDateTime": started, "ended": now(),
-        "eventOutcome": "fail" if failures else "pass",
+        "eventOutcome": "fail" if failures.total else "pass",
         "replica": {"name": name, "url": store.url}, "level": level,
         "agent": {"tool": tool(), "key": key.public.key_id},
         "objects_checked": checked, "bytes_read": store.counters.payload_read - before - reread,
         "objects_unverifiable": unverifiable,
-        "bundles": bundles, "failures": failures, "transient": transient, "repairs": [],
-        "coverage": coverage,
+        "bundles": bundles, **failures.fields(), "transient": transient,
+        "transient_total": transient_n, **empty_list("repairs"), "coverage": coverage,
     }  # fmt: skip
-    entry = chain.append(record, key)
+    entry = chain.append(record, key, {"failures": full_list})
     out = ReplicaAudit(name, store.url, level, record["eventOutcome"], entry.record)
-    if out.failures_total > REPORT_FAILURES:
-        out.failures_file = str(_write_failures(chain.local / f"{entry.seq:08d}.failures.jsonl",
-                                                entry.record["failures"]))  # fmt: skip
+    if truncated(entry.record):
+        out.failures_file = str(chain.list_path(entry.record))
     return out
-
-
-def _write_failures(path: Path, failures: list[dict]) -> Path:
-    """Every failure of a record, one canonical JSON object a line, in record order: beside
-    the record in the local audit state (which reads only NNNNNNNN.json files as records)."""
-    from weightvault.format import canon
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        for fl in failures:
-            f.write(canon.canonical(fl) + b"\n")
-    os.replace(tmp, path)
-    return path
 
 
 def _sample(work: _Work, at: float, cycle_days: int, interval_days: float | None,
@@ -461,47 +482,63 @@ def repair_replica(
     chain = Chain(local, store, key.public.key_id)
     head = chain.head()
     fixity = head.record if head and head.record["eventType"] == "fixity check" else None
-    if fixity is None or not fixity["failures"]:
+    if fixity is None or not failures_total(fixity):
         return ReplicaAudit(name, store.url, "repair", "pass"), []
+    # every failure, not only the record's first: from the failures file beside the record,
+    # checked against the signed record before any line is used. The objects to repair are
+    # held (replicate takes each bundle's suspects as a set)
     by_bundle: dict[str, set[str]] = {}
-    for f in fixity["failures"]:
+    for f in chain.full_list(head):
         by_bundle.setdefault(f["bundle"], set()).add(f["object"])
-    repairs, lost = [], []
-    for bname, suspects in sorted(by_bundle.items()):
-        ok_sources = [s for _n, s in sources if _holds(s, bname, trusted)]
-        try:
-            if not ok_sources:
-                raise IntegrityError(f"no other replica holds bundle {bname}")
-            r: ReplicateResult = replicate(ok_sources, store, bname, trusted, workers=workers,
-                                           suspect={_key(s, store) for s in suspects})  # fmt: skip
-            done = {e.key: e for e in r.events}
-            for obj in sorted(suspects):
-                k = _key(obj, store)
-                e = done.get(k)
-                detail = f"copied from {e.source}" if e else "verified in place on re-check"
-                repairs.append({"object": obj, "bundle": bname, "outcome": "repaired",
-                                "detail": detail})  # fmt: skip
-        except WeightvaultError as e:
-            files = _files_using(sources + [(name, store)], bname, suspects, trusted)
-            msg = (f"bundle {bname}: NO HEALTHY COPY of {len(suspects)} object(s) on any replica; "
-                   f"these files cannot be restored: {', '.join(files) or 'unknown'} ({e})")  # fmt: skip
-            lost.append(msg)
-            for obj in sorted(suspects):
-                repairs.append({"object": obj, "bundle": bname, "outcome": "unrepairable",
-                                "detail": str(e)[:4000]})  # fmt: skip
+    repairs = BoundedList(chain.local, "repairs")  # on disk past the record's share
+    repaired: dict[str, int] = {}
+    lost = []
+    try:
+        for bname, suspects in sorted(by_bundle.items()):
+            ok_sources = [s for _n, s in sources if _holds(s, bname, trusted)]
+            try:
+                if not ok_sources:
+                    raise IntegrityError(f"no other replica holds bundle {bname}")
+                r: ReplicateResult = replicate(ok_sources, store, bname, trusted,
+                                               workers=workers,
+                                               suspect={_key(s, store) for s in suspects})  # fmt: skip
+                done = {e.key: e for e in r.events}
+                for obj in sorted(suspects):
+                    e = done.get(_key(obj, store))
+                    detail = f"copied from {e.source}" if e else "verified in place on re-check"
+                    repairs.add({"object": obj, "bundle": bname, "outcome": "repaired",
+                                 "detail": detail})  # fmt: skip
+                repaired[bname] = len(suspects)
+            except WeightvaultError as e:
+                files = _files_using(sources + [(name, store)], bname, suspects, trusted)
+                msg = (f"bundle {bname}: NO HEALTHY COPY of {len(suspects)} object(s) on any "
+                       f"replica; these files cannot be restored: {', '.join(files) or 'unknown'}"
+                       f" ({e})")  # fmt: skip
+                lost.append(msg)
+                for obj in sorted(suspects):
+                    repairs.add({"object": obj, "bundle": bname, "outcome": "unrepairable",
+                                 "detail": str(e)[:4000]})  # fmt: skip
+        full_list = repairs.finish()
+    except BaseException:
+        repairs.discard()
+        raise
     record = {
-        "format": "weightvault-audit", "format_version": 1,
+        "format": "weightvault-audit", "format_version": RECORD_VERSION,
         "eventType": "replication", "eventDateTime": started, "ended": now(),
         "eventOutcome": "fail" if lost else "pass",
         "replica": {"name": name, "url": store.url}, "level": "repair",
         "agent": {"tool": tool(), "key": key.public.key_id},
-        "objects_checked": len(repairs), "bytes_read": 0, "bundles": [],
-        "failures": [], "transient": [], "repairs": repairs,
+        "objects_checked": repairs.total, "bytes_read": 0, "bundles": [],
+        **empty_list("failures"), "transient": [], "transient_total": 0, **repairs.fields(),
         "coverage": {"cycle_days": None, "objects": 0, "verified_within_cycle": 0,
                      "oldest_age_seconds": None},
     }  # fmt: skip
-    entry = chain.append(record, key)
-    return ReplicaAudit(name, store.url, "repair", record["eventOutcome"], entry.record), lost
+    entry = chain.append(record, key, {"repairs": full_list})
+    out = ReplicaAudit(name, store.url, "repair", record["eventOutcome"], entry.record,
+                       repaired=repaired)  # fmt: skip
+    if truncated(entry.record, "repairs"):
+        out.repairs_file = str(chain.list_path(entry.record, "repairs"))
+    return out, lost
 
 
 def _holds(store: Store, bname: str, trusted: list[PublicKey]) -> bool:

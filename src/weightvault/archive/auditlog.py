@@ -11,8 +11,11 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from weightvault import __version__
@@ -21,9 +24,24 @@ from weightvault.format import canon, spec
 from weightvault.format.keys import PublicKey, SigningKey, verify_signatures
 from weightvault.storage.store import Store
 
-PAYLOAD_TYPE = "application/vnd.weightvault.audit+json; version=1"
+# the DSSE payload type of each record version (FORMAT.md section 8): a record is verified
+# under its own version's type, so version 1 records keep verifying in a chain that goes on
+# in version 2
+PAYLOAD_TYPES = {1: "application/vnd.weightvault.audit+json; version=1",
+                 2: "application/vnd.weightvault.audit+json; version=2"}  # fmt: skip
+RECORD_VERSION = 2  # what this version writes
+PAYLOAD_TYPE = PAYLOAD_TYPES[RECORD_VERSION]
 PREFIX = "audits"  # on the replica: audits/<signer>/<seq>.json (and legacy audits/<seq>.json)
 MAX_RECORD = 64 << 20
+# Version 2: failures, transient failures and repairs a record carries inline; the rest of
+# each list is in a file named by its digest (FORMAT.md section 8.1). An item's canonical form
+# is at most MAX_LINE - 1 bytes (a failure with every string at its schema's maxLength, every
+# character a control character escaped as \u00XX; a repair is at most 49,982), so the three
+# lists take at most 2 x 100 x 74,567 + 100 x 49,983 = 19.9 MB of a record's 64 MiB whatever
+# an audit or a repair finds. The schema's maxItems says the same.
+RECORD_FAILURES = 100
+MAX_LINE = 74_567  # bytes, the newline included (tests/test_audit_record_v2.py)
+LISTS = {"failures": "kind", "repairs": "outcome"}  # the lists kept in files, what counts them
 
 
 def now() -> str:
@@ -71,7 +89,167 @@ def parse(raw: bytes, what: str) -> dict:
     if not isinstance(env, dict) or set(env) != {"record", "signatures"}:
         raise CorruptData(f"{what}: not a signed audit record")
     spec.validate(env["record"], "audit-record", what)
+    consistent(env["record"], what)
     return env
+
+
+def consistent(rec: dict, what: str) -> None:
+    """What a version 2 record's schema cannot say about its own counts (FORMAT.md 8.1)."""
+    if rec["format_version"] < 2:
+        return
+    problem = ""
+    if len(rec["transient"]) != min(rec["transient_total"], RECORD_FAILURES):
+        problem = f"holds {len(rec['transient'])} transient failures inline of " \
+                  f"{rec['transient_total']}"  # fmt: skip
+    for member, by in LISTS.items():
+        if problem:
+            break
+        total, inline, counts = rec[f"{member}_total"], rec[member], rec[f"{member}_by_{by}"]
+        if len(inline) != min(total, RECORD_FAILURES):
+            problem = f"holds {len(inline)} {member} inline of {total} (the first " \
+                      f"{RECORD_FAILURES} must be)"  # fmt: skip
+        elif sum(counts.values()) != total:
+            problem = f"{member}_by_{by} does not add up to {member}_total {total}"
+        elif total == len(inline):
+            h = hashlib.sha256(b"".join(canon.canonical(x) + b"\n" for x in inline))
+            if h.hexdigest() != rec[f"{member}_sha256"]:
+                problem = f"{member}_sha256 is not the digest of its {member}"
+            elif _count(inline, by) != counts:
+                problem = f"{member}_by_{by} does not count its {member}"
+    if problem:
+        raise CorruptData(f"{what}: {problem}")
+
+
+def _count(items, by: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in items:
+        out[x[by]] = out.get(x[by], 0) + 1
+    return out
+
+
+def truncated(rec: dict, member: str = "failures") -> bool:
+    """Whether the record's full list `member` is in a file rather than inline."""
+    return rec["format_version"] >= 2 and rec[f"{member}_total"] > len(rec[member])
+
+
+def failures_total(rec: dict) -> int:
+    return rec["failures_total"] if rec["format_version"] >= 2 else len(rec["failures"])
+
+
+def failures_by_kind(rec: dict) -> dict[str, int]:
+    """kind -> how many failures of the record are of it (version 1: counted inline)."""
+    if rec["format_version"] >= 2:
+        return dict(rec["failures_by_kind"])
+    return _count(rec["failures"], "kind")
+
+
+def list_name(sha256: str) -> str:
+    """Where a record's full list (failures or repairs) lives, under its chain's directory on
+    the replica and in the local state: named by its digest, so it is written before the
+    record's number is final and two writers never contend for a name (FORMAT.md 8.1)."""
+    return f"lists/{sha256}.jsonl"
+
+
+class BoundedList:
+    """A record's failures (or a repair's repairs) as they are found: each hashed and written
+    as one canonical line to a temporary file in the local chain directory, only the first
+    RECORD_FAILURES kept in memory for the record itself. A replica gone wholesale fails
+    millions of objects; they never sit in memory together."""
+
+    def __init__(self, tmp_dir: Path, member: str = "failures"):
+        self.member, self.by = member, LISTS[member]
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f".{member}.", suffix=".tmp")
+        self.path = Path(name)
+        self._f = os.fdopen(fd, "wb")
+        self._h = hashlib.sha256()
+        self.inline: list[dict] = []
+        self.total = 0
+        self.counts: dict[str, int] = {}
+        self.bundles: dict[str, int] = {}  # bundle -> items of it
+
+    def add(self, x: dict) -> None:
+        line = canon.canonical(x) + b"\n"
+        self._h.update(line)
+        self._f.write(line)
+        self.total += 1
+        self.counts[x[self.by]] = self.counts.get(x[self.by], 0) + 1
+        self.bundles[x["bundle"]] = self.bundles.get(x["bundle"], 0) + 1
+        if len(self.inline) < RECORD_FAILURES:
+            self.inline.append(x)
+
+    def fields(self) -> dict:
+        """The record's members that describe the list (version 2)."""
+        m = self.member
+        return {m: self.inline, f"{m}_total": self.total, f"{m}_sha256": self._h.hexdigest(),
+                f"{m}_by_{self.by}": dict(sorted(self.counts.items()))}  # fmt: skip
+
+    def finish(self) -> Path | None:
+        """The file holding every item when the record cannot hold them all, else None
+        (and the file is gone)."""
+        self._f.close()
+        if self.total > len(self.inline):
+            return self.path
+        self.discard()
+        return None
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._f.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def empty_list(member: str) -> dict:
+    """The members of a version 2 record without any of `member`."""
+    return {member: [], f"{member}_total": 0, f"{member}_sha256": hashlib.sha256().hexdigest(),
+            f"{member}_by_{LISTS[member]}": {}}  # fmt: skip
+
+
+def check_list(src, what: str, rec: dict, member: str = "failures", out=None) -> None:
+    """Read a list file (an open binary stream: hostile bytes) and check it against the signed
+    record before any line of it is used: at most `member`_total lines, each ending in a
+    newline and at most MAX_LINE bytes, exactly that many, and the SHA-256 of the whole
+    equal to `member`_sha256. The bytes go to `out` (a private copy to read the lines from:
+    the stored file could change between two reads) as they are checked. IntegrityError,
+    one line naming the file, when anything differs."""
+    total, want = rec[f"{member}_total"], rec[f"{member}_sha256"]
+    h, lines, cur = hashlib.sha256(), 0, 0
+
+    def bad(why: str) -> IntegrityError:
+        return IntegrityError(f"{what}: {why}; the signed audit record's full {member} list "
+                              "cannot be trusted")  # fmt: skip
+
+    while chunk := src.read(1 << 20):
+        h.update(chunk)
+        if out is not None:
+            out.write(chunk)
+        start = 0
+        while (i := chunk.find(b"\n", start)) != -1:
+            if cur + i - start + 1 > MAX_LINE:
+                raise bad(f"line {lines + 1} is longer than {MAX_LINE} bytes")
+            lines, cur, start = lines + 1, 0, i + 1
+            if lines > total:
+                raise bad(f"more lines than the {total} {member} the record counts")
+        cur += len(chunk) - start
+        if cur > MAX_LINE:
+            raise bad(f"line {lines + 1} is longer than {MAX_LINE} bytes")
+    if cur:
+        raise bad("the last line has no newline (the file was truncated or edited)")
+    if lines != total:
+        raise bad(f"{lines} lines where the record counts {total} {member} (truncated)")
+    if h.hexdigest() != want:
+        raise bad(f"its SHA-256 differs from the record's {member}_sha256 (edited)")
+
+
+def _lines(f, what: str) -> Iterator[dict]:
+    """The items of a checked list file, open for reading (closed at the end)."""
+    with f:
+        for n, line in enumerate(f, 1):
+            obj = canon.parse(line, f"{what} line {n}")
+            if not isinstance(obj, dict) or "object" not in obj or "bundle" not in obj:
+                raise CorruptData(f"{what} line {n}: not an item of an audit record's list")
+            yield obj
 
 
 class Chain:
@@ -153,15 +331,45 @@ class Chain:
             self.local.mkdir(parents=True, exist_ok=True)
             for seq, raw in remote:
                 if seq not in lmap:
+                    rec = parse(raw, str(self.local / _name(seq)))["record"]
+                    for m in _files_of(rec):  # its list files too, where they check
+                        with contextlib.suppress(IntegrityError):
+                            self._checked_copy(seq, rec, m)[0].unlink()
                     _write_local(self.local / _name(seq), raw)
             return remote
         for seq, raw in local:
             if seq not in rmap:
                 with contextlib.suppress(StorageError):
+                    rec = parse(raw, str(self.local / _name(seq)))["record"]
+                    for m in _files_of(rec):  # the lists before the record that names them
+                        self._put_list(sub, rec[f"{m}_sha256"], self.list_path(rec, m))
                     self.store.put_bytes(f"{PREFIX}/{sub}/{_name(seq)}", raw, exclusive=True)
         return local
 
-    def append(self, record: dict, key: SigningKey) -> Entry:
+    def _put_list(self, sub: str, sha256: str, path: Path) -> None:
+        """A record's list file onto the replica, exclusively (named by its digest: one
+        already there is this list, or is refused when read), streamed from the local copy."""
+        key = f"{PREFIX}/{sub}/{list_name(sha256)}"
+        with self.store.new_object() as w, open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                w.write(chunk)
+            w.commit(key, exclusive=True, sha256=sha256)
+
+    def append(self, record: dict, key: SigningKey,
+               files: dict[str, Path] | None = None) -> Entry:  # fmt: skip
+        """Sign and store `record`. `files`: list member -> the file of all its items, one
+        canonical line each (BoundedList.finish: None when the record holds them all), for
+        each list the record holds only the first of; each is stored beside the chain before
+        the record, on the replica and locally, and is gone from its path afterwards (moved
+        into place, or removed when the append fails)."""
+        files = {m: p for m, p in (files or {}).items() if p is not None}
+        try:
+            return self._append(record, key, files)
+        finally:
+            for p in files.values():
+                p.unlink(missing_ok=True)
+
+    def _append(self, record: dict, key: SigningKey, files: dict[str, Path]) -> Entry:
         if self.signer is None:
             self.signer = key.public.key_id
         sub = signer_dir(key.public.key_id)
@@ -171,32 +379,97 @@ class Chain:
             seq = (head.seq + 1) if head else 1
             rec = {**record, "sequence": seq, "previous": head.digest if head else None}
             spec.validate(rec, "audit-record", "new audit record")
+            consistent(rec, "new audit record")
+            if set(files) != set(_files_of(rec)):
+                raise ValueError(f"list files for {sorted(files)}, the record needs "
+                                 f"{_files_of(rec)}")  # fmt: skip
+            version = rec["format_version"]
             body = canon.canonical(rec)
-            raw = canon.canonical({"record": rec, "signatures": [key.sign(PAYLOAD_TYPE, body)]})
+            raw = canon.canonical({"record": rec,
+                                   "signatures": [key.sign(PAYLOAD_TYPES[version], body)]})  # fmt: skip
             if self.store is not None:
                 try:
+                    for m, path in files.items():
+                        self._put_list(sub, rec[f"{m}_sha256"], path)
                     if not self.store.put_bytes(f"{PREFIX}/{sub}/{_name(seq)}", raw,
                                                 exclusive=True):  # fmt: skip
                         continue  # another writer with this key took the number: catch up
                 except StorageError:
                     pass  # the local copy stands; the next append puts it on the replica
             self.local.mkdir(parents=True, exist_ok=True)
+            for m, path in files.items():
+                dest = self.list_path(rec, m)
+                dest.parent.mkdir(exist_ok=True)
+                os.replace(path, dest)  # the same name is the same bytes
             _write_local(self.local / _name(seq), raw)
             return Entry(seq, raw, rec)
         raise IntegrityError(f"{self.store.describe(f'{PREFIX}/{sub}')}: could not append an "
                              "audit record after 8 tries (another writer keeps taking the "
                              "next number)")  # fmt: skip
 
+    def list_path(self, rec: dict, member: str = "failures") -> Path:
+        """The local copy of a truncated record's full list `member`."""
+        return self.local / list_name(rec[f"{member}_sha256"])
+
+    def full_list(self, entry: Entry, member: str = "failures") -> Iterator[dict]:
+        """Every item of a record's list `member` (failures, repairs), in record order, for a
+        record of this signer's chain. A record that holds only the first of them is completed
+        from its list file, the local copy or else the replica's, checked against the signed
+        record before a line of it is used (check_list); the record itself was verified when
+        the chain was read."""
+        rec = entry.record
+        if not truncated(rec, member):
+            return iter(rec[member])
+        copy, what = self._checked_copy(entry.seq, rec, member)
+        f = open(copy, "rb")  # noqa: SIM115 - read by the generator, closed by it or by GC
+        copy.unlink()  # nothing to clean up, however far the caller reads
+        return _lines(f, what)
+
+    def _checked_copy(self, seq: int, rec: dict, member: str) -> tuple[Path, str]:
+        """A private copy of a record's list file that checks against the record (the local
+        copy, else the replica's, which is then kept locally too), and what it was copied
+        from; IntegrityError naming each copy tried when none checks."""
+        sub = signer_dir(self.signer or rec["agent"]["key"])
+        local = self.local_root / sub / list_name(rec[f"{member}_sha256"])
+        sources: list[tuple[str, Callable]] = [(str(local), partial(open, local, "rb"))]
+        if self.store is not None:
+            key = f"{PREFIX}/{sub}/{list_name(rec[f'{member}_sha256'])}"
+            sources.append((self.store.describe(key), lambda: self.store.open_read(key)))
+        errors = []
+        local.parent.parent.mkdir(parents=True, exist_ok=True)
+        for i, (what, opener) in enumerate(sources):
+            fd, name = tempfile.mkstemp(dir=local.parent.parent, prefix=f".{member}.",
+                                        suffix=".tmp")  # fmt: skip
+            copy = Path(name)
+            try:
+                with os.fdopen(fd, "wb") as out, opener() as src:
+                    check_list(src, what, rec, member, out)
+            except FileNotFoundError:
+                copy.unlink()
+                errors.append(f"{what}: missing")
+                continue
+            except (IntegrityError, StorageError, OSError) as e:
+                copy.unlink()
+                errors.append(str(e))
+                continue
+            if i and not local.exists():  # the replica's copy, verified: keep it locally too
+                local.parent.mkdir(exist_ok=True)
+                with contextlib.suppress(OSError):
+                    os.link(copy, local)
+            return copy, what
+        raise IntegrityError(f"the full {member} list of audit record {seq} cannot be "
+                             f"read: {'; '.join(errors)}")  # fmt: skip
+
     def verify(self, trusted: list[PublicKey]) -> tuple[int, list[str]]:
         """(records checked, problems) over every chain's local copy, and against the
-        replica's copy."""
+        replica's copy; a record's list files (version 2) are checked in each copy."""
         problems: list[str] = []
         count = 0
         for sub in self._subdirs():
-            local = self._local_entries(sub)
-            count += len(local)
             where = self.local_root / sub if sub else self.local_root
-            problems += _check(local, trusted, str(where))
+            local = self._entries_in(where)  # (sub None: the legacy chain, whatever the signer)
+            count += len(local)
+            problems += _check(local, trusted, str(where), self._local_file(sub))
             if self.store is None:
                 continue
             try:
@@ -205,7 +478,8 @@ class Chain:
                 problems.append(f"replica copy unreadable: {e}")
                 continue
             problems += _check(remote, trusted,
-                               self.store.describe(f"{PREFIX}/{sub}" if sub else PREFIX))
+                               self.store.describe(f"{PREFIX}/{sub}" if sub else PREFIX),
+                               self._remote_file(sub))  # fmt: skip
             lmap, rmap = dict(local), dict(remote)
             label = f"{sub}/" if sub else ""
             for seq in sorted(set(lmap) | set(rmap)):
@@ -221,6 +495,21 @@ class Chain:
         return count, problems
 
 
+    def _local_file(self, sub: str | None) -> Callable[[str], tuple[str, Callable]]:
+        d = self.local_root / sub if sub else self.local_root
+        return lambda name: (str(d / name), partial(open, d / name, "rb"))
+
+    def _remote_file(self, sub: str | None) -> Callable[[str], tuple[str, Callable]]:
+        pre = f"{PREFIX}/{sub}" if sub else PREFIX
+        return lambda name: (self.store.describe(f"{pre}/{name}"),
+                             lambda: self.store.open_read(f"{pre}/{name}"))  # fmt: skip
+
+
+def _files_of(rec: dict) -> list[str]:
+    """The lists of a record that are kept in files."""
+    return [m for m in LISTS if truncated(rec, m)]
+
+
 def _last(entries: list[tuple[int, bytes]], where: Path) -> Entry | None:
     if not entries:
         return None
@@ -234,7 +523,11 @@ def _write_local(path: Path, raw: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _check(entries: list[tuple[int, bytes]], trusted: list[PublicKey], where: str) -> list[str]:
+def _check(entries: list[tuple[int, bytes]], trusted: list[PublicKey], where: str,
+           files: Callable[[str], tuple[str, Callable]] | None = None) -> list[str]:  # fmt: skip
+    """Problems of one copy of a chain: each record's signature first (under its own
+    version's payload type), then its links; `files` (name -> (description, opener)): also
+    check each truncated record's failures file in this copy."""
     problems = []
     prev_digest = None
     for i, (seq, raw) in enumerate(entries, 1):
@@ -247,11 +540,21 @@ def _check(entries: list[tuple[int, bytes]], trusted: list[PublicKey], where: st
         try:
             env = parse(raw, what)
             body = canon.canonical(env["record"])
-            verify_signatures(PAYLOAD_TYPE, body, env["signatures"], trusted, what)
+            verify_signatures(PAYLOAD_TYPES[env["record"]["format_version"]], body,
+                              env["signatures"], trusted, what)  # fmt: skip
         except (CorruptData, TrustError) as e:
             problems.append(str(e))
             return problems
         rec = env["record"]
+        for m in _files_of(rec) if files is not None else ():
+            fwhat, opener = files(list_name(rec[f"{m}_sha256"]))
+            try:
+                with opener() as src:
+                    check_list(src, fwhat, rec, m)
+            except FileNotFoundError:
+                problems.append(f"{fwhat}: missing (the full {m} list of record {seq})")
+            except (IntegrityError, StorageError, OSError) as e:
+                problems.append(str(e))
         if rec["sequence"] != seq:
             problems.append(f"{what}: says it is record {rec['sequence']}")
         if rec["previous"] != prev_digest:

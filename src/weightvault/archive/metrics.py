@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from weightvault.archive.auditlog import parse, replica_dir
+from weightvault.archive.auditlog import failures_by_kind, parse, replica_dir
 from weightvault.errors import WeightvaultError
 
 LEVELS = ("metadata", "sample", "full")
@@ -78,10 +78,10 @@ def render(replicas: dict[str, str], up: dict[str, bool], state: Path) -> str:
             if slot["success"] is not None:
                 put("weightvault_audit_last_success_timestamp_seconds", slot["success"])
             put("weightvault_audit_objects_checked", r["objects_checked"])
+            kinds = failures_by_kind(r)  # every failure, not the record's first only
             put("weightvault_audit_damaged_objects",
-                sum(1 for f in r["failures"] if f["kind"] != "missing"))  # fmt: skip
-            put("weightvault_audit_missing_objects",
-                sum(1 for f in r["failures"] if f["kind"] == "missing"))  # fmt: skip
+                sum(n for k, n in kinds.items() if k != "missing"))  # fmt: skip
+            put("weightvault_audit_missing_objects", kinds.get("missing", 0))
             put("weightvault_audit_bytes_read", r["bytes_read"])
             put("weightvault_audit_unverifiable_objects", r.get("objects_unverifiable", 0))
             cov = r["coverage"]

@@ -1068,25 +1068,28 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
 def _audit_lines(a, cycle: int) -> list[str]:
     """One replica's audit, counting what it did: a metadata audit lists objects and compares
     sizes (and server checksums where the store keeps them); sample and full audits hash."""
+    from weightvault.archive.auditlog import failures_by_kind
+
     r = a.record
-    cov, fails = r["coverage"], r["failures"]
+    cov, kinds = r["coverage"], failures_by_kind(r)
     if a.level == "metadata":
-        listed = cov["objects"] + sum(1 for f in fails if f["kind"] in ("missing", "size",
-                                                                        "damaged"))  # fmt: skip
+        listed = cov["objects"] + sum(kinds.get(k, 0) for k in ("missing", "size", "damaged"))
         did = f"{listed} objects listed, sizes compared"
         if r["objects_checked"]:
             did += f", {r['objects_checked']} proved by the server's SHA-256"
     else:
         did = f"{r['objects_checked']} objects hashed, {_size(r['bytes_read'])} read"
-        if any(f["kind"] == "damaged" for f in fails) or r["transient"]:
+        if kinds.get("damaged") or r["transient"]:
             did += " (each bad read was read again to rule out a transient error; not counted)"
     out = [f"{a.replica}: {a.outcome.upper()} ({a.level}) {did}; {cov['verified_within_cycle']}/"
            f"{cov['objects']} objects hashed by an audit within the last {cycle} days"]  # fmt: skip
+    shown = a.shown_failures()
     out += [f"  {f['kind']}: {f['object']}: expected {f['expected']}, found {f['found']}"
-            for f in a.shown_failures()]  # fmt: skip
-    if a.failures_file:
-        out.append(f"  ... {a.failures_total - len(a.shown_failures())} more failures "
-                   f"({a.failures_total} in all): every one is listed in {a.failures_file}")
+            for f in shown]  # fmt: skip
+    if a.failures_total > len(shown):
+        out.append(f"  ... {a.failures_total - len(shown)} more failures "
+                   f"({a.failures_total} in all): every one is listed in "
+                   f"{a.failures_file or 'the signed audit record'}")
     out += [f"  transient (passed on re-read): {f['object']}" for f in r["transient"]]
     if r.get("objects_unverifiable"):
         out.append(f"  {r['objects_unverifiable']} objects not verifiable at this level "
@@ -1127,10 +1130,14 @@ def repair(ctx: Ctx, vault, replicas, trust, key_path, state_dir, workers, as_js
     lines = []
     for r in results:
         reps = r.record.get("repairs", []) if r.record else []
-        fixed = sum(1 for x in reps if x["outcome"] == "repaired")
-        lines.append(f"{r.replica}: {fixed} repaired, {len(reps) - fixed} unrepairable" if reps
+        total = r.record.get("repairs_total", len(reps)) if r.record else 0
+        fixed = r.record.get("repairs_by_outcome", {}).get("repaired", 0) if r.record else 0
+        lines.append(f"{r.replica}: {fixed} repaired, {total - fixed} unrepairable" if total
                      else f"{r.replica}: nothing to repair")  # fmt: skip
         lines += [f"  {x['outcome']}: {x['object']} ({x['detail'][:120]})" for x in reps]
+        if total > len(reps):
+            lines.append(f"  ... {total - len(reps)} more ({total} in all): every one is "
+                         f"listed in {r.repairs_file}")  # fmt: skip
     _emit({"replicas": [r.as_dict() for r in results], "lost": lost,
            "unreachable": rs.errors}, as_json, "\n".join(lines))  # fmt: skip
     for msg in lost:

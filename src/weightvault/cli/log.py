@@ -124,19 +124,19 @@ def _record_digest(rec: dict) -> str | None:
 def log_audits(ctx: Ctx, rs, level: str, done, unreachable: dict) -> None:
     """One `audited` statement per replica audited (or unreachable), naming the digest of the
     signed audit record, so deleting or editing that record shows against the log."""
+    from weightvault.archive.auditlog import failures_by_kind
     from weightvault.log import statements as st
 
     def go() -> None:
         stmts = []
         for a in done:
             r = a.record
-            fails = r.get("failures", [])
+            kinds = failures_by_kind(r) if r else {}  # every failure, not the record's first
             result = "ok" if a.outcome == "pass" else (
-                "lost" if any("missing" in f.get("kind", "") or "loss" in f.get("kind", "")
-                              for f in fails) else "damaged")  # fmt: skip
+                "lost" if any("missing" in k or "loss" in k for k in kinds) else "damaged")
             stmts.append(st.audited(a.replica, level, result, len(r.get("bundles", [])),
                                     r.get("objects_checked", 0), r.get("bytes_read", 0),
-                                    len(fails), _record_digest(r)))  # fmt: skip
+                                    sum(kinds.values()), _record_digest(r)))  # fmt: skip
         for n in unreachable:
             stmts.append(st.audited(n, level, "unreachable", 0, 0, 0, 0, None))
         if stmts:
@@ -152,11 +152,7 @@ def log_repairs(ctx: Ctx, rs, results) -> None:
     def go() -> None:
         stmts = []
         for r in results:
-            counts: dict[str, int] = {}
-            for x in (r.record or {}).get("repairs", []):
-                if x.get("outcome") == "repaired":
-                    counts[x["bundle"]] = counts.get(x["bundle"], 0) + 1
-            for name, n in counts.items():
+            for name, n in r.repaired.items():  # every object, not the record's first
                 bid = Vault(rs.store(r.replica)).bundle_id_of(name)
                 stmts.append(st.repaired(bid, name, r.replica, n))
         if stmts:
@@ -269,6 +265,8 @@ def check_audit_anchors(ctx: Ctx, rs, replica: str, store) -> list[str]:
     except (StorageError, FileNotFoundError):
         listing = {}
     for key in listing:
+        if not key.rsplit("/", 1)[-1].removesuffix(".json").isdigit():
+            continue  # a record's list file (FORMAT.md 8.1), not a record: never read whole
         try:
             env = parse(store.read_bytes(key, MAX_RECORD), store.describe(key))
             held.add(hashlib.sha256(canon.canonical(env["record"])).hexdigest())
