@@ -239,24 +239,12 @@ class S3Objects:
 
         return ssl.create_default_context(cafile=get_cert_path(True))
 
-    def read_range(self, path: str, offset: int, n: int, *, etag: str | None = None,
-                   version: str | None = None, what: str = "") -> memoryview:  # fmt: skip
-        """Bytes [offset, offset + n) of the object, exactly, as a read-only view of memory
-        nothing else holds (so the seal's whole-file hash may queue it without a copy).
-
-        Raises FileNotFoundError (404), InputError (412: no longer the object listed),
+    def _get(self, path: str, version: str | None, headers: dict, what: str) -> Stream:
+        """A GET answered with a body of known length (200 or 206), as a Stream. Raises
+        FileNotFoundError (404), InputError (412: no longer the object listed),
         S3ResponseError (other answers), or a transient error for the caller to retry."""
-        import numpy as np
-
-        if n == 0:
-            return memoryview(b"")
-        buf = np.empty(n, np.uint8)  # not zeroed: every byte is written below, or it fails
         u = urlsplit(self._url(path, version))
-        headers = {"Range": f"bytes={offset}-{offset + n - 1}"}
-        if etag:
-            headers["If-Match"] = etag
         conn = self._take(u.scheme, u.netloc)
-        done = False
         try:
             conn.request("GET", f"{u.path}?{u.query}", headers=headers)
             r = conn.getresponse()
@@ -269,42 +257,41 @@ class S3Objects:
             if r.status not in (200, 206):
                 raise _error(r)
             length = r.getheader("Content-Length")
-            if r.status == 200 and offset != 0 or length is None or length != str(n):
-                raise S3ResponseError(r.status, "BadRange", f"asked for {n} bytes at {offset}, "
-                                      f"the answer has {length} (Range ignored?)")  # fmt: skip
-            view, got = memoryview(buf), 0
-            while got < n:
-                k = r.readinto(view[got:])
-                if not k:
-                    raise IncompleteReadError(f"body ended after {got} of {n} bytes")
-                got += k
-            done = True
-            return memoryview(buf).toreadonly()
-        finally:
-            if done:
-                self._give(u.scheme, u.netloc, conn)
-            else:  # its state is unknown: closed, and a fresh one next time
-                conn.close()
-
-    def open_stream(self, path: str, *, what: str = "") -> Stream:
-        """The whole object as a stream (one GET; read/readinto straight from the socket).
-        Raises as read_range does; a body that ends early raises IncompleteReadError."""
-        u = urlsplit(self._url(path, None))
-        conn = self._take(u.scheme, u.netloc)
-        try:
-            conn.request("GET", f"{u.path}?{u.query}")
-            r = conn.getresponse()
-            if r.status == 404:
-                raise FileNotFoundError(what or path)
-            if r.status != 200:
-                raise _error(r)
-            length = r.getheader("Content-Length")
             if length is None or not length.isdigit():
                 raise S3ResponseError(r.status, "BadLength", f"Content-Length {length!r}")
         except BaseException:
-            conn.close()
+            conn.close()  # its state is unknown: a fresh one next time
             raise
         return Stream(self, u, conn, r, int(length))
+
+    def read_range(self, path: str, offset: int, n: int, *, etag: str | None = None,
+                   version: str | None = None, what: str = "") -> memoryview:  # fmt: skip
+        """Bytes [offset, offset + n) of the object, exactly, as a read-only view of memory
+        nothing else holds (so the seal's whole-file hash may queue it without a copy).
+        Raises as _get does."""
+        import numpy as np
+
+        if n == 0:
+            return memoryview(b"")
+        headers = {"Range": f"bytes={offset}-{offset + n - 1}"}
+        if etag:
+            headers["If-Match"] = etag
+        body = self._get(path, version, headers, what)
+        try:
+            if body.status == 200 and offset != 0 or body.left != n:
+                raise S3ResponseError(body.status, "BadRange", f"asked for {n} bytes at "
+                                      f"{offset}, the answer has {body.left} (Range ignored?)")  # fmt: skip
+            buf = np.empty(n, np.uint8)  # not zeroed: every byte is written below, or it fails
+            view, got = memoryview(buf), 0
+            while got < n:
+                got += body.readinto(view[got:])
+        finally:
+            body.close()  # the connection is reused only after a body read to its end
+        return memoryview(buf).toreadonly()
+
+    def open_stream(self, path: str, *, what: str = "") -> Stream:
+        """The whole object as a stream (one GET; read/readinto straight from the socket)."""
+        return self._get(path, None, {}, what)
 
 
 class Stream:
@@ -312,7 +299,7 @@ class Stream:
 
     def __init__(self, owner: S3Objects, u, conn, r, length: int):
         self._owner, self._u, self._conn, self._r = owner, u, conn, r
-        self.left = length
+        self.status, self.left = r.status, length
 
     def readinto(self, b) -> int:
         if self.left == 0 or len(b) == 0:
@@ -325,13 +312,10 @@ class Stream:
         return n
 
     def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = self.left
-        buf = bytearray(min(n, self.left))
-        got = 0
+        buf = bytearray(self.left if n is None or n < 0 else min(n, self.left))
+        view, got = memoryview(buf), 0
         while got < len(buf):
-            k = self.readinto(memoryview(buf)[got:])
-            got += k
+            got += self.readinto(view[got:])
         return bytes(buf)
 
     def close(self) -> None:
