@@ -84,6 +84,17 @@ def test_seal_from_bucket_is_byte_identical_with_either_reader(tmp_path, aws, mi
     assert out["s3read"] == out["fsspec"] and len(out["s3read"]) > 5
 
 
+def test_directory_markers_are_not_files(aws):
+    """Consoles and some tools create empty `prefix/` objects: not files of the source."""
+    bucket = aws.make_bucket("dm-" + secrets.token_hex(4))
+    c = aws.client()
+    c.put_object(Bucket=bucket, Key="m/", Body=b"")
+    c.put_object(Bucket=bucket, Key="m/sub/", Body=b"")
+    c.put_object(Bucket=bucket, Key="m/sub/a.bin", Body=b"a" * 10)
+    src = remote_source.resolve(f"s3://{bucket}/m/", {"endpoint_url": aws.endpoint_url})
+    assert [f.path for f in src.files] == ["sub/a.bin"]
+
+
 def test_range_read_of_an_overwritten_object_is_refused(aws):
     """If-Match: once the object is replaced, no range of the new one is returned."""
     bucket = aws.make_bucket("ow-" + secrets.token_hex(4))

@@ -106,7 +106,10 @@ class S3Objects:
             ck["endpoint_url"] = o["endpoint_url"]
         if region:
             ck["region_name"] = region
-        cf = {"max_pool_connections": 32, "proxies": {}, **(o.get("config_kwargs") or {})}
+        # one layer of retries, ours (storage.remote.with_retries knows what is fatal)
+        cf = {"max_pool_connections": 32, "proxies": {},
+              "retries": {"total_max_attempts": 1, "mode": "standard"},
+              **(o.get("config_kwargs") or {})}  # fmt: skip
         if o.get("anon"):
             cf["signature_version"] = UNSIGNED
         session = botocore.session.Session(profile=o.get("profile"))
@@ -127,6 +130,8 @@ class S3Objects:
             Bucket=bucket, Prefix=prefix + "/" if prefix else "")  # fmt: skip
         for page in pages:
             for o in page.get("Contents", []) or []:
+                if o["Key"].endswith("/"):  # a "directory" marker object, as s3fs skips it
+                    continue
                 path = f"{bucket}/{o['Key']}"
                 out[path] = {"name": path, "type": "file", "size": o.get("Size", 0),
                              "ETag": o.get("ETag"), "LastModified": o.get("LastModified")}  # fmt: skip
