@@ -67,13 +67,15 @@ def pool_sizes(store: Store, keys, *, workers: int = 16) -> dict[str, int]:
         return {}
     limit = max(POOL_LIST_LIMIT, 4 * len(want))
     found: dict[str, int] = {}
-    for n, (k, size) in enumerate(store.iter_list(POOL)):
-        if n >= limit:
-            break
-        if k in want:
-            found[k] = size
-    else:
-        return found
+    # closed when left early: an SFTP listing holds an SSH connection of its own until then
+    with contextlib.closing(store.iter_list(POOL)) as listing:
+        for n, (k, size) in enumerate(listing):
+            if n >= limit:
+                break
+            if k in want:
+                found[k] = size
+        else:
+            return found
     from concurrent.futures import ThreadPoolExecutor
 
     ordered = sorted(want)
