@@ -39,6 +39,24 @@ def test_reader_serves_only_options_it_can_honour_exactly(options, fast):
     assert s3read.for_options("gs://bucket/prefix/", {}) is None
 
 
+def test_presigned_urls_are_sigv4_in_the_buckets_own_region(monkeypatch):
+    """Without an endpoint (AWS), a URL is presigned for the region HeadBucket names (a URL
+    of another region is refused there); with one, by the main client, never asking. No
+    network: presigning is local and HeadBucket is stubbed."""
+    fs = s3read.for_options("s3://b/p/", {"key": "AKIDEXAMPLE", "secret": "s" * 40,
+                                          "client_kwargs": {"region_name": "us-east-1"}})  # fmt: skip
+    regions = {"far": "eu-west-1", "near": "us-east-1"}
+    monkeypatch.setattr(fs.client, "head_bucket", lambda Bucket: {
+        "ResponseMetadata": {"HTTPHeaders": {"x-amz-bucket-region": regions[Bucket]}}})
+    far, near = fs._url("far/k/x.bin", None), fs._url("near/k", None)
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in far and "%2Feu-west-1%2Fs3%2F" in far
+    assert "%2Fus-east-1%2Fs3%2F" in near
+    ep = s3read.for_options("s3://b/p/", {"endpoint_url": "http://127.0.0.1:9", "key": "k",
+                                          "secret": "s" * 40})  # fmt: skip
+    monkeypatch.setattr(ep.client, "head_bucket", lambda Bucket: pytest.fail("asked"))
+    assert ep._url("b/k", None).startswith("http://127.0.0.1:9/b/k?")
+
+
 def test_emit_copies_writable_views_but_queues_read_only_ones():
     """A read-only view is memory nobody writes again (remote_source hands out only those):
     the lane may keep it. A writable one may be scratch reused at the next piece."""

@@ -107,7 +107,9 @@ class S3Objects:
         if region:
             ck["region_name"] = region
         # one layer of retries, ours (storage.remote.with_retries knows what is fatal)
-        cf = {"max_pool_connections": 32, "proxies": {},
+        # SigV4 presigned URLs (botocore would presign with SigV2, which regions opened since
+        # 2014 refuse and AWS has deprecated), unless the options name a signature
+        cf = {"max_pool_connections": 32, "proxies": {}, "signature_version": "s3v4",
               "retries": {"total_max_attempts": 1, "mode": "standard"},
               **(o.get("config_kwargs") or {})}  # fmt: skip
         if o.get("anon"):
