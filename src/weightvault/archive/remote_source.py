@@ -193,7 +193,7 @@ def _guard(fn, what: str):
 
 def _filesystem(url: str, options: dict):
     """(filesystem, root path) of a source URL: an s3:// one through storage.s3read where its
-    options allow (WEIGHTVAULT_S3_READER=fsspec: s3fs always, as a benchmark's baseline)."""
+    options allow (s3read.for_options)."""
     import fsspec
 
     opts = dict(options)
@@ -203,13 +203,12 @@ def _filesystem(url: str, options: dict):
             opts.setdefault("client_kwargs", {})["endpoint_url"] = ep
         opts.setdefault("config_kwargs", {}).setdefault("proxies", {})
         opts.setdefault("skip_instance_cache", True)
-        if os.environ.get("WEIGHTVAULT_S3_READER") != "fsspec":
-            from weightvault.storage import s3read
+        from weightvault.storage import s3read
 
-            fast = s3read.for_options(url, opts)
-            if fast is not None:
-                u = urlparse(url)
-                return fast, f"{u.netloc}{u.path}"
+        fast = s3read.for_options(url, opts)
+        if fast is not None:
+            u = urlparse(url)
+            return fast, f"{u.netloc}{u.path}"
     try:
         return fsspec.core.url_to_fs(url, **opts)
     except (ImportError, ValueError) as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import os
 import random
@@ -339,8 +340,7 @@ class S3Store(RetryingFsspecStore):
         # own published tiles for leftovers that way and overwrote them (a fork).
         opts["use_listings_cache"] = False
         super().__init__(url, opts, create=False)
-        self._reads = []  # [storage.s3read.S3Objects or None]: made on the first open_read
-        self._read_options = opts
+        self._options = opts
         # s3fs retries cut-off reads and some timeouts five times itself, sleeping up to 15 s
         # each, under each of our attempts: one try per attempt of ours
         self.fs.retries = 1
@@ -425,6 +425,13 @@ class S3Store(RetryingFsspecStore):
         return (head.get("ObjectLockRetainUntilDate"),
                 head.get("ObjectLockLegalHoldStatus") == "ON")  # fmt: skip
 
+    @functools.cached_property
+    def _reader(self):
+        """storage.s3read's reader for these options, or None (s3fs reads)."""
+        from weightvault.storage import s3read
+
+        return s3read.for_options("s3://" + self.root, self._options)
+
     def open_read(self, key: str):
         """One GET streamed from the socket (storage.s3read), where the options allow: s3fs's
         file object copies each byte three to four times more on its way to the hash."""
@@ -432,13 +439,7 @@ class S3Store(RetryingFsspecStore):
 
         from weightvault.storage.store import _CountingReader
 
-        if not self._reads:
-            from weightvault.storage import s3read
-
-            self._reads.append(None if os.environ.get("WEIGHTVAULT_S3_READER") == "fsspec"
-                               else s3read.for_options("s3://" + self.root,
-                                                       self._read_options))  # fmt: skip
-        fast = self._reads[0]
+        fast = self._reader
 
         def op():
             if fast is not None:

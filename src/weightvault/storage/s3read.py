@@ -22,6 +22,7 @@ SSE-C keys, a proxy, an unknown option) leaves the source to s3fs: `for_options`
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import threading
 import time
@@ -58,7 +59,10 @@ class IncompleteReadError(Exception):
 
 
 def for_options(url: str, options: dict) -> S3Objects | None:
-    """A reader for an s3:// source with these (s3fs-style) options, or None."""
+    """A reader for an s3:// URL with these (s3fs-style) options, or None: s3fs must read it
+    (and always with WEIGHTVAULT_S3_READER=fsspec, a benchmark's baseline)."""
+    if os.environ.get("WEIGHTVAULT_S3_READER") == "fsspec":
+        return None
     if urlsplit(url).scheme not in ("s3", "s3a") or not set(options) <= _TOP:
         return None
     ck, cf = options.get("client_kwargs") or {}, options.get("config_kwargs") or {}
@@ -69,8 +73,8 @@ def for_options(url: str, options: dict) -> S3Objects | None:
 
 
 class S3Objects:
-    """The part of an fsspec filesystem a source needs (find, info, cat_file), plus
-    `read_range`. Thread-safe; pickles to its options (a worker makes its own client)."""
+    """The part of an fsspec filesystem a source needs (find, info), plus `read_range` and
+    `open_stream` for the bytes. Thread-safe; pickles to its options (a worker makes its own client)."""
 
     def __init__(self, options: dict):
         self.options = dict(options)
@@ -164,12 +168,6 @@ class S3Objects:
         return {"name": path, "type": "file", "size": h.get("ContentLength", 0),
                 "ETag": h.get("ETag"), "VersionId": h.get("VersionId"),
                 "LastModified": h.get("LastModified")}  # fmt: skip
-
-    def cat_file(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
-        start = start or 0
-        if end is None:
-            end = self.info(path)["size"]
-        return bytes(self.read_range(path, start, max(0, end - start)))
 
     def _signer(self, bucket: str):
         """A client whose region is the bucket's: a presigned URL of the wrong region is
