@@ -413,3 +413,34 @@ def test_an_outsider_recomputes_the_list_digest(tmp_path):
     path = fl.finish()
     assert outsider(odd) == fl.fields()["failures_sha256"]
     assert [json.loads(x) for x in path.read_bytes().splitlines(keepends=True)] == odd
+
+
+def test_a_crashed_audits_list_file_is_swept_and_a_live_ones_is_not(tmp_path):
+    """A crashed audit leaves its temporary full list (as large as the damage it listed) in
+    the local chain directory; the next audit removes it. Another audit still running (its
+    file locked by its process, however long ago it last found a failure) keeps its file."""
+    import subprocess
+    import sys
+
+    live = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from pathlib import Path\n"
+         "from weightvault.archive.auditlog import BoundedList\n"
+         "fl = BoundedList(Path(sys.argv[1])); fl.add({'object': 'o', 'bundle': 'b', "
+         "'kind': 'missing', 'expected': 'e', 'found': 'missing'}); fl._f.flush()\n"
+         "print(fl.path, flush=True); sys.stdin.read()", str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        live_path = Path(live.stdout.readline().strip())
+        crashed = BoundedList(tmp_path)
+        crashed.add(_fake(1))
+        crashed._f.close()  # the process died: its lock went with it, the file stayed
+        assert live_path.exists() and crashed.path.exists()
+        nxt = BoundedList(tmp_path)
+        assert not crashed.path.exists()
+        assert live_path.exists() and live_path.read_bytes().count(b"\n") == 1
+        nxt.discard()
+    finally:
+        live.communicate("")
+    assert live.returncode == 0
+    assert [p.name for p in tmp_path.iterdir()] == [live_path.name]  # its owner left it

@@ -404,7 +404,10 @@ def audit_replica(
         "bundles": bundles, **failures.fields(), "transient": transient,
         "transient_total": transient_n, **empty_list("repairs"), "coverage": coverage,
     }  # fmt: skip
-    entry = chain.append(record, key, {"failures": full_list})
+    try:
+        entry = chain.append(record, key, {"failures": full_list})
+    finally:
+        failures.discard()  # the lock on its file goes only now: moved into place, or removed
     out = ReplicaAudit(name, store.url, level, record["eventOutcome"], entry.record)
     if truncated(entry.record):
         out.failures_file = str(chain.list_path(entry.record))
@@ -533,7 +536,10 @@ def repair_replica(
         "coverage": {"cycle_days": None, "objects": 0, "verified_within_cycle": 0,
                      "oldest_age_seconds": None},
     }  # fmt: skip
-    entry = chain.append(record, key, {"repairs": full_list})
+    try:
+        entry = chain.append(record, key, {"repairs": full_list})
+    finally:
+        repairs.discard()  # the lock on its file goes only now: moved into place, or removed
     out = ReplicaAudit(name, store.url, "repair", record["eventOutcome"], entry.record,
                        repaired=repaired)  # fmt: skip
     if truncated(entry.record, "repairs"):

@@ -8,6 +8,7 @@ and in the local state directory), so truncating one copy shows against the othe
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -159,7 +160,11 @@ class BoundedList:
     def __init__(self, tmp_dir: Path, member: str = "failures"):
         self.member, self.by = member, LISTS[member]
         tmp_dir.mkdir(parents=True, exist_ok=True)
+        _sweep(tmp_dir, member)
         fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f".{member}.", suffix=".tmp")
+        # held until the file is closed or the process dies: the sweep of a later audit
+        # tells a live writer's file (an audit may run for days) from a crashed one's by it
+        fcntl.flock(fd, fcntl.LOCK_EX)
         self.path = Path(name)
         self._f = os.fdopen(fd, "wb")
         self._h = hashlib.sha256()
@@ -186,8 +191,9 @@ class BoundedList:
 
     def finish(self) -> Path | None:
         """The file holding every item when the record cannot hold them all, else None
-        (and the file is gone)."""
-        self._f.close()
+        (and the file is gone). The file stays open, and locked against other audits' sweeps,
+        until discard(), which the caller calls once the record has moved it into place."""
+        self._f.flush()
         if self.total > len(self.inline):
             return self.path
         self.discard()
@@ -198,6 +204,25 @@ class BoundedList:
             self._f.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _sweep(tmp_dir: Path, member: str) -> None:
+    """Remove the temporary list files that crashed audits left in the local chain directory:
+    those no live process holds locked. Each can be as large as the damage it listed."""
+    for p in tmp_dir.glob(f".{member}.*.tmp"):
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone already, or not ours to judge
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live audit's file
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        finally:
+            os.close(fd)
 
 
 def empty_list(member: str) -> dict:
