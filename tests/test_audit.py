@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import Lab, ok, write_config, wv
@@ -261,8 +262,9 @@ def test_verified_state_of_earlier_versions_is_taken_over(tmp_path):
 
 
 def test_s3_listing_pages_give_what_list_gives(s3_server, monkeypatch):
-    """An audit moves the pool's listing to disk a ListObjectsV2 page at a time (S3Store.
-    iter_list): the pages, forced small here, hold exactly what the whole listing holds."""
+    """An audit moves the pool's listing to disk, and gc walks it, a ListObjectsV2 page at a
+    time (S3Store.iter_times): the pages, forced small here, hold exactly what the whole
+    listing holds, last-modified times (gc's grace period) included."""
     import uuid
 
     from conftest import s3_env
@@ -281,8 +283,11 @@ def test_s3_listing_pages_give_what_list_gives(s3_server, monkeypatch):
     store.put_bytes("bundles/m/bagit.txt", b"z")
     want = sorted(store.list("objects").items())
     assert len(want) == 7
-    assert sorted(store.iter_list("objects", page=3)) == want
-    assert list(store.iter_list("nothing-here", page=3)) == []
+    paged = sorted(store.iter_times("objects", page=3))
+    assert [(k, size) for k, size, _ in paged] == want == sorted(store.iter_list("objects"))
+    assert [(k, (size, t)) for k, size, t in paged] == sorted(store.list_times("objects").items())
+    assert all(abs(t - time.time()) < 600 for _, _, t in paged)
+    assert list(store.iter_times("nothing-here", page=3)) == []
 
 
 def test_local_listing_streams_as_the_directory_is_read(tmp_path):
@@ -301,6 +306,8 @@ def test_local_listing_streams_as_the_directory_is_read(tmp_path):
         store.put_bytes(k, b"z" * len(k))
     for prefix in ("objects", "bundles", "bundles/m", "nothing-here"):
         assert sorted(store.iter_list(prefix)) == sorted(store.list(prefix).items()), prefix
+        assert sorted((k, (n, t)) for k, n, t in store.iter_times(prefix)) == \
+            sorted(store.list_times(prefix).items()), prefix  # fmt: skip
     it = store.iter_list("objects")
     first, _size = next(it)
     for k in keys:
@@ -347,6 +354,9 @@ def test_sftp_listing_streams_as_the_directory_is_read(ssh_server, monkeypatch):
     assert len(rest) == 119
     for prefix in ("bundles", "nothing-here"):
         assert sorted(store.iter_list(prefix)) == sorted(store.list(prefix).items()), prefix
+    # gc's grace period: the same times as the whole listing's, to the second (SFTP's unit)
+    assert sorted((k, n, int(t)) for k, n, t in store.iter_times("objects")) == \
+        sorted((k, n, int(t)) for k, (n, t) in store.list_times("objects").items())  # fmt: skip
 
 
 def test_audit_takes_a_local_pool_listing_as_a_stream(vault_copy, lab_key, tmp_path,

@@ -110,6 +110,11 @@ class RetryingFsspecStore(FsspecStore):
     def _reconnect(self) -> None:
         pass
 
+    def iter_list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        # one listing serves both: SFTP and S3 stream iter_times
+        for key, size, _ in self.iter_times(prefix):
+            yield key, size
+
     def size(self, key: str) -> int | None:
         def info() -> int | None:
             try:
@@ -190,8 +195,8 @@ class SftpStore(RetryingFsspecStore):
             with contextlib.suppress(Exception):
                 fs.client.close()
 
-    def iter_list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """(key, size) under `prefix`/, streamed as each directory is read (paramiko's
+    def iter_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
+        """(key, size, mtime) under `prefix`/, streamed as each directory is read (paramiko's
         listdir_iter: 50 requests in flight), never whole: the pool is one directory, of about
         15 million entries at 1 PB. On an SSH connection of its own: listdir_iter reads its
         replies off the connection itself, so another request on the same connection between
@@ -217,7 +222,9 @@ class SftpStore(RetryingFsspecStore):
                         for a in conn[0].ftp.listdir_iter(d):
                             path = f"{d}/{a.filename}"
                             if not stat.S_ISDIR(a.st_mode or 0):  # a file (or link, as find)
-                                yield path[cut:], int(a.st_size or 0)
+                                t = a.st_mtime
+                                yield path[cut:], int(a.st_size or 0), \
+                                    None if t is None else float(t)  # fmt: skip
                             elif path not in entered:
                                 entered.add(path)
                                 stack.append(path)
@@ -384,9 +391,10 @@ class S3Store(RetryingFsspecStore):
     def _key(self, key: str) -> str:
         return f"{self.root}/{key}".split("/", 1)[1]
 
-    def iter_list(self, prefix: str, *, page: int = 1000) -> Iterator[tuple[str, int]]:
-        """(key, size) under `prefix`/, one ListObjectsV2 page at a time (each page retried
-        alone): an audit of a pool of millions of objects never holds its whole listing."""
+    def iter_times(self, prefix: str, *, page: int = 1000) -> Iterator[tuple[str, int, float | None]]:
+        """(key, size, LastModified) under `prefix`/, one ListObjectsV2 page at a time (each
+        page retried alone): an audit or gc of a pool of millions of objects never holds its
+        whole listing."""
         base = self._key(prefix).rstrip("/") + "/"
         cut = len(self._key(""))
         token: dict = {}
@@ -395,7 +403,9 @@ class S3Store(RetryingFsspecStore):
                 "list_objects_v2", Bucket=self.bucket, Prefix=base, MaxKeys=page, **kw),
                 self.describe(prefix))  # fmt: skip
             for o in resp.get("Contents", ()):
-                yield o["Key"][cut:], int(o.get("Size") or 0)
+                t = o.get("LastModified")
+                yield o["Key"][cut:], int(o.get("Size") or 0), \
+                    t.timestamp() if hasattr(t, "timestamp") else None  # fmt: skip
             if not resp.get("IsTruncated"):
                 return
             token = {"ContinuationToken": resp["NextContinuationToken"]}
