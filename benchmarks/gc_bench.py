@@ -34,16 +34,17 @@ def _listing(n: int):
 
 
 def _case(mode: str, n: int) -> dict:
-    from weightvault.archive.gc import _HEX64, _KeySet
+    from weightvault.archive.gc import _HEX64
+    from weightvault.archive.spill import KeySet
 
     t0 = time.perf_counter()
     named_keys = (_key(i) for i in range(ORPHANS, n))  # as the manifests name them
     if mode == "set+dict":
-        named: set[str] | _KeySet = set(named_keys)
+        named: set[str] | KeySet = set(named_keys)
         listing = {k: (s, t) for k, s, t in _listing(n)}.items()
         walk = ((k, s, t) for k, (s, t) in listing)
     else:
-        named = _KeySet()
+        named = KeySet()
         named.update(named_keys)
         walk = _listing(n)
     t1 = time.perf_counter()

@@ -443,9 +443,9 @@ def test_gc_holds_the_named_pool_keys_on_disk():
     Python memory flat."""
     import tracemalloc
 
-    from weightvault.archive.gc import _KeySet
+    from weightvault.archive.spill import KeySet
 
-    keys = _KeySet()
+    keys = KeySet()
     tracemalloc.start()
     for start in range(0, 300_000, 10_000):
         keys.update(f"objects/{i:064x}" for i in range(start, start + 10_000))

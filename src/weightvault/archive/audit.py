@@ -31,6 +31,7 @@ from weightvault.archive.auditlog import (
 )
 from weightvault.archive.pipeline import run
 from weightvault.archive.replicate import ReplicateResult, replicate
+from weightvault.archive.spill import Groups
 from weightvault.archive.verify import check_bag
 from weightvault.errors import (
     CorruptData,
@@ -488,16 +489,16 @@ def repair_replica(
     if fixity is None or not failures_total(fixity):
         return ReplicaAudit(name, store.url, "repair", "pass"), []
     # every failure, not only the record's first: from the failures file beside the record,
-    # checked against the signed record before any line is used. The objects to repair are
-    # held (replicate takes each bundle's suspects as a set)
-    by_bundle: dict[str, set[str]] = {}
-    for f in chain.full_list(head):
-        by_bundle.setdefault(f["bundle"], set()).add(f["object"])
+    # checked against the signed record before any line is used. On disk, grouped by bundle:
+    # a replica gone wholesale fails millions of objects, and only one bundle's suspects (the
+    # set replicate takes, bounded by that bundle's manifest) are in memory at a time
+    by_bundle = Groups()
     repairs = BoundedList(chain.local, "repairs")  # on disk past the record's share
     repaired: dict[str, int] = {}
     lost = []
     try:
-        for bname, suspects in sorted(by_bundle.items()):
+        by_bundle.add_all((f["bundle"], f["object"]) for f in chain.full_list(head))
+        for bname, suspects in by_bundle:
             ok_sources = [s for _n, s in sources if _holds(s, bname, trusted)]
             try:
                 if not ok_sources:
@@ -525,6 +526,8 @@ def repair_replica(
     except BaseException:
         repairs.discard()
         raise
+    finally:
+        by_bundle.close()
     record = {
         "format": "weightvault-audit", "format_version": RECORD_VERSION,
         "eventType": "replication", "eventDateTime": started, "ended": now(),

@@ -28,6 +28,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from weightvault.archive.spill import KeySet
 from weightvault.errors import InputError, StorageError, WeightvaultError
 from weightvault.format import bag
 from weightvault.format.keys import PublicKey
@@ -325,7 +326,7 @@ class _PoolRefs:
     replica cannot be read and verified, no pool object is removed (`blocked` says why)."""
 
     def __init__(self) -> None:
-        self.named = _KeySet()
+        self.named = KeySet()  # on disk: 15 million keys at 1 PB
         self.blocked: list[str] = []
         self.soft: dict[str, set[str]] = {}  # unsigned manifests of interrupted seals
 
@@ -368,31 +369,6 @@ class _PoolRefs:
             return
         if m.pooled:
             self.named.update(object_key(m, o["name"]) for o in m.doc["objects"])
-
-
-class _KeySet:
-    """A set of object keys on local disk rather than in memory: a private temporary SQLite
-    database (SQLite's own temporary file, gone when the connection closes). At 1 PB the
-    manifests on a replica name about 15 million pool objects: as a Python set, some 2.5 GB
-    of gc's memory; here a few MB of page cache."""
-
-    def __init__(self) -> None:
-        import sqlite3
-
-        self.db = sqlite3.connect("")
-        self.db.execute("CREATE TABLE k (key TEXT PRIMARY KEY) WITHOUT ROWID")
-
-    def update(self, keys) -> None:
-        self.db.executemany("INSERT OR IGNORE INTO k VALUES (?)", ((k,) for k in keys))
-
-    def __contains__(self, key: str) -> bool:
-        return self.db.execute("SELECT 1 FROM k WHERE key = ?", (key,)).fetchone() is not None
-
-    def __len__(self) -> int:
-        return self.db.execute("SELECT count(*) FROM k").fetchone()[0]
-
-    def close(self) -> None:
-        self.db.close()
 
 
 class _Listed(Vault):

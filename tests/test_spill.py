@@ -1,0 +1,36 @@
+"""The on-disk sets (archive/spill.py) that keep gc and repair flat in memory at any scale."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+from weightvault.archive.spill import Groups, KeySet
+
+
+def test_groups_come_back_one_bundle_at_a_time_with_flat_memory():
+    """Repair's failing objects, grouped by bundle: 150,000 of them (a replica gone wholesale)
+    given in any order come back grouped, each group whole and sorted by name, duplicates
+    once, and only one group is ever held."""
+    with Groups() as g:
+        tracemalloc.start()
+        for rnd in range(3):  # interleaved bundles, as a pool shared by versions gives them
+            g.add_all((f"b{i % 1500:04d}", f"objects/{i:064x}")
+                      for i in range(rnd * 50_000, (rnd + 1) * 50_000))  # fmt: skip
+        g.add_all([("b0000", f"objects/{0:064x}")])  # again: once
+        seen, total = [], 0
+        for name, members in g:
+            seen.append(name)
+            total += len(members)
+            assert len(members) == 100
+            assert all(int(m[8:], 16) % 1500 == int(name[1:]) for m in members)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert seen == sorted(seen) and len(seen) == 1500 and total == 150_000
+    assert peak < 2 << 20, peak  # as a dict of sets: about 20 MB
+
+
+def test_an_empty_groups_and_keyset():
+    with Groups() as g, KeySet() as k:
+        assert list(g) == [] and len(k) == 0 and "x" not in k
+        k.update(["x", "x", "y"])
+        assert len(k) == 2 and "x" in k and "z" not in k
