@@ -34,3 +34,22 @@ def test_an_empty_groups_and_keyset():
         assert list(g) == [] and len(k) == 0 and "x" not in k
         k.update(["x", "x", "y"])
         assert len(k) == 2 and "x" in k and "z" not in k
+
+
+def test_a_full_temporary_directory_is_one_storage_error():
+    """The temporary database cannot grow (its directory full, here a page limit): one line
+    naming the temporary directory and what to do, exit 3, never a SQLite traceback."""
+    import pytest
+
+    from weightvault.errors import StorageError
+
+    for kind in (KeySet, Groups):
+        with kind() as s:
+            s.db.execute("PRAGMA max_page_count = 4")
+            with pytest.raises(StorageError, match=r"^temporary database in .*: database or "
+                               r"disk is full \(set TMPDIR to a directory with room") as e:  # fmt: skip
+                if kind is KeySet:
+                    s.update(f"objects/{i:064x}" for i in range(10_000))
+                else:
+                    s.add_all(("b", f"objects/{i:064x}") for i in range(10_000))
+            assert e.value.exit_code == 3 and "\n" not in str(e.value)

@@ -9,14 +9,30 @@ when the connection closes) rather than in Python sets of several GB. The audit'
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
+
+from weightvault.errors import StorageError
+
+
+@contextlib.contextmanager
+def _guard():
+    """SQLite's failures (its temporary directory full, above all) as one line, exit 3."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        where = os.environ.get("SQLITE_TMPDIR") or os.environ.get("TMPDIR") or "/var/tmp"
+        raise StorageError(f"temporary database in {where}: {e} (set TMPDIR to a directory "
+                           "with room: about 100 bytes an object)") from None  # fmt: skip
 
 
 class _Temp:
     def __init__(self, schema: str) -> None:
-        self.db = sqlite3.connect("")  # "": a private temporary database on disk
-        self.db.execute(schema)
+        with _guard():
+            self.db = sqlite3.connect("")  # "": a private temporary database on disk
+            self.db.execute(schema)
 
     def close(self) -> None:
         self.db.close()
@@ -35,10 +51,13 @@ class KeySet(_Temp):
         super().__init__("CREATE TABLE k (key TEXT PRIMARY KEY) WITHOUT ROWID")
 
     def update(self, keys: Iterable[str]) -> None:
-        self.db.executemany("INSERT OR IGNORE INTO k VALUES (?)", ((k,) for k in keys))
+        with _guard():
+            self.db.executemany("INSERT OR IGNORE INTO k VALUES (?)", ((k,) for k in keys))
 
     def __contains__(self, key: str) -> bool:
-        return self.db.execute("SELECT 1 FROM k WHERE key = ?", (key,)).fetchone() is not None
+        with _guard():
+            return self.db.execute("SELECT 1 FROM k WHERE key = ?", (key,)).fetchone() \
+                is not None  # fmt: skip
 
     def __len__(self) -> int:
         return self.db.execute("SELECT count(*) FROM k").fetchone()[0]
@@ -54,12 +73,15 @@ class Groups(_Temp):
                          "WITHOUT ROWID")  # fmt: skip
 
     def add_all(self, pairs: Iterable[tuple[str, str]]) -> None:
-        self.db.executemany("INSERT OR IGNORE INTO g VALUES (?, ?)", pairs)
+        with _guard():
+            self.db.executemany("INSERT OR IGNORE INTO g VALUES (?, ?)", pairs)
 
     def __iter__(self) -> Iterator[tuple[str, set[str]]]:
         """(group, its members), groups in sorted order."""
         grp, members = None, set()
-        for g, m in self.db.execute("SELECT grp, member FROM g ORDER BY grp, member"):
+        with _guard():
+            rows = self.db.execute("SELECT grp, member FROM g ORDER BY grp, member")
+        for g, m in rows:
             if g != grp and grp is not None:
                 yield grp, members
                 members = set()
