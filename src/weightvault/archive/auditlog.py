@@ -359,7 +359,7 @@ class Chain:
                     rec = parse(raw, str(self.local / _name(seq)))["record"]
                     for m in _files_of(rec):  # its list files too, where they check
                         with contextlib.suppress(IntegrityError):
-                            self._checked_copy(seq, rec, m)[0].unlink()
+                            self._checked_copy(seq, rec, m)[0].close()
                     _write_local(self.local / _name(seq), raw)
             return remote
         for seq, raw in local:
@@ -445,15 +445,15 @@ class Chain:
         rec = entry.record
         if not truncated(rec, member):
             return iter(rec[member])
-        copy, what = self._checked_copy(entry.seq, rec, member)
-        f = open(copy, "rb")  # noqa: SIM115 - read by the generator, closed by it or by GC
-        copy.unlink()  # nothing to clean up, however far the caller reads
-        return _lines(f, what)
+        f, what = self._checked_copy(entry.seq, rec, member)
+        return _lines(f, what)  # read by the generator, closed by it or by GC
 
-    def _checked_copy(self, seq: int, rec: dict, member: str) -> tuple[Path, str]:
+    def _checked_copy(self, seq: int, rec: dict, member: str):
         """A private copy of a record's list file that checks against the record (the local
-        copy, else the replica's, which is then kept locally too), and what it was copied
-        from; IntegrityError naming each copy tried when none checks."""
+        copy, else the replica's, which is then kept locally too), open for reading and
+        already unlinked, and what it was copied from; IntegrityError naming each copy tried
+        when none checks. Locked while it is written, as every temporary list file is
+        (BoundedList), so another audit's sweep never takes it for a leftover."""
         sub = signer_dir(self.signer or rec["agent"]["key"])
         local = self.local_root / sub / list_name(rec[f"{member}_sha256"])
         sources: list[tuple[str, Callable]] = [(str(local), partial(open, local, "rb"))]
@@ -466,22 +466,27 @@ class Chain:
             fd, name = tempfile.mkstemp(dir=local.parent.parent, prefix=f".{member}.",
                                         suffix=".tmp")  # fmt: skip
             copy = Path(name)
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                with os.fdopen(fd, "wb") as out, opener() as src:
-                    check_list(src, what, rec, member, out)
+                with os.fdopen(fd, "wb") as out:
+                    with opener() as src:
+                        check_list(src, what, rec, member, out)
+                    out.flush()
+                    if i and not local.exists():  # the replica's copy, verified: keep it too
+                        local.parent.mkdir(exist_ok=True)
+                        with contextlib.suppress(OSError):
+                            os.link(copy, local)
+                    f = open(copy, "rb")  # noqa: SIM115 - the caller's to close
+                copy.unlink()  # nothing to clean up, however far the caller reads
             except FileNotFoundError:
-                copy.unlink()
+                copy.unlink(missing_ok=True)
                 errors.append(f"{what}: missing")
                 continue
             except (IntegrityError, StorageError, OSError) as e:
-                copy.unlink()
+                copy.unlink(missing_ok=True)
                 errors.append(str(e))
                 continue
-            if i and not local.exists():  # the replica's copy, verified: keep it locally too
-                local.parent.mkdir(exist_ok=True)
-                with contextlib.suppress(OSError):
-                    os.link(copy, local)
-            return copy, what
+            return f, what
         raise IntegrityError(f"the full {member} list of audit record {seq} cannot be "
                              f"read: {'; '.join(errors)}")  # fmt: skip
 
