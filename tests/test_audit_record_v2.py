@@ -133,7 +133,7 @@ def test_audit_past_the_record_bound_keeps_its_chain_and_repairs_everything(
         p.unlink()
     a = run()
     rec = a.record
-    assert rec["format_version"] == 2 and a.outcome == "fail"
+    assert rec["format_version"] == 3 and a.outcome == "fail"
     assert rec["failures_total"] == len(objs) == a.as_dict()["failures_total"]
     assert rec["failures_by_kind"] == {"missing": len(objs)}
     assert len(rec["failures"]) == 3
@@ -249,7 +249,7 @@ def test_version_1_chain_continued_in_version_2_verifies(vault_copy, lab_key, tm
     assert len(list(chain.full_list(first))) == 150  # inline, no file
     a = audit.audit_replica("v", store, level="full", trusted=[pk], key=auditor,
                             state=tmp_path / "state")  # fmt: skip
-    assert a.record["format_version"] == 2 and a.record["sequence"] == 2
+    assert a.record["format_version"] == 3 and a.record["sequence"] == 2
     assert a.record["previous"] == first.digest
     assert _chain(tmp_path, store, auditor).verify([auditor.public]) == (2, [])
     # the same first record signed as version 2 (a downgrade or an upgrade): refused

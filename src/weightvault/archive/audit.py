@@ -240,6 +240,9 @@ class ReplicaAudit:
     failures_file: str = ""  # every failure, one JSON object a line, when the record has not
     repairs_file: str = ""  # the same for a repair's repairs
     repaired: dict[str, int] = field(default_factory=dict)  # a repair: bundle -> objects fixed
+    # every bundle the audit looked at, as the record lists them (version 3 records hold the
+    # first 1,000 and the bundles file the rest): what cross-checks and the local state use
+    bundles: list[dict] = field(default_factory=list)
 
     @property
     def failures_total(self) -> int:
@@ -317,6 +320,7 @@ def audit_replica(
     before = store.counters.payload_read
     vault = Vault(store)
     failures = BoundedList(chain.local)  # on disk past the record's share: flat memory
+    listed_bundles = None  # the record's bundles (version 3: bounded the same way)
     transient: list[dict] = []  # the record's share of them; transient_n counts all
     transient_n = 0
     bundles: list[dict] = []
@@ -379,12 +383,17 @@ def audit_replica(
         for b in bundles:
             if b["name"] in failures.bundles and b["state"] == "intact":
                 b["state"] = "damaged"
+        listed_bundles = BoundedList(chain.local, "bundles")
+        for b in bundles:
+            listed_bundles.add(b)
         verified.save()
         cycle = cycle_days or 90
         n, within, oldest = work.coverage(t0, cycle * DAY)
-        full_list = failures.finish()
+        full_list, bundle_list = failures.finish(), listed_bundles.finish()
     except BaseException:
         failures.discard()
+        if listed_bundles is not None:
+            listed_bundles.discard()
         raise
     finally:
         verified.close()  # the work tables go with it; marks only if saved (a finished audit)
@@ -402,14 +411,16 @@ def audit_replica(
         "agent": {"tool": tool(), "key": key.public.key_id},
         "objects_checked": checked, "bytes_read": store.counters.payload_read - before - reread,
         "objects_unverifiable": unverifiable,
-        "bundles": bundles, **failures.fields(), "transient": transient,
+        **listed_bundles.fields(), **failures.fields(), "transient": transient,
         "transient_total": transient_n, **empty_list("repairs"), "coverage": coverage,
     }  # fmt: skip
     try:
-        entry = chain.append(record, key, {"failures": full_list})
+        entry = chain.append(record, key, {"failures": full_list, "bundles": bundle_list})
     finally:
         failures.discard()  # the lock on its file goes only now: moved into place, or removed
-    out = ReplicaAudit(name, store.url, level, record["eventOutcome"], entry.record)
+        listed_bundles.discard()
+    out = ReplicaAudit(name, store.url, level, record["eventOutcome"], entry.record,
+                       bundles=bundles)  # fmt: skip
     if truncated(entry.record):
         out.failures_file = str(chain.list_path(entry.record))
     return out
@@ -534,7 +545,7 @@ def repair_replica(
         "eventOutcome": "fail" if lost else "pass",
         "replica": {"name": name, "url": store.url}, "level": "repair",
         "agent": {"tool": tool(), "key": key.public.key_id},
-        "objects_checked": repairs.total, "bytes_read": 0, "bundles": [],
+        "objects_checked": repairs.total, "bytes_read": 0, **empty_list("bundles"),
         **empty_list("failures"), "transient": [], "transient_total": 0, **repairs.fields(),
         "coverage": {"cycle_days": None, "objects": 0, "verified_within_cycle": 0,
                      "oldest_age_seconds": None},
@@ -649,7 +660,7 @@ def expected_holdings(stores: dict[str, tuple[str, Store]], trusted: list[Public
 
 def remember(known: Known, audits: list[ReplicaAudit]) -> None:
     for a in audits:
-        for b in a.record.get("bundles", []):
+        for b in a.bundles:
             if b["bundle"] and b["state"] in ("intact", "damaged"):
                 known.saw(a.url, b["name"], b["bundle"])
     known.save()

@@ -26,11 +26,10 @@ from weightvault.format.keys import PublicKey, SigningKey, verify_signatures
 from weightvault.storage.store import Store
 
 # the DSSE payload type of each record version (FORMAT.md section 8): a record is verified
-# under its own version's type, so version 1 records keep verifying in a chain that goes on
-# in version 2
-PAYLOAD_TYPES = {1: "application/vnd.weightvault.audit+json; version=1",
-                 2: "application/vnd.weightvault.audit+json; version=2"}  # fmt: skip
-RECORD_VERSION = 2  # what this version writes
+# under its own version's type, so older records keep verifying in a chain that goes on in
+# a newer version
+PAYLOAD_TYPES = {v: f"application/vnd.weightvault.audit+json; version={v}" for v in (1, 2, 3)}
+RECORD_VERSION = 3  # what this version writes
 PAYLOAD_TYPE = PAYLOAD_TYPES[RECORD_VERSION]
 PREFIX = "audits"  # on the replica: audits/<signer>/<seq>.json (and legacy audits/<seq>.json)
 MAX_RECORD = 64 << 20
@@ -42,7 +41,29 @@ MAX_RECORD = 64 << 20
 # an audit or a repair finds. The schema's maxItems says the same.
 RECORD_FAILURES = 100
 MAX_LINE = 74_567  # bytes, the newline included (tests/test_audit_record_v2.py)
-LISTS = {"failures": "kind", "repairs": "outcome"}  # the lists kept in files, what counts them
+# the lists kept in files: what counts each, the version that bounds it, how many items a
+# record holds inline. Version 3 bounds `bundles` too (FORMAT.md 8.2): one entry per bundle
+# on the replica, at most 878 bytes with its newline (a typical one 115), so version 2
+# records reached 64 MiB somewhere between 76,000 and 580,000 bundles
+LISTS = {"failures": "kind", "repairs": "outcome", "bundles": "state"}
+SINCE = {"failures": 2, "repairs": 2, "bundles": 3}
+RECORD_BUNDLES = 1000
+
+
+def inline_cap(member: str) -> int:
+    """How many items of list `member` a record holds inline."""
+    return RECORD_BUNDLES if member == "bundles" else RECORD_FAILURES
+
+
+# the members an item of each list must have (the schema says the rest, inline; a list file's
+# lines are checked against the record's digest, this only keeps a reader from tripping)
+_ITEM_KEYS = {"failures": ("object", "bundle"), "repairs": ("object", "bundle"),
+              "bundles": ("name", "bundle", "state")}
+
+
+def lists_of(version: int) -> list[str]:
+    """The lists a record of `version` bounds (FORMAT.md 8.1, 8.2)."""
+    return [m for m in LISTS if version >= SINCE[m]]
 
 
 def now() -> str:
@@ -102,13 +123,14 @@ def consistent(rec: dict, what: str) -> None:
     if len(rec["transient"]) != min(rec["transient_total"], RECORD_FAILURES):
         problem = f"holds {len(rec['transient'])} transient failures inline of " \
                   f"{rec['transient_total']}"  # fmt: skip
-    for member, by in LISTS.items():
+    for member in lists_of(rec["format_version"]):
         if problem:
             break
+        by, cap = LISTS[member], inline_cap(member)
         total, inline, counts = rec[f"{member}_total"], rec[member], rec[f"{member}_by_{by}"]
-        if len(inline) != min(total, RECORD_FAILURES):
+        if len(inline) != min(total, cap):
             problem = f"holds {len(inline)} {member} inline of {total} (the first " \
-                      f"{RECORD_FAILURES} must be)"  # fmt: skip
+                      f"{cap} must be)"  # fmt: skip
         elif sum(counts.values()) != total:
             problem = f"{member}_by_{by} does not add up to {member}_total {total}"
         elif total == len(inline):
@@ -130,7 +152,12 @@ def _count(items, by: str) -> dict[str, int]:
 
 def truncated(rec: dict, member: str = "failures") -> bool:
     """Whether the record's full list `member` is in a file rather than inline."""
-    return rec["format_version"] >= 2 and rec[f"{member}_total"] > len(rec[member])
+    return rec["format_version"] >= SINCE[member] and rec[f"{member}_total"] > len(rec[member])
+
+
+def bundles_total(rec: dict) -> int:
+    """How many bundles the audit looked at (before version 3: all of them inline)."""
+    return rec["bundles_total"] if rec["format_version"] >= 3 else len(rec["bundles"])
 
 
 def failures_total(rec: dict) -> int:
@@ -145,17 +172,17 @@ def failures_by_kind(rec: dict) -> dict[str, int]:
 
 
 def list_name(sha256: str) -> str:
-    """Where a record's full list (failures or repairs) lives, under its chain's directory on
+    """Where a record's full list (failures, repairs, bundles) lives, under its chain's directory on
     the replica and in the local state: named by its digest, so it is written before the
     record's number is final and two writers never contend for a name (FORMAT.md 8.1)."""
     return f"lists/{sha256}.jsonl"
 
 
 class BoundedList:
-    """A record's failures (or a repair's repairs) as they are found: each hashed and written
-    as one canonical line to a temporary file in the local chain directory, only the first
-    RECORD_FAILURES kept in memory for the record itself. A replica gone wholesale fails
-    millions of objects; they never sit in memory together."""
+    """A record's failures (or a repair's repairs, or an audit's bundles) as they are found:
+    each hashed and written as one canonical line to a temporary file in the local chain
+    directory, only the first inline_cap(member) kept in memory for the record itself. A replica
+    gone wholesale fails millions of objects; they never sit in memory together."""
 
     def __init__(self, tmp_dir: Path, member: str = "failures"):
         self.member, self.by = member, LISTS[member]
@@ -179,8 +206,9 @@ class BoundedList:
         self._f.write(line)
         self.total += 1
         self.counts[x[self.by]] = self.counts.get(x[self.by], 0) + 1
-        self.bundles[x["bundle"]] = self.bundles.get(x["bundle"], 0) + 1
-        if len(self.inline) < RECORD_FAILURES:
+        if self.member != "bundles":
+            self.bundles[x["bundle"]] = self.bundles.get(x["bundle"], 0) + 1
+        if len(self.inline) < inline_cap(self.member):
             self.inline.append(x)
 
     def fields(self) -> dict:
@@ -226,7 +254,7 @@ def _sweep(tmp_dir: Path, member: str) -> None:
 
 
 def empty_list(member: str) -> dict:
-    """The members of a version 2 record without any of `member`."""
+    """The members of a record (version SINCE[member] on) without any of `member`."""
     return {member: [], f"{member}_total": 0, f"{member}_sha256": hashlib.sha256().hexdigest(),
             f"{member}_by_{LISTS[member]}": {}}  # fmt: skip
 
@@ -267,13 +295,14 @@ def check_list(src, what: str, rec: dict, member: str = "failures", out=None) ->
         raise bad(f"its SHA-256 differs from the record's {member}_sha256 (edited)")
 
 
-def _lines(f, what: str) -> Iterator[dict]:
+def _lines(f, what: str, member: str) -> Iterator[dict]:
     """The items of a checked list file, open for reading (closed at the end)."""
     with f:
         for n, line in enumerate(f, 1):
             obj = canon.parse(line, f"{what} line {n}")
-            if not isinstance(obj, dict) or "object" not in obj or "bundle" not in obj:
-                raise CorruptData(f"{what} line {n}: not an item of an audit record's list")
+            if not isinstance(obj, dict) or any(k not in obj for k in _ITEM_KEYS[member]):
+                raise CorruptData(f"{what} line {n}: not an item of an audit record's "
+                                  f"{member} list")  # fmt: skip
             yield obj
 
 
@@ -446,7 +475,7 @@ class Chain:
         if not truncated(rec, member):
             return iter(rec[member])
         f, what = self._checked_copy(entry.seq, rec, member)
-        return _lines(f, what)  # read by the generator, closed by it or by GC
+        return _lines(f, what, member)  # read by the generator, closed by it or by GC
 
     def _checked_copy(self, seq: int, rec: dict, member: str):
         """A private copy of a record's list file that checks against the record (the local
@@ -537,7 +566,7 @@ class Chain:
 
 def _files_of(rec: dict) -> list[str]:
     """The lists of a record that are kept in files."""
-    return [m for m in LISTS if truncated(rec, m)]
+    return [m for m in lists_of(rec["format_version"]) if truncated(rec, m)]
 
 
 def _last(entries: list[tuple[int, bytes]], where: Path) -> Entry | None:

@@ -1041,7 +1041,7 @@ def audit(ctx: Ctx, vault, replicas, level, cycle_days, interval_days, trust, ke
             expected=holdings.get(n, {}), executor=ex))  # fmt: skip
     remember(known, done)
     log_audits(ctx, rs, level, done, unreachable)
-    conflicts = cross_check({a.replica: {b["name"]: b["bundle"] for b in a.record["bundles"]}
+    conflicts = cross_check({a.replica: {b["name"]: b["bundle"] for b in a.bundles}
                              for a in done})  # fmt: skip
     if metrics_file:
         from weightvault.storage.opener import store_url

@@ -124,7 +124,7 @@ def _record_digest(rec: dict) -> str | None:
 def log_audits(ctx: Ctx, rs, level: str, done, unreachable: dict) -> None:
     """One `audited` statement per replica audited (or unreachable), naming the digest of the
     signed audit record, so deleting or editing that record shows against the log."""
-    from weightvault.archive.auditlog import failures_by_kind
+    from weightvault.archive.auditlog import bundles_total, failures_by_kind
     from weightvault.log import statements as st
 
     def go() -> None:
@@ -134,7 +134,7 @@ def log_audits(ctx: Ctx, rs, level: str, done, unreachable: dict) -> None:
             kinds = failures_by_kind(r) if r else {}  # every failure, not the record's first
             result = "ok" if a.outcome == "pass" else (
                 "lost" if any("missing" in k or "loss" in k for k in kinds) else "damaged")
-            stmts.append(st.audited(a.replica, level, result, len(r.get("bundles", [])),
+            stmts.append(st.audited(a.replica, level, result, bundles_total(r) if r else 0,
                                     r.get("objects_checked", 0), r.get("bytes_read", 0),
                                     sum(kinds.values()), _record_digest(r)))  # fmt: skip
         for n in unreachable:
