@@ -7,6 +7,12 @@ audit_replica does, appends the record to a chain on a local replica (schema val
 signing, both copies written) and reads the chain's head back as the next audit would.
 
     python benchmarks/audit_failures_bench.py [--failures 320000]
+
+With `--bundles N` it records an audit of a replica holding N bundles (and no failures)
+instead, as a version 2 record (every bundle inline) and a version 3 record (FORMAT.md 8.2:
+the first 1,000 inline, all of them in a digest-named file).
+
+    python benchmarks/audit_failures_bench.py --bundles 600000
 """
 
 from __future__ import annotations
@@ -39,7 +45,11 @@ def _base(version: int) -> dict:
     }  # fmt: skip
 
 
-def one(version: int, n: int) -> dict:
+def _bundle(i: int) -> dict:
+    return {"name": f"model-{i:08d}", "bundle": f"{i:064x}", "state": "intact"}
+
+
+def one(version: int, n: int, what: str = "failures") -> dict:
     from weightvault.archive import auditlog
     from weightvault.archive.auditlog import BoundedList, Chain, empty_list
     from weightvault.errors import CorruptData
@@ -51,7 +61,20 @@ def one(version: int, n: int) -> dict:
     store = LocalStore(work / "replica", create=True)
     chain = Chain(work / "state", store, key.public.key_id)
     t0 = time.perf_counter()
-    if version == 1:
+    if what == "bundles":
+        rec = {**_base(version), **empty_list("failures"), "transient_total": 0,
+               **empty_list("repairs")}  # fmt: skip
+        files = None
+        if version == 2:
+            rec["bundles"] = [_bundle(i) for i in range(n)]
+        else:
+            bl = BoundedList(chain.local, "bundles")
+            for i in range(n):
+                bl.add(_bundle(i))
+            path = bl.finish()
+            rec |= bl.fields()
+            files = {"bundles": path} if path else None
+    elif version == 1:
         failures = [_failure(i) for i in range(n)]
         rec, files = {**_base(1), "failures": failures, "repairs": []}, None
     else:
@@ -69,9 +92,10 @@ def one(version: int, n: int) -> dict:
         readable = False
     t2 = time.perf_counter()
     size = len(entry.raw)
-    listed = sum(1 for _ in Chain(work / "state", store, key.public.key_id).full_list(entry))
+    listed = sum(1 for _ in Chain(work / "state", store, key.public.key_id).full_list(
+        entry, what)) if readable else 0  # fmt: skip
     shutil.rmtree(work)
-    return {"version": version, "failures": n, "record_bytes": size,
+    return {"version": version, what: n, "record_bytes": size,
             "record_limit": auditlog.MAX_RECORD, "chain_readable": readable,
             "full_list_read": listed, "write_s": round(t1 - t0, 2),
             "verify_s": round(t2 - t1, 2),
@@ -81,14 +105,16 @@ def one(version: int, n: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--failures", type=int, default=320_000)
-    ap.add_argument("--one", type=int, choices=(1, 2), help=argparse.SUPPRESS)
+    ap.add_argument("--bundles", type=int, help="N bundles and no failures (version 2 vs 3)")
+    ap.add_argument("--one", type=int, choices=(1, 2, 3), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    what, n = ("bundles", a.bundles) if a.bundles else ("failures", a.failures)
     if a.one:
-        print(json.dumps(one(a.one, a.failures)))
+        print(json.dumps(one(a.one, n, what)))
         return
-    for v in (1, 2):
-        p = subprocess.run([sys.executable, __file__, "--one", str(v), "--failures",
-                            str(a.failures)], capture_output=True, text=True, check=True)  # fmt: skip
+    for v in ((2, 3) if a.bundles else (1, 2)):
+        p = subprocess.run([sys.executable, __file__, "--one", str(v), f"--{what}", str(n)],
+                           capture_output=True, text=True, check=True)  # fmt: skip
         print(p.stdout.strip())
 
 
