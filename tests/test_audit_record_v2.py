@@ -406,6 +406,9 @@ def test_an_outsider_recomputes_the_list_digest(tmp_path):
     assert rec["failures_total"] == len(rec["failures"]) == 2
     assert outsider(rec["failures"]) == rec["failures_sha256"]
     assert outsider([]) == rec["repairs_sha256"]
+    v3 = json.loads(example.with_name("audit-record-v3.json").read_text())  # FORMAT.md 8.2
+    assert v3["bundles_total"] == len(v3["bundles"]) == 1
+    assert outsider(v3["bundles"]) == v3["bundles_sha256"]
     odd = [{**_fake(i), "found": "é\x01\"\\ \u2028 \U0001F600"} for i in range(150)]
     fl = BoundedList(tmp_path)
     for x in odd:

@@ -27,7 +27,7 @@ def test_schema_is_valid(schema):
     ("manifest.json", "manifest"), ("signature.json", "signature"),
     ("manifest-encrypted.json", "manifest"), ("signature-encrypted.json", "signature"),
     ("private.json", "private"), ("audit-record.json", "audit-record"),
-    ("audit-record-v2.json", "audit-record"),
+    ("audit-record-v2.json", "audit-record"), ("audit-record-v3.json", "audit-record"),
     # version 3, as written until weightvault 0.4, against its frozen schema
     ("v3/manifest.json", "manifest-v3"), ("v3/signature.json", "signature"),
     ("v3/manifest-encrypted.json", "manifest-v3"), ("v3/signature-encrypted.json", "signature"),
