@@ -21,7 +21,8 @@ from test_audit_record_v2 import _chain, _simulated
 from test_audit_record_v3 import _three_bundles
 
 from weightvault.archive import audit, auditlog
-from weightvault.archive.auditlog import PAYLOAD_TYPES, signer_dir
+from weightvault.archive.auditlog import PAYLOAD_TYPES, Chain, replica_dir, signer_dir
+from weightvault.errors import CorruptData
 from weightvault.format import canon, keys
 from weightvault.storage.store import LocalStore
 
@@ -250,6 +251,26 @@ def _schema(chain, auditor):
     return "00000002.json", "schema"
 
 
+def _inline_not_first(chain, auditor):
+    """Signed, counted and digested right, but the inline bundles are not the file's first."""
+    _resign(chain / "00000005.json", auditor, lambda r: r["bundles"].reverse())
+    return "jsonl", "its first items are not the record's bundles"
+
+
+def _not_canonical_head(chain, auditor):
+    """The newest record re-encoded: its signature still verifies and no later record's
+    `previous` covers its bytes, so only the canonical-form check sees it."""
+    p = chain / "00000005.json"
+    p.write_bytes(json.dumps(json.loads(p.read_bytes()), indent=1).encode())
+    return "00000005.json", "not the canonical form"
+
+
+def _duplicate_key(chain, auditor):
+    p = chain / "00000005.json"
+    p.write_bytes(p.read_bytes()[:-1] + b',"record":{}}')
+    return "00000005.json", "duplicate key 'record'"
+
+
 def _too_large(chain, auditor):
     with open(chain / "00000005.json", "r+b") as f:
         f.truncate(outsider.MAX_RECORD + 1)
@@ -260,7 +281,11 @@ TAMPERS = [_edit_failures_file, _edit_bundles_file, _cut_repairs_file, _long_lin
            _remove_list_file, _remove_record, _remove_first_record, _v3_signed_as_v2,
            _v2_signed_as_v3, _total_disagrees, _by_state_miscounts_a_file,
            _by_kind_miscounts_inline, _inline_digest_wrong, _transient_disagrees,
-           _previous_relinked, _not_canonical, _unsigned_field, _schema, _too_large]  # fmt: skip
+           _previous_relinked, _not_canonical, _unsigned_field, _schema, _too_large,
+           _inline_not_first, _not_canonical_head, _duplicate_key]  # fmt: skip
+# Where weightvault's own Chain.verify accepts what the outsider refuses: FORMAT.md states no
+# reader MUST for these (the report to the lead names the sentences); checked only one way.
+WV_ACCEPTS = {_by_state_miscounts_a_file, _inline_not_first, _not_canonical_head}
 
 
 @pytest.mark.parametrize("tamper", TAMPERS, ids=lambda f: f.__name__.strip("_"))
@@ -271,3 +296,38 @@ def test_the_outsider_refuses_a_tampered_chain(built, tmp_path, tamper):
     where, what = tamper(chain, auditor)
     problems = _check(root, auditor).problems
     assert any(where in p and what in p for p in problems), problems
+
+
+@pytest.mark.parametrize("tamper", sorted(set(TAMPERS) - WV_ACCEPTS, key=lambda f: f.__name__),
+                         ids=lambda f: f.__name__.strip("_"))  # fmt: skip
+def test_weightvault_refuses_what_the_outsider_refuses(built, tmp_path, tamper, monkeypatch):
+    """The same tampers through weightvault's own chain verifier (replica only: an empty local
+    state), so that the two readers of the specification agree."""
+    monkeypatch.setattr(auditlog, "RECORD_BUNDLES", 2)
+    monkeypatch.setattr(auditlog, "RECORD_FAILURES", 3)
+    _, auditor, _ = built
+    root, chain = _copy(built, tmp_path)
+
+    def problems() -> list[str]:
+        store = LocalStore(root)
+        c = Chain(replica_dir(tmp_path / "state", store.url), store, auditor.public.key_id)
+        try:
+            found = c.verify([auditor.public])[1]
+        except CorruptData as e:
+            return [str(e)]
+        return [p for p in found if "local trail" not in p]
+
+    assert problems() == []
+    tamper(chain, auditor)
+    assert problems()  # it may name another file: the record after a removed one, say
+
+
+def test_a_removed_newest_record_is_invisible_on_the_replica_alone(built, tmp_path):
+    """What the specification does not promise, pinned: a chain's newest record deleted
+    leaves a shorter chain that verifies (section 8 links each record to the one before, not
+    after). A writer's local copy or a log anchor (section 12) is what shows it."""
+    _, auditor, _ = built
+    root, chain = _copy(built, tmp_path)
+    (chain / "00000005.json").unlink()
+    res = _check(root, auditor)
+    assert res.problems == [] and sorted(res.records) == [1, 2, 3, 4]
