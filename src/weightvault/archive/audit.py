@@ -31,7 +31,7 @@ from weightvault.archive.auditlog import (
 )
 from weightvault.archive.pipeline import run
 from weightvault.archive.replicate import ReplicateResult, replicate
-from weightvault.archive.spill import Groups
+from weightvault.archive.spill import Groups, guard
 from weightvault.archive.verify import check_bag
 from weightvault.errors import (
     CorruptData,
@@ -296,7 +296,17 @@ def _hash_check(store: Store, t: Target) -> dict | None:
         return _failure(t, "damaged", t.sha256, msg.split(": ", 1)[-1])
 
 
-def audit_replica(
+def audit_replica(name: str, store: Store, **kw) -> ReplicaAudit:
+    """Audit one replica (_audit_replica). The local state's SQLite databases (verified.db,
+    and the work tables in a temporary one) failing, a full disk above all, is one line
+    naming them, exit 3."""
+    where = (f"{replica_dir(kw['state'], store.url) / 'verified.db'} (or the audit's temporary "
+             "work tables)")  # fmt: skip
+    with guard(where):
+        return _audit_replica(name, store, **kw)
+
+
+def _audit_replica(
     name: str,
     store: Store,
     *,
