@@ -91,6 +91,7 @@ def test_an_audit_of_more_bundles_than_a_record_holds(vault_copy, lab_key, tmp_p
     stored = store.root / "audits" / signer_dir(auditor.public.key_id) / "lists" / \
         f"{rec['bundles_sha256']}.jsonl"  # fmt: skip
     assert stored.read_bytes() == b"".join(canon.canonical(b) + b"\n" for b in a.bundles)
+    assert Path(a.as_dict()["bundles_file"]).read_bytes() == stored.read_bytes()
     chain = Chain(replica_dir(tmp_path / "state", store.url), store, auditor.public.key_id)
     assert list(chain.full_list(chain.head(), "bundles")) == a.bundles
     assert chain.verify([auditor.public]) == (1, [])

@@ -53,3 +53,26 @@ def test_a_full_temporary_directory_is_one_storage_error():
                 else:
                     s.add_all(("b", f"objects/{i:064x}") for i in range(10_000))
             assert e.value.exit_code == 3 and "\n" not in str(e.value)
+
+
+def test_an_audit_whose_state_database_fails_is_one_line(vault_copy, lab_key, tmp_path):
+    """The audit's verified.db cannot be opened (here a directory stands in its place; a full
+    disk fails the same way): one line naming it, exit 3, never a SQLite traceback."""
+    from pathlib import Path
+
+    import pytest
+
+    from weightvault.archive import audit
+    from weightvault.archive.auditlog import replica_dir
+    from weightvault.errors import StorageError
+    from weightvault.format import keys
+    from weightvault.storage.store import LocalStore
+
+    store = LocalStore(vault_copy)
+    (replica_dir(tmp_path / "state", store.url) / "verified.db").mkdir()
+    with pytest.raises(StorageError, match=r"verified\.db \(or the audit's temporary work "
+                                           r"tables\): unable to open database file$") as e:  # fmt: skip
+        audit.audit_replica("v", store, level="metadata",
+                            trusted=[keys.load_public_key(Path(f"{lab_key}.pub"))],
+                            key=keys.generate(tmp_path / "a.key"), state=tmp_path / "state")  # fmt: skip
+    assert e.value.exit_code == 3

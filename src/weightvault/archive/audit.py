@@ -31,7 +31,7 @@ from weightvault.archive.auditlog import (
 )
 from weightvault.archive.pipeline import run
 from weightvault.archive.replicate import ReplicateResult, replicate
-from weightvault.archive.spill import Groups
+from weightvault.archive.spill import Groups, guard
 from weightvault.archive.verify import check_bag
 from weightvault.errors import (
     CorruptData,
@@ -239,6 +239,7 @@ class ReplicaAudit:
     error: str = ""
     failures_file: str = ""  # every failure, one JSON object a line, when the record has not
     repairs_file: str = ""  # the same for a repair's repairs
+    bundles_file: str = ""  # and for a fixity record's bundles (version 3)
     repaired: dict[str, int] = field(default_factory=dict)  # a repair: bundle -> objects fixed
     # every bundle the audit looked at, as the record lists them (version 3 records hold the
     # first 1,000 and the bundles file the rest): what cross-checks and the local state use
@@ -272,7 +273,8 @@ class ReplicaAudit:
         return {"replica": self.replica, "url": self.url, "level": self.level,
                 "outcome": self.outcome, "error": self.error, "record": rec,
                 "failures_total": self.failures_total,
-                "failures_file": self.failures_file or None}  \
+                "failures_file": self.failures_file or None,
+                "bundles_file": self.bundles_file or None}  \
             | ({"repairs_file": self.repairs_file or None} if self.level == "repair" else {})  # fmt: skip
 
 
@@ -294,7 +296,17 @@ def _hash_check(store: Store, t: Target) -> dict | None:
         return _failure(t, "damaged", t.sha256, msg.split(": ", 1)[-1])
 
 
-def audit_replica(
+def audit_replica(name: str, store: Store, **kw) -> ReplicaAudit:
+    """Audit one replica (_audit_replica). The local state's SQLite databases (verified.db,
+    and the work tables in a temporary one) failing, a full disk above all, is one line
+    naming them, exit 3."""
+    where = (f"{replica_dir(kw['state'], store.url) / 'verified.db'} (or the audit's temporary "
+             "work tables)")  # fmt: skip
+    with guard(where):
+        return _audit_replica(name, store, **kw)
+
+
+def _audit_replica(
     name: str,
     store: Store,
     *,
@@ -423,6 +435,8 @@ def audit_replica(
                        bundles=bundles)  # fmt: skip
     if truncated(entry.record):
         out.failures_file = str(chain.list_path(entry.record))
+    if truncated(entry.record, "bundles"):
+        out.bundles_file = str(chain.list_path(entry.record, "bundles"))
     return out
 
 

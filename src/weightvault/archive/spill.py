@@ -18,19 +18,22 @@ from weightvault.errors import StorageError
 
 
 @contextlib.contextmanager
-def _guard():
-    """SQLite's failures (its temporary directory full, above all) as one line, exit 3."""
+def guard(where: str | None = None):
+    """SQLite's failures (its disk full, above all) as one line naming the database, exit 3.
+    `where`: the database; by default a temporary one of this module."""
     try:
         yield
     except sqlite3.Error as e:
-        where = os.environ.get("SQLITE_TMPDIR") or os.environ.get("TMPDIR") or "/var/tmp"
-        raise StorageError(f"temporary database in {where}: {e} (set TMPDIR to a directory "
+        if where is not None:
+            raise StorageError(f"{where}: {e}") from None
+        tmp = os.environ.get("SQLITE_TMPDIR") or os.environ.get("TMPDIR") or "/var/tmp"
+        raise StorageError(f"temporary database in {tmp}: {e} (set TMPDIR to a directory "
                            "with room: about 100 bytes an object)") from None  # fmt: skip
 
 
 class _Temp:
     def __init__(self, schema: str) -> None:
-        with _guard():
+        with guard():
             self.db = sqlite3.connect("")  # "": a private temporary database on disk
             self.db.execute(schema)
 
@@ -51,11 +54,11 @@ class KeySet(_Temp):
         super().__init__("CREATE TABLE k (key TEXT PRIMARY KEY) WITHOUT ROWID")
 
     def update(self, keys: Iterable[str]) -> None:
-        with _guard():
+        with guard():
             self.db.executemany("INSERT OR IGNORE INTO k VALUES (?)", ((k,) for k in keys))
 
     def __contains__(self, key: str) -> bool:
-        with _guard():
+        with guard():
             return self.db.execute("SELECT 1 FROM k WHERE key = ?", (key,)).fetchone() \
                 is not None  # fmt: skip
 
@@ -73,13 +76,13 @@ class Groups(_Temp):
                          "WITHOUT ROWID")  # fmt: skip
 
     def add_all(self, pairs: Iterable[tuple[str, str]]) -> None:
-        with _guard():
+        with guard():
             self.db.executemany("INSERT OR IGNORE INTO g VALUES (?, ?)", pairs)
 
     def __iter__(self) -> Iterator[tuple[str, set[str]]]:
         """(group, its members), groups in sorted order."""
         grp, members = None, set()
-        with _guard():
+        with guard():
             rows = self.db.execute("SELECT grp, member FROM g ORDER BY grp, member")
         for g, m in rows:
             if g != grp and grp is not None:
