@@ -79,7 +79,8 @@ def test_worst_case_failure_size_and_record_bound(tmp_path, auditor):
     """FORMAT.md 8.1's arithmetic, with the real constants: the largest failure the schema
     allows (every character a control character, escaped as six bytes) is MAX_LINE
     bytes with its newline, and a record with both inline lists full of them is signed,
-    stored and read back: with the largest repairs too, under a third of MAX_RECORD."""
+    stored and read back, as is a repair record full of the largest repairs: all three
+    lists together would still be under a third of MAX_RECORD."""
     worst = {"object": "\x01" * 4096, "bundle": "\x01" * 128, "kind": "unreadable",
              "expected": "\x01" * 4096, "found": "\x01" * 4096}  # fmt: skip
     line = canon.canonical(worst) + b"\n"
@@ -100,15 +101,20 @@ def test_worst_case_failure_size_and_record_bound(tmp_path, auditor):
         reps.add(fix)
     rpath = reps.finish()
     rec = _record(2, **fl.fields(), transient=[worst] * 100, transient_total=100)
-    rec |= reps.fields()
     store = LocalStore(tmp_path / "v", create=True)
     chain = _chain(tmp_path, store, auditor)
-    entry = chain.append(rec, auditor, {"failures": path, "repairs": rpath})
+    entry = chain.append(rec, auditor, {"failures": path})
+    # a record is a fixity check or a repair, never both (FORMAT.md 8.1): the three lists'
+    # 19,911,700 bytes bound either, the fixity record's two lists 14,913,400
     assert 2 * 100 * MAX_LINE + 100 * 49_983 == 19_911_700 < MAX_RECORD // 3
-    assert 19_911_700 < len(entry.raw) < 19_911_700 + 4096, len(entry.raw)
-    assert chain.verify([auditor.public]) == (1, [])
-    assert len(list(chain.full_list(entry, "repairs"))) == 120
-    assert [f["kind"] for f in chain.full_list(chain.head())] == ["unreadable"] * 100 + \
+    assert 14_913_400 < len(entry.raw) < 14_913_400 + 4096, len(entry.raw)
+    fix_rec = _record(2, eventType="replication", level="repair",
+                      **auditlog.empty_list("failures")) | reps.fields()
+    fixed = chain.append(fix_rec, auditor, {"repairs": rpath})
+    assert 4_998_300 < len(fixed.raw) < 4_998_300 + 4096, len(fixed.raw)
+    assert chain.verify([auditor.public]) == (2, [])
+    assert len(list(chain.full_list(fixed, "repairs"))) == 120
+    assert [f["kind"] for f in chain.full_list(entry)] == ["unreadable"] * 100 + \
         ["missing"] * 50  # fmt: skip
 
 
@@ -341,12 +347,14 @@ class _Endless:
     """A hostile failures file that never ends: `unit` repeated; reading past `limit` bytes
     fails the test (the reader should have stopped long before)."""
 
-    def __init__(self, unit: bytes, limit: int = 64 << 20):
-        self.unit, self.limit, self.given = unit, limit, 0
+    def __init__(self, unit: bytes, limit: int = 64 << 20, head: bytes = b""):
+        self.unit, self.limit, self.given, self.head = unit, limit, 0, head
 
     def read(self, n: int) -> bytes:
         assert self.given < self.limit, "read on past any bound"
-        data = (self.unit * (n // len(self.unit) + 1))[:n]
+        data = self.head[:n]
+        self.head = self.head[n:]
+        data += (self.unit * ((n - len(data)) // len(self.unit) + 1))[: n - len(data)]
         self.given += n
         return data
 
@@ -355,11 +363,16 @@ def test_an_endless_failures_file_is_refused_early(tmp_path):
     """The checks bound what is read from storage: lines past failures_total, or one line
     past MAX_LINE, stop the reading there."""
     rec, path = _simulated(tmp_path, 150)
-    line = path.read_bytes().split(b"\n", 1)[0] + b"\n"
-    src = _Endless(line)
+    whole = path.read_bytes()
+    last = whole[whole.rindex(b"\n", 0, len(whole) - 1) + 1 :]
+    src = _Endless(last, head=whole)  # the real list, then its last line for ever
     with pytest.raises(IntegrityError, match="^f: more lines than the 150"):
         auditlog.check_list(src, "f", rec)
     assert src.given <= 2 << 20  # the first read's megabyte, and the next
+    src = _Endless(whole[: whole.index(b"\n") + 1])  # the first line for ever
+    with pytest.raises(IntegrityError, match="^f: line 2: its first items are not the "):
+        auditlog.check_list(src, "f", rec)
+    assert src.given <= 1 << 20
     src = _Endless(b"x")
     with pytest.raises(IntegrityError, match=f"^f: line 1 is longer than {MAX_LINE}"):
         auditlog.check_list(src, "f", rec)

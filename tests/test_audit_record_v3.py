@@ -102,7 +102,8 @@ def test_an_audit_of_more_bundles_than_a_record_holds(vault_copy, lab_key, tmp_p
     assert b.record["bundles_sha256"] == rec["bundles_sha256"] and b.record["sequence"] == 2
     assert chain.verify([auditor.public]) == (2, [])
     # the file edited: refused against the signed record, naming it
-    stored.write_bytes(stored.read_bytes().replace(b'"intact"', b'"damaged"', 1))
+    head, _, tail = stored.read_bytes().rpartition(b'"intact"')  # the entry past the inline
+    stored.write_bytes(head + b'"damaged"' + tail)
     problems = chain.verify([auditor.public])[1]
     assert any(str(stored) in p and "bundles_sha256" in p for p in problems), problems
 
@@ -163,6 +164,27 @@ def test_schema_and_counts_of_version_3():
             pytest.fail(why)
 
 
+def test_a_record_is_a_fixity_check_or_a_repair_never_both():
+    """FORMAT.md 8.1: a repair record (eventType replication, level repair, and only it) has
+    no failures, transient failures or bundles; a fixity record has no repairs."""
+    fix = {"object": "objects/" + "0" * 64, "bundle": "m", "outcome": "repaired",
+           "detail": "copied from b"}  # fmt: skip
+    repairs = {"repairs": [fix], "repairs_total": 1, "repairs_by_outcome": {"repaired": 1},
+               "repairs_sha256": hashlib.sha256(canon.canonical(fix) + b"\n").hexdigest()}  # fmt: skip
+    repair = _v3([], eventType="replication", level="repair", **repairs)
+    spec.validate(repair, "audit-record", "repair")
+    auditlog.consistent(repair, "repair")
+    for rec, why in [
+        (_v3([], **repairs), "a fixity record with repairs"),
+        (_v3([_b(0)], eventType="replication", level="repair"), "a repair record with failures "
+                                                                "or bundles"),
+        ({**repair, "level": "full"}, "eventType 'replication' with level 'full'"),
+        (_v3([], level="repair"), "eventType 'fixity check' with level 'repair'"),
+    ]:  # fmt: skip
+        with pytest.raises(CorruptData, match=f"^r: {why}"):
+            auditlog.consistent(rec, "r")
+
+
 def test_worst_case_bundle_entry_and_the_bound():
     """FORMAT.md 8.2's arithmetic: the largest bundle entry the schema allows is 878 bytes with
     its newline, so 1,000 inline add at most 878,000 bytes to the 19,911,700 of the other
@@ -171,3 +193,23 @@ def test_worst_case_bundle_entry_and_the_bound():
     spec.validate(_v3([worst]), "audit-record", "worst")
     assert len(canon.canonical(worst)) + 1 == 878
     assert 19_911_700 + auditlog.RECORD_BUNDLES * 878 == 20_789_700 < auditlog.MAX_RECORD // 3
+
+
+def test_the_fast_canonical_form_of_list_items_is_rfc_8785():
+    """check_list's fast path (json's sorted compact output) gives exactly canon's RFC 8785
+    bytes for list items (ASCII keys, string or null values), control characters, U+2028,
+    DEL, non-BMP and all; a lone surrogate has no canonical form and is left to canon."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from weightvault.archive.auditlog import _flat_canonical
+
+    keys_ = st.sampled_from(["object", "bundle", "kind", "expected", "found", "name", "state"])
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.dictionaries(keys_, st.none() | st.text(max_size=40), min_size=1))
+    def agree(item):
+        assert _flat_canonical(item) == canon.canonical(item)
+
+    agree()
+    assert _flat_canonical({"name": "\ud800"}) is None

@@ -107,7 +107,7 @@ def signer_dir(key_id: str) -> str:
 
 
 def parse(raw: bytes, what: str) -> dict:
-    env = canon.parse(raw, what, max_size=MAX_RECORD)
+    env = canon.parse_canonical(raw, what, max_size=MAX_RECORD)
     if not isinstance(env, dict) or set(env) != {"record", "signatures"}:
         raise CorruptData(f"{what}: not a signed audit record")
     spec.validate(env["record"], "audit-record", what)
@@ -120,7 +120,16 @@ def consistent(rec: dict, what: str) -> None:
     if rec["format_version"] < 2:
         return
     problem = ""
-    if len(rec["transient"]) != min(rec["transient_total"], RECORD_FAILURES):
+    repair = rec["eventType"] == "replication"
+    if repair != (rec["level"] == "repair"):
+        problem = f"eventType {rec['eventType']!r} with level {rec['level']!r} (a repair " \
+                  "record is eventType 'replication' at level 'repair', and only it)"  # fmt: skip
+    elif repair and (rec["failures_total"] or rec["transient_total"] or
+                     rec.get("bundles_total")):  # fmt: skip
+        problem = "a repair record with failures or bundles"
+    elif not repair and rec["repairs_total"]:
+        problem = "a fixity record with repairs"
+    elif len(rec["transient"]) != min(rec["transient_total"], RECORD_FAILURES):
         problem = f"holds {len(rec['transient'])} transient failures inline of " \
                   f"{rec['transient_total']}"  # fmt: skip
     for member in lists_of(rec["format_version"]):
@@ -261,38 +270,73 @@ def empty_list(member: str) -> dict:
 
 def check_list(src, what: str, rec: dict, member: str = "failures", out=None) -> None:
     """Read a list file (an open binary stream: hostile bytes) and check it against the signed
-    record before any line of it is used: at most `member`_total lines, each ending in a
-    newline and at most MAX_LINE bytes, exactly that many, and the SHA-256 of the whole
-    equal to `member`_sha256. The bytes go to `out` (a private copy to read the lines from:
-    the stored file could change between two reads) as they are checked. IntegrityError,
-    one line naming the file, when anything differs."""
+    record before any line of it is used (FORMAT.md 8.1): at most `member`_total lines, each
+    ending in a newline and at most MAX_LINE bytes, exactly that many, the SHA-256 of the
+    whole equal to `member`_sha256; each line the canonical JSON of an item, the first of
+    them the record's inline items, and the items counted as the record counts them. The
+    bytes go to `out` (a private copy to read the lines from: the stored file could change
+    between two reads) as they are checked. IntegrityError, one line naming the file, when
+    anything differs."""
     total, want = rec[f"{member}_total"], rec[f"{member}_sha256"]
-    h, lines, cur = hashlib.sha256(), 0, 0
+    by, inline = LISTS[member], rec[member]
+    h, lines, carry = hashlib.sha256(), 0, b""
+    counts: dict[str, int] = {}
 
     def bad(why: str) -> IntegrityError:
         return IntegrityError(f"{what}: {why}; the signed audit record's full {member} list "
                               "cannot be trusted")  # fmt: skip
 
+    def item(line: bytes, n: int) -> None:
+        if n <= len(inline) and line != canon.canonical(inline[n - 1]) + b"\n":
+            raise bad(f"line {n}: its first items are not the record's {member}")
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise bad(f"line {n} is not JSON") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get(by), str) or \
+                any(k not in obj for k in _ITEM_KEYS[member]):  # fmt: skip
+            raise bad(f"line {n} is not an item of an audit record's {member} list")
+        if n > len(inline) and _flat_canonical(obj) != line[:-1] and \
+                canon.canonical(obj) != line[:-1]:  # fmt: skip
+            raise bad(f"line {n} is not in canonical form (section 4.1)")
+        counts[obj[by]] = counts.get(obj[by], 0) + 1
+
     while chunk := src.read(1 << 20):
         h.update(chunk)
         if out is not None:
             out.write(chunk)
-        start = 0
-        while (i := chunk.find(b"\n", start)) != -1:
-            if cur + i - start + 1 > MAX_LINE:
+        data, start = carry + chunk, 0  # carry: the start of a line, at most MAX_LINE bytes
+        while (i := data.find(b"\n", start)) != -1:
+            if i + 1 - start > MAX_LINE:
                 raise bad(f"line {lines + 1} is longer than {MAX_LINE} bytes")
-            lines, cur, start = lines + 1, 0, i + 1
+            lines += 1
             if lines > total:
                 raise bad(f"more lines than the {total} {member} the record counts")
-        cur += len(chunk) - start
-        if cur > MAX_LINE:
+            item(data[start : i + 1], lines)
+            start = i + 1
+        carry = data[start:]
+        if len(carry) > MAX_LINE:
             raise bad(f"line {lines + 1} is longer than {MAX_LINE} bytes")
-    if cur:
+    if carry:
         raise bad("the last line has no newline (the file was truncated or edited)")
     if lines != total:
         raise bad(f"{lines} lines where the record counts {total} {member} (truncated)")
     if h.hexdigest() != want:
         raise bad(f"its SHA-256 differs from the record's {member}_sha256 (edited)")
+    if counts != rec[f"{member}_by_{by}"]:
+        raise bad(f"{member}_by_{by} does not count its items")
+
+
+def _flat_canonical(obj: dict) -> bytes | None:
+    """The canonical form of a list item (an object of ASCII keys and string or null values),
+    three times faster than canon.canonical: for such objects json's sorted, compact,
+    non-ASCII-literal output is RFC 8785's (the same escapes, lowercase hex). None where it
+    may not be (the caller then asks canon)."""
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode()  # fmt: skip
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return None
 
 
 def _lines(f, what: str, member: str) -> Iterator[dict]:
@@ -533,7 +577,7 @@ class Chain:
                 continue
             try:
                 remote = self._remote_entries(sub)
-            except StorageError as e:
+            except (StorageError, CorruptData) as e:  # CorruptData: a file over MAX_RECORD
                 problems.append(f"replica copy unreadable: {e}")
                 continue
             problems += _check(remote, trusted,

@@ -204,4 +204,14 @@ def parse(data: bytes, what: str, *, max_size: int = MAX_DOC, allow_float: bool 
     return obj
 
 
+def parse_canonical(data: bytes, what: str, *, max_size: int = MAX_DOC) -> Any:
+    """parse(), and refuse bytes that are not the canonical form of what they parse to: a
+    signed document's stored bytes are exactly its canonical JSON, so a re-encoded copy
+    (indented, reordered, escaped otherwise) is not the document, whatever it says."""
+    obj = parse(data, what, max_size=max_size)
+    if canonical(obj) != data:
+        raise CorruptData(f"{what}: not in canonical form (section 4.1)")
+    return obj
+
+
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")

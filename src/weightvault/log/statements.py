@@ -38,9 +38,7 @@ def parse(entry: bytes, what: str) -> dict:
     """A statement read from the log: canonical, within bounds, valid."""
     if len(entry) > MAX:
         raise CorruptData(f"{what}: {len(entry)} bytes is over the {MAX} a statement may have")
-    doc = canon.parse(entry, what, max_size=MAX)
-    if canon.canonical(doc) != entry:
-        raise CorruptData(f"{what}: not in canonical form")
+    doc = canon.parse_canonical(entry, what, max_size=MAX)
     spec.validate(doc, SCHEMA, what)
     return doc
 

@@ -655,9 +655,7 @@ def read_record(store: Store, bundle: Bundle, *, check_all: bool = True) -> Reco
         what = store.describe(_key(bundle, e["path"]))
         if e["path"] == RECORD_JSON:
             data = _fetch(store, bundle, e, MAX_RECORD_JSON)
-            doc = canon.parse(data, what, max_size=MAX_RECORD_JSON)
-            if canon.canonical(doc) != data:
-                raise CorruptData(f"{what}: not in canonical form")
+            doc = canon.parse_canonical(data, what, max_size=MAX_RECORD_JSON)
             _schema_check(doc, "record", what, CorruptData)
             view.record = doc
             rec_infos = {iv["file"]: iv for iv in doc.get("interviews", [])}
