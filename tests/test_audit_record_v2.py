@@ -61,6 +61,15 @@ def _simulated(tmp: Path, n: int, version: int = 2) -> tuple[dict, Path | None]:
     return _record(2, **fl.fields()), path
 
 
+def auditing(vault: Path, lab_key: Path, auditor, state: Path):
+    """(the vault's store, a function running a full audit of it as `auditor`, trusting the
+    lab's key)."""
+    pk = keys.load_public_key(Path(f"{lab_key}.pub"))
+    store = LocalStore(vault)
+    return store, lambda: audit.audit_replica("v", store, level="full", trusted=[pk],
+                                              key=auditor, state=state)  # fmt: skip
+
+
 @pytest.fixture
 def auditor(tmp_path):
     return keys.generate(tmp_path / "audit.key")
@@ -125,13 +134,8 @@ def test_audit_past_the_record_bound_keeps_its_chain_and_repairs_everything(
     on the replica and in the local state, byte for byte; the chain verifies, the next audit
     continues it, and repair restores every object, not only the record's first."""
     monkeypatch.setattr(auditlog, "RECORD_FAILURES", 3)
+    store, run = auditing(vault_copy, lab_key, auditor, tmp_path / "state")
     pk = keys.load_public_key(Path(f"{lab_key}.pub"))
-    store = LocalStore(vault_copy)
-
-    def run():
-        return audit.audit_replica("v", store, level="full", trusted=[pk], key=auditor,
-                                   state=tmp_path / "state")  # fmt: skip
-
     assert run().outcome == "pass"
     objs = objects_of(vault_copy)
     assert len(objs) > 3

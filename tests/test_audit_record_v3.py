@@ -73,14 +73,10 @@ def test_an_audit_of_more_bundles_than_a_record_holds(vault_copy, lab_key, tmp_p
     what the replica must hold see all three; the chain verifies and goes on, and the next
     audit of the same bundles names the same file."""
     _three_bundles(vault_copy, lab_key, tmp_path)
+    from test_audit_record_v2 import auditing
+
     monkeypatch.setattr(auditlog, "RECORD_BUNDLES", 2)
-    pk = keys.load_public_key(Path(f"{lab_key}.pub"))
-    store = LocalStore(vault_copy)
-
-    def run():
-        return audit.audit_replica("v", store, level="full", trusted=[pk], key=auditor,
-                                   state=tmp_path / "state")  # fmt: skip
-
+    store, run = auditing(vault_copy, lab_key, auditor, tmp_path / "state")
     a = run()
     rec = a.record
     assert a.outcome == "pass" and rec["format_version"] == 3
