@@ -180,7 +180,8 @@ def s3_source(args) -> dict:
     work, src, key = _inputs(args)
     out: dict = {"size": args.size, "cpus": os.cpu_count()}
     cpus = sorted(os.sched_getaffinity(0))
-    with SeaweedS3(base_dir=work) as s3:
+    out["weed_args"] = args.weed_arg
+    with SeaweedS3(base_dir=work, extra_args=tuple(args.weed_arg)) as s3:
         server = s3._proc.pid
         bucket = s3.make_bucket("bench-src")
         cpu0 = proc_cpu_s(server)
@@ -387,6 +388,8 @@ def main() -> None:
                                      "_plan10tb_child"])  # fmt: skip
     ap.add_argument("--size", type=int, default=GiB)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--weed-arg", action="append", default=[],
+                    help="s3-source: an extra flag for `weed mini` (a tuned store)")  # fmt: skip
     ap.add_argument("--chunks", type=int, default=163840)
     ap.add_argument("--work", default=None)
     ap.add_argument("--existing", action="store_true",

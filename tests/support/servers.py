@@ -206,7 +206,9 @@ class SeaweedS3:
     be deleted, as on AWS.
     """
 
-    def __init__(self, *, base_dir: str | os.PathLike | None = None, startup_timeout: float = 60.0):
+    def __init__(self, *, base_dir: str | os.PathLike | None = None, startup_timeout: float = 60.0,
+                 extra_args: tuple[str, ...] = ()):  # fmt: skip
+        self.extra_args = tuple(extra_args)  # benchmarks: a tuned server (-filer.maxMB=64 ...)
         self.dir = Path(tempfile.mkdtemp(prefix="wv-weed-", dir=base_dir))
         self.startup_timeout = startup_timeout
         self.access_key = "wv" + secrets.token_hex(8)
@@ -300,7 +302,7 @@ class SeaweedS3:
             "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-s3.autoCreateBucket=false", "-s3.allowDeleteBucketNotEmpty=false",
-            *port_flags,
+            *port_flags, *self.extra_args,
         ]  # fmt: skip
         env = {**os.environ, "TMPDIR": str(self.dir / "tmp")}
         t0 = time.monotonic()
