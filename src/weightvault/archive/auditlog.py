@@ -510,7 +510,7 @@ class Chain:
         return self.local / list_name(rec[f"{member}_sha256"])
 
     def full_list(self, entry: Entry, member: str = "failures") -> Iterator[dict]:
-        """Every item of a record's list `member` (failures, repairs), in record order, for a
+        """Every item of a record's list `member` (failures, repairs, bundles), in record order, for a
         record of this signer's chain. A record that holds only the first of them is completed
         from its list file, the local copy or else the replica's, checked against the signed
         record before a line of it is used (check_list); the record itself was verified when
@@ -528,17 +528,17 @@ class Chain:
         when none checks. Locked while it is written, as every temporary list file is
         (BoundedList), so another audit's sweep never takes it for a leftover."""
         sub = signer_dir(self.signer or rec["agent"]["key"])
-        local = self.local_root / sub / list_name(rec[f"{member}_sha256"])
-        sources: list[tuple[str, Callable]] = [(str(local), partial(open, local, "rb"))]
+        name = list_name(rec[f"{member}_sha256"])
+        local = self.local_root / sub / name
+        sources = [self._local_file(sub)(name)]
         if self.store is not None:
-            key = f"{PREFIX}/{sub}/{list_name(rec[f'{member}_sha256'])}"
-            sources.append((self.store.describe(key), lambda: self.store.open_read(key)))
+            sources.append(self._remote_file(sub)(name))
         errors = []
         local.parent.parent.mkdir(parents=True, exist_ok=True)
         for i, (what, opener) in enumerate(sources):
-            fd, name = tempfile.mkstemp(dir=local.parent.parent, prefix=f".{member}.",
-                                        suffix=".tmp")  # fmt: skip
-            copy = Path(name)
+            fd, tmp = tempfile.mkstemp(dir=local.parent.parent, prefix=f".{member}.",
+                                       suffix=".tmp")  # fmt: skip
+            copy = Path(tmp)
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 with os.fdopen(fd, "wb") as out:
@@ -565,7 +565,7 @@ class Chain:
 
     def verify(self, trusted: list[PublicKey]) -> tuple[int, list[str]]:
         """(records checked, problems) over every chain's local copy, and against the
-        replica's copy; a record's list files (version 2) are checked in each copy."""
+        replica's copy; a record's list files (versions 2 and 3) are checked in each copy."""
         problems: list[str] = []
         count = 0
         for sub in self._subdirs():
@@ -630,7 +630,7 @@ def _check(entries: list[tuple[int, bytes]], trusted: list[PublicKey], where: st
            files: Callable[[str], tuple[str, Callable]] | None = None) -> list[str]:  # fmt: skip
     """Problems of one copy of a chain: each record's signature first (under its own
     version's payload type), then its links; `files` (name -> (description, opener)): also
-    check each truncated record's failures file in this copy."""
+    check each truncated record's list files in this copy."""
     problems = []
     prev_digest = None
     for i, (seq, raw) in enumerate(entries, 1):
