@@ -464,3 +464,21 @@ def test_a_crashed_audits_list_file_is_swept_and_a_live_ones_is_not(tmp_path):
         live.communicate("")
     assert live.returncode == 0
     assert [p.name for p in tmp_path.iterdir()] == [live_path.name]  # its owner left it
+
+
+@pytest.mark.parametrize("line", [b"[" * 20_000 + b"]" * 20_000, b'{"bundle":"minilm",'
+                                  b'"expected":1.50,"found":"missing","kind":"missing",'
+                                  b'"object":"o"}', b'{"bundle":"\\ud800","found":"x",'
+                                  b'"kind":"missing","object":"o" }'])  # fmt: skip
+def test_a_hostile_line_past_the_inline_items_is_refused_not_raised(tmp_path, line):
+    """Lines past the record's inline share that json can barely read (nested 20,000 deep), or
+    that have no canonical form (a float, a lone surrogate): refused by name like any other
+    bad line, never an exception past the check."""
+    import io
+
+    rec, path = _simulated(tmp_path, 150)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[120] = line + b"\n"
+    with pytest.raises(IntegrityError, match="^f: line 121 (is not JSON|is not an item|is not "
+                                             "in canonical form)"):  # fmt: skip
+        auditlog.check_list(io.BytesIO(b"".join(lines)), "f", rec)

@@ -291,13 +291,13 @@ def check_list(src, what: str, rec: dict, member: str = "failures", out=None) ->
             raise bad(f"line {n}: its first items are not the record's {member}")
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a line of "[[[[..."
             raise bad(f"line {n} is not JSON") from None
         if not isinstance(obj, dict) or not isinstance(obj.get(by), str) or \
                 any(k not in obj for k in _ITEM_KEYS[member]):  # fmt: skip
             raise bad(f"line {n} is not an item of an audit record's {member} list")
         if n > len(inline) and _flat_canonical(obj) != line[:-1] and \
-                canon.canonical(obj) != line[:-1]:  # fmt: skip
+                _canonical_or_none(obj) != line[:-1]:  # fmt: skip
             raise bad(f"line {n} is not in canonical form (section 4.1)")
         counts[obj[by]] = counts.get(obj[by], 0) + 1
 
@@ -336,6 +336,15 @@ def _flat_canonical(obj: dict) -> bytes | None:
         return json.dumps(obj, sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False).encode()  # fmt: skip
     except (UnicodeEncodeError, TypeError, ValueError):
+        return None
+
+
+def _canonical_or_none(obj) -> bytes | None:
+    """canon.canonical, None for what has no canonical form (a float, a lone surrogate, nesting
+    too deep): a hostile line is refused with the others, not raised past the check."""
+    try:
+        return canon.canonical(obj)
+    except (ValueError, RecursionError):
         return None
 
 
