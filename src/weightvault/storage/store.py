@@ -367,7 +367,7 @@ class LocalStore(Store):
             return []
 
     def list_times(self, prefix: str) -> dict[str, tuple[int, float | None]]:
-        return dict(sorted((k, (st.st_size, st.st_mtime)) for k, st in self._stats(prefix)))
+        return dict(sorted((k, (size, t)) for k, size, t in self.iter_times(prefix)))
 
     def iter_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
         for k, st in self._stats(prefix):
